@@ -1,0 +1,34 @@
+"""Packaging of the ament_python package ood_seg_ros."""
+
+from glob import glob
+
+from setuptools import find_packages, setup
+
+PACKAGE = 'ood_seg_ros'
+
+setup(
+    name=PACKAGE,
+    version='0.1.0',
+    packages=find_packages(exclude=['test', 'test.*']),
+    data_files=[
+        ('share/ament_index/resource_index/packages', [f'resource/{PACKAGE}']),
+        (f'share/{PACKAGE}', ['package.xml']),
+        (f'share/{PACKAGE}/launch', glob('launch/*.launch.py')),
+        (f'share/{PACKAGE}/config', glob('config/*.yaml')),
+        (f'share/{PACKAGE}/models/camvid_lite0', glob('models/camvid_lite0/*.*')),
+    ],
+    install_requires=['setuptools'],
+    zip_safe=True,
+    maintainer='ood_seg_ros developers',
+    maintainer_email='ood-seg-ros@example.org',
+    description='Out-of-distribution segmentation for ROS 2: DeepLabv3+ with MOoSe probes '
+                'and PGN scores, segment meta classification.',
+    license='Apache-2.0',
+    tests_require=['pytest'],
+    entry_points={
+        'console_scripts': [
+            'ood-seg = ood_seg_ros.cli:main',
+            'ood_node = ood_seg_ros.node:main',
+        ],
+    },
+)
