@@ -1,0 +1,127 @@
+"""Model bundle: a folder with everything needed to rebuild and run the network.
+
+Layout::
+
+    <bundle>/bundle.json   format version, ModelConfig, runtime settings (default heatmap
+                           score, its normalisation, segment threshold / min size),
+                           provenance (how it was trained), metrics
+    <bundle>/weights.pt    state dict (float16 or float32 tensors)
+    <bundle>/meta.json     meta classifier (plain JSON), optional
+    <bundle>/derived/      generated artefacts: ONNX graphs, TensorRT engines (ignored by git)
+"""
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from .config import ModelConfig
+from .deeplab import OodSegNet
+from ..errors import OodSegError
+
+FORMAT_VERSION = 1
+BUNDLE_JSON = 'bundle.json'
+WEIGHTS = 'weights.pt'
+META_JSON = 'meta.json'
+
+
+@dataclass
+class Bundle:
+    """A loaded bundle: config, network and settings."""
+
+    path: Optional[Path]
+    config: ModelConfig
+    model: OodSegNet
+    runtime: dict = field(default_factory=dict)
+    info: dict = field(default_factory=dict)
+
+    @property
+    def meta_path(self) -> Optional[Path]:
+        """Path of the meta classifier JSON when the bundle has one."""
+        if self.path is None:
+            return None
+        p = self.path / META_JSON
+        return p if p.exists() else None
+
+    @property
+    def derived_dir(self) -> Path:
+        """Folder for generated artefacts (ONNX, engines)."""
+        return Path(self.path) / 'derived'
+
+
+def save_bundle(path, model: OodSegNet, runtime: dict = None, info: dict = None,
+                half: bool = True) -> Path:
+    """Write ``model`` (weights, optionally as float16) and settings to folder ``path``."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    state = {k: (v.half() if half and v.is_floating_point() else v).detach().cpu()
+             for k, v in model.state_dict().items()}
+    torch.save(state, path / WEIGHTS)
+    doc = {'format_version': FORMAT_VERSION, 'config': model.config.to_dict(),
+           'runtime': runtime or {}, 'info': info or {}}
+    (path / BUNDLE_JSON).write_text(json.dumps(doc, indent=2) + '\n')
+    return path
+
+
+def read_bundle_json(path) -> dict:
+    """Read and check ``bundle.json`` of bundle folder ``path``."""
+    path = Path(path)
+    if not path.is_dir():
+        raise OodSegError(f'model bundle {path} does not exist or is not a folder')
+    jpath = path / BUNDLE_JSON
+    try:
+        doc = json.loads(jpath.read_text())
+    except FileNotFoundError:
+        raise OodSegError(f'model bundle {path} has no {BUNDLE_JSON}') from None
+    except (OSError, ValueError) as exc:
+        raise OodSegError(f'{jpath} is not valid JSON: {exc}') from exc
+    if doc.get('format_version') != FORMAT_VERSION:
+        raise OodSegError(f'{jpath}: format_version {doc.get("format_version")!r}, '
+                          f'this package reads {FORMAT_VERSION}')
+    return doc
+
+
+def load_bundle(path, outputs=None, device='cpu') -> Bundle:
+    """Load a bundle folder; the weights must match the stored config exactly."""
+    path = Path(path)
+    doc = read_bundle_json(path)
+    config = ModelConfig.from_dict(doc['config'], source=str(path / BUNDLE_JSON))
+    model = OodSegNet(config, outputs)
+    wpath = path / WEIGHTS
+    try:
+        state = torch.load(wpath, map_location='cpu', weights_only=True)
+    except FileNotFoundError:
+        raise OodSegError(f'model bundle {path} has no {WEIGHTS}') from None
+    except Exception as exc:  # noqa: B902 - corrupt file of any kind
+        raise OodSegError(f'cannot read {wpath}: {exc}') from exc
+    check_state_matches(model, state, str(wpath))
+    model.load_state_dict({k: v.float() if v.is_floating_point() else v
+                           for k, v in state.items()})
+    model.eval().to(device)
+    return Bundle(path, config, model, doc.get('runtime', {}), doc.get('info', {}))
+
+
+def check_state_matches(model: torch.nn.Module, state: dict, source: str) -> None:
+    """Raise OodSegError when ``state`` does not fit ``model`` key for key, shape for shape."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    if missing or unexpected:
+        raise OodSegError(
+            f'{source} does not match its config: {len(missing)} missing tensors '
+            f'(first: {missing[:2]}), {len(unexpected)} unexpected (first: {unexpected[:2]})')
+    for k, v in state.items():
+        if tuple(v.shape) != tuple(own[k].shape):
+            raise OodSegError(f'{source} does not match its config: {k} has shape '
+                              f'{tuple(v.shape)}, config expects {tuple(own[k].shape)}')
+
+
+def build_model(config: ModelConfig, imagenet: bool = True) -> OodSegNet:
+    """A fresh network; the backbone ImageNet-initialised when ``imagenet``."""
+    from .backbone import load_imagenet_weights
+    model = OodSegNet(config)
+    if imagenet:
+        load_imagenet_weights(model.backbone)
+    return model

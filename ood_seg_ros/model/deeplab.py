@@ -1,0 +1,194 @@
+"""DeepLabv3+ with MOoSe contextual probes and an in-graph anomaly score head.
+
+Shapes for an input (B, 3, H, W) at output stride 16: ASPP at ~H/16, decoder at ~H/4.
+The final 1x1 convolution ``classifier`` (decoder features ψ, E = ``decoder_channels``,
+-> C logits) is the layer whose gradient norms PGN measures.
+"""
+
+from typing import Dict, List, Sequence, Tuple
+
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+from .backbone import BN_EPS, EfficientNetLite
+from .config import ModelConfig
+from .. import scores as S
+
+
+def conv_bn_relu(cin: int, cout: int, kernel: int = 1, dilation: int = 1,
+                 separable: bool = False) -> nn.Sequential:
+    """Conv (optionally depthwise-separable) -> BN -> ReLU, 'same' padding."""
+    pad = dilation * (kernel - 1) // 2
+    if separable and kernel > 1:
+        return nn.Sequential(
+            nn.Conv2d(cin, cin, kernel, padding=pad, dilation=dilation, groups=cin,
+                      bias=False),
+            nn.BatchNorm2d(cin, eps=BN_EPS), nn.ReLU(inplace=True),
+            nn.Conv2d(cin, cout, 1, bias=False),
+            nn.BatchNorm2d(cout, eps=BN_EPS), nn.ReLU(inplace=True))
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, kernel, padding=pad, dilation=dilation, bias=False),
+        nn.BatchNorm2d(cout, eps=BN_EPS), nn.ReLU(inplace=True))
+
+
+def upsample(x: torch.Tensor, size: Sequence[int], align_corners: bool = False):
+    """Bilinear resize of (B, C, h, w) to ``size`` = (H, W)."""
+    return F.interpolate(x, size=tuple(int(s) for s in size), mode='bilinear',
+                         align_corners=align_corners)
+
+
+class ASPP(nn.Module):
+    """Four non-pooling branches (1x1 + three atrous 3x3) plus image pooling."""
+
+    def __init__(self, cin: int, cout: int, rates: Sequence[int], separable: bool):
+        super().__init__()
+        self.branches = nn.ModuleList(
+            [conv_bn_relu(cin, cout, 1)]
+            + [conv_bn_relu(cin, cout, 3, r, separable) for r in rates])
+        self.pool = conv_bn_relu(cin, cout, 1)
+        self.project = nn.Sequential(conv_bn_relu(cout * 5, cout, 1), nn.Dropout(0.1))
+
+    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, List[torch.Tensor],
+                                                torch.Tensor]:
+        """Return (projected ASPP output, the 4 branch outputs, the pooled feature map)."""
+        branches = [b(x) for b in self.branches]
+        pooled = self.pool(x.mean((2, 3), keepdim=True)).expand_as(branches[0])
+        out = self.project(torch.cat(branches + [pooled], 1))
+        return out, branches, pooled
+
+
+class Probe(nn.Module):
+    """MOoSe probe: 1x1 -> BN -> ReLU -> Dropout(0.5) -> d x [3x3 -> BN -> ReLU] -> 1x1."""
+
+    def __init__(self, cin: int, width: int, n_classes: int, depth: int,
+                 separable: bool):
+        super().__init__()
+        layers = [nn.Conv2d(cin, width, 1, bias=False), nn.BatchNorm2d(width, eps=BN_EPS),
+                  nn.ReLU(inplace=True), nn.Dropout(0.5)]
+        for _ in range(depth):  # independent layers (the reference code ties them)
+            layers.append(conv_bn_relu(width, width, 3, 1, separable))
+        layers.append(nn.Conv2d(width, n_classes, 1))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits (B, C, h, w) at ASPP resolution."""
+        return self.net(x)
+
+
+class OodSegNet(nn.Module):
+    """DeepLabv3+ + MOoSe probes + score head, one graph.
+
+    ``forward(x)`` takes RGB in [0, 1] (B, 3, H, W) and returns a dict of the outputs
+    listed in :meth:`output_names`: ``logits`` (B, C, H, W), ``semantic`` (B, H, W) int64,
+    and one (B, H, W) float32 map per configured score (higher = more anomalous).
+    """
+
+    def __init__(self, config: ModelConfig, outputs: Sequence[str] = None):
+        super().__init__()
+        self.config = config.validate()
+        c = config
+        self.backbone = EfficientNetLite(c.backbone, c.output_stride)
+        self.aspp = ASPP(self.backbone.out_channels, c.aspp_channels, c.aspp_rates,
+                         c.separable)
+        self.low_project = conv_bn_relu(self.backbone.low_level_channels,
+                                        c.low_level_project, 1)
+        self.decoder = nn.Sequential(
+            conv_bn_relu(c.aspp_channels + c.low_level_project, c.decoder_channels, 3,
+                         separable=c.separable),
+            conv_bn_relu(c.decoder_channels, c.decoder_channels, 3, separable=c.separable))
+        self.classifier = nn.Conv2d(c.decoder_channels, c.n_classes, 1)
+        self.probes = nn.ModuleList(
+            Probe(2 * c.aspp_channels, c.probe_channels, c.n_classes, c.probe_depth,
+                  c.probe_separable) for _ in range(4))
+        self.register_buffer('mean', torch.tensor(c.mean).view(1, 3, 1, 1),
+                             persistent=False)
+        self.register_buffer('std', torch.tensor(c.std).view(1, 3, 1, 1), persistent=False)
+        self.set_outputs(c.outputs if outputs is None else outputs)
+
+    # -- configuration ---------------------------------------------------------------
+    def set_outputs(self, outputs: Sequence[str]) -> None:
+        """Choose which score maps ``forward`` computes (others cost nothing)."""
+        unknown = [o for o in outputs if o not in S.ALL_SCORES]
+        if unknown:
+            from ..errors import OodSegError
+            raise OodSegError(f'unknown score outputs {unknown}')
+        self.outputs = [o for o in S.ALL_SCORES if o in set(outputs)]
+
+    def output_names(self) -> List[str]:
+        """Names of ``forward``'s outputs, in order."""
+        return ['logits', 'semantic'] + list(self.outputs)
+
+    def base_parameters(self):
+        """Parameters of the segmentation network (everything but the probes)."""
+        probe_ids = {id(p) for p in self.probes.parameters()}
+        return [p for p in self.parameters() if id(p) not in probe_ids]
+
+    def freeze_base_for_probes(self) -> None:
+        """Probe-only training mode: base frozen (no grad, BN statistics fixed)."""
+        self.eval()
+        for p in self.base_parameters():
+            p.requires_grad_(False)
+        self.probes.train()
+        for p in self.probes.parameters():
+            p.requires_grad_(True)
+
+    # -- forward ---------------------------------------------------------------------
+    def features(self, x: torch.Tensor, with_probes: bool):
+        """Run the network; return (logits at decoder res, ψ, probe logits at ASPP res)."""
+        x = (x - self.mean) / self.std
+        low, high = self.backbone(x)
+        aspp, branches, pooled = self.aspp(high)
+        low = self.low_project(low)
+        y = torch.cat([upsample(aspp, low.shape[-2:]), low], 1)
+        psi = self.decoder(y)
+        logits = self.classifier(psi)
+        probe_logits = []
+        if with_probes:
+            for probe, branch in zip(self.probes, branches):
+                probe_logits.append(probe(torch.cat([branch, pooled], 1).detach()))
+        return logits, psi, probe_logits
+
+    def forward_train(self, x: torch.Tensor, with_probes: bool = True):
+        """Training forward: (global logits at input size, probe logits at input size)."""
+        size = x.shape[-2:]
+        logits, _, probe_logits = self.features(x, with_probes)
+        return upsample(logits, size), [upsample(z, size) for z in probe_logits]
+
+    def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """Inference: all configured outputs at input resolution (see class doc).
+
+        Score maps are computed at decoder resolution (stride 4; probe logits are first
+        upsampled there) and then upsampled bilinearly to the input size in one step,
+        which costs ~1/16 of computing them on input-size logits (the MOoSe reference
+        upsamples the logits first; at stride 4 the difference is sub-pixel). PGN maps
+        are upsampled with align_corners=True as in the PGN reference.
+        """
+        size = x.shape[-2:]
+        want = set(self.outputs)
+        moose = [n for n in S.MOOSE_SCORES if n in want]
+        pgn = [n for n in S.ALL_PGN_SCORES if n in want]
+        logits_low, psi, probe_low = self.features(x, with_probes=bool(moose))
+        logits = upsample(logits_low, size)
+        # max(1).indices is ~10x faster than argmax(1) on CPU and exports to ArgMax.
+        out = {'logits': logits, 'semantic': logits.max(1).indices}
+        maps = S.global_scores(logits_low, want)
+        if moose:
+            low_size = logits_low.shape[-2:]
+            members = [upsample(z, low_size) for z in probe_low] + [logits_low]
+            maps.update(S.moose_scores(members, moose))
+        out.update(_upsample_maps(maps, size, align_corners=False))
+        if pgn:
+            low = S.log_pgn(logits_low, psi, pgn, self.config.pgn_exact,
+                            self.config.pgn_bias)
+            out.update(_upsample_maps(low, size, align_corners=True))
+        return {k: out[k] for k in self.output_names()}
+
+
+def _upsample_maps(maps: Dict[str, torch.Tensor], size, align_corners: bool):
+    """Upsample several (B, h, w) maps to ``size`` with one interpolation call."""
+    if not maps:
+        return {}
+    names = list(maps)
+    stacked = upsample(torch.stack([maps[n] for n in names], 1), size, align_corners)
+    return {n: stacked[:, i] for i, n in enumerate(names)}

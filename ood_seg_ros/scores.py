@@ -1,0 +1,185 @@
+"""Anomaly score math: entropy, MSP, max-logit, MOoSe aggregation, PGN.
+
+One implementation, used inside the network graph (so it exports to ONNX / TensorRT)
+and by the tests. Only ordinary tensor ops: no autograd, no in-place tricks. All scores
+follow one convention: **higher = more anomalous**. Tensors are (B, C, H, W) logits or
+(B, E, H, W) features; score maps are (B, H, W) float32.
+
+PGN (methods §3) is returned as ``log PGN`` (the (1/p)-th power of a p < 1 norm
+overflows float32 and float16): log PGN = log‖g‖_p + log‖ψ‖_p, both computed in float32
+from power sums whose exponent p ≤ 2 keeps them finite.
+"""
+
+import math
+from typing import Dict, Iterable, List, Sequence
+
+import torch
+import torch.nn.functional as F
+
+PGN_PS = (0.1, 0.3, 0.5, 1.0, 2.0)
+PGN_MODES = ('oh', 'uni')
+GLOBAL_SCORES = ('msp', 'entropy', 'max_logit')
+MOOSE_SCORES = ('moose_msp', 'moose_entropy', 'moose_max_logit', 'moose_mi')
+_TINY = 1e-30
+_NEG = -1e30
+
+
+def p_tag(p: float) -> str:
+    """Name fragment of a PGN exponent: 0.1 -> '0.1', 1.0 -> '1'."""
+    return f'{float(p):g}'
+
+
+def pgn_name(mode: str, p: float) -> str:
+    """Output name of a PGN score map, e.g. ``pgn_uni_p0.5``."""
+    return f'pgn_{mode}_p{p_tag(p)}'
+
+
+def parse_pgn_name(name: str):
+    """Inverse of :func:`pgn_name`: ``'pgn_oh_p2'`` -> ``('oh', 2.0)``."""
+    _, mode, p = name.split('_')
+    return mode, float(p[1:])
+
+
+ALL_PGN_SCORES = tuple(pgn_name(m, p) for m in PGN_MODES for p in PGN_PS)
+ALL_SCORES = GLOBAL_SCORES + MOOSE_SCORES + ALL_PGN_SCORES
+
+
+def entropy_from_logits(logits: torch.Tensor, dim: int = 1) -> torch.Tensor:
+    """Softmax entropy in nats; never NaN (xlogy-style via log_softmax)."""
+    logp = F.log_softmax(logits.float(), dim=dim)
+    return -(logp.exp() * logp).sum(dim)
+
+
+def entropy_from_probs(probs: torch.Tensor, dim: int = 1) -> torch.Tensor:
+    """Entropy of probability vectors in nats; 0 * log 0 counts as 0."""
+    probs = probs.float()
+    return -(probs * torch.log(probs.clamp_min(_TINY))).sum(dim)
+
+
+def global_scores(logits: torch.Tensor, names: Iterable[str]) -> Dict[str, torch.Tensor]:
+    """Single-head scores from logits (B, C, H, W): ``msp``, ``entropy``, ``max_logit``."""
+    out = {}
+    z = logits.float()
+    if 'msp' in names:
+        out['msp'] = 1.0 - F.softmax(z, 1).amax(1)
+    if 'entropy' in names:
+        out['entropy'] = entropy_from_logits(z)
+    if 'max_logit' in names:
+        out['max_logit'] = -z.amax(1)
+    return out
+
+
+def moose_scores(member_logits: Sequence[torch.Tensor],
+                 names: Iterable[str]) -> Dict[str, torch.Tensor]:
+    """MOoSe scores over M members (probes + global head), equal weights.
+
+    ``member_logits``: M tensors (B, C, H, W) at the same resolution. p̄ = mean softmax;
+    MSP = 1 - max p̄, H = entropy(p̄), ML = -max_c mean_m z, MI = H(p̄) - mean_m H(p_m).
+    """
+    names = set(names)
+    out = {}
+    zs = [z.float() for z in member_logits]
+    m = float(len(zs))
+    need_probs = names & {'moose_msp', 'moose_entropy', 'moose_mi'}
+    if need_probs:
+        logps = [F.log_softmax(z, 1) for z in zs]
+        probs = [lp.exp() for lp in logps]
+        p_mean = sum(probs) / m
+        if 'moose_msp' in names:
+            out['moose_msp'] = 1.0 - p_mean.amax(1)
+        if names & {'moose_entropy', 'moose_mi'}:
+            h_mean = entropy_from_probs(p_mean)
+            if 'moose_entropy' in names:
+                out['moose_entropy'] = h_mean
+            if 'moose_mi' in names:
+                mean_h = sum(-(p * lp).sum(1) for p, lp in zip(probs, logps)) / m
+                out['moose_mi'] = (h_mean - mean_h).clamp_min(0.0)
+    if 'moose_max_logit' in names:
+        out['moose_max_logit'] = -(sum(zs) / m).amax(1)
+    return out
+
+
+def _logsumexp(x: torch.Tensor, dim: int) -> torch.Tensor:
+    """Max-shifted log-sum-exp written with basic ops (robust in every runtime)."""
+    m = x.amax(dim, keepdim=True)
+    return (x - m).exp().sum(dim).log() + m.squeeze(dim)
+
+
+def log_error_pnorms(logits: torch.Tensor, mode: str, ps: Sequence[float],
+                     exact: bool = False) -> List[torch.Tensor]:
+    """log‖g‖_p per pixel for each p; logits (B, C, H, W) -> list of (B, H, W).
+
+    Paper (default): oh: g_h = σ_h (1 - δ_{h,ŷ}); uni: g_h = (C - 1)/C σ_h.
+    Exact cross-entropy gradient (``exact=True``): g = σ - y with y = one-hot(ŷ) (oh)
+    or 1/C (uni).
+    """
+    z = logits.float()
+    c = z.shape[1]
+    logp = F.log_softmax(z, 1)
+    if mode == 'oh':
+        onehot = F.one_hot(z.argmax(1), c).permute(0, 3, 1, 2).to(z.dtype)
+        # log σ_h for h != ŷ; the predicted class is masked out with a huge negative.
+        log_others = logp + onehot * _NEG
+        if exact:
+            # |σ_ŷ - 1| = Σ_{h≠ŷ} σ_h, computed stably in the log domain.
+            log_pred = _logsumexp(log_others, 1).unsqueeze(1)
+            log_abs = log_others * (1 - onehot) + log_pred * onehot
+        else:
+            log_abs = log_others
+    elif mode == 'uni':
+        if exact:
+            log_abs = torch.log((logp.exp() - 1.0 / c).abs().clamp_min(_TINY))
+        else:
+            log_abs = logp + math.log((c - 1.0) / c)
+    else:
+        raise ValueError(f'unknown PGN label mode {mode!r}; use one of {PGN_MODES}')
+    return [_logsumexp(p * log_abs, 1) / p for p in ps]
+
+
+def log_feature_pnorms(psi: torch.Tensor, ps: Sequence[float],
+                       with_bias: bool = True) -> List[torch.Tensor]:
+    """log‖ψ‖_p per pixel (with a bias: log (‖ψ‖_p^p + 1)^{1/p}); psi (B, E, H, W).
+
+    log‖ψ‖_p = (1/p) log Σ_e exp(p log|ψ_e|). The sum of exp(p log|ψ_e|) = |ψ_e|^p is
+    finite in float32 for p ≤ 2 (|ψ| is bounded by float16 range or by the features);
+    only its 1/p-th power overflows, and that is taken in the log domain. log|ψ| is
+    computed once and shared by all fractional p (cheaper than ``pow``).
+    """
+    a = psi.float().abs()
+    log_a = None
+    out = []
+    for p in ps:
+        if p == 1.0:
+            s = a.sum(1)
+        elif p == 2.0:
+            s = (a * a).sum(1)
+        else:
+            if log_a is None:
+                log_a = torch.log(a.clamp_min(_TINY))
+            s = torch.exp(log_a * p).sum(1)
+        if with_bias:
+            s = s + 1.0
+        out.append(torch.log(s.clamp_min(_TINY)) / p)
+    return out
+
+
+def log_pgn(logits: torch.Tensor, psi: torch.Tensor, names: Iterable[str],
+            exact: bool = False, with_bias: bool = True) -> Dict[str, torch.Tensor]:
+    """log PGN maps for the requested ``pgn_<mode>_p<p>`` names at the logits' resolution.
+
+    ``logits`` = K ψ + b of the final 1x1 convolution (B, C, H, W); ``psi`` its input.
+    """
+    wanted = [parse_pgn_name(n) for n in names]
+    if not wanted:
+        return {}
+    ps = sorted({p for _, p in wanted})
+    feat = dict(zip(ps, log_feature_pnorms(psi, ps, with_bias)))
+    out = {}
+    for mode in PGN_MODES:
+        mode_ps = sorted({p for m, p in wanted if m == mode})
+        if not mode_ps:
+            continue
+        errs = log_error_pnorms(logits, mode, mode_ps, exact)
+        for p, log_g in zip(mode_ps, errs):
+            out[pgn_name(mode, p)] = log_g + feat[p]
+    return out
