@@ -1,0 +1,1 @@
+"""Training loops: base DeepLabv3+, MOoSe probes, entropy maximisation."""

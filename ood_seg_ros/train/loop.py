@@ -1,0 +1,448 @@
+"""Training loops for the base network, the MOoSe probes and entropy maximisation.
+
+All three share one loop: data held on the device as uint8 tensors, batched GPU-side
+augmentation, AMP on CUDA, a JSONL metrics log, a checkpoint every epoch (resumable),
+validation mIoU every epoch with the best model kept as a bundle, and
+DistributedDataParallel when started under ``torchrun`` (WORLD_SIZE > 1).
+"""
+
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from .augment import augment_batch, IGNORE, to_input
+from ..errors import OodSegError
+from ..model import build_model, load_bundle, ModelConfig, save_bundle
+
+
+@dataclass
+class TrainConfig:
+    """Options of one training run (stored in checkpoints and bundles)."""
+
+    stage: str = 'base'                 # base | probes | entropy
+    camvid: str = ''
+    train_splits: List[str] = field(default_factory=lambda: ['train'])
+    val_split: str = 'val'
+    ood_proxy: str = ''                 # entropy: folder from make-ood-set (group a)
+    init_bundle: str = ''               # probes / entropy: starting bundle
+    out: str = 'runs/base'
+    epochs: int = 100
+    batch_size: int = 8
+    lr: float = 0.01
+    weight_decay: float = 1e-4
+    optimizer: str = 'sgd'              # sgd | adam | adamw
+    crop: List[int] = field(default_factory=lambda: [360, 480])
+    scale: List[float] = field(default_factory=lambda: [0.5, 2.0])
+    class_weights: str = 'none'         # none | sqrt_median_freq
+    patience: int = 0                   # probes: stop after this many epochs w/o gain
+    ood_lambda: float = 0.9
+    ood_ratio: float = 0.1              # OoD proxy frames per in-distribution frame
+    reference_loss: bool = False        # entropy: average over all pixels (reference)
+    max_steps: int = 0                  # stop after this many steps (tests, smoke runs)
+    subset: int = 0                     # use only the first N frames per split
+    seed: int = 0
+    device: str = 'auto'
+    amp: bool = True
+    time_limit_min: float = 0.0         # fit the schedule into this many minutes
+    val_every: int = 1                  # validate every N epochs (and at the end)
+    model: Dict = field(default_factory=dict)   # ModelConfig overrides (base stage)
+
+
+def pick_device(name: str) -> torch.device:
+    """'auto' -> cuda when available else cpu; under torchrun, this rank's GPU."""
+    if name == 'auto':
+        name = 'cuda' if torch.cuda.is_available() else 'cpu'
+    if name == 'cuda':
+        if not torch.cuda.is_available():
+            raise OodSegError('device cuda requested but no CUDA GPU is available')
+        return torch.device('cuda', int(os.environ.get('LOCAL_RANK', 0)))
+    return torch.device(name)
+
+
+def _dist():
+    world = int(os.environ.get('WORLD_SIZE', '1'))
+    if world > 1 and not torch.distributed.is_initialized():
+        backend = 'nccl' if torch.cuda.is_available() else 'gloo'
+        torch.distributed.init_process_group(backend)
+    rank = torch.distributed.get_rank() if world > 1 else 0
+    return world, rank
+
+
+def confusion(pred: torch.Tensor, gt: torch.Tensor, n: int) -> torch.Tensor:
+    """Confusion matrix (n, n) [gt, pred] over pixels with gt != 255."""
+    valid = gt != IGNORE
+    idx = gt[valid] * n + pred[valid]
+    return torch.bincount(idx, minlength=n * n).reshape(n, n)
+
+
+def iou_from_confusion(conf: np.ndarray) -> np.ndarray:
+    """Per-class IoU; NaN where a class is absent from both prediction and truth."""
+    conf = conf.astype(np.float64)
+    tp = np.diag(conf)
+    denom = conf.sum(0) + conf.sum(1) - tp
+    with np.errstate(invalid='ignore', divide='ignore'):
+        return np.where(denom > 0, tp / denom, np.nan)
+
+
+@torch.no_grad()
+def evaluate_miou(model, images: torch.Tensor, labels: torch.Tensor, n_classes: int,
+                  batch_size: int = 8, probes: bool = True) -> Dict:
+    """mIoU of the global head (and each probe) on uint8 images (N, H, W, 3) at full size."""
+    was_training = model.training
+    model.eval()
+    dev = next(model.parameters()).device
+    heads = ['global'] + ([f'probe{k}' for k in range(4)] if probes else [])
+    confs = {h: torch.zeros(n_classes, n_classes, dtype=torch.long, device=dev)
+             for h in heads}
+    for i in range(0, len(images), batch_size):
+        x = to_input(images[i:i + batch_size].to(dev))
+        y = labels[i:i + batch_size].to(dev).long()
+        with torch.autocast(dev.type, enabled=dev.type == 'cuda'):
+            logits, probe_logits = model.forward_train(x, with_probes=probes)
+        confs['global'] += confusion(logits.argmax(1), y, n_classes)
+        for k, z in enumerate(probe_logits):
+            confs[f'probe{k}'] += confusion(z.argmax(1), y, n_classes)
+    if was_training:
+        model.train()
+    out = {}
+    for h, c in confs.items():
+        iou = iou_from_confusion(c.cpu().numpy())
+        out[h] = {'miou': float(np.nanmean(iou)), 'per_class': iou.tolist()}
+    return out
+
+
+def _class_weights(labels: torch.Tensor, n: int, mode: str, device) -> Optional[torch.Tensor]:
+    if mode == 'none':
+        return None
+    counts = torch.bincount(labels[labels != IGNORE].long().flatten(), minlength=n).double()
+    freq = counts / counts.sum()
+    w = (freq.median() / freq.clamp_min(1e-12))
+    if mode == 'sqrt_median_freq':
+        w = w.sqrt()
+    elif mode != 'median_freq':
+        raise OodSegError(f'class_weights must be none, sqrt_median_freq or median_freq, '
+                          f'got {mode!r}')
+    return w.float().to(device)
+
+
+class Trainer:
+    """One training run of the stage named in ``cfg.stage``."""
+
+    def __init__(self, cfg: TrainConfig, resume: bool = False, log=print):
+        self.cfg = cfg
+        self.log = log
+        self.world, self.rank = _dist()
+        self.device = pick_device(cfg.device)
+        torch.manual_seed(cfg.seed + self.rank)
+        self.out = Path(cfg.out)
+        if self.rank == 0:
+            self.out.mkdir(parents=True, exist_ok=True)
+        self._load_data()
+        self._build_model()
+        self.epoch = 0
+        self.step = 0
+        self.best = -1.0
+        self.history = []
+        if resume:
+            self._resume()
+
+    # -- set-up ----------------------------------------------------------------------
+    def _load_data(self):
+        from ..data.camvid import load_split
+        cfg = self.cfg
+        if not cfg.camvid:
+            raise OodSegError('no CamVid folder given (--camvid DIR)')
+        imgs, labs, _ = load_split(cfg.camvid, cfg.train_splits)
+        vimgs, vlabs, _ = load_split(cfg.camvid, [cfg.val_split])
+        if cfg.subset:
+            imgs, labs = imgs[:cfg.subset], labs[:cfg.subset]
+            vimgs, vlabs = vimgs[:cfg.subset], vlabs[:cfg.subset]
+        dev = self.device
+        self.images = torch.from_numpy(imgs).to(dev)
+        self.labels = torch.from_numpy(labs).to(dev)
+        self.ood = torch.zeros_like(self.labels)  # 1 where a pixel is OoD proxy
+        self.val_images = torch.from_numpy(vimgs)
+        self.val_labels = torch.from_numpy(vlabs)
+        self.n_id = len(imgs)
+        if cfg.stage == 'entropy':
+            self._load_proxy()
+
+    def _load_proxy(self):
+        from ..data.ood_sets import OodDataset
+        cfg = self.cfg
+        if not cfg.ood_proxy:
+            raise OodSegError('entropy maximisation needs --ood-proxy DIR '
+                              '(ood-seg make-ood-set --group a)')
+        ds = OodDataset(cfg.ood_proxy)
+        n = len(ds) if not cfg.subset else min(len(ds), cfg.subset)
+        imgs, sems, oods = [], [], []
+        for i in range(n):
+            s = ds[i]
+            if s.semantic is None:
+                raise OodSegError(f'{cfg.ood_proxy}: OoD proxy frame {s.name} has no '
+                                  f'semantic label (make it with ood-seg make-ood-set)')
+            imgs.append(s.rgb)
+            sems.append(s.semantic)
+            oods.append((s.ood_label == 1).astype(np.uint8))
+        dev = self.device
+        self.images = torch.cat([self.images, torch.from_numpy(np.stack(imgs)).to(dev)])
+        self.labels = torch.cat([self.labels, torch.from_numpy(np.stack(sems)).to(dev)])
+        self.ood = torch.cat([self.ood, torch.from_numpy(np.stack(oods)).to(dev)])
+
+    def _build_model(self):
+        cfg = self.cfg
+        if cfg.stage == 'base':
+            mcfg = ModelConfig(**{**cfg.model}) if cfg.model else ModelConfig()
+            self.model = build_model(mcfg.validate(), imagenet=True)
+            self.provenance = {}
+        else:
+            if not cfg.init_bundle:
+                raise OodSegError(f'stage {cfg.stage} needs --init-bundle (a base bundle)')
+            b = load_bundle(cfg.init_bundle)
+            self.model = b.model
+            self.provenance = b.info
+            self.init_runtime = b.runtime
+        self.model.to(self.device)
+        if cfg.stage == 'probes':
+            self.model.freeze_base_for_probes()
+            params = list(self.model.probes.parameters())
+        else:
+            self.model.train()
+            params = self.model.base_parameters() if cfg.stage == 'entropy' else \
+                [p for p in self.model.parameters()]
+            if cfg.stage == 'entropy':
+                for p in self.model.probes.parameters():
+                    p.requires_grad_(False)
+        self.params = params
+        if cfg.optimizer == 'sgd':
+            self.opt = torch.optim.SGD(params, lr=cfg.lr, momentum=0.9,
+                                       weight_decay=cfg.weight_decay, nesterov=True)
+        elif cfg.optimizer in ('adam', 'adamw'):
+            klass = torch.optim.Adam if cfg.optimizer == 'adam' else torch.optim.AdamW
+            self.opt = klass(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        else:
+            raise OodSegError(f'optimizer must be sgd, adam or adamw, got {cfg.optimizer!r}')
+        self.amp = cfg.amp and self.device.type == 'cuda'
+        self.scaler = torch.amp.GradScaler('cuda', enabled=self.amp)
+        n = self.model.config.n_classes
+        self.class_w = _class_weights(self.labels[:self.n_id], n, cfg.class_weights,
+                                      self.device)
+        self.ddp = TrainForward(self.model)
+        if self.world > 1:
+            self.ddp = torch.nn.parallel.DistributedDataParallel(
+                self.ddp, device_ids=[self.device.index] if self.device.index is not None
+                else None, find_unused_parameters=cfg.stage == 'probes')
+
+    # -- schedule --------------------------------------------------------------------
+    def steps_per_epoch(self) -> int:
+        """Optimiser steps per epoch (over all ranks)."""
+        n = self.n_id + (round(self.n_id * self.cfg.ood_ratio)
+                         if self.cfg.stage == 'entropy' else 0)
+        return max(1, n // (self.cfg.batch_size * self.world))
+
+    def total_steps(self) -> int:
+        """Planned optimiser steps of the run."""
+        total = self.steps_per_epoch() * self.cfg.epochs
+        if self.cfg.max_steps:
+            total = min(total, self.cfg.max_steps)
+        if getattr(self, 'time_steps', 0):
+            total = min(total, self.time_steps)
+        return total
+
+    def _lr(self) -> float:
+        if self.cfg.stage == 'entropy':
+            return self.cfg.lr  # constant, as the reference
+        frac = min(1.0, self.step / max(1, self.total_steps()))
+        return self.cfg.lr * (1 - frac) ** 0.9  # poly
+
+    def _epoch_indices(self, gen: torch.Generator) -> torch.Tensor:
+        ids = torch.randperm(self.n_id, generator=gen)
+        n_ood = len(self.images) - self.n_id
+        if self.cfg.stage == 'entropy' and n_ood:
+            k = round(self.n_id * self.cfg.ood_ratio)
+            ood_ids = self.n_id + torch.randint(n_ood, (k,), generator=gen)
+            ids = torch.cat([ids, ood_ids])[torch.randperm(self.n_id + k, generator=gen)]
+        per_rank = len(ids) // self.world
+        return ids[self.rank * per_rank:(self.rank + 1) * per_rank]
+
+    # -- loss ------------------------------------------------------------------------
+    def _loss(self, x, y, ood) -> torch.Tensor:
+        cfg = self.cfg
+        logits, probe_logits = self.ddp(x, cfg.stage == 'probes')
+        if cfg.stage == 'probes':
+            return sum(F.cross_entropy(z.float(), y, ignore_index=IGNORE,
+                                       weight=self.class_w) for z in probe_logits)
+        logits = logits.float()
+        if cfg.stage == 'base':
+            return F.cross_entropy(logits, y, ignore_index=IGNORE, weight=self.class_w)
+        return entropy_max_loss(logits, y, ood, cfg.ood_lambda, cfg.reference_loss)
+
+    # -- run -------------------------------------------------------------------------
+    def run(self) -> Dict:
+        """Train to the end; return the final record (metrics and bundle paths)."""
+        cfg = self.cfg
+        gen = torch.Generator().manual_seed(cfg.seed)
+        for _ in range(self.epoch):  # keep the shuffling sequence on resume
+            self._epoch_indices(gen)
+        aug_gen = torch.Generator().manual_seed(cfg.seed * 7919 + self.epoch)
+        stale = 0
+        t_start = time.time()
+        if cfg.device == 'auto' and self.device.type == 'cuda':
+            torch.backends.cudnn.benchmark = True
+        while self.epoch < cfg.epochs and self.step < self.total_steps():
+            total = self.total_steps()
+            ids = self._epoch_indices(gen)
+            t0 = time.time()
+            losses = []
+            bar = tqdm(range(0, len(ids) - cfg.batch_size + 1, cfg.batch_size),
+                       desc=f'{cfg.stage} epoch {self.epoch + 1}/{cfg.epochs}',
+                       disable=True if self.rank != 0 else None, leave=False,
+                       mininterval=2.0)
+            for i in bar:
+                if self.step >= total:
+                    break
+                b = ids[i:i + cfg.batch_size].to(self.device)
+                x, (y, ood) = augment_batch(self.images[b], [self.labels[b], self.ood[b]],
+                                            tuple(cfg.crop), tuple(cfg.scale),
+                                            generator=aug_gen)
+                ood = ood == 1
+                for g in self.opt.param_groups:
+                    g['lr'] = self._lr()
+                with torch.autocast(self.device.type, enabled=self.amp):
+                    loss = self._loss(x, y, ood)
+                self.opt.zero_grad(set_to_none=True)
+                self.scaler.scale(loss).backward()
+                self.scaler.step(self.opt)
+                self.scaler.update()
+                self.step += 1
+                losses.append(loss.item())
+                bar.set_postfix(loss=f'{losses[-1]:.3f}')
+            self.epoch += 1
+            if cfg.time_limit_min and self.epoch == 2 and losses:
+                # Fit the rest of the schedule into the time budget, timed on epoch 2
+                # (epoch 1 includes cuDNN autotuning and other warm-up).
+                per_step = (time.time() - t0) / len(losses)
+                left = cfg.time_limit_min * 60 - (time.time() - t_start)
+                self.time_steps = self.step + max(0, int(left / per_step))
+                self.log(f'time limit {cfg.time_limit_min} min: {per_step * 1000:.0f} ms/step, '
+                         f'planning {self.total_steps()} steps')
+            last = self.epoch >= cfg.epochs or self.step >= self.total_steps()
+            record = {'epoch': self.epoch, 'step': self.step,
+                      'loss': float(np.mean(losses)) if losses else math.nan,
+                      'lr': self._lr(), 'seconds': round(time.time() - t0, 2)}
+            if self.rank == 0 and not last and self.epoch % max(1, cfg.val_every):
+                self.history.append(record)
+                self.log(json.dumps(record))
+            elif self.rank == 0:
+                val = evaluate_miou(self.model, self.val_images, self.val_labels,
+                                    self.model.config.n_classes,
+                                    probes=cfg.stage == 'probes')
+                key = 'probes_mean' if cfg.stage == 'probes' else 'global'
+                if cfg.stage == 'probes':
+                    val['probes_mean'] = {'miou': float(np.mean(
+                        [val[f'probe{k}']['miou'] for k in range(4)]))}
+                    self.model.freeze_base_for_probes()
+                else:
+                    self.model.train()
+                score = val[key]['miou']
+                record['val_miou'] = score
+                record['val'] = {k: v['miou'] for k, v in val.items()}
+                self.history.append(record)
+                with open(self.out / 'metrics.jsonl', 'a') as f:
+                    f.write(json.dumps(record) + '\n')
+                self.log(json.dumps({k: v for k, v in record.items() if k != 'val'}))
+                if score > self.best:
+                    self.best, stale = score, 0
+                    self._save_bundle(self.out / 'best', {'val_miou': score,
+                                                          'epoch': self.epoch})
+                else:
+                    stale += 1
+                self._save_checkpoint()
+                if cfg.patience and stale >= cfg.patience:
+                    self.log(f'stopping: no {key} mIoU gain for {stale} epochs')
+                    break
+        final = self.out / 'bundle'
+        if self.rank == 0:
+            self._save_bundle(final, {'epoch': self.epoch, 'best_val_miou': self.best})
+        return {'bundle': str(final), 'best_bundle': str(self.out / 'best'),
+                'best_val_miou': self.best, 'epochs': self.epoch, 'steps': self.step}
+
+    def _save_bundle(self, path: Path, extra: dict):
+        info = dict(self.provenance)
+        info[f'train_{self.cfg.stage}'] = {
+            'config': asdict(self.cfg), 'device': _device_name(self.device), **extra}
+        runtime = getattr(self, 'init_runtime', {})
+        save_bundle(path, self.model, runtime=runtime, info=info)
+
+    def _save_checkpoint(self):
+        state = {'model': self.model.state_dict(), 'opt': self.opt.state_dict(),
+                 'scaler': self.scaler.state_dict(), 'epoch': self.epoch,
+                 'step': self.step, 'best': self.best, 'cfg': asdict(self.cfg),
+                 'history': self.history}
+        tmp = self.out / 'checkpoint.pt.tmp'
+        torch.save(state, tmp)
+        os.replace(tmp, self.out / 'checkpoint.pt')
+
+    def _resume(self):
+        path = self.out / 'checkpoint.pt'
+        if not path.exists():
+            raise OodSegError(f'cannot resume: {path} does not exist')
+        state = torch.load(path, map_location=self.device, weights_only=False)
+        if state['cfg'].get('stage') != self.cfg.stage:
+            raise OodSegError(f'{path} is a {state["cfg"].get("stage")} checkpoint, '
+                              f'not {self.cfg.stage}')
+        self.model.load_state_dict(state['model'])
+        self.opt.load_state_dict(state['opt'])
+        self.scaler.load_state_dict(state['scaler'])
+        self.epoch, self.step, self.best = state['epoch'], state['step'], state['best']
+        self.history = state.get('history', [])
+        if self.cfg.stage == 'probes':
+            self.model.freeze_base_for_probes()
+        self.log(f'resumed from {path} at epoch {self.epoch}, step {self.step}')
+
+
+class TrainForward(torch.nn.Module):
+    """Routes ``forward`` to ``model.forward_train`` so DDP's gradient hooks see it."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor, with_probes: bool):
+        """(global logits, probe logits), both at input size."""
+        return self.model.forward_train(x, with_probes)
+
+
+def entropy_max_loss(logits: torch.Tensor, y: torch.Tensor, ood: torch.Tensor,
+                     lam: float = 0.9, reference: bool = False) -> torch.Tensor:
+    """(1 - λ) CE on in-distribution pixels + λ mean -(1/C) Σ_c log p_c on OoD pixels.
+
+    Default: the two terms are separately normalised means, void ignored. ``reference``:
+    the reference code's single mean over all B·H·W pixels (void included as zero terms).
+    """
+    logp = F.log_softmax(logits, 1)
+    ce = F.nll_loss(logp, y.masked_fill(ood, IGNORE), ignore_index=IGNORE, reduction='none')
+    uniform = -logp.mean(1)
+    in_mask = (y != IGNORE) & ~ood
+    if reference:
+        return ((1 - lam) * ce + lam * uniform * ood).mean()
+    zero = logits.sum() * 0
+    in_term = ce[in_mask].mean() if in_mask.any() else zero
+    out_term = uniform[ood].mean() if ood.any() else zero
+    return (1 - lam) * in_term + lam * out_term
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == 'cuda':
+        return torch.cuda.get_device_name(device)
+    import platform
+    return f'cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)'
