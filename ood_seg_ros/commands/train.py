@@ -45,6 +45,12 @@ def add_arguments(parser, name):
     if name == 'train-probes':
         parser.add_argument('--patience', type=int, default=d['patience'],
                             help='stop after N epochs without probe mIoU gain')
+        parser.add_argument('--probe-depth', type=int, default=None,
+                            help='rebuild the probes with this depth d')
+        parser.add_argument('--probe-channels', type=int, default=None,
+                            help='rebuild the probes with this width')
+        parser.add_argument('--probe-separable', action='store_true',
+                            help='rebuild the probes with depthwise-separable 3x3 convs')
     parser.add_argument('--epochs', type=int, default=d['epochs'])
     parser.add_argument('--batch-size', type=int, default=d['batch_size'])
     parser.add_argument('--lr', type=float, default=d['lr'])
@@ -87,6 +93,13 @@ def run(args) -> int:
         cfg.model = dict(backbone=args.backbone, output_stride=args.output_stride,
                          probe_depth=args.probe_depth, probe_channels=args.probe_channels,
                          probe_separable=args.probe_separable)
+    if stage == 'probes' and (args.probe_depth or args.probe_channels or
+                              args.probe_separable):
+        from ..model.bundle import read_bundle_json
+        base = read_bundle_json(args.init_bundle)['config']
+        cfg.model = dict(depth=args.probe_depth or base['probe_depth'],
+                         width=args.probe_channels or base['probe_channels'],
+                         separable=args.probe_separable or base['probe_separable'])
     result = Trainer(cfg, resume=args.resume).run()
     print(json.dumps(result) if args.json else
           f'done: {result["epochs"]} epochs, best val mIoU {result["best_val_miou"]:.4f}, '

@@ -125,3 +125,22 @@ def build_model(config: ModelConfig, imagenet: bool = True) -> OodSegNet:
     if imagenet:
         load_imagenet_weights(model.backbone)
     return model
+
+
+DEFAULT_BUNDLE = 'camvid_lite0'
+
+
+def default_bundle_path() -> Optional[Path]:
+    """The default bundle: ``models/camvid_lite0`` in the source tree, else the installed
+    ``share/ood_seg_ros/models/camvid_lite0``; None when neither exists."""
+    here = Path(__file__).resolve().parents[2] / 'models' / DEFAULT_BUNDLE
+    if (here / BUNDLE_JSON).exists():
+        return here
+    try:
+        from ament_index_python.packages import get_package_share_directory
+        share = Path(get_package_share_directory('ood_seg_ros')) / 'models' / DEFAULT_BUNDLE
+        if (share / BUNDLE_JSON).exists():
+            return share
+    except (ImportError, LookupError, ValueError):
+        pass
+    return None

@@ -4,7 +4,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import List, Optional, Tuple
 
 from ..errors import OodSegError
-from ..scores import ALL_SCORES
+from ..scores import ALL_SCORES, EXTRA_OUTPUTS
 
 CAMVID_CLASSES = ('Sky', 'Building', 'Pole', 'Road', 'Pavement', 'Tree', 'SignSymbol',
                   'Fence', 'Car', 'Pedestrian', 'Bicyclist')
@@ -15,8 +15,9 @@ class ModelConfig:
     """Everything needed to rebuild the network (stored in the model bundle).
 
     ``input_size`` is (height, width) of the network input; ``mean``/``std`` normalise
-    RGB in [0, 1] inside the graph. ``outputs`` lists the score maps the graph computes
-    besides ``logits`` and ``semantic`` (names from :data:`ood_seg_ros.scores.ALL_SCORES`).
+    RGB in [0, 1] inside the graph. ``outputs`` lists what the graph computes besides
+    ``semantic``: score maps (names from :data:`ood_seg_ros.scores.ALL_SCORES`) and
+    optionally ``logits`` / ``probs`` (:data:`ood_seg_ros.scores.EXTRA_OUTPUTS`).
     """
 
     backbone: str = 'lite0'
@@ -34,7 +35,7 @@ class ModelConfig:
     input_size: Tuple[int, int] = (360, 480)
     mean: Tuple[float, float, float] = (0.5, 0.5, 0.5)
     std: Tuple[float, float, float] = (0.5, 0.5, 0.5)
-    outputs: List[str] = field(default_factory=lambda: list(ALL_SCORES))
+    outputs: List[str] = field(default_factory=lambda: ['probs'] + list(ALL_SCORES))
 
     @property
     def n_classes(self) -> int:
@@ -62,7 +63,7 @@ class ModelConfig:
         if h < 64 or w < 64:
             raise OodSegError(f'model config: input_size {self.input_size} must be at '
                               f'least 64 x 64')
-        unknown = [n for n in self.outputs if n not in ALL_SCORES]
+        unknown = [n for n in self.outputs if n not in ALL_SCORES + EXTRA_OUTPUTS]
         if unknown:
             raise OodSegError(f'model config: unknown outputs {unknown}; known: '
                               f'{", ".join(ALL_SCORES)}')

@@ -80,8 +80,14 @@ class OodSegNet(nn.Module):
     """DeepLabv3+ + MOoSe probes + score head, one graph.
 
     ``forward(x)`` takes RGB in [0, 1] (B, 3, H, W) and returns a dict of the outputs
-    listed in :meth:`output_names`: ``logits`` (B, C, H, W), ``semantic`` (B, H, W) int64,
-    and one (B, H, W) float32 map per configured score (higher = more anomalous).
+    listed in :meth:`output_names`:
+
+    - ``semantic`` (B, H, W) int32: argmax of the logits upsampled to input size;
+    - ``logits`` (B, C, H, W) float32 at input size (only when requested);
+    - ``probs`` (B, C, h, w) softmax at decoder resolution (h, w = ~H/4, ~W/4);
+    - one (B, h, w) float32 map per configured score at decoder resolution (higher =
+      more anomalous; PGN maps are log PGN). Consumers upsample the maps they use
+      (:func:`ood_seg_ros.pipeline.upsample_map`), so a deployment moves only those.
     """
 
     def __init__(self, config: ModelConfig, outputs: Sequence[str] = None):
@@ -109,20 +115,31 @@ class OodSegNet(nn.Module):
     # -- configuration ---------------------------------------------------------------
     def set_outputs(self, outputs: Sequence[str]) -> None:
         """Choose which score maps ``forward`` computes (others cost nothing)."""
-        unknown = [o for o in outputs if o not in S.ALL_SCORES]
+        known = S.EXTRA_OUTPUTS + S.ALL_SCORES
+        unknown = [o for o in outputs if o not in known and o != 'semantic']
         if unknown:
             from ..errors import OodSegError
-            raise OodSegError(f'unknown score outputs {unknown}')
-        self.outputs = [o for o in S.ALL_SCORES if o in set(outputs)]
+            raise OodSegError(f'unknown network outputs {unknown}; known: {", ".join(known)}')
+        self.outputs = [o for o in known if o in set(outputs)]
 
     def output_names(self) -> List[str]:
-        """Names of ``forward``'s outputs, in order."""
-        return ['logits', 'semantic'] + list(self.outputs)
+        """Names of ``forward``'s outputs, in order (``semantic`` first)."""
+        return ['semantic'] + list(self.outputs)
 
     def base_parameters(self):
         """Parameters of the segmentation network (everything but the probes)."""
         probe_ids = {id(p) for p in self.probes.parameters()}
         return [p for p in self.parameters() if id(p) not in probe_ids]
+
+    def rebuild_probes(self, depth: int, width: int, separable: bool) -> None:
+        """Replace the probes by freshly initialised ones of another shape (config too)."""
+        c = self.config
+        c.probe_depth, c.probe_channels, c.probe_separable = depth, width, separable
+        c.validate()
+        dev = next(self.parameters()).device
+        self.probes = nn.ModuleList(
+            Probe(2 * c.aspp_channels, width, c.n_classes, depth, separable)
+            for _ in range(4)).to(dev)
 
     def freeze_base_for_probes(self) -> None:
         """Probe-only training mode: base frozen (no grad, BN statistics fixed)."""
@@ -156,13 +173,12 @@ class OodSegNet(nn.Module):
         return upsample(logits, size), [upsample(z, size) for z in probe_logits]
 
     def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
-        """Inference: all configured outputs at input resolution (see class doc).
+        """Inference: the configured outputs (see the class docstring for shapes).
 
-        Score maps are computed at decoder resolution (stride 4; probe logits are first
-        upsampled there) and then upsampled bilinearly to the input size in one step,
-        which costs ~1/16 of computing them on input-size logits (the MOoSe reference
-        upsamples the logits first; at stride 4 the difference is sub-pixel). PGN maps
-        are upsampled with align_corners=True as in the PGN reference.
+        Score maps stay at decoder resolution (stride 4; probe logits are upsampled to
+        it first). The MOoSe reference upsamples the logits to input size before scoring;
+        scoring at stride 4 and upsampling the score map is ~16x cheaper and differs by
+        sub-pixel interpolation only.
         """
         size = x.shape[-2:]
         want = set(self.outputs)
@@ -171,24 +187,17 @@ class OodSegNet(nn.Module):
         logits_low, psi, probe_low = self.features(x, with_probes=bool(moose))
         logits = upsample(logits_low, size)
         # max(1).indices is ~10x faster than argmax(1) on CPU and exports to ArgMax.
-        out = {'logits': logits, 'semantic': logits.max(1).indices}
-        maps = S.global_scores(logits_low, want)
+        out = {'semantic': logits.max(1).indices.int()}
+        if 'logits' in want:
+            out['logits'] = logits
+        if 'probs' in want:
+            out['probs'] = F.softmax(logits_low.float(), 1)
+        out.update(S.global_scores(logits_low, want))
         if moose:
             low_size = logits_low.shape[-2:]
             members = [upsample(z, low_size) for z in probe_low] + [logits_low]
-            maps.update(S.moose_scores(members, moose))
-        out.update(_upsample_maps(maps, size, align_corners=False))
+            out.update(S.moose_scores(members, moose))
         if pgn:
-            low = S.log_pgn(logits_low, psi, pgn, self.config.pgn_exact,
-                            self.config.pgn_bias)
-            out.update(_upsample_maps(low, size, align_corners=True))
+            out.update(S.log_pgn(logits_low, psi, pgn, self.config.pgn_exact,
+                                 self.config.pgn_bias))
         return {k: out[k] for k in self.output_names()}
-
-
-def _upsample_maps(maps: Dict[str, torch.Tensor], size, align_corners: bool):
-    """Upsample several (B, h, w) maps to ``size`` with one interpolation call."""
-    if not maps:
-        return {}
-    names = list(maps)
-    stacked = upsample(torch.stack([maps[n] for n in names], 1), size, align_corners)
-    return {n: stacked[:, i] for i, n in enumerate(names)}

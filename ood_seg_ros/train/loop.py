@@ -54,7 +54,7 @@ class TrainConfig:
     amp: bool = True
     time_limit_min: float = 0.0         # fit the schedule into this many minutes
     val_every: int = 1                  # validate every N epochs (and at the end)
-    model: Dict = field(default_factory=dict)   # ModelConfig overrides (base stage)
+    model: Dict = field(default_factory=dict)   # ModelConfig overrides / probe shape
 
 
 def pick_device(name: str) -> torch.device:
@@ -211,6 +211,8 @@ class Trainer:
             self.model = b.model
             self.provenance = b.info
             self.init_runtime = b.runtime
+        if cfg.stage == 'probes' and cfg.model:
+            self.model.rebuild_probes(**cfg.model)
         self.model.to(self.device)
         if cfg.stage == 'probes':
             self.model.freeze_base_for_probes()

@@ -1,0 +1,237 @@
+"""``ood-seg bench``: speed and memory of the network, post-processing and pipeline.
+
+Prints one JSON object (``--json``). Figures are medians over ``--runs`` timed runs
+after ``--warmup`` runs, measured in one process on the same input:
+
+- ``plain_ms``: network with segmentation output only; ``full_ms``: with every OoD
+  output; ``overhead`` = full_ms / plain_ms (plain and full runs interleaved);
+- ``postprocess_ms``: heatmap + segments + features + meta classifier on realistic
+  synthetic network outputs with ``--segments`` blobs (``--postprocess``);
+- ``end_to_end_ms`` / ``fps``: frame in -> FrameResult through a backend, with
+  per-stage medians (``--backend``);
+- ``node_*``: input -> output latency through a running node over real DDS (``--node``).
+"""
+
+import json
+import os
+import platform
+import statistics
+import time
+
+HELP = 'measure network, post-processing and pipeline speed (JSON)'
+
+
+def add_arguments(parser):
+    """Benchmark options."""
+    parser.add_argument('--bundle', default=None,
+                        help='model bundle (default: the package default bundle)')
+    parser.add_argument('--device', default='cpu', choices=['cpu', 'cuda'])
+    parser.add_argument('--height', type=int, default=360)
+    parser.add_argument('--width', type=int, default=480)
+    parser.add_argument('--fp16', action='store_true', help='half precision (CUDA)')
+    parser.add_argument('--runs', type=int, default=20)
+    parser.add_argument('--warmup', type=int, default=5)
+    parser.add_argument('--threads', type=int, default=0, help='torch CPU threads (0: all)')
+    parser.add_argument('--skip-model', action='store_true', help='skip plain/full timing')
+    parser.add_argument('--postprocess', action='store_true',
+                        help='time post-processing at the frame size')
+    parser.add_argument('--segments', type=int, default=50,
+                        help='blobs in the synthetic heatmap for --postprocess')
+    parser.add_argument('--backend', default=None,
+                        choices=['torch', 'onnxruntime', 'tensorrt'],
+                        help='time the end-to-end pipeline with this backend')
+    parser.add_argument('--cuda-graphs', action='store_true',
+                        help='torch backend on CUDA: replay a captured CUDA graph')
+    parser.add_argument('--node', action='store_true',
+                        help='time input->output latency through the ROS 2 node')
+    parser.add_argument('--json', action='store_true', help='print one JSON object')
+
+
+def _median_ms(samples):
+    return round(statistics.median(samples) * 1e3, 3)
+
+
+def default_bundle_path():
+    """The bundle shipped with the package (source tree or installed share/)."""
+    from ..model.bundle import default_bundle_path as path
+    return path()
+
+
+def bench_model(bundle_path, device, height, width, fp16, runs, warmup):
+    """Interleaved plain vs full network timing with PyTorch; returns a dict."""
+    import torch
+    from ..model import load_bundle, ModelConfig, OodSegNet
+    from ..scores import ALL_SCORES
+    if bundle_path:
+        model = load_bundle(bundle_path).model
+    else:
+        model = OodSegNet(ModelConfig())
+    dtype = torch.float16 if fp16 else torch.float32
+    model.to(device=device, dtype=dtype).eval()
+    x = torch.rand(1, 3, height, width, device=device, dtype=dtype)
+    plain, full = ['semantic'], ['probs'] + list(ALL_SCORES)
+
+    def once(outputs):
+        model.set_outputs(outputs)
+        if device == 'cuda':
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        out = model(x)
+        if device == 'cuda':
+            torch.cuda.synchronize()
+        del out
+        return time.perf_counter() - t
+
+    if device == 'cuda':
+        torch.cuda.reset_peak_memory_stats()
+    times = {'plain': [], 'full': []}
+    with torch.inference_mode():
+        for _ in range(warmup):
+            once(plain)
+            once(full)
+        for i in range(runs):
+            order = ('plain', 'full') if i % 2 == 0 else ('full', 'plain')
+            for name in order:
+                times[name].append(once(plain if name == 'plain' else full))
+    res = {'plain_ms': _median_ms(times['plain']), 'full_ms': _median_ms(times['full'])}
+    res['overhead'] = round(res['full_ms'] / res['plain_ms'], 4)
+    res['params'] = sum(p.numel() for p in model.parameters())
+    res['params_base'] = sum(p.numel() for p in model.base_parameters())
+    if device == 'cuda':
+        res['peak_gpu_mem_mb'] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    return res
+
+
+def synthetic_outputs(height, width, n_classes, n_blobs, seed=0):
+    """Realistic-shaped network outputs at decoder resolution with ``n_blobs`` hot blobs."""
+    import numpy as np
+    from ..scores import ALL_SCORES
+    rng = np.random.default_rng(seed)
+    h, w = (height + 3) // 4, (width + 3) // 4
+    logits = rng.normal(0, 1, (n_classes, h, w)).astype(np.float32)
+    logits[rng.integers(n_classes, size=(h, w)), np.arange(h)[:, None],
+           np.arange(w)[None]] += 4.0
+    probs = np.exp(logits - logits.max(0))
+    probs /= probs.sum(0)
+    yy, xx = np.mgrid[0:h, 0:w]
+    heat = np.zeros((h, w), np.float32)
+    for _ in range(n_blobs):
+        cy, cx = rng.uniform(0, h), rng.uniform(0, w)
+        r = rng.uniform(1.5, max(2.0, min(h, w) / 25))
+        heat = np.maximum(heat, np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * r * r)))
+    out = {'probs': probs, 'semantic': rng.integers(0, n_classes, (height, width),
+                                                    dtype=np.int32)}
+    for name in ALL_SCORES:
+        out[name] = (heat + 0.05 * rng.random((h, w))).astype(np.float32)
+    return out
+
+
+def bench_postprocess(pipeline, height, width, n_blobs, runs, warmup):
+    """Median post-processing time on synthetic outputs at a (height, width) frame."""
+    out = synthetic_outputs(height, width, len(pipeline.class_names), n_blobs)
+    # Frame = model input here: time what the node pays per frame of this size.
+    samples, stages, n_seg = [], {}, 0
+    for i in range(warmup + runs):
+        t = time.perf_counter()
+        res = pipeline.postprocess(out, (height, width))
+        dt = time.perf_counter() - t
+        if i >= warmup:
+            samples.append(dt)
+            for k, v in res.timings.items():
+                stages.setdefault(k, []).append(v / 1e3)
+            n_seg = len(res.segments)
+    return {'postprocess_ms': _median_ms(samples), 'postprocess_segments': n_seg,
+            'postprocess_stages_ms': {k: _median_ms(v) for k, v in stages.items()}}
+
+
+def bench_end_to_end(pipeline, height, width, runs, warmup):
+    """Median frame -> FrameResult time through the pipeline's backend."""
+    import numpy as np
+    rng = np.random.default_rng(0)
+    frame = _sample_frame(height, width, rng)
+    samples, stages = [], {}
+    for i in range(warmup + runs):
+        t = time.perf_counter()
+        res = pipeline.process(frame)
+        dt = time.perf_counter() - t
+        if i >= warmup:
+            samples.append(dt)
+            for k, v in res.timings.items():
+                stages.setdefault(k, []).append(v / 1e3)
+    e2e = _median_ms(samples)
+    return {'end_to_end_ms': e2e, 'fps': round(1000.0 / e2e, 2),
+            'stages_ms': {k: _median_ms(v) for k, v in stages.items()},
+            **{f'backend_{k}': v for k, v in pipeline.backend.describe().items()}}
+
+
+def _sample_frame(height, width, rng):
+    """A real CamVid frame resized to (height, width) when the data is present."""
+    import cv2
+    import numpy as np
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[3] / 'shared' / 'data' / 'camvid' / 'test'
+    files = sorted((root / 'images').glob('*.jpg')) if root.exists() else []
+    if files:
+        img = cv2.imread(str(files[0]))[:, :, ::-1]
+        return np.ascontiguousarray(cv2.resize(img, (width, height)))
+    return rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+
+
+def run(args) -> int:
+    """Run the requested benchmarks and print the result."""
+    import resource
+    import torch
+    from ..errors import OodSegError
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.device == 'cuda' and not torch.cuda.is_available():
+        raise OodSegError('--device cuda: no CUDA GPU available')
+    if args.fp16 and args.device != 'cuda':
+        raise OodSegError('--fp16 needs --device cuda')
+    bundle = args.bundle or default_bundle_path()
+    res = {'device': args.device, 'height': args.height, 'width': args.width,
+           'precision': 'fp16' if args.fp16 else 'fp32', 'runs': args.runs,
+           'bundle': os.path.basename(str(bundle).rstrip('/')) if bundle else None,
+           'machine': _machine(args.device), 'torch_threads': torch.get_num_threads()}
+    if not args.skip_model:
+        res.update(bench_model(bundle, args.device, args.height, args.width, args.fp16,
+                               args.runs, args.warmup))
+    if args.postprocess or args.backend:
+        from ..pipeline import Pipeline
+        be = args.backend or 'torch'
+        opts = {'cuda_graphs': True} if args.cuda_graphs else {}
+        if bundle is None:
+            raise OodSegError('post-processing and end-to-end benchmarks need a bundle')
+        from ..model.bundle import read_bundle_json
+        runtime = read_bundle_json(bundle).get('runtime', {})
+        score = runtime.get('heatmap_score')
+        if score not in runtime.get('normalisation', {}):
+            score = 'moose_entropy'  # an uncalibrated bundle: a score with natural bounds
+        pipe = Pipeline.from_bundle(bundle, backend=be, device=args.device, fp16=args.fp16,
+                                    score=score, input_size=(args.height, args.width),
+                                    **opts)
+        res['heatmap_score'] = score
+        if args.postprocess:
+            res.update(bench_postprocess(pipe, args.height, args.width, args.segments,
+                                         args.runs, args.warmup))
+        if args.backend:
+            res['backend'] = be
+            res.update(bench_end_to_end(pipe, args.height, args.width, args.runs,
+                                        args.warmup))
+    if args.node:
+        from ..node_bench import bench_node
+        res.update(bench_node(bundle, args.height, args.width, args.runs, args.warmup))
+    res['peak_rss_mb'] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    if args.json:
+        print(json.dumps(res))
+    else:
+        for k, v in res.items():
+            print(f'{k:>24}: {v}')
+    return 0
+
+
+def _machine(device):
+    if device == 'cuda':
+        import torch
+        return torch.cuda.get_device_name(0)
+    return f'{platform.machine()} cpu, {os.cpu_count()} cores'

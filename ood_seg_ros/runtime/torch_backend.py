@@ -1,0 +1,82 @@
+"""PyTorch backend: CPU or CUDA, optional fp16 and CUDA graphs."""
+
+from typing import Dict, Sequence
+
+import numpy as np
+import torch
+
+from .base import Backend
+from ..errors import OodSegError
+from ..model import load_bundle
+
+
+class TorchBackend(Backend):
+    """Runs the bundle's network with PyTorch.
+
+    On CUDA the uint8 frame is uploaded and converted on the GPU; ``cuda_graphs``
+    captures the whole forward once and replays it (static input/output buffers).
+    """
+
+    name = 'torch'
+
+    def __init__(self, bundle_path, outputs: Sequence[str], device: str = 'auto',
+                 fp16: bool = False, cuda_graphs: bool = False, threads: int = 0,
+                 bundle=None, input_size=None):
+        if device == 'auto':
+            device = 'cuda' if torch.cuda.is_available() else 'cpu'
+        if device.startswith('cuda') and not torch.cuda.is_available():
+            raise OodSegError('torch backend: device cuda requested but CUDA is not available')
+        if fp16 and not device.startswith('cuda'):
+            raise OodSegError('torch backend: fp16 needs a CUDA device')
+        if threads:
+            torch.set_num_threads(threads)
+        self.bundle = bundle or load_bundle(bundle_path, outputs=outputs)
+        self.model = self.bundle.model
+        self.model.set_outputs(outputs)
+        self.device = device
+        self.fp16 = fp16
+        self.dtype = torch.float16 if fp16 else torch.float32
+        self.model.to(device=device, dtype=self.dtype).eval()
+        self.input_size = tuple(input_size or self.bundle.config.input_size)
+        self.output_names = self.model.output_names()
+        self.cuda_graphs = bool(cuda_graphs and device.startswith('cuda'))
+        self._graph = None
+
+    def describe(self) -> dict:
+        """Backend, device and precision."""
+        return {'backend': self.name, 'device': self.device,
+                'precision': 'fp16' if self.fp16 else 'fp32', 'cuda_graphs': self.cuda_graphs}
+
+    def _to_input(self, image: np.ndarray) -> torch.Tensor:
+        t = torch.from_numpy(image).to(self.device, non_blocking=True)
+        return t.permute(2, 0, 1).unsqueeze(0).to(self.dtype).div_(255.0)
+
+    @torch.inference_mode()
+    def run_tensor(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """Forward on a prepared (1, 3, H, W) tensor; outputs stay on the device."""
+        if not self.cuda_graphs:
+            return self.model(x)
+        if self._graph is None:
+            self._capture(x)
+        self._static_in.copy_(x)
+        self._graph.replay()
+        return self._static_out
+
+    def _capture(self, x: torch.Tensor) -> None:
+        self._static_in = x.clone()
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            for _ in range(3):  # warm-up allocations outside the graph
+                self.model(self._static_in)
+        torch.cuda.current_stream().wait_stream(stream)
+        self._graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self._graph):
+            self._static_out = self.model(self._static_in)
+
+    def infer(self, image: np.ndarray) -> Dict[str, np.ndarray]:
+        """Run one uint8 frame; return numpy outputs without batch dimension."""
+        self.check_input(image)
+        out = self.run_tensor(self._to_input(image))
+        return {k: v[0].float().cpu().numpy() if k != 'semantic' else
+                v[0].to(torch.int32).cpu().numpy() for k, v in out.items()}
