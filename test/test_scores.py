@@ -1,0 +1,349 @@
+"""Tests of ood_seg_ros.scores against autograd, brute-force loops and numpy formulas."""
+
+import math
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+import numpy as np
+from ood_seg_ros import scores as S
+import pytest
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+PS = (0.1, 0.3, 0.5, 1.0, 2.0)
+E, C, H, W = 6, 4, 5, 7
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Run every test single-threaded (the machine is small and shared)."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+def _tiny_setup(seed=0, scale=3.0):
+    """Return (psi (1, E, H, W) with exact zeros as after ReLU, conv E->C with bias, logits)."""
+    g = torch.Generator().manual_seed(seed)
+    psi = torch.relu(torch.randn(1, E, H, W, generator=g, dtype=torch.float64))
+    psi[0, :, 0, 0] = 0.0  # one all-zero pixel
+    conv = nn.Conv2d(E, C, 1, bias=True).double()
+    with torch.no_grad():
+        conv.weight.copy_(torch.randn(C, E, 1, 1, generator=g, dtype=torch.float64) * scale)
+        conv.bias.copy_(torch.randn(C, generator=g, dtype=torch.float64))
+    logits = conv(psi).detach()
+    return psi, conv, logits
+
+
+def _pnorm64(v, p):
+    """(Σ|v|^p)^(1/p) in float64 with |0|^p = 0."""
+    a = np.abs(np.asarray(v, dtype=np.float64))
+    return float(np.sum(a ** p) ** (1.0 / p))
+
+
+def _autograd_grads(psi, conv, logits, i, j, mode):
+    """Return (grad W flattened, grad b) of the soft-target CE at pixel (i, j), float64."""
+    conv.zero_grad()
+    z = conv(psi[:, :, i:i + 1, j:j + 1])[0, :, 0, 0]
+    assert torch.allclose(z.detach(), logits[0, :, i, j])
+    if mode == 'oh':
+        y = F.one_hot(z.detach().argmax(), C).double()
+    else:
+        y = torch.full((C,), 1.0 / C, dtype=torch.float64)
+    loss = -(y * F.log_softmax(z, 0)).sum()
+    loss.backward()
+    return (conv.weight.grad.detach().reshape(-1).numpy().copy(),
+            conv.bias.grad.detach().numpy().copy())
+
+
+def _assert_lowest(m, psi, i, j):
+    """PGN of a zero-gradient pixel (log 0): finite and below every pixel with ψ != 0."""
+    v = float(m[0, i, j])
+    nonzero = (psi[0] != 0).any(0)
+    assert math.isfinite(v)
+    assert v < float(m[0][nonzero].min()) - 10.0
+
+
+@pytest.mark.parametrize('seed', [0, 1])
+@pytest.mark.parametrize('with_bias', [True, False])
+def test_exact_pgn_equals_autograd_gradient_norm(seed, with_bias):
+    psi, conv, logits = _tiny_setup(seed)
+    names = list(S.ALL_PGN_SCORES)
+    got = S.log_pgn(logits.float(), psi.float(), names, exact=True, with_bias=with_bias)
+    assert set(got) == set(names)
+    checked = 0
+    for mode in S.PGN_MODES:
+        for i in range(H):
+            for j in range(W):
+                gw, gb = _autograd_grads(psi, conv, logits, i, j, mode)
+                full = np.concatenate([gw, gb]) if with_bias else gw
+                for p in PS:
+                    ref = _pnorm64(full, p)
+                    val = float(got[S.pgn_name(mode, p)][0, i, j])
+                    if ref == 0.0:  # all-zero ψ pixel without bias: the lowest, finite
+                        _assert_lowest(got[S.pgn_name(mode, p)], psi, i, j)
+                        continue
+                    assert math.isfinite(val)
+                    assert val == pytest.approx(math.log(ref), abs=1e-4), (mode, p, i, j)
+                    checked += 1
+    assert checked >= 2 * len(PS) * (H * W - 1)
+
+
+def test_exact_and_paper_modes_differ():
+    """The exact gradient is not the paper's error vector (guards a swapped flag)."""
+    psi, _, logits = _tiny_setup(3)
+    names = list(S.ALL_PGN_SCORES)
+    exact = S.log_pgn(logits.float(), psi.float(), names, exact=True)
+    paper = S.log_pgn(logits.float(), psi.float(), names, exact=False)
+    for n in names:
+        assert not torch.allclose(exact[n], paper[n], atol=1e-3), n
+
+
+def _paper_pgn_brute(z, psi_vec, mode, p, with_bias=True):
+    """Paper PGN of one pixel with explicit loops in float64."""
+    c = len(z)
+    mx = max(z)
+    ex = [math.exp(v - mx) for v in z]
+    tot = sum(ex)
+    sig = [v / tot for v in ex]
+    yhat = max(range(c), key=lambda h: z[h])
+    g = []
+    for h in range(c):
+        if mode == 'oh':
+            g.append(sig[h] * (0.0 if h == yhat else 1.0))
+        else:
+            g.append((c - 1.0) / c * sig[h])
+    gn = sum(abs(v) ** p for v in g) ** (1.0 / p)
+    s = sum(abs(v) ** p for v in psi_vec) + (1.0 if with_bias else 0.0)
+    return gn * s ** (1.0 / p)
+
+
+@pytest.mark.parametrize('with_bias', [True, False])
+def test_paper_pgn_equals_brute_force(with_bias):
+    psi, _, logits = _tiny_setup(5, scale=1.5)
+    names = list(S.ALL_PGN_SCORES)
+    got = S.log_pgn(logits.float(), psi.float(), names, with_bias=with_bias)
+    z64 = logits.numpy()
+    p64 = psi.numpy()
+    for mode in S.PGN_MODES:
+        for p in PS:
+            m = got[S.pgn_name(mode, p)]
+            assert m.shape == (1, H, W) and m.dtype == torch.float32
+            for i in range(H):
+                for j in range(W):
+                    ref = _paper_pgn_brute(list(z64[0, :, i, j]), list(p64[0, :, i, j]),
+                                           mode, p, with_bias)
+                    if ref == 0.0:
+                        _assert_lowest(m, psi, i, j)
+                        continue
+                    assert float(m[0, i, j]) == pytest.approx(math.log(ref), abs=1e-4)
+
+
+def test_pgn_names_select_outputs():
+    psi, _, logits = _tiny_setup(0)
+    got = S.log_pgn(logits.float(), psi.float(), ['pgn_uni_p0.3', 'pgn_oh_p2'])
+    assert sorted(got) == ['pgn_oh_p2', 'pgn_uni_p0.3']
+    assert S.log_pgn(logits.float(), psi.float(), []) == {}
+    with pytest.raises(ValueError):
+        S.log_error_pnorms(logits.float(), 'bad', [1.0])
+
+
+def _ref_log_err(z, mode, p, exact):
+    """log‖g‖_p of one pixel in float64, fully in the log domain (for huge logits)."""
+    from scipy.special import logsumexp
+    z = np.asarray(z, dtype=np.float64)
+    c = len(z)
+    logp = z - logsumexp(z)
+    yhat = int(np.argmax(z))
+    if mode == 'oh':
+        others = np.delete(logp, yhat)
+        if exact:
+            terms = np.append(others, logsumexp(others))  # |σ_ŷ - 1| = Σ_{h≠ŷ} σ_h
+        else:
+            terms = others
+    else:
+        if exact:
+            terms = np.log(np.abs(np.exp(logp) - 1.0 / c))
+        else:
+            terms = logp + math.log((c - 1.0) / c)
+    return logsumexp(p * terms) / p
+
+
+@pytest.mark.parametrize('dtype', [torch.float32, torch.float16])
+@pytest.mark.parametrize('exact', [False, True])
+def test_pgn_finite_and_correct_for_large_logits(dtype, exact):
+    c = 5
+    # Pixels: ±1e4 logits, a 1e3 one-hot-like gap, moderate values, ties at the top.
+    cols = [[1e4, -1e4, -1e4, 0.0, -1e4],
+            [1e3, 0.0, 0.0, 0.0, 0.0],
+            [-1e4, -1e4, -1e4, -1e4, 1e4],
+            [2.0, 1.0, 0.5, -1.0, 0.0],
+            [1e4, 9e3, -1e4, 1e4 - 8.0, 0.0]]
+    z = torch.tensor(cols, dtype=torch.float64).T.reshape(1, c, 1, len(cols))
+    psi = torch.zeros(1, 3, 1, len(cols), dtype=torch.float64)
+    psi[0, :, 0, 1:] = torch.tensor([1e4, 0.0, 3.0]).view(3, 1)
+    names = list(S.ALL_PGN_SCORES)
+    got = S.log_pgn(z.to(dtype), psi.to(dtype), names, exact=exact)
+    z_in = z.to(dtype).double()  # the values the function actually sees
+    for name, m in got.items():
+        assert m.dtype == torch.float32
+        assert torch.isfinite(m).all(), (name, m)
+        mode, p = S.parse_pgn_name(name)
+        for k in range(len(cols)):
+            log_feat = math.log(sum(abs(float(v)) ** p for v in psi[0, :, 0, k]) + 1.0) / p
+            ref = _ref_log_err(z_in[0, :, 0, k].numpy(), mode, p, exact) + log_feat
+            assert float(m[0, 0, k]) == pytest.approx(ref, rel=1e-6, abs=2e-3), (name, k)
+
+
+@pytest.mark.parametrize('dtype', [torch.float32, torch.float16])
+@pytest.mark.parametrize('with_bias', [True, False])
+def test_pgn_monotone_in_feature_magnitude(dtype, with_bias):
+    """Scaling ψ up (0, 0.1, 1, 100, 1e4) strictly increases every log PGN; all finite."""
+    c, e = 4, 8
+    g = torch.Generator().manual_seed(7)
+    logits = (torch.randn(1, c, 1, 1, generator=g) * 1e3).expand(1, c, 1, 5).contiguous()
+    base = torch.relu(torch.randn(1, e, 1, 1, generator=g)) + 0.5
+    scales = torch.tensor([0.0, 0.1, 1.0, 100.0, 1e4])
+    psi = base * scales.view(1, 1, 1, 5)
+    names = list(S.ALL_PGN_SCORES)
+    for exact in (False, True):
+        got = S.log_pgn(logits.to(dtype), psi.to(dtype), names, exact=exact,
+                        with_bias=with_bias)
+        for name, m in got.items():
+            assert torch.isfinite(m).all(), name
+            v = m[0, 0]
+            assert (v[1:] > v[:-1]).all(), (name, v)
+
+
+def test_feature_pnorms_zero_entries_contribute_nothing():
+    """|0|^p must be 0, not tiny^p (which would add 1e-3 per zero entry at p = 0.1)."""
+    psi = torch.zeros(1, 100, 1, 1)
+    psi[0, 0] = 2.0
+    for p, val in zip(PS, S.log_feature_pnorms(psi, PS, with_bias=False)):
+        assert float(val) == pytest.approx(math.log(2.0), abs=1e-5), p
+    for p, val in zip(PS, S.log_feature_pnorms(psi, PS, with_bias=True)):
+        assert float(val) == pytest.approx(math.log(2.0 ** p + 1.0) / p, abs=1e-5), p
+
+
+def test_feature_pnorms_blocked_path_matches_reference():
+    """Tall maps take the blocked CPU path; it must equal the direct float64 formula."""
+    g = torch.Generator().manual_seed(11)
+    psi = torch.relu(torch.randn(1, 16, 300, 64, generator=g))  # > 256 rows per block
+    got = S.log_feature_pnorms(psi, PS)
+    a = psi.double().abs()
+    for p, val in zip(PS, got):
+        ref = torch.log((a ** p * (a > 0)).sum(1) + 1.0) / p
+        assert val.shape == (1, 300, 64)
+        assert torch.allclose(val.double(), ref, atol=1e-4), p
+
+
+# ---- global and MOoSe scores -----------------------------------------------------------
+
+def _np_softmax(z, axis):
+    e = np.exp(z - z.max(axis, keepdims=True))
+    return e / e.sum(axis, keepdims=True)
+
+
+def _np_entropy(p, axis):
+    return -np.sum(np.where(p > 0, p * np.log(np.where(p > 0, p, 1.0)), 0.0), axis)
+
+
+_members = st.integers(2, 6).flatmap(
+    lambda m: st.integers(2, 12).flatmap(
+        lambda c: st.tuples(st.just(m), st.just(c), st.integers(0, 2 ** 31 - 1),
+                            st.floats(0.1, 30.0))))
+
+
+@settings(max_examples=60, deadline=None)
+@given(_members)
+def test_moose_properties(params):
+    m, c, seed, scale = params
+    rng = np.random.default_rng(seed)
+    z = (rng.standard_normal((m, 2, c, 3, 4)) * scale).astype(np.float32)
+    # Sometimes make members agree exactly (MI = 0) or one class dominate.
+    if seed % 5 == 0:
+        z[:] = z[0]
+    members = [torch.from_numpy(z[k]) for k in range(m)]
+    out = S.moose_scores(members, S.MOOSE_SCORES)
+    assert set(out) == set(S.MOOSE_SCORES)
+    for v in out.values():
+        assert v.shape == (2, 3, 4) and v.dtype == torch.float32
+        assert torch.isfinite(v).all()
+    z64 = z.astype(np.float64)
+    p = _np_softmax(z64, 2)                    # (M, B, C, H, W)
+    p_mean = p.mean(0)
+    h_mean = _np_entropy(p_mean, 1)
+    mean_h = _np_entropy(p, 2).mean(0)
+    assert (h_mean - mean_h >= -1e-9).all()    # H(mean) >= mean(H) (concavity)
+    mi = out['moose_mi'].numpy()
+    assert (mi >= 0).all()
+    np.testing.assert_allclose(mi, h_mean - mean_h, atol=2e-5)
+    ent = out['moose_entropy'].numpy()
+    np.testing.assert_allclose(ent, h_mean, atol=2e-5)
+    assert (ent >= -1e-6).all() and (ent <= math.log(c) + 1e-5).all()
+    msp = out['moose_msp'].numpy()
+    np.testing.assert_allclose(msp, 1.0 - p_mean.max(1), atol=2e-6)
+    assert (msp >= -1e-6).all() and (msp <= 1.0 - 1.0 / c + 1e-6).all()
+    np.testing.assert_allclose(out['moose_max_logit'].numpy(), -z64.mean(0).max(1),
+                               rtol=1e-5, atol=1e-4)
+    # Requesting a subset computes only that subset.
+    assert set(S.moose_scores(members, ['moose_mi'])) == {'moose_mi'}
+    assert set(S.moose_scores(members, ['moose_max_logit'])) == {'moose_max_logit'}
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(2, 12), st.integers(0, 2 ** 31 - 1), st.floats(0.1, 50.0))
+def test_global_scores_match_numpy(c, seed, scale):
+    rng = np.random.default_rng(seed)
+    z = (rng.standard_normal((2, c, 3, 5)) * scale).astype(np.float32)
+    out = S.global_scores(torch.from_numpy(z), S.GLOBAL_SCORES)
+    assert set(out) == set(S.GLOBAL_SCORES)
+    p = _np_softmax(z.astype(np.float64), 1)
+    np.testing.assert_allclose(out['msp'].numpy(), 1.0 - p.max(1), atol=2e-6)
+    np.testing.assert_allclose(out['entropy'].numpy(), _np_entropy(p, 1), atol=2e-5)
+    np.testing.assert_allclose(out['max_logit'].numpy(), -z.max(1), rtol=0, atol=0)
+    assert (out['msp'].numpy() <= 1.0 - 1.0 / c + 1e-6).all()
+    assert (out['msp'].numpy() >= -1e-6).all()
+    assert (out['entropy'].numpy() >= -1e-6).all()
+    assert (out['entropy'].numpy() <= math.log(c) + 1e-5).all()
+
+
+def test_scores_hand_worked():
+    """Uniform logits: entropy log C, msp 1 - 1/C; two disagreeing sure members: MI = log 2."""
+    c = 4
+    z = torch.zeros(1, c, 1, 1)
+    out = S.global_scores(z, S.GLOBAL_SCORES)
+    assert float(out['entropy']) == pytest.approx(math.log(c), abs=1e-6)
+    assert float(out['msp']) == pytest.approx(1 - 1 / c, abs=1e-6)
+    assert float(out['max_logit']) == 0.0
+    a = torch.tensor([100.0, 0, 0, 0]).view(1, c, 1, 1)
+    b = torch.tensor([0, 100.0, 0, 0]).view(1, c, 1, 1)
+    mo = S.moose_scores([a, b], S.MOOSE_SCORES)
+    assert float(mo['moose_mi']) == pytest.approx(math.log(2), abs=1e-5)
+    assert float(mo['moose_entropy']) == pytest.approx(math.log(2), abs=1e-5)
+    assert float(mo['moose_msp']) == pytest.approx(0.5, abs=1e-6)
+    assert float(mo['moose_max_logit']) == pytest.approx(-50.0)
+    # Large logits never give NaN entropies.
+    big = torch.tensor([1e4, -1e4, 0, 0]).view(1, c, 1, 1)
+    for v in S.global_scores(big.half(), S.GLOBAL_SCORES).values():
+        assert torch.isfinite(v).all()
+    for v in S.moose_scores([big, -big], S.MOOSE_SCORES).values():
+        assert torch.isfinite(v).all()
+
+
+def test_score_names():
+    assert S.GLOBAL_SCORES == ('msp', 'entropy', 'max_logit')
+    assert S.MOOSE_SCORES == ('moose_msp', 'moose_entropy', 'moose_max_logit', 'moose_mi')
+    expected_pgn = tuple(f'pgn_{m}_p{p}' for m in ('oh', 'uni')
+                         for p in ('0.1', '0.3', '0.5', '1', '2'))
+    assert S.ALL_PGN_SCORES == expected_pgn
+    assert len(S.ALL_SCORES) == 3 + 4 + 10
+    assert S.ALL_SCORES == S.GLOBAL_SCORES + S.MOOSE_SCORES + expected_pgn
+    assert len(set(S.ALL_SCORES)) == len(S.ALL_SCORES)
+    for name in expected_pgn:
+        mode, p = S.parse_pgn_name(name)
+        assert S.pgn_name(mode, p) == name
+    assert S.parse_pgn_name('pgn_uni_p0.5') == ('uni', 0.5)
+    assert S.p_tag(1.0) == '1' and S.p_tag(0.1) == '0.1'
