@@ -2,8 +2,9 @@
 
 A backend runs the network graph on one frame already resized to the model's input size
 and returns its named outputs as numpy arrays without the batch dimension:
-``semantic`` (H, W) int32, ``probs`` (C, h, w), and score maps (h, w) at decoder
-resolution (see :class:`ood_seg_ros.model.deeplab.OodSegNet`).
+``semantic`` (H, W) uint8 (the graph's int32 ids, cast by the backend), ``probs``
+(C, h, w) and score maps (h, w) float32 at decoder resolution (see
+:class:`ood_seg_ros.model.deeplab.OodSegNet`).
 """
 
 from abc import ABC, abstractmethod

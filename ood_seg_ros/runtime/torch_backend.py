@@ -21,7 +21,7 @@ class TorchBackend(Backend):
 
     def __init__(self, bundle_path, outputs: Sequence[str], device: str = 'auto',
                  fp16: bool = False, cuda_graphs: bool = False, threads: int = 0,
-                 bundle=None, input_size=None):
+                 bundle=None, input_size=None, compile_scores: bool = False):
         if device == 'auto':
             device = 'cuda' if torch.cuda.is_available() else 'cpu'
         if device.startswith('cuda') and not torch.cuda.is_available():
@@ -37,18 +37,29 @@ class TorchBackend(Backend):
         self.fp16 = fp16
         self.dtype = torch.float16 if fp16 else torch.float32
         self.model.to(device=device, dtype=self.dtype).eval()
+        self.compiled = bool(compile_scores)
+        if compile_scores:
+            self.model.compile_scores()
         self.input_size = tuple(input_size or self.bundle.config.input_size)
         self.output_names = self.model.output_names()
         self.cuda_graphs = bool(cuda_graphs and device.startswith('cuda'))
         self._graph = None
+        self._host = {}
+        self._pinned_in = None
 
     def describe(self) -> dict:
         """Backend, device and precision."""
         return {'backend': self.name, 'device': self.device,
-                'precision': 'fp16' if self.fp16 else 'fp32', 'cuda_graphs': self.cuda_graphs}
+                'precision': 'fp16' if self.fp16 else 'fp32', 'cuda_graphs': self.cuda_graphs,
+                'compile_scores': self.compiled}
 
     def _to_input(self, image: np.ndarray) -> torch.Tensor:
-        t = torch.from_numpy(image).to(self.device, non_blocking=True)
+        t = torch.from_numpy(image)
+        if self.device.startswith('cuda'):
+            if self._pinned_in is None or self._pinned_in.shape != t.shape:
+                self._pinned_in = torch.empty(t.shape, dtype=torch.uint8, pin_memory=True)
+            self._pinned_in.copy_(t)
+            t = self._pinned_in.to(self.device, non_blocking=True)
         return t.permute(2, 0, 1).unsqueeze(0).to(self.dtype).div_(255.0)
 
     @torch.inference_mode()
@@ -75,8 +86,24 @@ class TorchBackend(Backend):
             self._static_out = self.model(self._static_in)
 
     def infer(self, image: np.ndarray) -> Dict[str, np.ndarray]:
-        """Run one uint8 frame; return numpy outputs without batch dimension."""
+        """Run one uint8 frame; return numpy outputs without batch dimension.
+
+        On CUDA every output is converted on the device (``semantic`` to uint8, maps to
+        float32) and copied asynchronously into reused pinned host buffers, with a
+        single synchronisation at the end.
+        """
         self.check_input(image)
         out = self.run_tensor(self._to_input(image))
-        return {k: v[0].float().cpu().numpy() if k != 'semantic' else
-                v[0].to(torch.int32).cpu().numpy() for k, v in out.items()}
+        if not self.device.startswith('cuda'):
+            return {k: v[0].numpy() if k != 'semantic' else v[0].to(torch.uint8).numpy()
+                    for k, v in out.items()}
+        host = {}
+        for k, v in out.items():
+            v = v[0].to(torch.uint8) if k == 'semantic' else v[0].float()
+            buf = self._host.get(k)
+            if buf is None or buf.shape != v.shape:
+                buf = self._host[k] = torch.empty(v.shape, dtype=v.dtype, pin_memory=True)
+            buf.copy_(v, non_blocking=True)
+            host[k] = buf
+        torch.cuda.current_stream().synchronize()
+        return {k: v.numpy().copy() for k, v in host.items()}

@@ -1,0 +1,271 @@
+"""ONNX export of a model bundle and the TensorRT 10 operator check.
+
+The graph (see :class:`ood_seg_ros.model.deeplab.OodSegNet`) takes ``image`` float32
+(1, 3, H, W) RGB in [0, 1] and returns, in ``model.output_names()`` order, ``semantic``
+int32 (1, H, W), optionally ``logits`` (1, C, H, W), ``probs`` (1, C, h, w) and one
+(1, h, w) map per score at decoder resolution. All float outputs are float32 in both
+precisions.
+
+Choices:
+
+- **Fixed input size by default.** A TensorRT engine is built (and tuned) for one size
+  anyway, and fixed shapes let ONNX Runtime and TensorRT fold every shape computation and
+  plan memory once. ``dynamic=True`` gives dynamic H/W (batch stays 1) for tools that
+  need one graph for many sizes.
+- **fp16 variant = half weights, float32 I/O.** The input stays float32 and is cast to
+  half inside the graph; float outputs are cast back to float32. The score head already
+  computes in float32 (explicit casts in :mod:`ood_seg_ros.scores`), so the graph carries
+  its own mixed precision: TensorRT builds it as a strongly typed network and every
+  backend sees the same I/O contract in both precisions.
+- Exporter: the TorchScript-based ``torch.onnx.export(..., dynamo=False)`` (fully
+  offline, deterministic node names); the graph is checked with ``onnx.checker``.
+"""
+
+import contextlib
+import hashlib
+import logging
+import os
+from pathlib import Path
+from typing import Optional, Sequence, Set, Tuple
+
+from .errors import OodSegError
+
+LOG = logging.getLogger(__name__)
+INPUT_NAME = 'image'
+DEFAULT_OPSET = 17
+
+# ONNX operators (default domain) that the ONNX parser of TensorRT 10.0 supports, from the
+# onnx-tensorrt operator support matrix (docs/operators.md, TensorRT 10.x), minus the ops
+# its changelog lists as added after 10.0 (DeformConv 10.1, Blackman/Hamming/HannWindow
+# 10.4, STFT 10.5, Attention 10.14, RMSNormalization/RotaryEmbedding/TensorScatter 10.15).
+# Per-op restrictions (e.g. Resize modes, constant axes) are not encoded here; the
+# TensorRT parser reports those at build time.
+TENSORRT10_SUPPORTED_OPS = frozenset("""
+Abs Acos Acosh Add And ArgMax ArgMin Asin Asinh Atan Atanh AveragePool BatchNormalization
+Cast CastLike Ceil Celu Clip Concat Constant ConstantOfShape Conv ConvTranspose Cos Cosh
+CumSum DepthToSpace DequantizeLinear Div Dropout Einsum Elu Equal Erf Exp Expand EyeLike
+Flatten Floor Gather GatherElements GatherND Gelu Gemm GlobalAveragePool GlobalLpPool
+GlobalMaxPool Greater GreaterOrEqual GridSample GroupNormalization GRU HardSigmoid
+HardSwish Hardmax Identity If ImageScaler InstanceNormalization IsInf IsNaN
+LayerNormalization LeakyRelu Less LessOrEqual Log LogSoftmax Loop LRN LSTM
+LpNormalization LpPool MatMul Max MaxPool Mean MeanVarianceNormalization Min Mish Mod Mul
+Neg NonMaxSuppression NonZero Not OneHot Or Pad ParametricSoftplus Pow PRelu
+QuantizeLinear RandomNormal RandomNormalLike RandomUniform RandomUniformLike Range
+Reciprocal ReduceL1 ReduceL2 ReduceLogSum ReduceLogSumExp ReduceMax ReduceMean ReduceMin
+ReduceProd ReduceSum ReduceSumSquare Relu Reshape Resize ReverseSequence RNN RoiAlign
+Round ScaledTanh Scan Scatter ScatterElements ScatterND Selu Shape Shrink Sigmoid Sign
+Sin Sinh Size Slice Softmax Softplus Softsign SpaceToDepth Split Sqrt Squeeze Sub Sum Tan
+Tanh ThresholdedRelu Tile TopK Transpose Trilu Unsqueeze Upsample Where Xor
+""".split())
+
+
+def canonical_outputs(outputs: Optional[Sequence[str]]) -> list:
+    """Order output names as the graph does (``OodSegNet.set_outputs``), drop ``semantic``."""
+    from .scores import ALL_SCORES, EXTRA_OUTPUTS
+    known = list(EXTRA_OUTPUTS) + list(ALL_SCORES)
+    wanted = set(outputs or ())
+    unknown = sorted(wanted - set(known) - {'semantic'})
+    if unknown:
+        raise OodSegError(f'unknown network outputs {unknown}; known: {", ".join(known)}')
+    return [o for o in known if o in wanted]
+
+
+def outputs_tag(outputs: Sequence[str], opset: int = DEFAULT_OPSET) -> str:
+    """Short hash of the output set and opset, used in derived file names."""
+    text = ','.join(['semantic'] + canonical_outputs(outputs)) + f';opset={opset}'
+    return hashlib.sha1(text.encode()).hexdigest()[:10]
+
+
+def default_onnx_path(bundle_path, outputs: Sequence[str], input_size: Tuple[int, int],
+                      fp16: bool = False, opset: int = DEFAULT_OPSET,
+                      dynamic: bool = False) -> Path:
+    """``<bundle>/derived/model_<outputs hash>_<H>x<W>|dyn_<fp32|fp16>.onnx``."""
+    size = 'dyn' if dynamic else f'{int(input_size[0])}x{int(input_size[1])}'
+    name = f'model_{outputs_tag(outputs, opset)}_{size}_{"fp16" if fp16 else "fp32"}.onnx'
+    return Path(bundle_path) / 'derived' / name
+
+
+def bundle_mtime(bundle_path) -> float:
+    """Newest modification time of the bundle's weights and bundle.json (seconds)."""
+    from .model.bundle import BUNDLE_JSON, WEIGHTS
+    times = [(Path(bundle_path) / n).stat().st_mtime for n in (WEIGHTS, BUNDLE_JSON)
+             if (Path(bundle_path) / n).exists()]
+    return max(times) if times else 0.0
+
+
+def is_fresh(path, bundle_path) -> bool:
+    """Tell whether ``path`` exists and is newer than the bundle's weights and JSON."""
+    path = Path(path)
+    return path.exists() and path.stat().st_mtime >= bundle_mtime(bundle_path)
+
+
+def _check_size(input_size) -> Tuple[int, int]:
+    try:
+        h, w = (int(v) for v in input_size)
+    except (TypeError, ValueError):
+        raise OodSegError(f'input size must be (height, width), got {input_size!r}') from None
+    if h < 64 or w < 64:
+        raise OodSegError(f'input size {h}x{w} must be at least 64 x 64')
+    return h, w
+
+
+@contextlib.contextmanager
+def _shape_following_upsample():
+    """Let ``deeplab.upsample`` keep traced sizes symbolic (dynamic H/W export).
+
+    The eager helper converts sizes to Python ints, which a trace records as constants;
+    during a dynamic export the sizes are passed through as traced values instead.
+    """
+    import torch.nn.functional as F
+    from .model import deeplab
+
+    def upsample(x, size, align_corners=False):
+        return F.interpolate(x, size=tuple(size), mode='bilinear',
+                             align_corners=align_corners)
+
+    original = deeplab.upsample
+    deeplab.upsample = upsample
+    try:
+        yield
+    finally:
+        deeplab.upsample = original
+
+
+def export_onnx(bundle_path, outputs: Optional[Sequence[str]] = None, out_path=None,
+                input_size: Optional[Tuple[int, int]] = None, fp16: bool = False,
+                opset: int = DEFAULT_OPSET, dynamic: bool = False) -> Path:
+    """Export the bundle's network to ONNX and check it; return the file path.
+
+    ``outputs``: score maps / ``logits`` / ``probs`` besides ``semantic`` (None: the
+    bundle config's outputs). ``input_size`` (H, W) defaults to the bundle's. The file
+    goes to ``out_path`` or :func:`default_onnx_path` (written atomically).
+    """
+    import warnings
+
+    import onnx
+    import torch
+    from .model import load_bundle
+
+    if opset < 17:
+        raise OodSegError(f'ONNX opset must be >= 17, got {opset}')
+    bundle = load_bundle(bundle_path, outputs=outputs)
+    model = bundle.model.eval()
+    outs = canonical_outputs(model.outputs)
+    h, w = _check_size(input_size or bundle.config.input_size)
+    path = Path(out_path) if out_path else default_onnx_path(
+        bundle_path, outs, (h, w), fp16, opset, dynamic)
+    names = model.output_names()
+    if fp16:
+        model.half()
+
+    class Graph(torch.nn.Module):
+        """float32 image -> tuple of outputs in ``names`` order (float32 / int32)."""
+
+        def __init__(self, net):
+            super().__init__()
+            self.net = net
+
+        def forward(self, image):
+            """Run the network; cast the fp16 variant's I/O to float32."""
+            out = self.net(image.half() if fp16 else image)
+            return tuple(out[k].float() if k != 'semantic' and fp16 else out[k]
+                         for k in names)
+
+    x = torch.rand(1, 3, h, w)
+    dynamic_axes = None
+    if dynamic:
+        full, dec = ('height', 'width'), ('dec_height', 'dec_width')
+        dynamic_axes = {INPUT_NAME: dict(zip((2, 3), full))}
+        for k in names:
+            axes = (2, 3) if k in ('logits', 'probs') else (1, 2)
+            dynamic_axes[k] = dict(zip(axes, full if k in ('semantic', 'logits') else dec))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OodSegError(f'cannot create {path.parent} for the ONNX file: {exc}; '
+                          f'choose another place with --out') from exc
+    tmp = path.with_name(f'.{path.name}.{os.getpid()}.tmp')
+    try:
+        with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad(), \
+                (_shape_following_upsample() if dynamic else contextlib.nullcontext()):
+            warnings.simplefilter('ignore')
+            torch.onnx.export(Graph(model), (x,), str(tmp), input_names=[INPUT_NAME],
+                              output_names=names, opset_version=opset,
+                              do_constant_folding=True, dynamic_axes=dynamic_axes,
+                              dynamo=False)
+        onnx.checker.check_model(str(tmp), full_check=True)
+        graph = onnx.load(str(tmp))
+        got = [o.name for o in graph.graph.output]
+        if got != names:
+            raise OodSegError(f'exported graph outputs {got} differ from {names}')
+        meta = {'ood_seg.outputs': ','.join(names), 'ood_seg.input_size': f'{h}x{w}',
+                'ood_seg.precision': 'fp16' if fp16 else 'fp32',
+                'ood_seg.dynamic': str(bool(dynamic)).lower(),
+                'ood_seg.class_names': ','.join(bundle.config.class_names)}
+        for k, v in meta.items():
+            graph.metadata_props.add(key=k, value=v)
+        onnx.save(graph, str(tmp))
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise OodSegError(f'cannot write ONNX file {path}: {exc}') from exc
+    except onnx.checker.ValidationError as exc:
+        raise OodSegError(f'exported ONNX graph {path} fails onnx.checker: '
+                          f'{str(exc).splitlines()[0]}') from exc
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    LOG.info('exported %s (%dx%d, %s, outputs: %s)', path, h, w,
+             'fp16' if fp16 else 'fp32', ', '.join(names))
+    return path
+
+
+def ensure_onnx(bundle_path, outputs: Sequence[str], input_size: Tuple[int, int],
+                fp16: bool = False, force: bool = False) -> Path:
+    """Return the cached ONNX graph for these settings; export it when missing or stale.
+
+    Stale = older than the bundle's ``weights.pt`` or ``bundle.json``.
+    """
+    path = default_onnx_path(bundle_path, outputs, input_size, fp16)
+    if force or not is_fresh(path, bundle_path):
+        LOG.info('exporting ONNX graph %s', path)
+        export_onnx(bundle_path, outputs, path, input_size, fp16)
+    return path
+
+
+def onnx_ops(path) -> Set[str]:
+    """Operator types used by the ONNX graph at ``path`` (subgraphs included).
+
+    Operators of a non-default domain are named ``domain::op``.
+    """
+    import onnx
+    path = Path(path)
+    if not path.is_file():
+        raise OodSegError(f'ONNX file {path} does not exist')
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # noqa: B902 - protobuf decode errors of any kind
+        raise OodSegError(f'{path} is not a readable ONNX file: {exc}') from exc
+    ops: Set[str] = set()
+
+    def walk(graph):
+        for node in graph.node:
+            ops.add(node.op_type if node.domain in ('', 'ai.onnx')
+                    else f'{node.domain}::{node.op_type}')
+            for attr in node.attribute:
+                if attr.g is not None and attr.g.node:
+                    walk(attr.g)
+                for g in attr.graphs:
+                    walk(g)
+
+    walk(model.graph)
+    return ops
+
+
+def check_tensorrt_ops(path) -> Set[str]:
+    """Return the graph's op set; raise OodSegError naming ops TensorRT 10 cannot parse."""
+    ops = onnx_ops(path)
+    bad = sorted(ops - TENSORRT10_SUPPORTED_OPS)
+    if bad:
+        raise OodSegError(f'{path} uses operators the TensorRT 10 ONNX parser does not '
+                          f'support: {", ".join(bad)}')
+    return ops

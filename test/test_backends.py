@@ -1,0 +1,292 @@
+"""Tests for the runtime backends: ONNX Runtime vs PyTorch, bad input, TensorRT cache logic.
+
+ONNX Runtime and PyTorch (CPU, fp32) must give the same FrameResult within the
+tolerances of ``test_export.py``: heatmap max |diff| <= 1e-4 (normalised units),
+>= 99.5 % equal semantic pixels, the same segments (ids, boxes, areas, kept flags).
+"""
+
+import importlib.util
+import json
+import os
+from pathlib import Path
+import sys
+
+import cv2
+import numpy as np
+from ood_seg_ros.errors import OodSegError
+from ood_seg_ros.model import ModelConfig, OodSegNet, save_bundle
+from ood_seg_ros.pipeline import Pipeline
+from ood_seg_ros.runtime import engine_cache as EC
+from ood_seg_ros.runtime import make_backend
+from ood_seg_ros.runtime.onnxruntime_backend import OnnxRuntimeBackend
+from ood_seg_ros.runtime.torch_backend import TorchBackend
+import pytest
+import torch
+from torch import nn
+
+ROOT = Path(__file__).resolve().parents[1]
+CAMVID = ROOT.parent / 'shared' / 'data' / 'camvid' / 'test' / 'images'
+SIZE = (96, 128)
+SMALL = {'input_size': SIZE, 'aspp_channels': 64, 'decoder_channels': 64,
+         'probe_channels': 64}
+OUTPUTS = ['probs', 'moose_entropy', 'moose_mi', 'pgn_uni_p0.5', 'pgn_oh_p1']
+RUNTIME = {'heatmap_score': 'moose_entropy', 'normalisation': {'moose_entropy': [1.8, 2.3]},
+           'segment_threshold': 0.5, 'min_segment_px': 16,
+           'meta_pgn_names': ['pgn_uni_p0.5', 'pgn_oh_p1']}
+HAS_TRT = importlib.util.find_spec('tensorrt') is not None
+
+
+def lively(model, seed=0):
+    """He-initialise every conv (and small BN biases) so activations stay O(1)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.Conv2d):
+                fan_in = m.weight[0].numel()
+                m.weight.copy_(torch.randn(m.weight.shape, generator=g) * (2.0 / fan_in) ** 0.5)
+                if m.bias is not None:
+                    m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.5)
+            elif isinstance(m, nn.BatchNorm2d):
+                m.weight.fill_(1.0)
+                m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.1)
+    return model
+
+
+def frame(size, index=0):
+    """Return a uint8 RGB frame at ``size`` = (H, W): a CamVid test frame, else seeded noise."""
+    h, w = size
+    files = sorted(CAMVID.glob('*.jpg')) if CAMVID.is_dir() else []
+    if files:
+        img = cv2.imread(str(files[(index * 57) % len(files)]))[:, :, ::-1]
+        return np.ascontiguousarray(cv2.resize(img, (w, h)))
+    return np.random.default_rng(index).integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+@pytest.fixture(scope='module', autouse=True)
+def one_torch_thread():
+    """One torch thread: small inputs, and no spin-wait stalls on a shared 2-core CPU."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope='module')
+def bundle(tmp_path_factory):
+    """Save a small random-init bundle with lively activations and a pipeline runtime."""
+    torch.manual_seed(0)
+    return save_bundle(tmp_path_factory.mktemp('backends') / 'b',
+                       lively(OodSegNet(ModelConfig(**SMALL))), runtime=RUNTIME, half=False)
+
+
+@pytest.fixture(scope='module')
+def ort_backend(bundle):
+    """Build the ONNX Runtime backend, one thread (exports into the bundle's derived/)."""
+    return OnnxRuntimeBackend(bundle, OUTPUTS, device='cpu', threads=1)
+
+
+@pytest.fixture(scope='module')
+def torch_backend(bundle):
+    """Build the reference PyTorch backend on CPU."""
+    return TorchBackend(bundle, OUTPUTS, device='cpu')
+
+
+# -- ONNX Runtime backend ----------------------------------------------------------------
+def test_ort_backend_matches_torch_backend(ort_backend, torch_backend, bundle):
+    assert ort_backend.input_size == torch_backend.input_size == SIZE
+    assert list(ort_backend.output_names) == list(torch_backend.output_names)
+    assert ort_backend.onnx_path.parent == Path(bundle) / 'derived'
+    for i in range(2):
+        img = frame(SIZE, i)
+        a, b = ort_backend.infer(img), torch_backend.infer(img)
+        assert set(a) == set(b) == {'semantic'} | set(OUTPUTS)
+        for k in a:
+            assert a[k].shape == b[k].shape and a[k].dtype == b[k].dtype, k
+        assert a['semantic'].shape == SIZE and a['semantic'].dtype == np.uint8
+        assert a['probs'].shape == (11, SIZE[0] // 4, SIZE[1] // 4)
+        assert (a['semantic'] == b['semantic']).mean() >= 0.995
+        for k in OUTPUTS:
+            assert np.abs(a[k] - b[k]).max() <= 1e-5 + 5e-5 * np.abs(b[k]).max(), k
+    desc = ort_backend.describe()
+    assert desc['backend'] == 'onnxruntime' and desc['providers'] == ['CPUExecutionProvider']
+
+
+def test_ort_backend_reuses_and_refreshes_cache(ort_backend, bundle):
+    path = ort_backend.onnx_path
+    stamp = path.stat().st_mtime_ns
+    again = OnnxRuntimeBackend(bundle, OUTPUTS, device='cpu', threads=1)
+    assert again.onnx_path == path and path.stat().st_mtime_ns == stamp  # cache hit
+    past = (Path(bundle) / 'weights.pt').stat().st_mtime - 100
+    os.utime(path, (past, past))  # newer weights -> export again
+    OnnxRuntimeBackend(bundle, OUTPUTS, device='cpu', threads=1)
+    assert path.stat().st_mtime > past + 50
+
+
+def test_ort_backend_repairs_corrupt_cache_file(bundle):
+    first = OnnxRuntimeBackend(bundle, ['msp'], device='cpu', threads=1)
+    first.onnx_path.write_bytes(b'garbage, not a protobuf')
+    os.utime(first.onnx_path)  # still 'fresh' by time: the load must fail and re-export
+    be = OnnxRuntimeBackend(bundle, ['msp'], device='cpu', threads=1)
+    out = be.infer(frame(SIZE))
+    assert out['msp'].shape == (SIZE[0] // 4, SIZE[1] // 4)
+
+
+def test_ort_backend_bad_onnx_files(bundle, ort_backend, tmp_path):
+    with pytest.raises(OodSegError, match='does not exist'):
+        OnnxRuntimeBackend(bundle, OUTPUTS, device='cpu', onnx_path=tmp_path / 'none.onnx')
+    bad = tmp_path / 'bad.onnx'
+    bad.write_bytes(b'\x08\x01' + os.urandom(200))
+    with pytest.raises(OodSegError, match='cannot load'):
+        OnnxRuntimeBackend(bundle, OUTPUTS, device='cpu', onnx_path=bad)
+    cut = tmp_path / 'cut.onnx'
+    cut.write_bytes(ort_backend.onnx_path.read_bytes()[:100000])  # truncated download
+    with pytest.raises(OodSegError, match='cannot load'):
+        OnnxRuntimeBackend(bundle, OUTPUTS, device='cpu', onnx_path=cut)
+    with pytest.raises(OodSegError, match='lacks the outputs'):
+        OnnxRuntimeBackend(bundle, OUTPUTS + ['msp'], device='cpu',
+                           onnx_path=ort_backend.onnx_path)
+    with pytest.raises(OodSegError, match='fixed input size'):
+        OnnxRuntimeBackend(bundle, OUTPUTS, device='cpu', onnx_path=ort_backend.onnx_path,
+                           input_size=(128, 160))
+
+
+def test_ort_backend_device_and_precision_errors(bundle):
+    import onnxruntime as ort
+    if 'CUDAExecutionProvider' not in ort.get_available_providers():
+        with pytest.raises(OodSegError, match='CUDAExecutionProvider'):
+            OnnxRuntimeBackend(bundle, OUTPUTS, device='cuda')
+        with pytest.raises(OodSegError, match='fp16'):
+            OnnxRuntimeBackend(bundle, OUTPUTS, device='auto', fp16=True)
+    with pytest.raises(OodSegError, match='unknown device'):
+        OnnxRuntimeBackend(bundle, OUTPUTS, device='tpu')
+
+
+@pytest.mark.parametrize('bad', [
+    np.zeros((96, 128, 3), np.float32),           # wrong dtype
+    np.zeros((96, 128, 4), np.uint8),             # wrong channel count
+    np.zeros((96, 128), np.uint8),                # grey
+    np.zeros((0, 0, 3), np.uint8),                # empty
+    np.zeros((64, 128, 3), np.uint8),             # wrong size for the backend
+    [[0, 0, 0]],                                  # not an array
+])
+def test_ort_backend_rejects_bad_images(ort_backend, bad):
+    with pytest.raises(OodSegError):
+        ort_backend.infer(bad)
+
+
+def test_make_backend_builds_onnxruntime(bundle):
+    be = make_backend('onnxruntime', bundle, OUTPUTS, device='cpu', input_size=(64, 96),
+                      threads=1)
+    assert isinstance(be, OnnxRuntimeBackend) and be.input_size == (64, 96)
+    assert '64x96' in be.onnx_path.name
+    assert be.infer(frame((64, 96)))['semantic'].shape == (64, 96)
+
+
+# -- pipeline: ONNX Runtime vs PyTorch -------------------------------------------------
+def test_pipeline_onnxruntime_equals_torch(bundle):
+    pipes = {name: Pipeline.from_bundle(bundle, backend=name, device='cpu', threads=1)
+             if name == 'onnxruntime' else
+             Pipeline.from_bundle(bundle, backend=name, device='cpu')
+             for name in ('onnxruntime', 'torch')}
+    n_segments = 0
+    for i in range(2):
+        img = frame((180, 240), i)  # frame larger than the model input: resized
+        a = pipes['onnxruntime'].process(img)
+        b = pipes['torch'].process(img)
+        assert a.heatmap.shape == b.heatmap.shape == (180, 240)
+        assert np.abs(a.heatmap - b.heatmap).max() <= 1e-4
+        assert (a.semantic == b.semantic).mean() >= 0.995
+        assert [(s.id, s.bbox, s.area, s.kept) for s in a.segments] == \
+            [(s.id, s.bbox, s.area, s.kept) for s in b.segments]
+        for sa, sb in zip(a.segments, b.segments):
+            assert abs(sa.score - sb.score) <= 1e-4
+        assert (a.instances == b.instances).all()
+        n_segments += len(a.segments)
+    assert n_segments > 0  # the comparison covered real segments
+
+
+@pytest.mark.parametrize('bad', [
+    np.zeros((120, 160, 3), np.uint16), np.zeros((120, 160, 1), np.uint8),
+    np.zeros((0, 160, 3), np.uint8), np.zeros((120, 160, 3, 1), np.uint8)])
+def test_pipeline_rejects_bad_frames(bundle, bad):
+    pipe = Pipeline.from_bundle(bundle, backend='onnxruntime', device='cpu', threads=1)
+    with pytest.raises(OodSegError):
+        pipe.process(bad)
+
+
+# -- TensorRT: cache logic (pure Python) and the missing-TensorRT error ---------------------
+def key(**change):
+    """Build a cache key for an H100, TensorRT 10.3, fp16, 360x480, then apply changes."""
+    k = EC.engine_key('ab' * 32, 'fp16', (360, 480), 'NVIDIA H100 80GB HBM3', (9, 0),
+                      '10.3.0')
+    k.update(change)
+    return k
+
+
+def test_engine_key_and_file_name():
+    k = key()
+    assert k['compute_capability'] == '9.0' and k['input_size'] == [360, 480]
+    name = EC.engine_file_name(k)
+    assert name == 'nvidia-h100-80gb-hbm3_sm90_trt10.3.0_fp16_360x480_abababababab.engine'
+    assert EC.engine_file_name(key(precision='int8')) != name
+    assert EC.engine_file_name(key(input_size=[720, 960])) != name
+    with pytest.raises(OodSegError, match='precision'):
+        EC.engine_key('00', 'bf16', (1, 1), 'gpu', (8, 7), '10.0')
+
+
+def test_engine_cache_sidecar_mismatch(tmp_path):
+    engine = tmp_path / EC.engine_file_name(key())
+    assert EC.plan_engine(engine, key()) == ('build', f'no engine {engine.name} yet')
+    with pytest.raises(OodSegError, match='does not exist'):
+        EC.plan_engine(engine, key(), rebuild=False)
+    engine.write_bytes(b'fake serialized engine')
+    action, reason = EC.plan_engine(engine, key())
+    assert action == 'build' and 'no sidecar' in reason
+    EC.write_sidecar(engine, key())
+    side = json.loads(EC.sidecar_path(engine).read_text())
+    assert side['tensorrt_version'] == '10.3.0'
+    assert side['engine_sha256'] == EC.file_sha256(engine)
+    assert EC.plan_engine(engine, key()) == ('load', 'cache hit')
+    assert EC.plan_engine(engine, key(), force=True)[0] == 'build'
+    for field, value in [('gpu_name', 'Orin'), ('compute_capability', '8.7'),
+                         ('tensorrt_version', '10.7.0'), ('precision', 'int8'),
+                         ('input_size', [720, 960]), ('onnx_sha256', 'cd' * 32)]:
+        action, reason = EC.plan_engine(engine, key(**{field: value}))
+        assert action == 'build' and reason.startswith(field), (field, reason)
+        with pytest.raises(OodSegError) as err:
+            EC.plan_engine(engine, key(**{field: value}), rebuild=False)
+        assert field in str(err.value) and 'force-engine-update' in str(err.value)
+    engine.write_bytes(b'fake serialized engine, truncated')  # replaced behind our back
+    action, reason = EC.plan_engine(engine, key())
+    assert action == 'build' and 'SHA-256' in reason
+    EC.sidecar_path(engine).write_text('{not json')
+    assert 'unreadable sidecar' in EC.plan_engine(engine, key())[1]
+
+
+def test_missing_tensorrt_gives_one_clear_error(bundle, monkeypatch, capsys):
+    from ood_seg_ros import cli
+    from ood_seg_ros.runtime import tensorrt_backend as TB
+    monkeypatch.setitem(sys.modules, 'tensorrt', None)  # import tensorrt -> ImportError
+    with pytest.raises(OodSegError, match='pip install tensorrt') as err:
+        TB.TensorRTBackend(bundle, OUTPUTS)
+    assert 'JetPack' in str(err.value)
+    with pytest.raises(OodSegError, match='TensorRT is not installed'):
+        make_backend('tensorrt', bundle, OUTPUTS)
+    assert cli.main(['export', '--bundle', str(bundle), '--format', 'tensorrt']) == 2
+    assert 'pip install tensorrt' in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not HAS_TRT, reason='TensorRT is not installed')
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='no CUDA GPU')
+def test_tensorrt_engine_matches_torch(bundle):
+    from ood_seg_ros.runtime.tensorrt_backend import TensorRTBackend
+    trt_be = TensorRTBackend(bundle, OUTPUTS, fp16=False)
+    assert trt_be.engine_path.exists() and EC.sidecar_path(trt_be.engine_path).exists()
+    ref = TorchBackend(bundle, OUTPUTS, device='cpu')
+    img = frame(SIZE)
+    a, b = trt_be.infer(img), ref.infer(img)
+    assert (a['semantic'] == b['semantic']).mean() >= 0.995
+    for k in OUTPUTS:
+        assert np.abs(a[k] - b[k]).max() <= 1e-3 * (1 + np.abs(b[k]).max()), k
+    again = TensorRTBackend(bundle, OUTPUTS, fp16=False, rebuild=False)  # cache hit
+    assert again.engine_path == trt_be.engine_path
