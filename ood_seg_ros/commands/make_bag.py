@@ -1,0 +1,136 @@
+"""``ood-seg make-bag``: write an image folder or an OoD set as a rosbag2 bag."""
+
+import json
+
+HELP = 'Write an image folder (or an OoD set with GT) as a rosbag2 bag (metadata v8).'
+
+
+def add_arguments(parser) -> None:
+    """Add the make-bag options to ``parser``."""
+    parser.add_argument('--images', required=True,
+                        help='folder of images, or an OoD set (images/ + labels/); frames '
+                             'are taken sorted by name (CamVid names are in time order)')
+    parser.add_argument('--out', required=True, help='output bag folder (must not exist)')
+    parser.add_argument('--rate', type=float, default=10.0,
+                        help='frame rate in Hz for the stamps (default: 10)')
+    parser.add_argument('--limit', type=int, default=None, help='only the first N frames')
+    parser.add_argument('--with-gt', action='store_true',
+                        help='also write the OoD labels (0/1/255) as mono8 on --gt-topic')
+    parser.add_argument('--storage', default='mcap', choices=('mcap', 'sqlite3'),
+                        help='bag storage (default: mcap)')
+    parser.add_argument('--width', type=int, default=None,
+                        help='resize frames to this width (GT: nearest neighbour)')
+    parser.add_argument('--height', type=int, default=None,
+                        help='resize frames to this height; one of width / height alone '
+                             'keeps the aspect ratio')
+    parser.add_argument('--topic', default='/camera/image', help='image topic')
+    parser.add_argument('--gt-topic', default='/camera/ood_gt', help='GT mask topic')
+    parser.add_argument('--frame-id', default='camera', help='header frame_id')
+    parser.add_argument('--start-time', type=float, default=None,
+                        help='stamp of the first frame, seconds since the epoch '
+                             '(default: now; fix it for reproducible bags)')
+    parser.add_argument('--json', action='store_true', help='print the summary as JSON')
+
+
+def _target_size(shape, width, height) -> tuple:
+    """Return the output (H, W) for a frame of ``shape`` and the requested size."""
+    h, w = shape[:2]
+    if width is None and height is None:
+        return h, w
+    if width is None:
+        return height, max(1, int(round(w * height / h)))
+    if height is None:
+        return max(1, int(round(h * width / w))), width
+    return height, width
+
+
+def _frames(folder, with_gt: bool, limit, width, height):
+    """Return (list of names, frame iterator, GT iterator or None)."""
+    from pathlib import Path
+
+    import cv2
+
+    from ..data.camvid import read_rgb
+    from ..data.ood_sets import IMAGE_SUFFIXES, OodDataset
+    from ..errors import OodSegError
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise OodSegError(f'image folder {folder} does not exist')
+    is_ood_set = (folder / 'images').is_dir() and (folder / 'labels').is_dir()
+    if with_gt and not is_ood_set:
+        raise OodSegError(f'--with-gt needs an OoD set (images/ + labels/) but {folder} has '
+                          f'no images/ and labels/ folders')
+    dataset = None
+    if is_ood_set and with_gt:
+        dataset = OodDataset(folder)
+        names = list(dataset.names)
+        files = None
+    else:
+        img_dir = folder / 'images' if (folder / 'images').is_dir() else folder
+        files = {}
+        for p in sorted(img_dir.iterdir()):
+            if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES:
+                if p.stem in files:
+                    raise OodSegError(f'two images named {p.stem} in {img_dir}')
+                files[p.stem] = p
+        names = sorted(files)
+        if not names:
+            raise OodSegError(f'image folder {img_dir} holds no images (.jpg, .png, .webp)')
+    if limit is not None:
+        names = names[:limit]
+    gt_list = []
+
+    def resize(img, linear):
+        th, tw = _target_size(img.shape, width, height)
+        if img.shape[:2] == (th, tw):
+            return img
+        if linear:
+            interp = cv2.INTER_AREA if th * tw < img.shape[0] * img.shape[1] \
+                else cv2.INTER_LINEAR
+        else:
+            interp = cv2.INTER_NEAREST
+        return cv2.resize(img, (tw, th), interpolation=interp)
+
+    def frames():
+        for i, name in enumerate(names):
+            if dataset is not None:
+                sample = dataset[i]
+                gt_list.append(resize(sample.ood_label, linear=False))
+                yield name, resize(sample.rgb, linear=True)
+            else:
+                yield name, resize(read_rgb(files[name]), linear=True)
+
+    def gts():
+        while gt_list:
+            yield gt_list.pop(0)
+
+    return names, frames(), (gts() if dataset is not None else None)
+
+
+def run(args) -> int:
+    """Write the bag and print a summary; return the exit status."""
+    from ..data.bags import write_image_bag
+    from ..errors import OodSegError
+
+    if args.limit is not None and args.limit < 1:
+        raise OodSegError(f'--limit must be >= 1, got {args.limit}')
+    for name in ('width', 'height'):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise OodSegError(f'--{name} must be >= 1, got {value}')
+    names, frames, gts = _frames(args.images, args.with_gt, args.limit, args.width,
+                                 args.height)
+    start_ns = None if args.start_time is None else int(round(args.start_time * 1e9))
+    summary = write_image_bag(args.out, frames, args.rate, topic=args.topic,
+                              frame_id=args.frame_id, gt_masks=gts, gt_topic=args.gt_topic,
+                              storage=args.storage, start_ns=start_ns)
+    if args.json:
+        print(json.dumps(summary, indent=1))
+    else:
+        gt = f', GT on {summary["gt_topic"]}' if summary['gt_topic'] else ''
+        print(f'wrote {summary["n_frames"]} frames ({summary["width"]}x{summary["height"]}, '
+              f'{summary["rate_hz"]:g} Hz) on {summary["topic"]}{gt} to {summary["path"]} '
+              f'({summary["storage"]}, metadata v{summary["version"]}, '
+              f'{summary["size_bytes"] / 1e6:.2f} MB)')
+    return 0

@@ -1,0 +1,374 @@
+"""
+rosbag2 files of image streams, written and read with ``rosbags`` (pure Python, no ROS).
+
+Bags are written with metadata version 8 (ROS 2 Humble's reader cannot parse version 9's
+QoS field; Jazzy reads 4 to 9), MCAP (default) or sqlite3 storage. Images are
+``sensor_msgs/msg/Image`` messages with ``step = width * bytes per pixel`` and
+``is_bigendian = 0``; an optional ground-truth OoD mask stream (mono8, 0 in-distribution,
+1 OoD, 255 void) carries the same header stamps as the frames it labels.
+
+Reading accepts a bag folder (``metadata.yaml`` + storage files) or a bare ``.mcap`` /
+``.db3`` file; any unreadable, missing or corrupt input raises :class:`OodSegError` naming
+the path.
+"""
+
+from dataclasses import dataclass
+import functools
+from pathlib import Path
+import struct
+import time
+from typing import Iterable, Iterator, NamedTuple, Optional
+
+import numpy as np
+
+from ..errors import OodSegError
+
+IMAGE_TYPE = 'sensor_msgs/msg/Image'
+DIAGNOSTICS_TYPE = 'diagnostic_msgs/msg/DiagnosticArray'
+DEFAULT_IMAGE_TOPIC = '/camera/image'
+DEFAULT_GT_TOPIC = '/camera/ood_gt'
+BAG_VERSION = 8
+STORAGES = ('mcap', 'sqlite3')
+# encoding -> (numpy dtype, channels)
+ENCODINGS = {
+    'rgb8': (np.uint8, 3), 'bgr8': (np.uint8, 3), 'rgba8': (np.uint8, 4),
+    'bgra8': (np.uint8, 4), 'mono8': (np.uint8, 1), '8UC1': (np.uint8, 1),
+    '8UC3': (np.uint8, 3), 'mono16': (np.uint16, 1), '16UC1': (np.uint16, 1),
+    '32FC1': (np.float32, 1),
+}
+
+
+@functools.lru_cache(maxsize=1)
+def typestore():
+    """Return the cached rosbags type store of ROS 2 Jazzy (Image is as in Humble)."""
+    from rosbags.typesys import get_typestore, Stores
+    return get_typestore(Stores.ROS2_JAZZY)
+
+
+def ns_to_stamp(stamp_ns: int) -> tuple:
+    """Split nanoseconds since the epoch into (sec, nanosec)."""
+    stamp_ns = int(stamp_ns)
+    return stamp_ns // 1_000_000_000, stamp_ns % 1_000_000_000
+
+
+@dataclass(frozen=True)
+class ImageHeader:
+    """The std_msgs/Header of an Image (stamp, frame_id) plus its layout fields."""
+
+    sec: int
+    nanosec: int
+    frame_id: str
+    encoding: str
+    height: int
+    width: int
+    step: int
+    is_bigendian: int
+
+    @property
+    def stamp_ns(self) -> int:
+        """Return the header stamp in nanoseconds since the epoch."""
+        return self.sec * 1_000_000_000 + self.nanosec
+
+
+class BagMessage(NamedTuple):
+    """
+    One image from a bag: ``stamp_ns`` is the bag (log) time, ``image`` a numpy array.
+
+    ``image`` keeps the channel order of ``header.encoding``: (H, W) for one channel, else
+    (H, W, C); dtype uint8, uint16 (mono16 / 16UC1) or float32 (32FC1).
+    """
+
+    topic: str
+    stamp_ns: int
+    header: ImageHeader
+    image: np.ndarray
+
+
+# ---------------------------------------------------------------------------------------
+# Message conversion
+# ---------------------------------------------------------------------------------------
+
+def image_message(image: np.ndarray, encoding: str, stamp_ns: int, frame_id: str):
+    """Build a rosbags ``sensor_msgs/msg/Image`` from a (H, W) or (H, W, C) array."""
+    if encoding not in ENCODINGS:
+        raise OodSegError(f'unsupported image encoding {encoding!r}; use one of '
+                          f'{", ".join(ENCODINGS)}')
+    dtype, channels = ENCODINGS[encoding]
+    image = np.asarray(image)
+    shape_ok = (image.ndim == 2 and channels == 1) or (
+        image.ndim == 3 and image.shape[2] == channels)
+    if image.dtype != dtype or not shape_ok:
+        raise OodSegError(f'image of dtype {image.dtype} and shape {image.shape} does not '
+                          f'fit encoding {encoding} ({np.dtype(dtype).name}, {channels} '
+                          f'channel(s))')
+    ts = typestore()
+    Header = ts.types['std_msgs/msg/Header']
+    Time = ts.types['builtin_interfaces/msg/Time']
+    Image = ts.types[IMAGE_TYPE]
+    sec, nanosec = ns_to_stamp(stamp_ns)
+    h, w = image.shape[:2]
+    data = np.ascontiguousarray(image).astype(np.dtype(dtype).newbyteorder('<'), copy=False)
+    return Image(header=Header(stamp=Time(sec=sec, nanosec=nanosec), frame_id=frame_id),
+                 height=h, width=w, encoding=encoding, is_bigendian=0,
+                 step=w * channels * np.dtype(dtype).itemsize,
+                 data=np.frombuffer(data.tobytes(), np.uint8))
+
+
+def image_cdr(image: np.ndarray, encoding: str, stamp_ns: int, frame_id: str) -> bytes:
+    """Serialise an image array to CDR bytes of a ``sensor_msgs/msg/Image``."""
+    msg = image_message(image, encoding, stamp_ns, frame_id)
+    return bytes(typestore().serialize_cdr(msg, IMAGE_TYPE))
+
+
+def message_to_array(msg, source: str = 'message') -> np.ndarray:
+    """Return the pixels of a rosbags Image message as a numpy array (see BagMessage)."""
+    enc = msg.encoding
+    if enc not in ENCODINGS:
+        raise OodSegError(f'{source}: unsupported image encoding {enc!r}')
+    dtype, channels = ENCODINGS[enc]
+    itemsize = np.dtype(dtype).itemsize
+    h, w, step = int(msg.height), int(msg.width), int(msg.step)
+    row = w * channels * itemsize
+    data = np.asarray(msg.data, dtype=np.uint8)
+    if step < row or data.size < step * h:
+        raise OodSegError(f'{source}: {enc} image of {w}x{h} with step {step} needs '
+                          f'{max(step, row) * h} bytes, got {data.size}')
+    rows = data[:step * h].reshape(h, step)[:, :row]
+    order = '>' if msg.is_bigendian else '<'
+    arr = np.ascontiguousarray(rows).view(np.dtype(dtype).newbyteorder(order))
+    arr = arr.astype(dtype, copy=False).reshape((h, w) if channels == 1 else (h, w, channels))
+    return arr
+
+
+def to_rgb(image: np.ndarray, encoding: str) -> np.ndarray:
+    """Convert an 8-bit rgb8 / bgr8 / rgba8 / bgra8 / mono8 image to RGB uint8 (H, W, 3)."""
+    import cv2
+    if encoding in ('rgb8', '8UC3'):
+        return image
+    if encoding == 'bgr8':
+        return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    if encoding == 'rgba8':
+        return np.ascontiguousarray(image[..., :3])
+    if encoding == 'bgra8':
+        return cv2.cvtColor(image, cv2.COLOR_BGRA2RGB)
+    if encoding in ('mono8', '8UC1'):
+        return cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)
+    raise OodSegError(f'cannot convert a {encoding} image to RGB')
+
+
+def _header_of(msg) -> ImageHeader:
+    return ImageHeader(int(msg.header.stamp.sec), int(msg.header.stamp.nanosec),
+                       str(msg.header.frame_id), str(msg.encoding), int(msg.height),
+                       int(msg.width), int(msg.step), int(msg.is_bigendian))
+
+
+def decode_image_cdr(raw: bytes, source: str = 'message') -> tuple:
+    """Deserialise CDR bytes of an Image: (ImageHeader, numpy array)."""
+    try:
+        msg = typestore().deserialize_cdr(raw, IMAGE_TYPE)
+    except Exception as exc:  # noqa: B902 - any malformed buffer
+        raise OodSegError(f'{source}: cannot deserialise {IMAGE_TYPE}: {exc}') from None
+    return _header_of(msg), message_to_array(msg, source)
+
+
+def raw_header_stamp_ns(raw: bytes) -> int:
+    """Return the header stamp (ns) of any CDR message that starts with a std_msgs/Header."""
+    if len(raw) < 12:
+        raise OodSegError(f'CDR message of {len(raw)} bytes is too short for a header')
+    order = '<' if raw[1] & 1 else '>'     # encapsulation 0x0001 CDR_LE, 0x0000 CDR_BE
+    sec, nanosec = struct.unpack_from(order + 'iI', raw, 4)
+    return sec * 1_000_000_000 + nanosec
+
+
+# ---------------------------------------------------------------------------------------
+# Writing
+# ---------------------------------------------------------------------------------------
+
+class BagWriter:
+    """A rosbag2 writer (metadata version 8) for raw CDR messages; a context manager."""
+
+    def __init__(self, path, storage: str = 'mcap'):
+        """Prepare writing bag folder ``path`` (must not exist) with ``storage``."""
+        if storage not in STORAGES:
+            raise OodSegError(f'unknown bag storage {storage!r}; use mcap or sqlite3')
+        self.path = Path(path)
+        self.storage = storage
+        self._writer = None
+        self._connections = {}
+
+    def __enter__(self) -> 'BagWriter':
+        """Open the bag for writing."""
+        from rosbags.rosbag2 import StoragePlugin, Writer, WriterError
+        if self.path.exists():
+            raise OodSegError(f'output bag {self.path} exists already; remove it or choose '
+                              f'another path')
+        plugin = StoragePlugin.MCAP if self.storage == 'mcap' else StoragePlugin.SQLITE3
+        try:
+            self._writer = Writer(self.path, version=BAG_VERSION, storage_plugin=plugin)
+            self._writer.open()
+        except (WriterError, OSError) as exc:
+            raise OodSegError(f'cannot create bag {self.path}: {exc}') from None
+        return self
+
+    def add_topic(self, topic: str, msgtype: str) -> None:
+        """Register ``topic`` with message type ``msgtype`` (e.g. sensor_msgs/msg/Image)."""
+        if topic in self._connections:
+            return
+        ts = typestore()
+        if msgtype not in ts.types:
+            raise OodSegError(f'message type {msgtype} is unknown to the rosbags type store')
+        self._connections[topic] = self._writer.add_connection(topic, msgtype, typestore=ts)
+
+    def has_topic(self, topic: str) -> bool:
+        """Return whether ``topic`` was registered."""
+        return topic in self._connections
+
+    def write(self, topic: str, timestamp_ns: int, raw: bytes) -> None:
+        """Write one serialised message at log time ``timestamp_ns``."""
+        try:
+            self._writer.write(self._connections[topic], int(timestamp_ns), raw)
+        except KeyError:
+            raise OodSegError(f'topic {topic} was not added to bag {self.path}') from None
+        except OSError as exc:
+            raise OodSegError(f'cannot write bag {self.path}: {exc}') from None
+
+    def __exit__(self, *exc_info) -> None:
+        """Close the bag and write metadata.yaml."""
+        if self._writer is not None and self._writer.storage is not None:
+            try:
+                self._writer.close()
+            except OSError as exc:
+                if exc_info[0] is None:
+                    raise OodSegError(f'cannot finish bag {self.path}: {exc}') from None
+
+
+def write_image_bag(out_dir, frames: Iterable, rate_hz: float,
+                    topic: str = DEFAULT_IMAGE_TOPIC, frame_id: str = 'camera',
+                    gt_masks: Optional[Iterable] = None, gt_topic: str = DEFAULT_GT_TOPIC,
+                    storage: str = 'mcap', start_ns: Optional[int] = None) -> dict:
+    """
+    Write frames (and optional GT masks) as a rosbag2 bag; return a summary dict.
+
+    frames: iterable of (name, rgb uint8 (H, W, 3)), written as rgb8 on ``topic``;
+    frame i is stamped ``start_ns + round(i * 1e9 / rate_hz)`` (header and log time;
+    ``start_ns`` defaults to now). gt_masks: iterable of uint8 (H, W) masks with values
+    0 / 1 / 255, one per frame, written as mono8 on ``gt_topic`` with the frame's stamp.
+    """
+    rate_hz = float(rate_hz)
+    if not rate_hz > 0:
+        raise OodSegError(f'rate must be > 0 Hz, got {rate_hz}')
+    start_ns = time.time_ns() if start_ns is None else int(start_ns)
+    out_dir = Path(out_dir)
+    gt_iter = iter(gt_masks) if gt_masks is not None else None
+    n = 0
+    names = []
+    size = None
+    with BagWriter(out_dir, storage) as bag:
+        bag.add_topic(topic, IMAGE_TYPE)
+        if gt_iter is not None:
+            bag.add_topic(gt_topic, IMAGE_TYPE)
+        for n_done, (name, rgb) in enumerate(frames):
+            rgb = np.asarray(rgb)
+            if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8 or not rgb.size:
+                raise OodSegError(f'frame {name}: expected non-empty uint8 (H, W, 3) RGB, '
+                                  f'got {rgb.dtype} {rgb.shape}')
+            if size is not None and rgb.shape != size:
+                raise OodSegError(f'frame {name} is {rgb.shape[1]}x{rgb.shape[0]}, earlier '
+                                  f'frames are {size[1]}x{size[0]} (WxH)')
+            size = rgb.shape
+            stamp = start_ns + int(round(n_done * 1e9 / rate_hz))
+            bag.write(topic, stamp, image_cdr(rgb, 'rgb8', stamp, frame_id))
+            if gt_iter is not None:
+                mask = next(gt_iter, None)
+                if mask is None:
+                    raise OodSegError(f'no GT mask for frame {name}: fewer masks than frames')
+                mask = np.asarray(mask)
+                if mask.shape != rgb.shape[:2] or mask.dtype != np.uint8:
+                    raise OodSegError(f'GT mask of frame {name} is {mask.dtype} {mask.shape}, '
+                                      f'expected uint8 {rgb.shape[:2]}')
+                bad = (mask != 0) & (mask != 1) & (mask != 255)
+                if bad.any():
+                    raise OodSegError(f'GT mask of frame {name} has values '
+                                      f'{np.unique(mask[bad])[:5].tolist()}, expected 0/1/255')
+                bag.write(gt_topic, stamp, image_cdr(mask, 'mono8', stamp, frame_id))
+            names.append(str(name))
+            n = n_done + 1
+    total = sum(p.stat().st_size for p in out_dir.rglob('*') if p.is_file())
+    return {'path': str(out_dir), 'storage': storage, 'version': BAG_VERSION,
+            'n_frames': n, 'topic': topic, 'gt_topic': gt_topic if gt_iter else None,
+            'width': size[1] if size else 0, 'height': size[0] if size else 0,
+            'rate_hz': rate_hz, 'start_ns': start_ns, 'size_bytes': total,
+            'first': names[0] if names else None, 'last': names[-1] if names else None}
+
+
+# ---------------------------------------------------------------------------------------
+# Reading
+# ---------------------------------------------------------------------------------------
+
+def _open_reader(path):
+    from rosbags.rosbag2 import Reader
+    path = Path(path)
+    if not path.exists():
+        raise OodSegError(f'bag {path} does not exist')
+    try:
+        reader = Reader(path)
+        reader.open()
+    except Exception as exc:  # noqa: B902 - rosbags raises many kinds on corrupt files
+        raise OodSegError(f'{path} is not a readable rosbag2 bag (folder with '
+                          f'metadata.yaml, .mcap or .db3): {exc}') from None
+    return reader
+
+
+def bag_info(path) -> dict:
+    """Return {'topics': {name: {'type', 'count'}}, 'message_count', 'start_ns', ...}."""
+    reader = _open_reader(path)
+    try:
+        topics = {}
+        for c in reader.connections:
+            t = topics.setdefault(c.topic, {'type': c.msgtype, 'count': 0})
+            t['count'] += int(c.msgcount)
+        return {'path': str(path), 'topics': topics, 'message_count': reader.message_count,
+                'start_ns': reader.start_time, 'duration_ns': reader.duration}
+    except Exception as exc:  # noqa: B902
+        raise OodSegError(f'cannot read the metadata of bag {path}: {exc}') from None
+    finally:
+        reader.close()
+
+
+def iter_raw_messages(path, topics=None) -> Iterator[tuple]:
+    """Yield (topic, msgtype, log time ns, raw CDR bytes) in log-time order."""
+    reader = _open_reader(path)
+    try:
+        conns = [c for c in reader.connections if topics is None or c.topic in topics]
+        if not conns:
+            return
+        it = reader.messages(connections=conns)
+        while True:
+            try:
+                item = next(it)
+            except StopIteration:
+                return
+            except Exception as exc:  # noqa: B902 - truncated / corrupt storage
+                raise OodSegError(f'bag {path} is corrupt: {exc}') from None
+            conn, stamp, raw = item
+            yield conn.topic, conn.msgtype, int(stamp), bytes(raw)
+    finally:
+        reader.close()
+
+
+def read_image_bag(path, topics=None) -> Iterator[BagMessage]:
+    """
+    Yield every sensor_msgs/Image of a bag as BagMessage, in log-time order.
+
+    ``topics`` optionally restricts the topics; messages of other types are skipped.
+    """
+    for topic, msgtype, stamp, raw in iter_raw_messages(path, topics):
+        if msgtype != IMAGE_TYPE:
+            continue
+        header, image = decode_image_cdr(raw, f'bag {path}, topic {topic}')
+        yield BagMessage(topic, stamp, header, image)
+
+
+def image_topics(path) -> list:
+    """Return the sorted names of the bag's sensor_msgs/Image topics."""
+    return sorted(t for t, v in bag_info(path)['topics'].items() if v['type'] == IMAGE_TYPE)
