@@ -240,7 +240,7 @@ def _fit_models(X, y_fp, iou):
 
 
 def fit_meta(features, is_false_positive, iou, feature_names, groups, n_splits=5,
-             threshold=0.5, seed=0):
+             threshold=0.5, seed=0, target_tp_kept=None):
     """
     Evaluate the meta classifier by grouped K-fold, then fit it on all segments.
 
@@ -255,6 +255,9 @@ def fit_meta(features, is_false_positive, iou, feature_names, groups, n_splits=5
     threshold, auroc (P(fp) vs truth), r2 (unclipped linear IoU prediction),
     fp_removed (share of false positives dropped), tp_kept (share of true segments kept),
     warnings (list of str for degenerate cases). Unavailable metrics are None.
+    ``target_tp_kept`` (e.g. 0.9): choose the threshold instead, as the smallest one that
+    keeps at least that share of the true segments in the out-of-fold predictions
+    (report key ``threshold_rule``); fp_removed / tp_kept are then reported at it.
     Returns ``(MetaClassifier, report)``; the report is also stored in ``info['cv']``.
     """
     from sklearn.metrics import r2_score, roc_auc_score
@@ -318,6 +321,12 @@ def fit_meta(features, is_false_positive, iou, feature_names, groups, n_splits=5
                                  threshold=threshold)
             p_oof[te] = clf.predict_fp_proba(X[te])
             iou_oof[te] = clf.predict_iou(X[te], clip=False)
+        if target_tp_kept is not None and not one_class:
+            p_true = np.sort(p_oof[~y])
+            need = int(np.ceil(float(target_tp_kept) * p_true.size))
+            threshold = float(p_true[max(need, 1) - 1])
+            report['threshold'] = threshold
+            report['threshold_rule'] = f'keep >= {float(target_tp_kept):g} of true segments'
         drop = p_oof > threshold
         if not one_class:
             report['auroc'] = float(roc_auc_score(y, p_oof))

@@ -206,33 +206,43 @@ class Pipeline:
                                'total_ms': (t3 - t0) * 1e3})
         return result
 
-    def postprocess(self, out: Dict[str, np.ndarray], frame_size) -> FrameResult:
-        """Heatmap, semantic, segments and meta classification from network outputs."""
-        fh, fw = frame_size
-        t0 = time.perf_counter()
+    def segment(self, out: Dict[str, np.ndarray]):
+        """Normalised decoder-resolution heatmap, segment labels, count and features.
+
+        The one segment path shared by :meth:`postprocess`, the evaluator and meta
+        classifier training. Returns (heatmap_low, labels_low int32, n, features (n, F)).
+        """
         low = normalise(out[self.score_name], *self.norm)
-        heatmap = upsample_map(low, (fh, fw))
-        semantic = upsample_map(out['semantic'].astype(np.uint8), (fh, fw), linear=False)
-        t1 = time.perf_counter()
         lh, lw = low.shape
         # min_segment_px is given at model input resolution; convert to decoder pixels.
         ih, iw = self.input_size
         min_low = max(1, int(round(self.runtime['min_segment_px'] * lh * lw / (ih * iw))))
         labels, n = find_segments(low, self.threshold, min_low)
-        segments: List[Segment] = []
-        instances_low = np.zeros((lh, lw), np.uint16)
-        t2 = t3 = time.perf_counter()
+        feats = np.zeros((0, len(self.extractor.feature_names)))
         if n:
             maps = {k: out[k] for k in self.extractor.map_names}
             feats = self.extractor.extract(labels, n, out['probs'], maps)
-            t2 = time.perf_counter()
+        return low, labels, n, feats
+
+    def postprocess(self, out: Dict[str, np.ndarray], frame_size) -> FrameResult:
+        """Heatmap, semantic, segments and meta classification from network outputs."""
+        fh, fw = frame_size
+        t0 = time.perf_counter()
+        low, labels, n, feats = self.segment(out)
+        t1 = time.perf_counter()
+        heatmap = upsample_map(low, (fh, fw))
+        semantic = upsample_map(out['semantic'].astype(np.uint8), (fh, fw), linear=False)
+        t2 = time.perf_counter()
+        lh, lw = low.shape
+        segments: List[Segment] = []
+        instances_low = np.zeros((lh, lw), np.uint16)
+        if n:
             if self.meta is not None:
                 p_fp = self.meta.predict_fp_proba(feats)
                 keep = p_fp <= self.meta.threshold
             else:
                 p_fp = np.zeros(n)
                 keep = np.ones(n, bool)
-            t3 = time.perf_counter()
             boxes = segment_boxes(labels, n)
             areas = np.bincount(labels.ravel(), minlength=n + 1)[1:]
             sums = np.bincount(labels.ravel(), weights=low.ravel(), minlength=n + 1)[1:]
@@ -249,9 +259,9 @@ class Pipeline:
                     area=int(round(areas[i] * sx * sy)),
                     score=float(sums[i] / max(areas[i], 1)),
                     meta_score=float(1.0 - p_fp[i]), kept=bool(keep[i])))
+        t3 = time.perf_counter()
         instances = upsample_map(instances_low, (fh, fw), linear=False)
         t4 = time.perf_counter()
-        timings = {'heatmap_ms': (t1 - t0) * 1e3, 'segments_ms': (t2 - t1) * 1e3,
+        timings = {'segments_ms': (t1 - t0) * 1e3, 'heatmap_ms': (t2 - t1) * 1e3,
                    'meta_ms': (t3 - t2) * 1e3, 'instances_ms': (t4 - t3) * 1e3}
         return FrameResult(heatmap, semantic, instances, segments, timings, self.score_name)
-

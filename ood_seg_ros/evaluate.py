@@ -1,0 +1,368 @@
+"""Offline evaluation: CamVid mIoU, SMIYC OoD metrics per score, meta classification.
+
+The evaluator runs the bundle's network once per frame with every score output, keeps
+the score maps at decoder resolution (small) and upsamples them to label resolution for
+the metrics (the same bilinear upsampling the pipeline uses). Segments, their features
+and the meta classifier come from :class:`ood_seg_ros.pipeline.Pipeline`, so offline
+numbers describe exactly what the node publishes.
+"""
+
+import json
+import math
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import numpy as np
+
+from . import metrics as M
+from .errors import OodSegError
+from .pipeline import normalise, Pipeline, upsample_map
+from .scores import ALL_SCORES
+
+# Pixel-metric bins: enough for |AP_binned - AP_exact| < 1e-3 (see metrics.py).
+N_BINS = 65536
+
+
+def _nan_to_none(x):
+    if isinstance(x, float) and (math.isnan(x) or math.isinf(x)):
+        return None
+    if isinstance(x, dict):
+        return {k: _nan_to_none(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_nan_to_none(v) for v in x]
+    if isinstance(x, (np.floating, np.integer)):
+        return _nan_to_none(x.item())
+    return x
+
+
+def to_json(obj) -> str:
+    """JSON with NaN/inf written as null (undefined metrics are reported, not faked)."""
+    return json.dumps(_nan_to_none(obj), indent=2)
+
+
+def camvid_miou(bundle_path, camvid_root, split: str = 'test', device: str = 'cpu',
+                limit: int = 0) -> Dict:
+    """mIoU and per-class IoU of the global head and of each probe on a CamVid split."""
+    import torch
+    from .data.camvid import CAMVID_CLASSES, load_split
+    from .model import load_bundle
+    from .train.loop import evaluate_miou
+    bundle = load_bundle(bundle_path, device=device)
+    imgs, labs, _ = load_split(camvid_root, [split])
+    if limit:
+        imgs, labs = imgs[:limit], labs[:limit]
+    res = evaluate_miou(bundle.model, torch.from_numpy(imgs), torch.from_numpy(labs),
+                        bundle.config.n_classes, batch_size=4, probes=True)
+    names = list(bundle.config.class_names) or list(CAMVID_CLASSES)
+
+    def named(r):
+        return {'miou': r['miou'], 'per_class': dict(zip(names, r['per_class']))}
+
+    out = named(res['global'])
+    out['split'] = split
+    out['frames'] = int(len(imgs))
+    out['probes'] = {k: named(v) for k, v in res.items() if k.startswith('probe')}
+    return out
+
+
+class OodEvaluation:
+    """Runs a pipeline (all scores) over an OoD dataset and collects everything once."""
+
+    def __init__(self, pipeline: Pipeline, dataset, limit: int = 0, progress=None):
+        self.pipeline = pipeline
+        self.dataset = dataset
+        self.n = len(dataset) if not limit else min(limit, len(dataset))
+        self.low_maps: List[Dict[str, np.ndarray]] = []
+        self.labels: List[np.ndarray] = []
+        self.semantic_conf = None
+        self.names: List[str] = []
+        self.frames = []
+        c = len(pipeline.class_names)
+        for i in (progress or (lambda it, total: it))(range(self.n), self.n):
+            s = dataset[i]
+            out = pipeline.infer(s.rgb)
+            self.low_maps.append({k: out[k] for k in ALL_SCORES if k in out} |
+                                 {'probs': out['probs']})
+            self.labels.append(s.ood_label)
+            self.names.append(s.name)
+            if i < 4:
+                self.frames.append(s.rgb)
+            if s.semantic is not None:
+                sem = upsample_map(out['semantic'].astype(np.uint8), s.semantic.shape,
+                                   linear=False)
+                cm = M.confusion_matrix(sem, s.semantic, c)
+                self.semantic_conf = cm if self.semantic_conf is None else \
+                    self.semantic_conf + cm
+
+    def score_map(self, i: int, name: str) -> np.ndarray:
+        """Score ``name`` of frame ``i`` upsampled to its label size."""
+        return upsample_map(self.low_maps[i][name], self.labels[i].shape)
+
+    def pixel_and_component(self, scores=ALL_SCORES) -> Dict[str, Dict]:
+        """Per score: AP, FPR95, AUROC and component sIoU / PPV / mean F1."""
+        table = {}
+        for name in scores:
+            if name not in self.low_maps[0]:
+                continue
+            acc = M.PixelMetricAccumulator('binned', n_bins=N_BINS)
+            for i in range(self.n):
+                acc.add(self.score_map(i, name), self.labels[i])
+            pix = acc.result()
+            thr = M.best_f1_threshold(acc)
+            entry = {'ap': pix['ap'], 'fpr95': pix['fpr95'], 'auroc': pix['auroc'],
+                     'best_f1_threshold': thr}
+            if 'undefined' in pix:
+                entry['undefined'] = pix['undefined']
+            if np.isfinite(thr):
+                comp = M.component_metrics(
+                    (self.score_map(i, name) for i in range(self.n)),
+                    iter(self.labels[:self.n]), thr, track='anomaly')
+                entry.update({'siou': comp['siou'], 'ppv': comp['ppv'],
+                              'f1_mean': comp['f1_mean']})
+            else:
+                entry.update({'siou': float('nan'), 'ppv': float('nan'),
+                              'f1_mean': float('nan')})
+            table[name] = entry
+        return table
+
+    def segment_records(self):
+        """Segments of every frame with features, FP target and IoU with the GT OoD.
+
+        Target (methods §5): a segment is a false positive when it has no pixel of
+        ground-truth OoD; its IoU is taken with the union of GT OoD components it touches.
+        """
+        from scipy import ndimage
+        feats, is_fp, iou, groups, per_frame = [], [], [], [], []
+        for i in range(self.n):
+            out = self.low_maps[i]
+            low, seg, n, f = self.pipeline.segment(out)
+            gt = upsample_map(self.labels[i], low.shape, linear=False)
+            gt_obj, _ = ndimage.label(gt == 1, structure=np.ones((3, 3)))
+            fp = np.ones(n, bool)
+            ious = np.zeros(n)
+            for k in range(1, n + 1):
+                m = seg == k
+                touched = np.unique(gt_obj[m])
+                touched = touched[touched > 0]
+                if touched.size:
+                    fp[k - 1] = False
+                    g = np.isin(gt_obj, touched)
+                    ious[k - 1] = (m & g).sum() / max(1, ((m | g) & (gt != 255)).sum())
+            feats.append(f)
+            is_fp.append(fp)
+            iou.append(ious)
+            groups.append(np.full(n, i))
+            per_frame.append((seg, n))
+        if not feats:
+            raise OodSegError('no frames to take segments from')
+        return (np.concatenate(feats), np.concatenate(is_fp), np.concatenate(iou),
+                np.concatenate(groups), per_frame)
+
+
+def calibrate(evaluation: OodEvaluation, percentiles=(1.0, 99.9)) -> Dict:
+    """Choose the heatmap score, its normalisation and the segment threshold (val set).
+
+    Normalisation per score: (lo, hi) = the given percentiles of its values over all
+    valid pixels. Default score: best AP. Segment threshold: its best pixel-F1 threshold
+    mapped to normalised units.
+    """
+    table = evaluation.pixel_and_component()
+    norms = {}
+    for name in table:
+        vals = np.concatenate([evaluation.low_maps[i][name].ravel()
+                               for i in range(evaluation.n)])
+        lo, hi = np.percentile(vals, percentiles)
+        norms[name] = [float(lo), float(hi) if hi > lo else float(lo + 1e-6)]
+    ranked = sorted((v['ap'] for v in table.values() if np.isfinite(v['ap'])), reverse=True)
+    if not ranked:
+        raise OodSegError('calibration needs OoD pixels in the dataset')
+    best = next(k for k, v in table.items() if v['ap'] == ranked[0])
+    lo, hi = norms[best]
+    thr = table[best]['best_f1_threshold']
+    seg_thr = float(np.clip((thr - lo) / (hi - lo), 0.05, 0.95))
+    return {'heatmap_score': best, 'normalisation': norms, 'segment_threshold': seg_thr,
+            'calibration': {'ap': table[best]['ap'], 'percentiles': list(percentiles)}}
+
+
+def meta_effect(evaluation: OodEvaluation, meta, track: str = 'anomaly') -> Dict:
+    """Meta classifier on a test set: AUROC, R², FP removed, TP kept, component F1 ±meta."""
+    feats, is_fp, iou, _, per_frame = evaluation.segment_records()
+    res = {'n_segments': int(len(is_fp)), 'n_fp': int(is_fp.sum())}
+    if len(is_fp) == 0:
+        res['undefined'] = 'no segments'
+        return res
+    p_fp = meta.predict_fp_proba(feats)
+    keep = p_fp <= meta.threshold
+    res['auroc'] = M.meta_auroc(is_fp.astype(np.uint8), p_fp) \
+        if 0 < is_fp.sum() < len(is_fp) else float('nan')
+    res['r2'] = M.r2(iou, meta.predict_iou(feats)) if iou.std() > 0 else float('nan')
+    res['fp_removed'] = float((~keep & is_fp).sum() / max(1, is_fp.sum()))
+    res['tp_kept'] = float((keep & ~is_fp).sum() / max(1, (~is_fp).sum()))
+    # Component F1 of the segment masks before / after meta classification.
+    before, after, offset = [], [], 0
+    for i, (seg, n) in enumerate(per_frame):
+        k = keep[offset:offset + n]
+        offset += n
+        lab = evaluation.labels[i]
+        mask_b = upsample_map((seg > 0).astype(np.float32), lab.shape, linear=False)
+        kept_ids = np.flatnonzero(k) + 1
+        mask_a = upsample_map(np.isin(seg, kept_ids).astype(np.float32), lab.shape,
+                              linear=False)
+        before.append(mask_b)
+        after.append(mask_a)
+    for tag, masks in (('before', before), ('after', after)):
+        comp = M.component_metrics(iter(masks), iter(evaluation.labels[:evaluation.n]),
+                                   0.5, track=track)
+        res[f'f1_{tag}'] = comp['f1_mean']
+    return res
+
+
+def write_plots(evaluation: OodEvaluation, table: Dict, out_dir: Path, top: int = 6) -> List:
+    """Precision-recall curves of the best scores and heatmap overlays; return file names."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    out_dir.mkdir(parents=True, exist_ok=True)
+    files = []
+    best = sorted((k for k in table if np.isfinite(table[k]['ap'])),
+                  key=lambda k: -table[k]['ap'])[:top]
+    fig, ax = plt.subplots(figsize=(6, 5))
+    for name in best:
+        s = np.concatenate([evaluation.score_map(i, name).ravel()
+                            for i in range(evaluation.n)])
+        y = np.concatenate([lab.ravel() for lab in evaluation.labels[:evaluation.n]])
+        valid = y != 255
+        s, y = s[valid], y[valid] == 1
+        order = np.argsort(-s, kind='stable')[::max(1, len(s) // 200000)]
+        ys = y[order]
+        tp = np.cumsum(ys)
+        prec = tp / np.arange(1, len(ys) + 1)
+        rec = tp / max(1, ys.sum())
+        ax.plot(rec, prec, label=f'{name} (AP {table[name]["ap"]:.3f})')
+    ax.set_xlabel('recall')
+    ax.set_ylabel('precision')
+    ax.set_title('OoD pixel precision-recall')
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out_dir / 'pr_curve.png', dpi=110)
+    plt.close(fig)
+    files.append('pr_curve.png')
+    name = evaluation.pipeline.score_name
+    for i, rgb in enumerate(evaluation.frames):
+        heat = normalise(evaluation.low_maps[i][name], *evaluation.pipeline.norm)
+        heat = upsample_map(heat, rgb.shape[:2])
+        files.append(overlay_png(rgb, heat, out_dir / f'overlay_{i}.png'))
+    return files
+
+
+def overlay_png(rgb: np.ndarray, heat: np.ndarray, path: Path) -> str:
+    """Write an RGB frame with the [0, 1] heatmap blended as a colour map; return name."""
+    import cv2
+    color = cv2.applyColorMap((np.clip(heat, 0, 1) * 255).astype(np.uint8),
+                              cv2.COLORMAP_JET)
+    blend = cv2.addWeighted(np.ascontiguousarray(rgb[:, :, ::-1]), 0.55, color, 0.45, 0)
+    cv2.imwrite(str(path), blend)
+    return Path(path).name
+
+
+def evaluate_bundle(bundle_path, ood_root=None, camvid_root=None, split='test',
+                    entropy_bundle=None, out_dir=None, device='cpu', limit=0,
+                    progress=None, calibrate_only=False) -> Dict:
+    """Full evaluation; returns the metrics object (see ``ood-seg eval``)."""
+    from .data.ood_sets import OodDataset
+    result: Dict = {'bundle': str(bundle_path)}
+    if camvid_root:
+        result['camvid'] = camvid_miou(bundle_path, camvid_root, split, device, limit)
+        result['miou'] = result['camvid']['miou']
+        result['per_class'] = result['camvid']['per_class']
+    if ood_root:
+        ds = OodDataset(ood_root)
+        pipe = Pipeline.from_bundle(bundle_path, backend='torch', device=device,
+                                    all_scores=True, **_score_kw(bundle_path))
+        ev = OodEvaluation(pipe, ds, limit, progress)
+        if calibrate_only:
+            return {'calibration': calibrate(ev)}
+        table = ev.pixel_and_component()
+        result['scores'] = table
+        result['ood_set'] = str(ood_root)
+        result['frames'] = ev.n
+        if ev.semantic_conf is not None and 'miou' not in result:
+            mi = M.miou(ev.semantic_conf)
+            result['miou'] = mi['miou']
+            result['per_class'] = dict(zip(pipe.class_names, mi['iou']))
+        if pipe.meta is not None:
+            result['meta'] = meta_effect(ev, pipe.meta)
+        else:
+            result['meta'] = {'undefined': 'the bundle has no meta classifier '
+                                           '(ood-seg train-meta)'}
+        result['heatmap_score'] = pipe.score_name
+        if entropy_bundle:
+            epipe = Pipeline.from_bundle(entropy_bundle, backend='torch', device=device,
+                                         all_scores=True, **_score_kw(entropy_bundle))
+            eev = OodEvaluation(epipe, ds, limit, progress)
+            etab = eev.pixel_and_component(('entropy', 'msp', 'max_logit'))
+            for k, v in etab.items():
+                result['scores'][f'entmax_{k}'] = v
+        if out_dir:
+            result['plots'] = write_plots(ev, table, Path(out_dir))
+    if out_dir:
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        (Path(out_dir) / 'metrics.json').write_text(to_json(result) + '\n')
+    return result
+
+
+def _score_kw(bundle_path) -> Dict:
+    """Pick a score the bundle can normalise (uncalibrated bundles: moose_entropy)."""
+    from .model.bundle import read_bundle_json
+    rt = read_bundle_json(bundle_path).get('runtime', {})
+    score = rt.get('heatmap_score')
+    if score and score in rt.get('normalisation', {}):
+        return {}
+    return {'score': 'moose_entropy'}
+
+
+def update_bundle_runtime(bundle_path, updates: Dict) -> None:
+    """Merge ``updates`` into the bundle's runtime settings (bundle.json)."""
+    path = Path(bundle_path) / 'bundle.json'
+    doc = json.loads(path.read_text())
+    doc.setdefault('runtime', {}).update(updates)
+    path.write_text(json.dumps(doc, indent=2) + '\n')
+
+
+def table_text(result: Dict) -> str:
+    """A readable table of the main figures."""
+    lines = []
+    if 'camvid' in result:
+        c = result['camvid']
+        lines.append(f'CamVid {c["split"]} ({c["frames"]} frames): global mIoU '
+                     f'{100 * c["miou"]:.2f} %')
+        for k, v in c['per_class'].items():
+            lines.append(f'  {k:<12} {100 * v:6.2f}' if v == v else f'  {k:<12}    n/a')
+        for k, v in c['probes'].items():
+            lines.append(f'  {k}: mIoU {100 * v["miou"]:.2f} %')
+    if 'scores' in result:
+        lines.append(f'{"score":<18} {"AP":>6} {"FPR95":>6} {"AUROC":>6} {"sIoU":>6} '
+                     f'{"PPV":>6} {"F1":>6}')
+        for k, v in sorted(result['scores'].items(), key=lambda kv: -_f(kv[1]['ap'])):
+            lines.append(f'{k:<18} ' + ' '.join(
+                f'{_f(v[m]):6.3f}' for m in ('ap', 'fpr95', 'auroc', 'siou', 'ppv',
+                                             'f1_mean')))
+    if 'meta' in result:
+        lines.append('meta: ' + ', '.join(f'{k} {v:.3f}' if isinstance(v, float) else
+                                          f'{k} {v}' for k, v in result['meta'].items()))
+    return '\n'.join(lines)
+
+
+def _f(v) -> float:
+    return float('nan') if v is None else float(v)
+
+
+def load_meta_dataset(bundle_path, ood_root, device='cpu', limit=0, progress=None,
+                      pipeline: Optional[Pipeline] = None):
+    """Segment features / targets on an OoD set for meta classifier training."""
+    from .data.ood_sets import OodDataset
+    pipe = pipeline or Pipeline.from_bundle(bundle_path, backend='torch', device=device,
+                                            all_scores=True, **_score_kw(bundle_path))
+    ev = OodEvaluation(pipe, OodDataset(ood_root), limit, progress)
+    feats, is_fp, iou, groups, _ = ev.segment_records()
+    return pipe, feats, is_fp, iou, groups
