@@ -139,11 +139,11 @@ def log_error_pnorms(logits: torch.Tensor, mode: str, ps: Sequence[float],
             log_abs = logp + math.log((c - 1.0) / c)
     else:
         raise ValueError(f'unknown PGN label mode {mode!r}; use one of {PGN_MODES}')
-    # All p at once: (P, B, C, H, W) -> logsumexp over C -> (P, B, H, W).
-    p_vec = torch.tensor([float(p) for p in ps], dtype=z.dtype, device=z.device)
-    scaled = p_vec.view(-1, 1, 1, 1, 1) * log_abs.unsqueeze(0)
-    lse = _logsumexp(scaled, 2) / p_vec.view(-1, 1, 1, 1)
-    return list(lse.unbind(0))
+    # All p at once: (P, B, C, H, W) -> logsumexp over C -> (P, B, H, W). Python-float
+    # scalars only (no host-to-device tensor copies: CUDA-graph capture forbids them).
+    scaled = torch.stack([log_abs * float(p) for p in ps])
+    lse = _logsumexp(scaled, 2)
+    return [lse[i] / float(p) for i, p in enumerate(ps)]
 
 
 def _pow_terms(log_a: torch.Tensor, nonzero: torch.Tensor, p: float) -> torch.Tensor:

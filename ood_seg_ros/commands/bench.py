@@ -41,7 +41,9 @@ def add_arguments(parser):
                         choices=['torch', 'onnxruntime', 'tensorrt'],
                         help='time the end-to-end pipeline with this backend')
     parser.add_argument('--cuda-graphs', action='store_true',
-                        help='torch backend on CUDA: replay a captured CUDA graph')
+                        help='on CUDA: replay captured CUDA graphs (model and torch backend)')
+    parser.add_argument('--compile-scores', action='store_true',
+                        help='fuse the score head with torch.compile (model and torch backend)')
     parser.add_argument('--node', action='store_true',
                         help='time input->output latency through the ROS 2 node')
     parser.add_argument('--json', action='store_true', help='print one JSON object')
@@ -57,8 +59,13 @@ def default_bundle_path():
     return path()
 
 
-def bench_model(bundle_path, device, height, width, fp16, runs, warmup):
-    """Interleaved plain vs full network timing with PyTorch; returns a dict."""
+def bench_model(bundle_path, device, height, width, fp16, runs, warmup,
+                cuda_graphs=False, compile_scores=False):
+    """Interleaved plain vs full network timing with PyTorch; returns a dict.
+
+    With ``cuda_graphs`` each variant is captured once as a CUDA graph and replayed, which
+    removes the per-kernel launch cost that dominates small-kernel networks in eager mode.
+    """
     import torch
     from ..model import load_bundle, ModelConfig, OodSegNet
     from ..scores import ALL_SCORES
@@ -68,18 +75,22 @@ def bench_model(bundle_path, device, height, width, fp16, runs, warmup):
         model = OodSegNet(ModelConfig())
     dtype = torch.float16 if fp16 else torch.float32
     model.to(device=device, dtype=dtype).eval()
+    if compile_scores:
+        model.compile_scores()
     x = torch.rand(1, 3, height, width, device=device, dtype=dtype)
-    plain, full = ['semantic'], ['probs'] + list(ALL_SCORES)
+    variants = {'plain': ['semantic'], 'full': ['probs'] + list(ALL_SCORES)}
+    runners = {}
+    with torch.inference_mode():
+        for name, outputs in variants.items():
+            runners[name] = _runner(model, outputs, x, cuda_graphs and device == 'cuda')
 
-    def once(outputs):
-        model.set_outputs(outputs)
+    def once(name):
         if device == 'cuda':
             torch.cuda.synchronize()
         t = time.perf_counter()
-        out = model(x)
+        runners[name]()
         if device == 'cuda':
             torch.cuda.synchronize()
-        del out
         return time.perf_counter() - t
 
     if device == 'cuda':
@@ -87,19 +98,48 @@ def bench_model(bundle_path, device, height, width, fp16, runs, warmup):
     times = {'plain': [], 'full': []}
     with torch.inference_mode():
         for _ in range(warmup):
-            once(plain)
-            once(full)
+            once('plain')
+            once('full')
         for i in range(runs):
             order = ('plain', 'full') if i % 2 == 0 else ('full', 'plain')
             for name in order:
-                times[name].append(once(plain if name == 'plain' else full))
+                times[name].append(once(name))
     res = {'plain_ms': _median_ms(times['plain']), 'full_ms': _median_ms(times['full'])}
     res['overhead'] = round(res['full_ms'] / res['plain_ms'], 4)
+    res['model_cuda_graphs'] = bool(cuda_graphs and device == 'cuda')
+    res['model_compile_scores'] = bool(compile_scores)
     res['params'] = sum(p.numel() for p in model.parameters())
     res['params_base'] = sum(p.numel() for p in model.base_parameters())
     if device == 'cuda':
         res['peak_gpu_mem_mb'] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
     return res
+
+
+def _runner(model, outputs, x, cuda_graphs):
+    """A no-argument callable running ``model`` with ``outputs`` (optionally graphed)."""
+    import torch
+
+    def eager():
+        model.set_outputs(outputs)
+        return model(x)
+
+    if not cuda_graphs:
+        return eager
+    model.set_outputs(outputs)
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(3):
+            model(x)
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        static_out = model(x)
+    def replay():
+        graph.replay()
+        return static_out  # the graph's output buffers, kept alive by this closure
+
+    return replay
 
 
 def synthetic_outputs(height, width, n_classes, n_blobs, seed=0):
@@ -195,11 +235,14 @@ def run(args) -> int:
            'machine': _machine(args.device), 'torch_threads': torch.get_num_threads()}
     if not args.skip_model:
         res.update(bench_model(bundle, args.device, args.height, args.width, args.fp16,
-                               args.runs, args.warmup))
+                               args.runs, args.warmup, args.cuda_graphs,
+                               args.compile_scores))
     if args.postprocess or args.backend:
         from ..pipeline import Pipeline
         be = args.backend or 'torch'
         opts = {'cuda_graphs': True} if args.cuda_graphs else {}
+        if args.compile_scores:
+            opts['compile_scores'] = True
         if bundle is None:
             raise OodSegError('post-processing and end-to-end benchmarks need a bundle')
         from ..model.bundle import read_bundle_json
