@@ -40,6 +40,9 @@ def add_arguments(parser):
     parser.add_argument('--backend', default=None,
                         choices=['torch', 'onnxruntime', 'tensorrt'],
                         help='time the end-to-end pipeline with this backend')
+    parser.add_argument('--model-input', default='bundle', choices=['bundle', 'frame'],
+                        help='end to end: run the network at the bundle input size (frames '
+                             'resized, as the node does) or at the frame size')
     parser.add_argument('--cuda-graphs', action='store_true',
                         help='on CUDA: replay captured CUDA graphs (model and torch backend)')
     parser.add_argument('--compile-scores', action='store_true',
@@ -168,8 +171,13 @@ def synthetic_outputs(height, width, n_classes, n_blobs, seed=0):
 
 def bench_postprocess(pipeline, height, width, n_blobs, runs, warmup):
     """Median post-processing time on synthetic outputs at a (height, width) frame."""
-    out = synthetic_outputs(height, width, len(pipeline.class_names), n_blobs)
-    # Frame = model input here: time what the node pays per frame of this size.
+    ih, iw = pipeline.input_size
+    out = synthetic_outputs(ih, iw, len(pipeline.class_names), n_blobs)
+    # Outputs of a network run at the pipeline's input size, post-processed for a frame
+    # of (height, width): what the node pays per frame. The blob map is put through the
+    # inverse of the heatmap normalisation so its blobs cross the segment threshold.
+    lo, hi = pipeline.norm
+    out[pipeline.score_name] = (lo + out[pipeline.score_name] * (hi - lo)).astype('float32')
     samples, stages, n_seg = [], {}, 0
     for i in range(warmup + runs):
         t = time.perf_counter()
@@ -250,10 +258,12 @@ def run(args) -> int:
         score = runtime.get('heatmap_score')
         if score not in runtime.get('normalisation', {}):
             score = 'moose_entropy'  # an uncalibrated bundle: a score with natural bounds
+        if args.model_input == 'frame':
+            opts['input_size'] = (args.height, args.width)
         pipe = Pipeline.from_bundle(bundle, backend=be, device=args.device, fp16=args.fp16,
-                                    score=score, input_size=(args.height, args.width),
-                                    **opts)
+                                    score=score, **opts)
         res['heatmap_score'] = score
+        res['network_input'] = list(pipe.input_size)
         if args.postprocess:
             res.update(bench_postprocess(pipe, args.height, args.width, args.segments,
                                          args.runs, args.warmup))
