@@ -380,8 +380,11 @@ class Trainer:
 
     def _save_bundle(self, path: Path, extra: dict):
         info = dict(self.provenance)
+        cfg = asdict(self.cfg)
+        for key in ('camvid', 'out', 'init_bundle', 'ood_proxy'):  # no machine paths
+            cfg[key] = Path(cfg[key]).name if cfg[key] else ''
         info[f'train_{self.cfg.stage}'] = {
-            'config': asdict(self.cfg), 'device': _device_name(self.device), **extra}
+            'config': cfg, 'device': _device_name(self.device), **extra}
         runtime = getattr(self, 'init_runtime', {})
         save_bundle(path, self.model, runtime=runtime, info=info)
 
