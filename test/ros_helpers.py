@@ -1,0 +1,581 @@
+"""Helpers for the ood_node tests: network namespace, test bundle, launch stand-ins, driver.
+
+Imported by ``test_node.py``. Run as a script inside a private network namespace
+(``python ros_helpers.py <spec.json>``) it starts the node, drives one scenario over
+real DDS and writes what it saw to ``<out>/result.json`` and ``<out>/frames.npz``.
+"""
+
+import importlib.util
+import json
+import os
+from pathlib import Path
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import types
+
+import numpy as np
+
+NETNS = ['unshare', '-n', 'sh', '-c', 'ip link set lo up && exec "$@"', 'sh']
+OUTPUTS = {'heatmap': '/ood/heatmap', 'mask': '/ood/segments/mask',
+           'semantic': '/ood/semantic', 'color': '/ood/heatmap/color'}
+FRAME_SIZE = (60, 80)      # (H, W) of the test frames; the test model runs at 64 x 64
+
+
+# -- environment ------------------------------------------------------------------------
+def netns_problem():
+    """None when ``unshare -n`` with loopback works here, else the reason."""
+    if shutil.which('unshare') is None or shutil.which('ip') is None:
+        return 'unshare or ip is not installed'
+    try:
+        proc = subprocess.run(NETNS + ['true'], capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f'unshare -n failed: {exc}'
+    if proc.returncode != 0:
+        return f'unshare -n failed (needs root / CAP_SYS_ADMIN): {proc.stderr.strip()}'
+    return None
+
+
+def node_executable():
+    """Return the ``ood_node`` console script next to the interpreter, or None."""
+    path = Path(sys.executable).parent / 'ood_node'
+    return str(path) if path.exists() else None
+
+
+def make_test_bundle(path):
+    """Save a small random-init bundle (64 x 64 input) with calibrated BN statistics.
+
+    Calibrating the BatchNorm running statistics on random images gives the random
+    network spatially varying outputs, so heatmaps and segments are not constant.
+    """
+    import torch
+    from ood_seg_ros.model import ModelConfig, OodSegNet, save_bundle
+    torch.manual_seed(0)
+    model = OodSegNet(ModelConfig(input_size=(64, 64), aspp_channels=16, decoder_channels=16,
+                                  probe_channels=16, low_level_project=8))
+    model.train()
+    for mod in model.modules():
+        if isinstance(mod, torch.nn.BatchNorm2d):
+            mod.momentum = None     # cumulative average
+    with torch.no_grad():
+        for _ in range(4):
+            model.forward_train(torch.rand(4, 3, 64, 64))
+    model.eval()
+    return save_bundle(path, model, runtime={'heatmap_score': 'moose_entropy'}, half=False)
+
+
+def sample_frame(seed, size=FRAME_SIZE):
+    """Return a deterministic RGB uint8 (H, W, 3) frame: gradients plus noise."""
+    rng = np.random.default_rng(seed)
+    h, w = size
+    yy, xx = np.mgrid[0:h, 0:w]
+    base = np.stack([xx * 255.0 / w, yy * 255.0 / h, (xx + yy) * 127.0 / (h + w)], -1)
+    return np.clip(base * 0.6 + rng.integers(0, 100, (h, w, 3)), 0, 255).astype(np.uint8)
+
+
+def read_rss_kb(pid):
+    """Resident set size of process ``pid`` in kB (from /proc/<pid>/status)."""
+    for line in Path(f'/proc/{pid}/status').read_text().splitlines():
+        if line.startswith('VmRSS:'):
+            return int(line.split()[1])
+    raise RuntimeError(f'no VmRSS for pid {pid}')
+
+
+# -- launch stand-ins ---------------------------------------------------------------------
+class _Action:
+    """A recorded launch action: constructor arguments kept as attributes."""
+
+    def __init__(self, *args, **kwargs):
+        self.args = args
+        self.kwargs = kwargs
+
+
+class LaunchDescription(_Action):
+    """Stand-in for launch.LaunchDescription."""
+
+    @property
+    def entities(self):
+        """Return the actions in the description."""
+        return list(self.args[0]) if self.args else []
+
+
+class DeclareLaunchArgument(_Action):
+    """Stand-in for launch.actions.DeclareLaunchArgument."""
+
+    @property
+    def name(self):
+        """Argument name."""
+        return self.args[0] if self.args else self.kwargs['name']
+
+
+class OpaqueFunction(_Action):
+    """Stand-in for launch.actions.OpaqueFunction."""
+
+
+class LaunchConfiguration(_Action):
+    """Stand-in for launch.substitutions.LaunchConfiguration."""
+
+    def perform(self, context):
+        """Value of the launch argument in ``context``."""
+        return context.launch_configurations[self.args[0]]
+
+
+class NodeAction(_Action):
+    """Stand-in for launch_ros.actions.Node."""
+
+
+class LaunchContext:
+    """Stand-in for launch.LaunchContext: only the evaluated launch arguments."""
+
+    def __init__(self, configurations):
+        self.launch_configurations = dict(configurations)
+
+
+def load_launch_file(path):
+    """Import a ``*.launch.py`` file with stand-in launch / launch_ros modules.
+
+    The package's own ``launch/`` folder would shadow ``launch`` as a namespace
+    package, so the stand-ins are injected into sys.modules for the import only.
+    """
+    mods = {}
+    for name in ('launch', 'launch.actions', 'launch.substitutions', 'launch_ros',
+                 'launch_ros.actions'):
+        mods[name] = types.ModuleType(name)
+    mods['launch'].LaunchDescription = LaunchDescription
+    mods['launch'].LaunchContext = LaunchContext
+    mods['launch.actions'].DeclareLaunchArgument = DeclareLaunchArgument
+    mods['launch.actions'].OpaqueFunction = OpaqueFunction
+    mods['launch.substitutions'].LaunchConfiguration = LaunchConfiguration
+    mods['launch_ros.actions'].Node = NodeAction
+    saved = {name: sys.modules.get(name) for name in mods}
+    sys.modules.update(mods)
+    try:
+        spec = importlib.util.spec_from_file_location('ood_launch_under_test', str(path))
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        for name, old in saved.items():
+            if old is None:
+                sys.modules.pop(name, None)
+            else:
+                sys.modules[name] = old
+    return module
+
+
+def evaluate_launch(path, **arguments):
+    """Run generate_launch_description with ``arguments``; (declared args, Node actions)."""
+    module = load_launch_file(path)
+    description = module.generate_launch_description()
+    declared = {a.name: a for a in description.entities if isinstance(a, DeclareLaunchArgument)}
+    unknown = set(arguments) - set(declared)
+    if unknown:
+        raise ValueError(f'undeclared launch arguments {sorted(unknown)}')
+    config = {name: a.kwargs.get('default_value', '') for name, a in declared.items()}
+    config.update(arguments)
+    context = LaunchContext(config)
+    nodes = []
+    for action in description.entities:
+        if isinstance(action, OpaqueFunction):
+            nodes += [a for a in action.kwargs['function'](context) if isinstance(a, NodeAction)]
+        elif isinstance(action, NodeAction):
+            nodes.append(action)
+    return declared, nodes
+
+
+def launch_ros_command(node, executable, tmpdir):
+    """Build the command line launch_ros runs for a Node action (dicts -> temp YAML)."""
+    import yaml
+    kw = node.kwargs
+    cmd = [executable] + list(kw.get('arguments', [])) + ['--ros-args']
+    if kw.get('name'):
+        cmd += ['-r', f'__node:={kw["name"]}']
+    if kw.get('namespace'):
+        cmd += ['-r', f'__ns:={kw["namespace"]}']
+    for i, params in enumerate(kw.get('parameters', [])):
+        if isinstance(params, dict):
+            path = Path(tmpdir) / f'launch_params_{i}.yaml'
+            path.write_text(yaml.dump({'/**': {'ros__parameters': params}},
+                                      default_flow_style=False))
+            params = str(path)
+        cmd += ['--params-file', str(params)]
+    for src, dst in kw.get('remappings', []):
+        cmd += ['-r', f'{src}:={dst}']
+    return cmd
+
+
+# -- driver (runs inside the network namespace) -----------------------------------------
+class Client:
+    """An rclpy node that feeds frames to ood_node and records its outputs."""
+
+    def __init__(self):
+        import rclpy
+        from diagnostic_msgs.msg import DiagnosticArray
+        from rclpy.qos import (DurabilityPolicy, QoSProfile, qos_profile_sensor_data,
+                               ReliabilityPolicy)
+        from sensor_msgs.msg import CompressedImage, Image
+        from std_msgs.msg import String
+        self.rclpy = rclpy
+        self.node = rclpy.create_node('ood_test_client')
+        self.keep = True
+        self.got = {k: {} for k in OUTPUTS}
+        self.count = 0
+        self.last_heatmap = None
+        self.label_info = []
+        self.diags = []
+        out_qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+        for key, topic in OUTPUTS.items():
+            self.node.create_subscription(Image, topic, self._recorder(key), out_qos)
+        latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
+                             durability=DurabilityPolicy.TRANSIENT_LOCAL)
+        self.node.create_subscription(String, '/ood/label_info',
+                                      lambda m: self.label_info.append(json.loads(m.data)),
+                                      latched)
+        self.node.create_subscription(DiagnosticArray, '/diagnostics', self._on_diag, 10)
+        reliable = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE)
+        self.pubs = {
+            ('raw', True): self.node.create_publisher(Image, '/cam/image', reliable),
+            ('raw', False): self.node.create_publisher(Image, '/cam/image',
+                                                       qos_profile_sensor_data),
+            ('compressed', True): self.node.create_publisher(
+                CompressedImage, '/cam/image/compressed', reliable),
+            ('compressed', False): self.node.create_publisher(
+                CompressedImage, '/cam/image/compressed', qos_profile_sensor_data),
+        }
+        self.Image, self.CompressedImage = Image, CompressedImage
+        self._seq = 0
+
+    def _recorder(self, key):
+        def record(msg):
+            stamp = (msg.header.stamp.sec, msg.header.stamp.nanosec)
+            if key == 'heatmap':
+                self.count += 1
+                self.last_heatmap = stamp
+            if self.keep:
+                self.got[key][stamp] = msg
+        return record
+
+    def _on_diag(self, msg):
+        for status in msg.status:
+            if status.name.startswith('ood_node'):
+                values = {kv.key: kv.value for kv in status.values}
+                self.diags.append({'level': int.from_bytes(status.level, 'little')
+                                   if isinstance(status.level, bytes) else int(status.level),
+                                   'message': status.message, 'values': values,
+                                   't': time.monotonic()})
+        del self.diags[:-20]
+
+    def spin_until(self, cond, timeout):
+        """Spin until ``cond()`` is true; False on timeout."""
+        end = time.monotonic() + timeout
+        while not cond():
+            if time.monotonic() > end:
+                return False
+            self.rclpy.spin_once(self.node, timeout_sec=0.02)
+        return True
+
+    def header(self, frame_id):
+        """Make a fresh header: stamp = now (unique), the given frame_id."""
+        from std_msgs.msg import Header
+        self._seq += 1
+        h = Header(frame_id=frame_id)
+        h.stamp = self.node.get_clock().now().to_msg()
+        h.stamp.nanosec = (h.stamp.nanosec // 1000) * 1000 + self._seq % 1000
+        return h
+
+    def image(self, header, arr, encoding, step=None, data=None, height=None, width=None):
+        """Make a sensor_msgs/Image from an array (or explicit fields for bad frames)."""
+        msg = self.Image()
+        msg.header = header
+        msg.height = arr.shape[0] if height is None else height
+        msg.width = arr.shape[1] if width is None else width
+        msg.encoding = encoding
+        row = arr.shape[1] * (arr.shape[2] if arr.ndim == 3 else 1) * arr.itemsize
+        msg.step = row if step is None else step
+        if data is None:
+            if msg.step > row:
+                pad = np.zeros((arr.shape[0], msg.step - row), np.uint8)
+                data = np.concatenate([arr.reshape(arr.shape[0], row), pad], 1).tobytes()
+            else:
+                data = arr.tobytes()
+        msg.data = data
+        return msg
+
+    def compressed(self, header, data, fmt='jpeg'):
+        """Make a sensor_msgs/CompressedImage with raw bytes."""
+        msg = self.CompressedImage()
+        msg.header = header
+        msg.format = fmt
+        msg.data = data
+        return msg
+
+    def publish(self, msg, reliable=True):
+        """Publish a frame on the raw or compressed input topic."""
+        kind = 'compressed' if isinstance(msg, self.CompressedImage) else 'raw'
+        self.pubs[(kind, reliable)].publish(msg)
+
+    def process(self, msg, reliable=True, outputs=tuple(OUTPUTS), timeout=4.0, tries=3):
+        """Publish ``msg`` until every output with its stamp arrived; the outputs or None."""
+        stamp = (msg.header.stamp.sec, msg.header.stamp.nanosec)
+        for _ in range(tries):
+            self.publish(msg, reliable)
+            if self.spin_until(lambda: all(stamp in self.got[k] for k in outputs), timeout):
+                return {k: self.got[k][stamp] for k in outputs}
+        return None
+
+    def call(self, srv_type, name, request, timeout=20.0):
+        """Call a service and wait for the response."""
+        client = self.node.create_client(srv_type, name)
+        if not client.wait_for_service(timeout_sec=timeout):
+            raise RuntimeError(f'service {name} not available')
+        future = client.call_async(request)
+        self.spin_until(future.done, timeout)
+        self.node.destroy_client(client)
+        return future.result()
+
+    def set_parameters(self, **values):
+        """Set node parameters one call each; [(successful, reason)]."""
+        from rcl_interfaces.srv import SetParameters
+        from rclpy.parameter import Parameter
+        out = []
+        for name, value in values.items():
+            req = SetParameters.Request()
+            req.parameters = [Parameter(name, value=value).to_parameter_msg()]
+            res = self.call(SetParameters, '/ood_node/set_parameters', req)
+            out.append([res.results[0].successful, res.results[0].reason])
+        return out
+
+    def lifecycle_state(self):
+        """Label of the node's lifecycle state."""
+        from lifecycle_msgs.srv import GetState
+        return self.call(GetState, '/ood_node/get_state', GetState.Request()).current_state.label
+
+    def change_state(self, transition_id):
+        """Trigger a lifecycle transition; True on success."""
+        from lifecycle_msgs.srv import ChangeState
+        req = ChangeState.Request()
+        req.transition.id = transition_id
+        return bool(self.call(ChangeState, '/ood_node/change_state', req).success)
+
+    def wait_diag(self, pred, timeout=10.0):
+        """Return the first diagnostics message from now on that satisfies ``pred``."""
+        start = time.monotonic()
+        found = []
+
+        def check():
+            for d in self.diags:
+                if d['t'] >= start and pred(d):
+                    found.append(d)
+                    return True
+            return False
+        self.spin_until(check, timeout)
+        return found[0] if found else None
+
+    def wait_ready(self, transport, timeout=90.0):
+        """Wait until the node subscribed, its outputs matched and label info arrived."""
+        pub = self.pubs[(transport, True)]
+        subs = [s for s in self.node.subscriptions if s.topic_name in OUTPUTS.values()]
+        return self.spin_until(
+            lambda: pub.get_subscription_count() > 0 and bool(self.label_info) and
+            all(s.get_publisher_count() > 0 for s in subs), timeout)
+
+
+def _save_outputs(arrays, name, outs):
+    for key, msg in outs.items():
+        dtype = {'32FC1': np.float32, 'mono16': np.uint16}.get(msg.encoding, np.uint8)
+        ch = 3 if msg.encoding == 'bgr8' else 1
+        arr = np.frombuffer(bytes(msg.data), dtype).reshape(msg.height, msg.width, ch)
+        arrays[f'{name}/{key}'] = arr[:, :, 0] if ch == 1 else arr
+
+
+def _headers(outs):
+    return {k: [m.header.frame_id, m.header.stamp.sec, m.header.stamp.nanosec,
+                m.encoding, m.step, m.width, m.height, int(m.is_bigendian)]
+            for k, m in outs.items()}
+
+
+def scenario_raw(client, node, spec, result, arrays):
+    """Raw transport: encodings, QoS, parameters, bad frames, memory."""
+    result['ready'] = client.wait_ready('raw')
+    if not result['ready']:
+        return
+    result['label_info_first'] = client.label_info[-1]
+    frames = result['frames'] = {}
+    good = [('rgb', 'rgb8', True, None), ('bgr', 'bgr8', True, None),
+            ('mono', 'mono8', True, None), ('padded', 'rgb8', True, 5)]
+    for i, (name, enc, reliable, pad) in enumerate(good):
+        rgb = sample_frame(i)
+        arr = {'rgb8': rgb, 'bgr8': rgb[:, :, ::-1].copy(),
+               'mono8': rgb[:, :, 0].copy()}[enc]
+        step = None if pad is None else arr.shape[1] * 3 + pad
+        hdr = client.header(f'cam_{name}')
+        outs = client.process(client.image(hdr, arr, enc, step=step), reliable)
+        frames[name] = {'seed': i, 'encoding': enc, 'frame_id': hdr.frame_id,
+                        'stamp': [hdr.stamp.sec, hdr.stamp.nanosec],
+                        'headers': _headers(outs) if outs else None}
+        if outs:
+            _save_outputs(arrays, name, outs)
+
+    # run-time parameters
+    result['param_ok'] = client.set_parameters(segment_threshold=spec['threshold2'],
+                                               heatmap_score='moose_mi')
+    hdr = client.header('cam_after')
+    outs = client.process(client.image(hdr, sample_frame(10), 'rgb8'))
+    if outs:
+        _save_outputs(arrays, 'after_param', outs)
+    result['param_bad'] = client.set_parameters(segment_threshold=1.5, heatmap_score='nope',
+                                                backend='onnxruntime')
+    client.spin_until(lambda: False, 0.3)
+    result['label_info_last'] = client.label_info[-1]
+    hdr = client.header('cam_after_bad')
+    outs = client.process(client.image(hdr, sample_frame(10), 'rgb8'))
+    if outs:
+        _save_outputs(arrays, 'after_bad_param', outs)
+
+    # bad frames, each followed by a good one
+    rgb = sample_frame(20)
+    big = np.zeros((4320, 7680, 3), np.uint8)
+    bad = [('encoding', client.image(client.header('b'), rgb[:, :, :2].copy().view(np.uint16),
+                                     '16UC1')),
+           ('encoding', client.image(client.header('b'), rgb[:, :, 0].copy(), 'bayer_rggb8')),
+           ('encoding', client.image(client.header('b'), rgb[:, :, :2].copy(), 'yuv422')),
+           ('empty', client.image(client.header('b'), rgb[:0, :0], 'rgb8')),
+           ('step', client.image(client.header('b'), rgb, 'rgb8', step=80 * 3 - 3,
+                                 data=rgb.tobytes()[:60 * (80 * 3 - 3)])),
+           ('truncated', client.image(client.header('b'), rgb, 'rgb8',
+                                      data=rgb.tobytes()[:-100])),
+           ('too_large', client.image(client.header('b'), big, 'rgb8'))]
+    del big
+    result['bad_kinds'] = [k for k, _ in bad]
+    recovered = 0
+    for i, (_, msg) in enumerate(bad):
+        client.publish(msg, True)
+        client.spin_until(lambda: False, 0.05)
+        if client.process(client.image(client.header(f'good_{i}'), rgb, 'rgb8')):
+            recovered += 1
+    bad.clear()
+    result['recovered'] = recovered
+    want = {}
+    for kind in result['bad_kinds']:
+        want[kind] = want.get(kind, 0) + 1
+    diag = client.wait_diag(lambda d: all(
+        d['values'].get(f'errors_{k}') == str(n) for k, n in want.items()), timeout=10)
+    result['diag_after_bad'] = diag or (client.diags[-1] if client.diags else None)
+
+    # memory over many frames: no outputs kept, lock-step
+    client.keep = False
+    small = [client.image(client.header('m'), sample_frame(30 + i, (64, 64)), 'rgb8')
+             for i in range(2)]
+
+    def run(n):
+        done = 0
+        for i in range(n):
+            msg = small[i % 2]
+            msg.header = client.header('m')
+            target = (msg.header.stamp.sec, msg.header.stamp.nanosec)
+            for _ in range(3):
+                client.publish(msg, True)
+                if client.spin_until(lambda: client.last_heatmap == target, 2.0):
+                    done += 1
+                    break
+        return done
+    run(spec['mem_warmup'])
+    rss0 = read_rss_kb(node.pid)
+    t0 = time.monotonic()
+    result['mem_frames'] = run(spec['mem_frames'])
+    result['mem_seconds'] = time.monotonic() - t0
+    result['rss_kb'] = [rss0, read_rss_kb(node.pid)]
+    result['diag_final'] = client.wait_diag(lambda d: True, timeout=5)
+
+
+def scenario_compressed(client, node, spec, result, arrays):
+    """Compressed transport on a lifecycle node: JPEG/PNG, corrupt data, deactivate."""
+    import cv2
+    result['ready'] = client.wait_ready('compressed')
+    if not result['ready']:
+        return
+    result['state'] = client.lifecycle_state()
+    frames = result['frames'] = {}
+    inputs = [('jpeg', '.jpg', False), ('png', '.png', True)]
+    for i, (name, ext, reliable) in enumerate(inputs):
+        rgb = sample_frame(40 + i)
+        data = cv2.imencode(ext, rgb[:, :, ::-1])[1].tobytes()
+        arrays[f'{name}/input'] = np.frombuffer(data, np.uint8)
+        hdr = client.header(f'cam_{name}')
+        outs = client.process(client.compressed(hdr, data, ext[1:]), reliable)
+        frames[name] = {'frame_id': hdr.frame_id, 'stamp': [hdr.stamp.sec, hdr.stamp.nanosec],
+                        'headers': _headers(outs) if outs else None}
+        if outs:
+            _save_outputs(arrays, name, outs)
+    good = cv2.imencode('.jpg', sample_frame(50)[:, :, ::-1])[1].tobytes()
+    big = cv2.imencode('.jpg', np.full((4320, 7680, 3), 90, np.uint8))[1].tobytes()
+    bad = [('decode', good[:len(good) // 2]), ('too_large', big), ('empty', b''),
+           ('decode', bytes(np.random.default_rng(0).integers(0, 256, 999, np.uint8)))]
+    result['bad_kinds'] = [k for k, _ in bad]
+    counts, recovered = {}, 0
+    for i, (kind, data) in enumerate(bad):
+        counts[kind] = counts.get(kind, 0) + 1
+        n = counts[kind]
+        client.publish(client.compressed(client.header('b'), data), True)
+        # depth 1: wait until the node counted the bad frame before the next one
+        client.wait_diag(lambda d: d['values'].get(f'errors_{kind}') == str(n), timeout=5)
+        if client.process(client.compressed(client.header(f'good_{i}'), good)):
+            recovered += 1
+    result['recovered'] = recovered
+    result['diag_after_bad'] = client.wait_diag(lambda d: True, timeout=5)
+    # lifecycle: deactivate -> ERROR diagnostics, no output; activate -> output again
+    result['deactivate'] = client.change_state(4)       # TRANSITION_DEACTIVATE
+    result['state_inactive'] = client.lifecycle_state()
+    result['diag_inactive'] = client.wait_diag(lambda d: True, timeout=5)
+    result['inactive_output'] = client.process(
+        client.compressed(client.header('inactive'), good), timeout=1.0, tries=1) is not None
+    result['activate'] = client.change_state(3)         # TRANSITION_ACTIVATE
+    client.wait_ready('compressed', timeout=30)
+    result['active_output'] = client.process(
+        client.compressed(client.header('reactivated'), good)) is not None
+
+
+def _die_with_parent():
+    """In the child before exec: get SIGKILL when the driver dies (Linux prctl)."""
+    import ctypes
+    ctypes.CDLL(None).prctl(1, signal.SIGKILL)     # PR_SET_PDEATHSIG
+
+
+def drive(spec_path):
+    """Start the node, run the scenario named in the spec, stop the node, write results."""
+    spec = json.loads(Path(spec_path).read_text())
+    out = Path(spec['out'])
+    out.mkdir(parents=True, exist_ok=True)
+    result, arrays = {'cmd': spec['cmd']}, {}
+    log = open(out / 'node.log', 'w')
+    node = subprocess.Popen(spec['cmd'], stdout=log, stderr=subprocess.STDOUT,
+                            preexec_fn=_die_with_parent)
+    import rclpy
+    rclpy.init()
+    client = Client()
+    try:
+        {'raw': scenario_raw, 'compressed': scenario_compressed}[spec['scenario']](
+            client, node, spec, result, arrays)
+    except Exception as exc:  # noqa: B902 - report everything to the test
+        result['driver_error'] = f'{type(exc).__name__}: {exc}'
+    finally:
+        result['node_alive_before_signal'] = node.poll() is None
+        node.send_signal(getattr(signal, spec['signal']))
+        try:
+            result['returncode'] = node.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            node.kill()
+            result['returncode'] = 'timeout'
+        log.close()
+        client.node.destroy_node()
+        rclpy.try_shutdown()
+        result['log'] = (out / 'node.log').read_text()[-20000:]
+        np.savez(out / 'frames.npz', **arrays)
+        (out / 'result.json').write_text(json.dumps(result, default=str))
+    return 0
+
+
+if __name__ == '__main__':
+    os.environ.setdefault('RCUTILS_LOGGING_BUFFERED_STREAM', '0')
+    sys.exit(drive(sys.argv[1]))

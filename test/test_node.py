@@ -1,0 +1,489 @@
+"""Test ood_node over real DDS, the launch file, message conversion and Detection2D.
+
+The DDS tests run real rclpy (Jazzy wheels) inside private network namespaces.
+
+Two nodes run in parallel, each with its own driver in its own ``unshare -n``
+namespace (module fixture ``runs``), next to ``bench_node`` (``ood-seg bench --node``):
+
+- A: raw input, plain node, started with exactly the command launch_ros builds from
+  ``launch/ood.launch.py`` (a params file derived from ``config/ood.yaml``); stopped by
+  SIGTERM;
+- B: compressed input, lifecycle node, ``config/ood.yaml`` plus ``-p`` overrides; stopped
+  by SIGINT.
+
+Outputs are compared with the ROS-free Pipeline run in this process on the same frames.
+"""
+
+import json
+import os
+from pathlib import Path
+import random
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import pytest
+import ros_helpers as rh
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+LAUNCH = ROOT / 'launch' / 'ood.launch.py'
+CONFIG = ROOT / 'config' / 'ood.yaml'
+MEM_FRAMES = 2000
+ENCODING_BPP = {'32FC1': 4, 'mono16': 2, 'mono8': 1, 'bgr8': 3}
+
+
+# -- fixtures ---------------------------------------------------------------------------
+@pytest.fixture(scope='module')
+def bundle(tmp_path_factory):
+    """Save a random-init test bundle with a 64 x 64 input."""
+    pytest.importorskip('torch')
+    return rh.make_test_bundle(tmp_path_factory.mktemp('bundle') / 'b')
+
+
+@pytest.fixture(scope='module')
+def offline(bundle):
+    """Offline reference: process(frame, score, threshold) -> FrameResult."""
+    from ood_seg_ros.pipeline import Pipeline
+    pipe = Pipeline.from_bundle(bundle, backend='torch', device='cpu', all_scores=True)
+
+    def process(frame, score='moose_entropy', threshold=0.5):
+        pipe.set_score(score)
+        pipe.set_threshold(threshold)
+        return pipe.process(frame)
+    return process
+
+
+@pytest.fixture(scope='module')
+def share_prefix(tmp_path_factory):
+    """Make an install prefix where ament_index finds ood_seg_ros and config/ood.yaml."""
+    prefix = tmp_path_factory.mktemp('prefix')
+    marker = prefix / 'share' / 'ament_index' / 'resource_index' / 'packages' / 'ood_seg_ros'
+    marker.parent.mkdir(parents=True)
+    marker.write_text('')
+    (prefix / 'share' / 'ood_seg_ros' / 'config').mkdir(parents=True)
+    (prefix / 'share' / 'ood_seg_ros' / 'config' / 'ood.yaml').write_text(CONFIG.read_text())
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv('AMENT_PREFIX_PATH', str(prefix))
+        yield prefix
+
+
+@pytest.fixture(scope='module')
+def thresholds(offline):
+    """Segment thresholds that give several segments on the test frames."""
+    t1 = float(np.percentile(offline(rh.sample_frame(0)).heatmap, 70))
+    t2 = float(np.percentile(offline(rh.sample_frame(10), 'moose_mi').heatmap, 60))
+    return round(t1, 6), round(t2, 6)
+
+
+@pytest.fixture(scope='module')
+def runs(bundle, thresholds, share_prefix, tmp_path_factory):
+    """Run scenarios A (raw) and B (compressed, lifecycle) in parallel; their results."""
+    pytest.importorskip('rclpy')
+    reason = rh.netns_problem()
+    if reason:
+        pytest.skip(f'no private network namespace for DDS tests: {reason}')
+    exe = rh.node_executable()
+    if exe is None:
+        pytest.skip('the ood_node console script is not installed (pip install -e .)')
+    tmp = tmp_path_factory.mktemp('runs')
+    params = yaml.safe_load(CONFIG.read_text())
+    params['/**']['ros__parameters'].update(
+        segment_threshold=thresholds[0], qos_reliability='reliable', qos_depth=5,
+        diagnostics_period=0.5, log_throttle_sec=60.0, processing_budget_ms=5000.0, threads=1)
+    params_file = tmp / 'params.yaml'
+    params_file.write_text(yaml.safe_dump(params))
+    _, nodes = rh.evaluate_launch(LAUNCH, params_file=str(params_file),
+                                  image_topic='/cam/image', model=str(bundle),
+                                  backend='torch')
+    cmd_a = rh.launch_ros_command(nodes[0], exe, tmp)
+    cmd_b = [exe, '--ros-args', '--params-file', str(CONFIG), '-r', 'image:=/cam/image',
+             '-r', 'image/compressed:=/cam/image/compressed', '-p', f'model_path:={bundle}',
+             '-p', 'backend:=torch', '-p', 'input_transport:=compressed',
+             '-p', 'lifecycle:=true', '-p', 'diagnostics_period:=0.25', '-p', 'threads:=1']
+    specs = {
+        'a': {'scenario': 'raw', 'cmd': cmd_a, 'signal': 'SIGTERM',
+              'threshold2': thresholds[1], 'mem_warmup': 100, 'mem_frames': MEM_FRAMES},
+        'b': {'scenario': 'compressed', 'cmd': cmd_b, 'signal': 'SIGINT'},
+    }
+    domains = random.sample(range(1, 200), 2)
+    procs = {}
+    for (name, spec), domain in zip(specs.items(), domains):
+        spec['out'] = str(tmp / name)
+        path = tmp / f'{name}.json'
+        path.write_text(json.dumps(spec))
+        env = dict(os.environ, ROS_DOMAIN_ID=str(domain), PYTHONUNBUFFERED='1')
+        procs[name] = subprocess.Popen(
+            rh.NETNS + [sys.executable, str(Path(rh.__file__)), str(path)], env=env,
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    code = ('import json; from ood_seg_ros.node_bench import bench_node; '
+            f'print(json.dumps(bench_node({str(bundle)!r}, 60, 80, 8, 2, backend="torch")))')
+    bench = subprocess.Popen(rh.NETNS + [sys.executable, '-c', code], stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True)
+    results = {}
+    for name, proc in procs.items():
+        try:
+            out, _ = proc.communicate(timeout=300)
+        except subprocess.TimeoutExpired:
+            for p in list(procs.values()) + [bench]:
+                p.kill()            # the nodes die with their drivers (PR_SET_PDEATHSIG)
+            raise
+        rfile = Path(specs[name]['out']) / 'result.json'
+        assert rfile.exists(), f'driver {name} wrote no result: {out[-3000:]}'
+        res = json.loads(rfile.read_text())
+        res['arrays'] = dict(np.load(Path(specs[name]['out']) / 'frames.npz'))
+        res['driver_output'] = out
+        res['params_file'] = str(params_file)
+        results[name] = res
+    try:
+        out, _ = bench.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        bench.kill()
+        out, _ = bench.communicate()
+    results['bench'] = {'returncode': bench.returncode, 'output': out}
+    return results
+
+
+def _ok(res):
+    """Fail with the node log when the scenario did not run through."""
+    assert res.get('ready'), f'node never became ready:\n{res["log"][-4000:]}'
+    assert 'driver_error' not in res, f'{res["driver_error"]}\n{res["log"][-4000:]}'
+    return res
+
+
+def _ref_rgb(frame):
+    """RGB frame the node should have seen for a raw test frame."""
+    rgb = rh.sample_frame(frame['seed'])
+    if frame['encoding'] == 'mono8':
+        return np.repeat(rgb[:, :, :1], 3, axis=2)
+    return rgb
+
+
+def _assert_matches(arrays, name, ref):
+    heat = arrays[f'{name}/heatmap']
+    assert heat.shape == ref.heatmap.shape
+    np.testing.assert_allclose(heat, ref.heatmap, atol=1e-4)
+    assert np.mean(arrays[f'{name}/semantic'] == ref.semantic) > 0.999
+    mask = arrays[f'{name}/mask']
+    assert mask.dtype == np.uint16
+    assert np.mean(mask == ref.instances) > 0.995
+    assert int(mask.max()) == sum(s.kept for s in ref.segments)
+
+
+# -- launch file (stand-in launch / launch_ros) ------------------------------------------
+def test_launch_file_declares_arguments_and_node(share_prefix):
+    declared, nodes = rh.evaluate_launch(LAUNCH)
+    assert set(declared) == {'params_file', 'image_topic', 'model', 'backend',
+                             'input_transport', 'use_sim_time'}
+    default_params = declared['params_file'].kwargs['default_value']
+    assert Path(default_params) == share_prefix / 'share' / 'ood_seg_ros' / 'config' / 'ood.yaml'
+    assert len(nodes) == 1
+    kw = nodes[0].kwargs
+    assert (kw['package'], kw['executable']) == ('ood_seg_ros', 'ood_node')
+    # empty arguments keep the params file's values: only use_sim_time is overridden
+    assert kw['parameters'] == [default_params, {'use_sim_time': False}]
+    assert kw['remappings'] == [('image', '/camera/image_raw'),
+                                ('image/compressed', '/camera/image_raw/compressed')]
+
+
+def test_launch_file_overrides(share_prefix, tmp_path):
+    _, nodes = rh.evaluate_launch(LAUNCH, params_file='/p.yaml', image_topic='/front/rgb',
+                                  model='/m/bundle', backend='onnxruntime',
+                                  input_transport='compressed', use_sim_time='true')
+    kw = nodes[0].kwargs
+    assert kw['parameters'] == ['/p.yaml', {'model_path': '/m/bundle', 'backend': 'onnxruntime',
+                                            'input_transport': 'compressed',
+                                            'use_sim_time': True}]
+    assert ('image/compressed', '/front/rgb/compressed') in kw['remappings']
+    cmd = rh.launch_ros_command(nodes[0], 'ood_node', tmp_path)
+    assert cmd[:4] == ['ood_node', '--ros-args', '-r', '__node:=ood_node']
+    assert cmd[4:6] == ['--params-file', '/p.yaml']
+    written = yaml.safe_load(Path(cmd[7]).read_text())
+    assert written == {'/**': {'ros__parameters': kw['parameters'][1]}}
+    assert cmd[-4:] == ['-r', 'image:=/front/rgb', '-r',
+                        'image/compressed:=/front/rgb/compressed']
+
+
+def test_config_declares_every_node_parameter():
+    node = pytest.importorskip('ood_seg_ros.node')
+    params = yaml.safe_load(CONFIG.read_text())['/**']['ros__parameters']
+    assert set(params) == set(node.PARAMETERS)
+    for name, value in params.items():
+        assert value == node.PARAMETERS[name][0], name
+        assert type(value) is type(node.PARAMETERS[name][0]), name
+
+
+# -- conversion and message construction (no DDS) ----------------------------------------
+def test_image_conversion_against_numpy():
+    node = pytest.importorskip('ood_seg_ros.node')
+    rgb = rh.sample_frame(3, (5, 7))
+    assert np.array_equal(node.image_to_rgb('rgb8', 5, 7, 21, rgb.tobytes()), rgb)
+    assert np.array_equal(node.image_to_rgb('bgr8', 5, 7, 21, rgb[:, :, ::-1].tobytes()), rgb)
+    gray = rgb[:, :, 1].copy()
+    out = node.image_to_rgb('mono8', 5, 7, 7, gray.tobytes())
+    assert np.array_equal(out, np.stack([gray] * 3, -1))
+    padded = np.concatenate([rgb.reshape(5, 21), np.full((5, 3), 255, np.uint8)], 1)
+    assert np.array_equal(node.image_to_rgb('rgb8', 5, 7, 24, padded.tobytes()), rgb)
+    cases = [(('16UC1', 5, 7, 14, bytes(70)), 'encoding'),
+             (('yuv422', 5, 7, 14, bytes(70)), 'encoding'),
+             (('rgb8', 0, 0, 0, b''), 'empty'),
+             (('rgb8', 5, 7, 20, bytes(100)), 'step'),
+             (('rgb8', 5, 7, 21, bytes(104)), 'truncated'),
+             (('rgb8', 5, 7, 21, bytes(106)), 'data_size'),
+             (('mono8', 4320, 7680, 7680, b''), 'too_large')]
+    for args, kind in cases:
+        with pytest.raises(node.FrameError) as info:
+            node.image_to_rgb(*args)
+        assert info.value.kind == kind, args
+
+
+def test_compressed_conversion():
+    node = pytest.importorskip('ood_seg_ros.node')
+    rgb = rh.sample_frame(4)
+    png = cv2.imencode('.png', rgb[:, :, ::-1])[1].tobytes()
+    assert np.array_equal(node.compressed_to_rgb(png), rgb)
+    jpg = cv2.imencode('.jpg', rgb[:, :, ::-1])[1].tobytes()
+    assert node.compressed_size(jpg) == (80, 60) and node.compressed_size(png) == (80, 60)
+    assert np.array_equal(node.compressed_to_rgb(jpg), cv2.imdecode(
+        np.frombuffer(jpg, np.uint8), cv2.IMREAD_COLOR)[:, :, ::-1])
+    with pytest.raises(node.FrameError, match='exceeds'):
+        node.compressed_to_rgb(png, max_pixels=80 * 60 - 1)
+    for data, kind in [(jpg[:len(jpg) // 2], 'decode'), (b'', 'empty'), (b'abc' * 50, 'decode')]:
+        with pytest.raises(node.FrameError) as info:
+            node.compressed_to_rgb(data)
+        assert info.value.kind == kind
+
+
+def test_image_cdr_deserialises_with_rclpy():
+    pytest.importorskip('rclpy')
+    node = pytest.importorskip('ood_seg_ros.node')
+    from rclpy.serialization import deserialize_message
+    from sensor_msgs.msg import Image
+    from std_msgs.msg import Header
+    rng = np.random.default_rng(0)
+    arrays = [(rng.random((3, 5), dtype=np.float32), '32FC1'),
+              (rng.integers(0, 65535, (4, 3), dtype=np.uint16), 'mono16'),
+              (rng.integers(0, 255, (2, 7), dtype=np.uint8), 'mono8'),
+              (rng.integers(0, 255, (3, 2, 3), dtype=np.uint8), 'bgr8')]
+    for frame_id in ('', 'a', 'ab', 'abc', 'camera_optical_frame'):
+        for arr, enc in arrays:
+            header = Header(frame_id=frame_id)
+            header.stamp.sec, header.stamp.nanosec = -3, 999_999_999
+            msg = deserialize_message(node.image_cdr(header, arr, enc), Image)
+            assert msg.header == header
+            assert (msg.height, msg.width, msg.encoding, msg.is_bigendian) == (
+                arr.shape[0], arr.shape[1], enc, 0)
+            assert msg.step == arr.shape[1] * ENCODING_BPP[enc]
+            got = np.frombuffer(bytes(msg.data), arr.dtype).reshape(arr.shape)
+            assert np.array_equal(got, arr)
+
+
+class _Fields:
+    """Stand-in message base: only the declared fields may be set."""
+
+    __slots__ = ()
+
+    def __init__(self):
+        for name, factory in self._fields.items():
+            object.__setattr__(self, name, factory())
+
+    def __setattr__(self, name, value):
+        if name not in self._fields:
+            raise AttributeError(f'{type(self).__name__} has no field {name!r}')
+        object.__setattr__(self, name, value)
+
+
+def _msg(name, **fields):
+    return type(name, (_Fields,), {'__slots__': tuple(fields), '_fields': fields})
+
+
+Point2D = _msg('Point2D', x=float, y=float)
+Pose2D = _msg('Pose2D', position=Point2D, theta=float)
+BoundingBox2D = _msg('BoundingBox2D', center=Pose2D, size_x=float, size_y=float)
+ObjectHypothesis = _msg('ObjectHypothesis', class_id=str, score=float)
+ObjectHypothesisWithPose = _msg('ObjectHypothesisWithPose', hypothesis=ObjectHypothesis,
+                                pose=object)
+Detection2D = _msg('Detection2D', header=object, results=list, bbox=BoundingBox2D, id=str)
+Detection2DArray = _msg('Detection2DArray', header=object, detections=list)
+
+
+def test_detections_with_stand_in_messages(offline):
+    node = pytest.importorskip('ood_seg_ros.node')
+    frame = rh.sample_frame(5, (128, 128))      # integer scale to the 32 x 32 decoder maps
+    heat = offline(frame).heatmap
+    res = offline(frame, threshold=float(np.percentile(heat, 60)))
+    res.segments[0].kept = False                # a dropped segment is not published
+    res.segments[0].id = 0
+    header = object()
+    arr = node.detections_from_segments(header, res.segments, Detection2DArray, Detection2D,
+                                        ObjectHypothesisWithPose)
+    kept = [s for s in res.segments if s.kept]
+    assert len(kept) >= 2 and len(arr.detections) == len(kept)
+    assert arr.header is header
+    for det in arr.detections:
+        ys, xs = np.nonzero(res.instances == int(det.id))
+        x0, x1, y0, y1 = xs.min(), xs.max() + 1, ys.min(), ys.max() + 1
+        assert det.header is header
+        assert det.bbox.center.position.x == pytest.approx((x0 + x1) / 2)
+        assert det.bbox.center.position.y == pytest.approx((y0 + y1) / 2)
+        assert (det.bbox.size_x, det.bbox.size_y) == (x1 - x0, y1 - y0)
+        (hyp,) = det.results
+        seg = next(s for s in kept if s.id == int(det.id))
+        assert hyp.hypothesis.class_id == 'ood'
+        assert hyp.hypothesis.score == pytest.approx(seg.meta_score)
+
+
+# -- the running nodes --------------------------------------------------------------------
+def test_every_output_for_each_input_with_same_header(runs):
+    for scenario in ('a', 'b'):
+        res = _ok(runs[scenario])
+        for name, frame in res['frames'].items():
+            assert frame['headers'] is not None, f'{scenario}/{name}: no outputs'
+            for topic, (frame_id, sec, nsec, enc, step, w, h, big) in frame['headers'].items():
+                assert [frame_id, sec, nsec] == [frame['frame_id']] + frame['stamp'], topic
+                assert (w, h) == (80, 60)
+                assert step == w * ENCODING_BPP[enc] and big == 0
+            assert {k: v[3] for k, v in frame['headers'].items()} == {
+                'heatmap': '32FC1', 'mask': 'mono16', 'semantic': 'mono8', 'color': 'bgr8'}
+
+
+def test_raw_outputs_equal_offline_pipeline(runs, offline, thresholds):
+    """rgb8 (reliable), bgr8 (best effort), mono8 and padded rows; YAML threshold."""
+    res = _ok(runs['a'])
+    assert set(res['frames']) == {'rgb', 'bgr', 'mono', 'padded'}
+    for name, frame in res['frames'].items():
+        ref = offline(_ref_rgb(frame), 'moose_entropy', thresholds[0])
+        _assert_matches(res['arrays'], name, ref)
+    assert runs['a']['arrays']['rgb/mask'].max() >= 2       # the test has segments
+
+
+def test_color_overlay_is_blend_of_frame_and_heatmap(runs, offline, thresholds):
+    res = _ok(runs['a'])
+    frame = res['frames']['rgb']
+    rgb = _ref_rgb(frame)
+    ref = offline(rgb, 'moose_entropy', thresholds[0])
+    colour = cv2.applyColorMap((ref.heatmap * 255).astype(np.uint8), cv2.COLORMAP_JET)
+    a = 0.6 * ref.heatmap[:, :, None]
+    expected = rgb[:, :, ::-1] * (1 - a) + colour * a
+    border = np.zeros(rgb.shape[:2], bool)
+    for s in ref.segments:
+        x0, y0, x1, y1 = s.bbox
+        ring = np.zeros_like(border)
+        ring[y0:y1, x0:x1] = True
+        ring[y0 + 1:y1 - 1, x0 + 1:x1 - 1] = False
+        border |= ring
+    got = res['arrays']['rgb/color'].astype(float)
+    assert np.abs(got - expected)[~border].max() <= 2
+    assert np.all(got[border] == 255)
+
+
+def test_compressed_outputs_equal_offline_pipeline(runs, offline):
+    res = _ok(runs['b'])
+    for name in ('jpeg', 'png'):
+        data = res['arrays'][f'{name}/input']
+        rgb = cv2.imdecode(data, cv2.IMREAD_COLOR)[:, :, ::-1]
+        _assert_matches(res['arrays'], name, offline(np.ascontiguousarray(rgb)))
+
+
+def test_yaml_parameters_apply(runs, thresholds):
+    res = _ok(runs['a'])
+    assert f'-r __node:=ood_node --params-file {res["params_file"]}' in ' '.join(res['cmd'])
+    assert res['label_info_first']['threshold'] == pytest.approx(thresholds[0], abs=1e-6)
+    assert res['label_info_first']['class_map']['0'] == 'Sky'
+    assert 'subscribed to /cam/image (reliable, depth 5)' in res['log']
+    diag = res['diag_after_bad']['values']
+    assert diag['processing_budget_ms'] == '5000.000'
+    assert diag['backend'] == 'torch' and diag['device'] == 'cpu'
+
+
+def test_runtime_parameter_change(runs, offline, thresholds):
+    res = _ok(runs['a'])
+    assert res['param_ok'] == [[True, ''], [True, '']]
+    ref = offline(rh.sample_frame(10), 'moose_mi', thresholds[1])
+    _assert_matches(res['arrays'], 'after_param', ref)
+    (ok1, why1), (ok2, why2), (ok3, why3) = res['param_bad']
+    assert not ok1 and ('(0, 1)' in why1 or 'range' in why1)
+    assert not ok2 and 'nope' in why2
+    assert not ok3 and 'read-only' in why3
+    # rejected values changed nothing
+    _assert_matches(res['arrays'], 'after_bad_param', ref)
+    assert res['label_info_last']['heatmap_score'] == 'moose_mi'
+    assert res['label_info_last']['threshold'] == pytest.approx(thresholds[1], abs=1e-6)
+    assert res['diag_final']['values']['heatmap_score'] == 'moose_mi'
+
+
+def test_bad_raw_frames_survived_logged_and_counted(runs):
+    res = _ok(runs['a'])
+    assert res['recovered'] == len(res['bad_kinds']) == 7
+    values = res['diag_after_bad']['values']
+    counts = {}
+    for kind in res['bad_kinds']:
+        counts[kind] = counts.get(kind, 0) + 1
+    for kind, n in counts.items():
+        assert values.get(f'errors_{kind}') == str(n), (kind, values)
+    assert values['errors_total'] == '7'
+    log = res['log']
+    assert "unsupported image encoding '16UC1'" in log
+    assert "'bayer_rggb8'" in log           # second encoding error: first throttled line
+    assert "'yuv422'" not in log            # third within log_throttle_sec: suppressed
+    for kind in ('empty', 'step', 'truncated', 'too_large'):
+        assert f'bad input frame ({kind})' in log
+
+
+def test_bad_compressed_frames_and_lifecycle(runs):
+    res = _ok(runs['b'])
+    assert res['state'] == 'active'
+    assert res['recovered'] == len(res['bad_kinds']) == 4
+    values = res['diag_after_bad']['values']
+    assert (values['errors_decode'], values['errors_too_large'], values['errors_empty']) == (
+        '2', '1', '1')
+    assert values['input_transport'] == 'compressed'
+    assert res['deactivate'] and res['state_inactive'] == 'inactive'
+    assert res['diag_inactive']['level'] == 2           # ERROR: no model while inactive
+    assert not res['inactive_output']
+    assert res['activate'] and res['active_output']
+
+
+def test_sigterm_and_sigint_exit_zero(runs):
+    for scenario in ('a', 'b'):
+        res = runs[scenario]
+        assert res['node_alive_before_signal'], res['log'][-3000:]
+        assert res['returncode'] == 0, res['log'][-3000:]
+        assert 'Traceback' not in res['log']
+
+
+@pytest.mark.parametrize('lifecycle', ['false', 'true'])
+def test_bad_parameter_value_exits_2_with_message(lifecycle):
+    pytest.importorskip('rclpy')
+    reason = rh.netns_problem()
+    exe = rh.node_executable()
+    if reason or exe is None:
+        pytest.skip(reason or 'the ood_node console script is not installed')
+    proc = subprocess.run(rh.NETNS + [exe, '--ros-args', '--params-file', str(CONFIG),
+                                      '-p', 'backend:=tensorflow', '-p',
+                                      f'lifecycle:={lifecycle}'],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2, proc.stderr
+    assert "parameter backend: 'tensorflow' is not one of auto, torch" in proc.stderr
+
+
+def test_bench_node_reports_latency_and_overhead(runs):
+    proc = runs['bench']
+    assert proc['returncode'] == 0, proc['output'][-3000:]
+    res = json.loads(proc['output'].strip().splitlines()[-1])
+    assert res['node_frames'] == 8 and res['node_backend'] == 'torch'
+    # medians over slightly different frame sets (the node's includes the warm-up)
+    assert 0 < res['node_pipeline_ms'] and 0 < res['node_latency_ms'] <= res['node_latency_p95_ms']
+    assert res['ros_overhead_ms'] == pytest.approx(
+        res['node_latency_ms'] - res['node_pipeline_ms'], abs=2e-3)
+    assert 0 < res['node_conversion_publish_ms'] < res['node_latency_ms']
+
+
+def test_memory_does_not_grow(runs):
+    res = _ok(runs['a'])
+    assert res['mem_frames'] == MEM_FRAMES
+    rss0, rss1 = res['rss_kb']
+    assert rss1 - rss0 < 8 * 1024, f'node RSS grew {rss0} -> {rss1} kB over {MEM_FRAMES} frames'
+    diag = res['diag_final']['values']
+    assert int(diag['frames_processed']) >= MEM_FRAMES + 100
