@@ -1,4 +1,5 @@
-"""Start ood_node: ``ros2 launch ood_seg_ros ood.launch.py image_topic:=/camera/image_raw``.
+"""
+Start ood_node: ``ros2 launch ood_seg_ros ood.launch.py image_topic:=/camera/image_raw``.
 
 Launch arguments:
 - ``params_file``: node parameters (default: the package's ``config/ood.yaml``);

@@ -1,4 +1,5 @@
-"""ood_seg_ros: out-of-distribution segmentation for ROS 2 camera streams.
+"""
+ood_seg_ros: out-of-distribution segmentation for ROS 2 camera streams.
 
 The core (model, scores, segments, meta classifier, metrics, pipeline) is ROS-free;
 ``node.py`` is the thin rclpy layer on top.

@@ -2,7 +2,8 @@
 
 
 class OodSegError(Exception):
-    """A user-facing error: one line that says what is wrong and where.
+    """
+    A user-facing error: one line that says what is wrong and where.
 
     The CLI prints it as ``error: <message>`` and exits with status 2; the node logs
     it (rate-limited), counts it in diagnostics and keeps running.

@@ -1,4 +1,5 @@
-"""Offline evaluation: CamVid mIoU, SMIYC OoD metrics per score, meta classification.
+"""
+Offline evaluation: CamVid mIoU, SMIYC OoD metrics per score, meta classification.
 
 The evaluator runs the bundle's network once per frame with every score output, keeps
 the score maps at decoder resolution (small) and upsamples them to label resolution for
@@ -42,7 +43,7 @@ def to_json(obj) -> str:
 
 def camvid_miou(bundle_path, camvid_root, split: str = 'test', device: str = 'cpu',
                 limit: int = 0) -> Dict:
-    """mIoU and per-class IoU of the global head and of each probe on a CamVid split."""
+    """Compute mIoU and per-class IoU of the global head and each probe on a CamVid split."""
     import torch
     from .data.camvid import CAMVID_CLASSES, load_split
     from .model import load_bundle
@@ -126,7 +127,8 @@ class OodEvaluation:
         return table
 
     def segment_records(self):
-        """Segments of every frame with features, FP target and IoU with the GT OoD.
+        """
+        Segments of every frame with features, FP target and IoU with the GT OoD.
 
         Target (methods §5): a segment is a false positive when it has no pixel of
         ground-truth OoD; its IoU is taken with the union of GT OoD components it touches.
@@ -160,7 +162,8 @@ class OodEvaluation:
 
 
 def calibrate(evaluation: OodEvaluation, percentiles=(1.0, 99.9)) -> Dict:
-    """Choose the heatmap score, its normalisation and the segment threshold (val set).
+    """
+    Choose the heatmap score, its normalisation and the segment threshold (val set).
 
     Normalisation per score: (lo, hi) = the given percentiles of its values over all
     valid pixels. Default score: best AP. Segment threshold: its best pixel-F1 threshold
@@ -330,7 +333,7 @@ def update_bundle_runtime(bundle_path, updates: Dict) -> None:
 
 
 def table_text(result: Dict) -> str:
-    """A readable table of the main figures."""
+    """Format the main figures as a readable table."""
     lines = []
     if 'camvid' in result:
         c = result['camvid']

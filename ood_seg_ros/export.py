@@ -1,4 +1,5 @@
-"""ONNX export of a model bundle and the TensorRT 10 operator check.
+"""
+ONNX export of a model bundle and the TensorRT 10 operator check.
 
 The graph (see :class:`ood_seg_ros.model.deeplab.OodSegNet`) takes ``image`` float32
 (1, 3, H, W) RGB in [0, 1] and returns, in ``model.output_names()`` order, ``semantic``
@@ -111,7 +112,8 @@ def _check_size(input_size) -> Tuple[int, int]:
 
 @contextlib.contextmanager
 def _shape_following_upsample():
-    """Let ``deeplab.upsample`` keep traced sizes symbolic (dynamic H/W export).
+    """
+    Let ``deeplab.upsample`` keep traced sizes symbolic (dynamic H/W export).
 
     The eager helper converts sizes to Python ints, which a trace records as constants;
     during a dynamic export the sizes are passed through as traced values instead.
@@ -134,7 +136,8 @@ def _shape_following_upsample():
 def export_onnx(bundle_path, outputs: Optional[Sequence[str]] = None, out_path=None,
                 input_size: Optional[Tuple[int, int]] = None, fp16: bool = False,
                 opset: int = DEFAULT_OPSET, dynamic: bool = False) -> Path:
-    """Export the bundle's network to ONNX and check it; return the file path.
+    """
+    Export the bundle's network to ONNX and check it; return the file path.
 
     ``outputs``: score maps / ``logits`` / ``probs`` besides ``semantic`` (None: the
     bundle config's outputs). ``input_size`` (H, W) defaults to the bundle's. The file
@@ -221,7 +224,8 @@ def export_onnx(bundle_path, outputs: Optional[Sequence[str]] = None, out_path=N
 
 def ensure_onnx(bundle_path, outputs: Sequence[str], input_size: Tuple[int, int],
                 fp16: bool = False, force: bool = False) -> Path:
-    """Return the cached ONNX graph for these settings; export it when missing or stale.
+    """
+    Return the cached ONNX graph for these settings; export it when missing or stale.
 
     Stale = older than the bundle's ``weights.pt`` or ``bundle.json``.
     """
@@ -233,7 +237,8 @@ def ensure_onnx(bundle_path, outputs: Sequence[str], input_size: Tuple[int, int]
 
 
 def onnx_ops(path) -> Set[str]:
-    """Operator types used by the ONNX graph at ``path`` (subgraphs included).
+    """
+    Operator types used by the ONNX graph at ``path`` (subgraphs included).
 
     Operators of a non-default domain are named ``domain::op``.
     """

@@ -1,4 +1,5 @@
-"""The ROS 2 node ``ood_node``: camera frames in, OoD heatmap, segments and diagnostics out.
+"""
+The ROS 2 node ``ood_node``: camera frames in, OoD heatmap, segments and diagnostics out.
 
 A thin layer over :class:`ood_seg_ros.pipeline.Pipeline`: message conversion,
 parameters, QoS, diagnostics. All processing happens in the pipeline.
@@ -126,7 +127,8 @@ class FrameError(OodSegError):
 # -- message conversion (numpy only, no ROS objects) ------------------------------------
 def image_to_rgb(encoding: str, height: int, width: int, step: int, data,
                  max_pixels: int = DEFAULT_MAX_FRAME_PIXELS) -> np.ndarray:
-    """Convert raw Image fields to an RGB uint8 (height, width, 3) array.
+    """
+    Convert raw Image fields to an RGB uint8 (height, width, 3) array.
 
     Rows may be padded (``step`` > width x channels). Raises :class:`FrameError` with
     kind encoding, empty, too_large, step, truncated or data_size.
@@ -197,7 +199,8 @@ def compressed_to_rgb(data, max_pixels: int = DEFAULT_MAX_FRAME_PIXELS) -> np.nd
 
 
 def image_cdr(header, array: np.ndarray, encoding: str) -> bytes:
-    """Serialise a sensor_msgs/Image of a (H, W) or (H, W, C) array to CDR bytes.
+    """
+    Serialise a sensor_msgs/Image of a (H, W) or (H, W, C) array to CDR bytes.
 
     Little-endian CDR as rmw writes it, for ``publisher.publish(bytes)``: the pixel data
     is copied once (no Python message, no second serialisation). ``step`` = width x bytes
@@ -237,7 +240,8 @@ def overlay_bgr(frame_rgb: np.ndarray, heatmap: np.ndarray, segments,
 
 def detections_from_segments(header, segments, detection_array_cls, detection_cls,
                              hypothesis_cls):
-    """vision_msgs Detection2DArray of the kept segments (message classes as arguments).
+    """
+    vision_msgs Detection2DArray of the kept segments (message classes as arguments).
 
     One Detection2D per kept segment: ``id`` = str(mask value), one hypothesis
     (class_id 'ood', score = meta classifier P(true OoD)), bbox centre and size in
@@ -714,7 +718,8 @@ class OodNode(_OodCore, Node):
 
 
 class OodLifecycleNode(_OodCore, LifecycleNode):
-    """Lifecycle variant: configure = parameters and publishers, activate = model + input.
+    """
+    Lifecycle variant: configure = parameters and publishers, activate = model + input.
 
     Deactivate unsubscribes and frees the model (GPU memory); cleanup removes publishers.
     """

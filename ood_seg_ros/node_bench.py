@@ -1,4 +1,5 @@
-"""Node-level latency for ``ood-seg bench --node``: frames through a running ood_node.
+"""
+Node-level latency for ``ood-seg bench --node``: frames through a running ood_node.
 
 The node runs as its own process (the ``ood_node`` console script) on a random ROS domain
 with discovery limited to this machine; this process publishes ``rgb8`` frames (reliable:

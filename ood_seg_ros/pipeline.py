@@ -1,4 +1,5 @@
-"""Per-frame processing, ROS-free: numpy frame in, :class:`FrameResult` out.
+"""
+Per-frame processing, ROS-free: numpy frame in, :class:`FrameResult` out.
 
 Steps (one implementation, shared by the node, the evaluator and bag replay):
 
@@ -14,8 +15,8 @@ Steps (one implementation, shared by the node, the evaluator and bag replay):
    dropped; kept segments get consecutive ids in the frame-size instance mask.
 """
 
-import time
 from dataclasses import dataclass, field
+import time
 from typing import Dict, List, Optional, Sequence
 
 import cv2
@@ -41,7 +42,7 @@ DEFAULT_RUNTIME = {
 class Segment:
     """One OoD segment. ``bbox`` = (x0, y0, x1, y1) in frame pixels, end exclusive."""
 
-    id: int                 # value in FrameResult.instances (0 when dropped)
+    id: int  # noqa: A003 - vision_msgs naming; value in FrameResult.instances, 0 = dropped
     bbox: tuple
     area: int               # frame pixels
     score: float            # mean normalised heatmap over the segment
@@ -207,7 +208,8 @@ class Pipeline:
         return result
 
     def segment(self, out: Dict[str, np.ndarray]):
-        """Normalised decoder-resolution heatmap, segment labels, count and features.
+        """
+        Normalised decoder-resolution heatmap, segment labels, count and features.
 
         The one segment path shared by :meth:`postprocess`, the evaluator and meta
         classifier training. Returns (heatmap_low, labels_low int32, n, features (n, F)).

@@ -1,4 +1,5 @@
-"""Anomaly score math: entropy, MSP, max-logit, MOoSe aggregation, PGN.
+"""
+Anomaly score math: entropy, MSP, max-logit, MOoSe aggregation, PGN.
 
 One implementation, used inside the network graph (so it exports to ONNX / TensorRT)
 and by the tests. Only ordinary tensor ops: no autograd, no in-place tricks. All scores
@@ -74,7 +75,8 @@ def global_scores(logits: torch.Tensor, names: Iterable[str]) -> Dict[str, torch
 
 def moose_scores(member_logits: Sequence[torch.Tensor],
                  names: Iterable[str]) -> Dict[str, torch.Tensor]:
-    """MOoSe scores over M members (probes + global head), equal weights.
+    """
+    Compute the MOoSe scores over M members (probes + global head), equal weights.
 
     ``member_logits``: M tensors (B, C, H, W) at the same resolution. p̄ = mean softmax;
     MSP = 1 - max p̄, H = entropy(p̄), ML = -max_c mean_m z, MI = H(p̄) - mean_m H(p_m).
@@ -110,7 +112,8 @@ def _logsumexp(x: torch.Tensor, dim: int) -> torch.Tensor:
 
 def log_error_pnorms(logits: torch.Tensor, mode: str, ps: Sequence[float],
                      exact: bool = False) -> List[torch.Tensor]:
-    """log‖g‖_p per pixel for each p; logits (B, C, H, W) -> list of (B, H, W).
+    """
+    log‖g‖_p per pixel for each p; logits (B, C, H, W) -> list of (B, H, W).
 
     Paper (default): oh: g_h = σ_h (1 - δ_{h,ŷ}); uni: g_h = (C - 1)/C σ_h.
     Exact cross-entropy gradient (``exact=True``): g = σ - y with y = one-hot(ŷ) (oh)
@@ -147,7 +150,8 @@ def log_error_pnorms(logits: torch.Tensor, mode: str, ps: Sequence[float],
 
 
 def _pow_terms(log_a: torch.Tensor, nonzero: torch.Tensor, p: float) -> torch.Tensor:
-    """|v|^p as exp(p · log max(|v|, tiny)) · sign(|v|): exactly 0 where v == 0.
+    """
+    |v|^p as exp(p · log max(|v|, tiny)) · sign(|v|): exactly 0 where v == 0.
 
     Clamping |v| alone would not do ((1e-30)^0.1 = 1e-3 per zero entry), and log(0),
     ``where`` and exp underflow are slow paths on CPUs; ``sign`` is cheap.
@@ -156,14 +160,15 @@ def _pow_terms(log_a: torch.Tensor, nonzero: torch.Tensor, p: float) -> torch.Te
 
 
 def _eager_cpu(t: torch.Tensor) -> bool:
-    """True when running eagerly on CPU (not tracing or exporting a graph)."""
+    """Tell whether we run eagerly on CPU (not tracing or exporting a graph)."""
     return (t.device.type == 'cpu' and not torch.jit.is_tracing()
             and not torch.onnx.is_in_onnx_export() and not torch.compiler.is_compiling())
 
 
 def log_feature_pnorms(psi: torch.Tensor, ps: Sequence[float],
                        with_bias: bool = True) -> List[torch.Tensor]:
-    """log‖ψ‖_p per pixel; see :func:`_log_feature_pnorms`.
+    """
+    log‖ψ‖_p per pixel; see :func:`_log_feature_pnorms`.
 
     Eagerly on CPU the work is done in blocks of rows that fit in cache (about 2x
     faster: the computation is memory-bound); graphs and GPUs get one block.
@@ -178,7 +183,8 @@ def log_feature_pnorms(psi: torch.Tensor, ps: Sequence[float],
 
 def _log_feature_pnorms(psi: torch.Tensor, ps: Sequence[float],
                         with_bias: bool = True) -> List[torch.Tensor]:
-    """log‖ψ‖_p per pixel (with a bias: log (‖ψ‖_p^p + 1)^{1/p}); psi (B, E, H, W).
+    """
+    log‖ψ‖_p per pixel (with a bias: log (‖ψ‖_p^p + 1)^{1/p}); psi (B, E, H, W).
 
     log‖ψ‖_p = (1/p) log Σ_e exp(p log|ψ_e|). The sum of exp(p log|ψ_e|) = |ψ_e|^p is
     finite in float32 for p ≤ 2 (|ψ| is bounded by float16 range or by the features);
@@ -206,7 +212,8 @@ def _log_feature_pnorms(psi: torch.Tensor, ps: Sequence[float],
 
 def log_pgn(logits: torch.Tensor, psi: torch.Tensor, names: Iterable[str],
             exact: bool = False, with_bias: bool = True) -> Dict[str, torch.Tensor]:
-    """log PGN maps for the requested ``pgn_<mode>_p<p>`` names at the logits' resolution.
+    """
+    Compute log PGN maps for the requested ``pgn_<mode>_p<p>`` names (logits' size).
 
     ``logits`` = K ψ + b of the final 1x1 convolution (B, C, H, W); ``psi`` its input.
     """

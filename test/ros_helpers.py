@@ -1,4 +1,5 @@
-"""Helpers for the ood_node tests: network namespace, test bundle, launch stand-ins, driver.
+"""
+Helpers for the ood_node tests: network namespace, test bundle, launch stand-ins, driver.
 
 Imported by ``test_node.py``. Run as a script inside a private network namespace
 (``python ros_helpers.py <spec.json>``) it starts the node, drives one scenario over
@@ -45,7 +46,8 @@ def node_executable():
 
 
 def make_test_bundle(path):
-    """Save a small random-init bundle (64 x 64 input) with calibrated BN statistics.
+    """
+    Save a small random-init bundle (64 x 64 input) with calibrated BN statistics.
 
     Calibrating the BatchNorm running statistics on random images gives the random
     network spatially varying outputs, so heatmaps and segments are not constant.
@@ -134,7 +136,8 @@ class LaunchContext:
 
 
 def load_launch_file(path):
-    """Import a ``*.launch.py`` file with stand-in launch / launch_ros modules.
+    """
+    Import a ``*.launch.py`` file with stand-in launch / launch_ros modules.
 
     The package's own ``launch/`` folder would shadow ``launch`` as a namespace
     package, so the stand-ins are injected into sys.modules for the import only.

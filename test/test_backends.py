@@ -1,4 +1,5 @@
-"""Tests for the runtime backends: ONNX Runtime vs PyTorch, bad input, TensorRT cache logic.
+"""
+Tests for the runtime backends: ONNX Runtime vs PyTorch, bad input, TensorRT cache logic.
 
 ONNX Runtime and PyTorch (CPU, fp32) must give the same FrameResult within the
 tolerances of ``test_export.py``: heatmap max |diff| <= 1e-4 (normalised units),

@@ -1,17 +1,16 @@
 """Pipeline and evaluator on a tiny random bundle and a hand-made OoD set."""
 
 import json
-from pathlib import Path
 
 import cv2
 import numpy as np
-import pytest
-import torch
-
+from ood_seg_ros.data.ood_sets import OodDataset
 from ood_seg_ros.errors import OodSegError
 from ood_seg_ros.evaluate import calibrate, evaluate_bundle, OodEvaluation, to_json
 from ood_seg_ros.model import ModelConfig, OodSegNet, save_bundle
 from ood_seg_ros.pipeline import FrameResult, Pipeline
+import pytest
+import torch
 
 H, W = 96, 128
 
@@ -134,8 +133,7 @@ def test_undefined_metrics_are_null_not_zero(bundle, tmp_path):
 
 def test_calibration_and_meta_segments(bundle, ood_set):
     pipe = Pipeline.from_bundle(bundle, backend='torch', device='cpu', all_scores=True)
-    ev = OodEvaluation(pipe, __import__('ood_seg_ros.data.ood_sets', fromlist=['x'])
-                       .OodDataset(ood_set))
+    ev = OodEvaluation(pipe, OodDataset(ood_set))
     cal = calibrate(ev)
     assert cal['heatmap_score'] in res_names(ev)
     lo, hi = cal['normalisation'][cal['heatmap_score']]

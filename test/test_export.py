@@ -1,4 +1,5 @@
-"""Tests for ONNX export: checker, TensorRT op set, output contract, ORT vs PyTorch.
+"""
+Tests for ONNX export: checker, TensorRT op set, output contract, ORT vs PyTorch.
 
 Tolerances (ONNX Runtime CPU vs PyTorch CPU, fp32, measured on CamVid test frames with
 a randomly initialised network whose weights give O(1) activations and O(3) logits):

@@ -1,4 +1,5 @@
-"""Test ood_node over real DDS, the launch file, message conversion and Detection2D.
+"""
+Test ood_node over real DDS, the launch file, message conversion and Detection2D.
 
 The DDS tests run real rclpy (Jazzy wheels) inside private network namespaces.
 

@@ -2,13 +2,12 @@
 
 from pathlib import Path
 
-import pytest
-import torch
-
 from ood_seg_ros.errors import OodSegError
 from ood_seg_ros.model import load_bundle
 from ood_seg_ros.train.augment import augment_batch
-from ood_seg_ros.train.loop import entropy_max_loss, Trainer, TrainConfig
+from ood_seg_ros.train.loop import entropy_max_loss, TrainConfig, Trainer
+import pytest
+import torch
 
 DATA = Path(__file__).resolve().parents[2] / 'shared' / 'data'
 CAMVID = DATA / 'camvid'
@@ -27,9 +26,10 @@ def _one_thread():
 
 
 def _cfg(tmp_path, stage='base', **kw):
-    base = dict(stage=stage, camvid=str(CAMVID), train_splits=['train'], val_split='val',
-                out=str(tmp_path / stage), epochs=1, batch_size=2, lr=0.01, crop=[96, 128],
-                subset=4, device='cpu', amp=False, seed=0, model=dict(SMALL))
+    base = {'stage': stage, 'camvid': str(CAMVID), 'train_splits': ['train'],
+            'val_split': 'val', 'out': str(tmp_path / stage), 'epochs': 1, 'batch_size': 2,
+            'lr': 0.01, 'crop': [96, 128], 'subset': 4, 'device': 'cpu', 'amp': False,
+            'seed': 0, 'model': dict(SMALL)}
     base.update(kw)
     return TrainConfig(**base)
 

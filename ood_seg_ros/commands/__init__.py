@@ -1,4 +1,5 @@
-"""Subcommands of the ``ood-seg`` CLI.
+"""
+Subcommands of the ``ood-seg`` CLI.
 
 Each module defines ``HELP`` (one line), ``add_arguments(parser)`` and
 ``run(args) -> int``. Keep module top levels light (no torch import): every module

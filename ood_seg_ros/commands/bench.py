@@ -1,4 +1,5 @@
-"""``ood-seg bench``: speed and memory of the network, post-processing and pipeline.
+"""
+``ood-seg bench``: speed and memory of the network, post-processing and pipeline.
 
 Prints one JSON object (``--json``). Figures are medians over ``--runs`` timed runs
 after ``--warmup`` runs, measured in one process on the same input:
@@ -57,14 +58,15 @@ def _median_ms(samples):
 
 
 def default_bundle_path():
-    """The bundle shipped with the package (source tree or installed share/)."""
+    """Return the bundle shipped with the package (source tree or installed share/)."""
     from ..model.bundle import default_bundle_path as path
     return path()
 
 
 def bench_model(bundle_path, device, height, width, fp16, runs, warmup,
                 cuda_graphs=False, compile_scores=False):
-    """Interleaved plain vs full network timing with PyTorch; returns a dict.
+    """
+    Interleaved plain vs full network timing with PyTorch; returns a dict.
 
     With ``cuda_graphs`` each variant is captured once as a CUDA graph and replayed, which
     removes the per-kernel launch cost that dominates small-kernel networks in eager mode.
@@ -119,7 +121,7 @@ def bench_model(bundle_path, device, height, width, fp16, runs, warmup,
 
 
 def _runner(model, outputs, x, cuda_graphs):
-    """A no-argument callable running ``model`` with ``outputs`` (optionally graphed)."""
+    """Return a no-argument callable running ``model`` with ``outputs`` (maybe graphed)."""
     import torch
 
     def eager():
@@ -138,6 +140,7 @@ def _runner(model, outputs, x, cuda_graphs):
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         static_out = model(x)
+
     def replay():
         graph.replay()
         return static_out  # the graph's output buffers, kept alive by this closure
@@ -213,7 +216,7 @@ def bench_end_to_end(pipeline, height, width, runs, warmup):
 
 
 def _sample_frame(height, width, rng):
-    """A real CamVid frame resized to (height, width) when the data is present."""
+    """Return a real CamVid frame resized to (height, width) when the data is present."""
     import cv2
     import numpy as np
     from pathlib import Path

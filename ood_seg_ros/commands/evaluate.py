@@ -6,7 +6,7 @@ HELP = 'evaluate a bundle: CamVid mIoU, OoD scores (AP, FPR95, sIoU, ...), meta 
 
 
 def add_arguments(parser):
-    """Evaluation options."""
+    """Declare the evaluation options."""
     parser.add_argument('--bundle', default=None, help='model bundle (default: package bundle)')
     parser.add_argument('--camvid', default=None, help='CamVid root: mIoU of global head + probes')
     parser.add_argument('--split', default='test', help='CamVid split (default: test)')

@@ -1,4 +1,5 @@
-"""``ood-seg export``: a bundle to an ONNX graph or a cached TensorRT engine.
+"""
+``ood-seg export``: a bundle to an ONNX graph or a cached TensorRT engine.
 
 ONNX (``--format onnx``): fp32 by default, ``--fp16`` for half weights (float32 I/O);
 fixed input size unless ``--dynamic``; the report lists the operators and any the

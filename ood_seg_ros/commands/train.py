@@ -8,12 +8,12 @@ HELP = {
     'train-entropy': 'fine-tune a bundle with entropy maximisation on an OoD proxy',
 }
 _DEFAULTS = {
-    'train-base': dict(epochs=200, batch_size=16, lr=0.02, optimizer='sgd',
-                       weight_decay=1e-4),
-    'train-probes': dict(epochs=80, batch_size=16, lr=0.01, optimizer='sgd',
-                         weight_decay=1e-4, patience=10),
-    'train-entropy': dict(epochs=4, batch_size=8, lr=1e-5, optimizer='adam',
-                          weight_decay=0.0),
+    'train-base': {'epochs': 200, 'batch_size': 16, 'lr': 0.02, 'optimizer': 'sgd',
+                   'weight_decay': 1e-4},
+    'train-probes': {'epochs': 80, 'batch_size': 16, 'lr': 0.01, 'optimizer': 'sgd',
+                     'weight_decay': 1e-4, 'patience': 10},
+    'train-entropy': {'epochs': 4, 'batch_size': 8, 'lr': 1e-5, 'optimizer': 'adam',
+                      'weight_decay': 0.0},
 }
 
 
@@ -90,16 +90,16 @@ def run(args) -> int:
         reference_loss=getattr(args, 'reference_loss', False),
         patience=getattr(args, 'patience', 0))
     if stage == 'base':
-        cfg.model = dict(backbone=args.backbone, output_stride=args.output_stride,
-                         probe_depth=args.probe_depth, probe_channels=args.probe_channels,
-                         probe_separable=args.probe_separable)
+        cfg.model = {'backbone': args.backbone, 'output_stride': args.output_stride,
+                     'probe_depth': args.probe_depth, 'probe_channels': args.probe_channels,
+                     'probe_separable': args.probe_separable}
     if stage == 'probes' and (args.probe_depth or args.probe_channels or
                               args.probe_separable):
         from ..model.bundle import read_bundle_json
         base = read_bundle_json(args.init_bundle)['config']
-        cfg.model = dict(depth=args.probe_depth or base['probe_depth'],
-                         width=args.probe_channels or base['probe_channels'],
-                         separable=args.probe_separable or base['probe_separable'])
+        cfg.model = {'depth': args.probe_depth or base['probe_depth'],
+                     'width': args.probe_channels or base['probe_channels'],
+                     'separable': args.probe_separable or base['probe_separable']}
     result = Trainer(cfg, resume=args.resume).run()
     print(json.dumps(result) if args.json else
           f'done: {result["epochs"]} epochs, best val mIoU {result["best_val_miou"]:.4f}, '

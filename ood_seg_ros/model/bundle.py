@@ -1,4 +1,5 @@
-"""Model bundle: a folder with everything needed to rebuild and run the network.
+"""
+Model bundle: a folder with everything needed to rebuild and run the network.
 
 Layout::
 
@@ -10,8 +11,8 @@ Layout::
     <bundle>/derived/      generated artefacts: ONNX graphs, TensorRT engines (ignored by git)
 """
 
-import json
 from dataclasses import dataclass, field
+import json
 from pathlib import Path
 from typing import Optional
 
@@ -119,7 +120,7 @@ def check_state_matches(model: torch.nn.Module, state: dict, source: str) -> Non
 
 
 def build_model(config: ModelConfig, imagenet: bool = True) -> OodSegNet:
-    """A fresh network; the backbone ImageNet-initialised when ``imagenet``."""
+    """Build a fresh network; the backbone ImageNet-initialised when ``imagenet``."""
     from .backbone import load_imagenet_weights
     model = OodSegNet(config)
     if imagenet:
@@ -131,8 +132,12 @@ DEFAULT_BUNDLE = 'camvid_lite0'
 
 
 def default_bundle_path() -> Optional[Path]:
-    """The default bundle: ``models/camvid_lite0`` in the source tree, else the installed
-    ``share/ood_seg_ros/models/camvid_lite0``; None when neither exists."""
+    """
+    Return the default bundle folder, or None when it is not installed.
+
+    Looks for ``models/camvid_lite0`` in the source tree, else the installed
+    ``share/ood_seg_ros/models/camvid_lite0``.
+    """
     here = Path(__file__).resolve().parents[2] / 'models' / DEFAULT_BUNDLE
     if (here / BUNDLE_JSON).exists():
         return here

@@ -12,7 +12,8 @@ CAMVID_CLASSES = ('Sky', 'Building', 'Pole', 'Road', 'Pavement', 'Tree', 'SignSy
 
 @dataclass
 class ModelConfig:
-    """Everything needed to rebuild the network (stored in the model bundle).
+    """
+    Everything needed to rebuild the network (stored in the model bundle).
 
     ``input_size`` is (height, width) of the network input; ``mean``/``std`` normalise
     RGB in [0, 1] inside the graph. ``outputs`` lists what the graph computes besides
@@ -39,7 +40,7 @@ class ModelConfig:
 
     @property
     def n_classes(self) -> int:
-        """Number of semantic classes C."""
+        """Return the number of semantic classes C."""
         return len(self.class_names)
 
     @property

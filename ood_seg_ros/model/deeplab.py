@@ -1,4 +1,5 @@
-"""DeepLabv3+ with MOoSe contextual probes and an in-graph anomaly score head.
+"""
+DeepLabv3+ with MOoSe contextual probes and an in-graph anomaly score head.
 
 Shapes for an input (B, 3, H, W) at output stride 16: ASPP at ~H/16, decoder at ~H/4.
 The final 1x1 convolution ``classifier`` (decoder features ψ, E = ``decoder_channels``,
@@ -77,7 +78,8 @@ class Probe(nn.Module):
 
 
 class OodSegNet(nn.Module):
-    """DeepLabv3+ + MOoSe probes + score head, one graph.
+    """
+    DeepLabv3+ + MOoSe probes + score head, one graph.
 
     ``forward(x)`` takes RGB in [0, 1] (B, 3, H, W) and returns a dict of the outputs
     listed in :meth:`output_names`:
@@ -114,7 +116,8 @@ class OodSegNet(nn.Module):
         self._score_fns = (S.global_scores, S.moose_scores, S.log_pgn)
 
     def compile_scores(self) -> None:
-        """Fuse the score head with ``torch.compile`` (GPU: a few kernels instead of ~100).
+        """
+        Fuse the score head with ``torch.compile`` (GPU: a few kernels instead of ~100).
 
         Only the score functions are compiled (seconds, not minutes); the result is
         CUDA-graph capturable. The maths is unchanged.
@@ -183,7 +186,8 @@ class OodSegNet(nn.Module):
         return upsample(logits, size), [upsample(z, size) for z in probe_logits]
 
     def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
-        """Inference: the configured outputs (see the class docstring for shapes).
+        """
+        Inference: the configured outputs (see the class docstring for shapes).
 
         Score maps stay at decoder resolution (stride 4; probe logits are upsampled to
         it first). The MOoSe reference upsamples the logits to input size before scoring;

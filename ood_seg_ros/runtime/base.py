@@ -1,4 +1,5 @@
-"""The backend interface and backend selection.
+"""
+The backend interface and backend selection.
 
 A backend runs the network graph on one frame already resized to the model's input size
 and returns its named outputs as numpy arrays without the batch dimension:
@@ -46,7 +47,8 @@ class Backend(ABC):
 
 def make_backend(name: str, bundle_path, outputs: Sequence[str], device: str = 'auto',
                  fp16: bool = False, **options) -> Backend:
-    """Build a backend by name; ``auto`` picks TensorRT, else CUDA PyTorch, else ORT/CPU.
+    """
+    Build a backend by name; ``auto`` picks TensorRT, else CUDA PyTorch, else ORT/CPU.
 
     ``auto`` on a machine without CUDA uses ONNX Runtime when it is installed (fastest
     measured CPU backend), otherwise PyTorch.

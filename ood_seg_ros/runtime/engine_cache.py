@@ -1,4 +1,5 @@
-"""TensorRT engine cache: file names, JSON sidecars and the load-or-build decision.
+"""
+TensorRT engine cache: file names, JSON sidecars and the load-or-build decision.
 
 Engines live in ``<bundle>/derived/engines/``. An engine is only valid for the GPU model
 (name and compute capability), the TensorRT version, the precision, the input size and
@@ -93,7 +94,8 @@ def key_mismatches(engine_path, key: dict, check_hash: bool = True) -> List[str]
 
 def plan_engine(engine_path, key: dict, force: bool = False,
                 rebuild: bool = True) -> Tuple[str, str]:
-    """Decide ('load' | 'build', reason) for the engine at ``engine_path``.
+    """
+    Decide ('load' | 'build', reason) for the engine at ``engine_path``.
 
     A missing engine is built; a mismatching one is rebuilt, or, with ``rebuild``
     disabled, an OodSegError names every mismatch.

@@ -1,4 +1,5 @@
-"""ONNX Runtime backend: CPU execution provider, CUDA EP when present.
+"""
+ONNX Runtime backend: CPU execution provider, CUDA EP when present.
 
 The ONNX graph is exported from the bundle on first use and cached in
 ``<bundle>/derived/`` (re-exported when the bundle's weights or JSON are newer), or
@@ -143,7 +144,8 @@ class OnnxRuntimeBackend(Backend):
         return x
 
     def infer(self, image: np.ndarray) -> Dict[str, np.ndarray]:
-        """Run one uint8 frame; return numpy outputs without the batch dimension.
+        """
+        Run one uint8 frame; return numpy outputs without the batch dimension.
 
         ``semantic`` (H, W) uint8 class ids (the graph's int32 cast, as TorchBackend
         returns), ``probs`` (C, h, w) and score maps (h, w) float32.

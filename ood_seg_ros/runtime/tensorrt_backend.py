@@ -1,4 +1,5 @@
-"""TensorRT 10 backend: engine build/cache, device buffers, execute_async_v3 on a stream.
+"""
+TensorRT 10 backend: engine build/cache, device buffers, execute_async_v3 on a stream.
 
 Written against the TensorRT 10 Python API; ``tensorrt`` is imported lazily. Device
 buffers are torch CUDA tensors and the stream is a ``torch.cuda.Stream`` (no pycuda).
@@ -119,7 +120,8 @@ NETWORK_SCOPES = ('/backbone/', '/aspp/', '/low_project/', '/decoder/', '/classi
 
 
 def pin_score_head_fp32(trt, network, config) -> int:
-    """Keep float layers outside the network modules (the score head) in float32.
+    """
+    Keep float layers outside the network modules (the score head) in float32.
 
     Weakly typed INT8/FP16 builds may run any layer in half precision; the score head's
     log-domain maths uses constants beyond the float16 range (e.g. -1e30 masks), so its
@@ -316,7 +318,8 @@ class TensorRTBackend(Backend):
 
     # -- inference -------------------------------------------------------------------
     def infer(self, image: np.ndarray) -> Dict[str, np.ndarray]:
-        """Run one uint8 frame; return numpy outputs without the batch dimension.
+        """
+        Run one uint8 frame; return numpy outputs without the batch dimension.
 
         ``semantic`` (H, W) uint8 class ids, ``probs`` (C, h, w) and score maps (h, w)
         float32; outputs are fresh arrays (the pinned buffers are reused).

@@ -11,7 +11,8 @@ from ..model import load_bundle
 
 
 class TorchBackend(Backend):
-    """Runs the bundle's network with PyTorch.
+    """
+    Runs the bundle's network with PyTorch.
 
     On CUDA the uint8 frame is uploaded and converted on the GPU; ``cuda_graphs``
     captures the whole forward once and replays it (static input/output buffers).
@@ -86,7 +87,8 @@ class TorchBackend(Backend):
             self._static_out = self.model(self._static_in)
 
     def infer(self, image: np.ndarray) -> Dict[str, np.ndarray]:
-        """Run one uint8 frame; return numpy outputs without batch dimension.
+        """
+        Run one uint8 frame; return numpy outputs without batch dimension.
 
         On CUDA every output is converted on the device (``semantic`` to uint8, maps to
         float32) and copied asynchronously into reused pinned host buffers, with a

@@ -1,4 +1,5 @@
-"""Batched training augmentation on the training device (GPU or CPU).
+"""
+Batched training augmentation on the training device (GPU or CPU).
 
 Images stay uint8 (N, H, W, 3) on the device; each batch is scaled, cropped and
 flipped with one ``grid_sample`` call (bilinear for images, nearest for labels) and
@@ -16,7 +17,8 @@ IGNORE = 255
 def augment_batch(images: torch.Tensor, labels: Sequence[torch.Tensor], crop: Tuple[int, int],
                   scale: Tuple[float, float] = (0.5, 2.0), flip: bool = True,
                   jitter: float = 0.25, generator: Optional[torch.Generator] = None):
-    """Randomly scale, crop, flip and colour-jitter a batch.
+    """
+    Randomly scale, crop, flip and colour-jitter a batch.
 
     images: uint8 (B, H, W, 3); labels: uint8 (B, H, W) maps (void = 255) transformed
     with the same geometry. Returns (float RGB in [0, 1] (B, 3, h, w), [int64 (B, h, w)]).

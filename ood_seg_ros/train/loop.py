@@ -1,4 +1,5 @@
-"""Training loops for the base network, the MOoSe probes and entropy maximisation.
+"""
+Training loops for the base network, the MOoSe probes and entropy maximisation.
 
 All three share one loop: data held on the device as uint8 tensors, batched GPU-side
 augmentation, AMP on CUDA, a JSONL metrics log, a checkpoint every epoch (resumable),
@@ -6,12 +7,12 @@ validation mIoU every epoch with the best model kept as a bundle, and
 DistributedDataParallel when started under ``torchrun`` (WORLD_SIZE > 1).
 """
 
+from dataclasses import asdict, dataclass, field
 import json
 import math
 import os
-import time
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
+import time
 from typing import Dict, List, Optional
 
 import numpy as np
@@ -96,7 +97,7 @@ def iou_from_confusion(conf: np.ndarray) -> np.ndarray:
 @torch.no_grad()
 def evaluate_miou(model, images: torch.Tensor, labels: torch.Tensor, n_classes: int,
                   batch_size: int = 8, probes: bool = True) -> Dict:
-    """mIoU of the global head (and each probe) on uint8 images (N, H, W, 3) at full size."""
+    """Compute mIoU of the global head (and each probe) on uint8 images (N, H, W, 3)."""
     was_training = model.training
     model.eval()
     dev = next(model.parameters()).device
@@ -220,7 +221,7 @@ class Trainer:
         else:
             self.model.train()
             params = self.model.base_parameters() if cfg.stage == 'entropy' else \
-                [p for p in self.model.parameters()]
+                list(self.model.parameters())
             if cfg.stage == 'entropy':
                 for p in self.model.probes.parameters():
                     p.requires_grad_(False)
@@ -429,7 +430,8 @@ class TrainForward(torch.nn.Module):
 
 def entropy_max_loss(logits: torch.Tensor, y: torch.Tensor, ood: torch.Tensor,
                      lam: float = 0.9, reference: bool = False) -> torch.Tensor:
-    """(1 - λ) CE on in-distribution pixels + λ mean -(1/C) Σ_c log p_c on OoD pixels.
+    """
+    (1 - λ) CE on in-distribution pixels + λ mean -(1/C) Σ_c log p_c on OoD pixels.
 
     Default: the two terms are separately normalised means, void ignored. ``reference``:
     the reference code's single mean over all B·H·W pixels (void included as zero terms).
