@@ -1,6 +1,8 @@
 """Training loops on a tiny CamVid subset (CPU): loss falls, resume, frozen base, losses."""
 
 from pathlib import Path
+import subprocess
+import sys
 
 from ood_seg_ros.errors import OodSegError
 from ood_seg_ros.model import load_bundle
@@ -126,3 +128,23 @@ def test_augmentation_keeps_image_and_labels_aligned():
     agree = ((red - y).abs() <= 1) & inside
     assert agree.sum() > 0.5 * inside.sum()
     assert set(torch.unique(y).tolist()) <= set(range(11)) | {255}
+
+
+@needs_data
+def test_the_same_command_runs_under_torchrun_ddp(tmp_path):
+    """Two CPU processes (gloo) train with DistributedDataParallel; rank 0 saves."""
+    torchrun = Path(sys.executable).parent / 'torchrun'
+    if not torchrun.exists():
+        pytest.skip('torchrun is not installed next to this Python')
+    out = tmp_path / 'ddp'
+    proc = subprocess.run(
+        [str(torchrun), '--nproc_per_node', '2', '--master_port', '29531', '-m',
+         'ood_seg_ros.cli', 'train-base', '--camvid', str(CAMVID), '--out', str(out),
+         '--subset', '8', '--max-steps', '2', '--epochs', '1', '--batch-size', '2',
+         '--crop', '96,128', '--device', 'cpu', '--json'],
+        capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = [line for line in proc.stdout.splitlines() if line.startswith('{"bundle"')]
+    assert len(results) == 1  # only rank 0 reports
+    assert (out / 'bundle' / 'weights.pt').exists()
+    assert (out / 'checkpoint.pt').exists()

@@ -1,6 +1,7 @@
 """``ood-seg train-base | train-probes | train-entropy``: the three training stages."""
 
 import json
+import os
 
 HELP = {
     'train-base': 'train DeepLabv3+ on CamVid from ImageNet weights (poly LR)',
@@ -101,6 +102,8 @@ def run(args) -> int:
                      'width': args.probe_channels or base['probe_channels'],
                      'separable': args.probe_separable or base['probe_separable']}
     result = Trainer(cfg, resume=args.resume).run()
+    if int(os.environ.get('RANK', '0')) != 0:
+        return 0  # under torchrun only rank 0 validates, saves and reports
     print(json.dumps(result) if args.json else
           f'done: {result["epochs"]} epochs, best val mIoU {result["best_val_miou"]:.4f}, '
           f'bundle {result["bundle"]}')

@@ -219,12 +219,12 @@ class Trainer:
             self.model.freeze_base_for_probes()
             params = list(self.model.probes.parameters())
         else:
+            # Base and entropy stages train the segmentation network only; the probes
+            # (trained in their own stage) stay frozen, so DDP sees no unused parameters.
             self.model.train()
-            params = self.model.base_parameters() if cfg.stage == 'entropy' else \
-                list(self.model.parameters())
-            if cfg.stage == 'entropy':
-                for p in self.model.probes.parameters():
-                    p.requires_grad_(False)
+            params = self.model.base_parameters()
+            for p in self.model.probes.parameters():
+                p.requires_grad_(False)
         self.params = params
         if cfg.optimizer == 'sgd':
             self.opt = torch.optim.SGD(params, lr=cfg.lr, momentum=0.9,
