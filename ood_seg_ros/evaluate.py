@@ -286,7 +286,7 @@ def evaluate_bundle(bundle_path, ood_root=None, camvid_root=None, split='test',
         if calibrate_only:
             return {'calibration': calibrate(ev)}
         table = ev.pixel_and_component()
-        result['scores'] = table
+        result['scores'] = dict(table)  # entmax_* rows are added below, not to `table`
         result['ood_set'] = str(ood_root)
         result['frames'] = ev.n
         if ev.semantic_conf is not None and 'miou' not in result:

@@ -118,6 +118,14 @@ def test_evaluator_reports_every_score_and_undefined_meta(bundle, ood_set, tmp_p
     assert any(p.startswith('overlay_') for p in res['plots'])
 
 
+def test_entropy_bundle_rows_and_plots(bundle, ood_set, tmp_path):
+    res = evaluate_bundle(bundle, ood_root=ood_set, entropy_bundle=bundle,
+                          out_dir=tmp_path / 'ev2')
+    for name in ('entmax_entropy', 'entmax_msp', 'entmax_max_logit'):
+        assert res['scores'][name]['ap'] == pytest.approx(res['scores'][name[7:]]['ap'])
+    assert (tmp_path / 'ev2' / 'pr_curve.png').exists()
+
+
 def test_undefined_metrics_are_null_not_zero(bundle, tmp_path):
     root = tmp_path / 'clean'
     (root / 'images').mkdir(parents=True)
