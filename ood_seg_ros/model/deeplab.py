@@ -52,10 +52,10 @@ class ASPP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, List[torch.Tensor],
                                                 torch.Tensor]:
-        """Return (projected ASPP output, the 4 branch outputs, the pooled feature map)."""
+        """Return (projected ASPP output, the 4 branch outputs, pooled vector (B, C, 1, 1))."""
         branches = [b(x) for b in self.branches]
-        pooled = self.pool(x.mean((2, 3), keepdim=True)).expand_as(branches[0])
-        out = self.project(torch.cat(branches + [pooled], 1))
+        pooled = self.pool(x.mean((2, 3), keepdim=True))
+        out = self.project(torch.cat(branches + [pooled.expand_as(branches[0])], 1))
         return out, branches, pooled
 
 
@@ -72,9 +72,20 @@ class Probe(nn.Module):
         layers.append(nn.Conv2d(width, n_classes, 1))
         self.net = nn.Sequential(*layers)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits (B, C, h, w) at ASPP resolution."""
-        return self.net(x)
+    def forward(self, branch: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:
+        """
+        Logits (B, C, h, w) at ASPP resolution from an ASPP branch and the pooled vector.
+
+        The first 1x1 conv acts on concat(branch, pooled broadcast); the pooled half is
+        spatially constant, so it is convolved once as a (B, 256, 1, 1) vector and added
+        (identical result, half the cost of that layer).
+        """
+        w = self.net[0].weight
+        cb = branch.shape[1]
+        y = F.conv2d(branch, w[:, :cb]) + F.conv2d(pooled, w[:, cb:])
+        for layer in list(self.net)[1:]:
+            y = layer(y)
+        return y
 
 
 class OodSegNet(nn.Module):
@@ -176,7 +187,8 @@ class OodSegNet(nn.Module):
         probe_logits = []
         if with_probes:
             for probe, branch in zip(self.probes, branches):
-                probe_logits.append(probe(torch.cat([branch, pooled], 1).detach()))
+                # Probe inputs are detached: probes never send gradient into the base.
+                probe_logits.append(probe(branch.detach(), pooled.detach()))
         return logits, psi, probe_logits
 
     def forward_train(self, x: torch.Tensor, with_probes: bool = True):
