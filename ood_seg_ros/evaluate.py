@@ -278,6 +278,10 @@ def evaluate_bundle(bundle_path, ood_root=None, camvid_root=None, split='test',
         result['camvid'] = camvid_miou(bundle_path, camvid_root, split, device, limit)
         result['miou'] = result['camvid']['miou']
         result['per_class'] = result['camvid']['per_class']
+        if entropy_bundle:
+            ent = camvid_miou(entropy_bundle, camvid_root, split, device, limit)
+            result['entmax_camvid'] = {'miou': ent['miou'], 'per_class': ent['per_class'],
+                                       'miou_change': ent['miou'] - result['miou']}
     if ood_root:
         ds = OodDataset(ood_root)
         pipe = Pipeline.from_bundle(bundle_path, backend='torch', device=device,
@@ -303,8 +307,7 @@ def evaluate_bundle(bundle_path, ood_root=None, camvid_root=None, split='test',
             epipe = Pipeline.from_bundle(entropy_bundle, backend='torch', device=device,
                                          all_scores=True, **_score_kw(entropy_bundle))
             eev = OodEvaluation(epipe, ds, limit, progress)
-            etab = eev.pixel_and_component(('entropy', 'msp', 'max_logit'))
-            for k, v in etab.items():
+            for k, v in eev.pixel_and_component().items():
                 result['scores'][f'entmax_{k}'] = v
         if out_dir:
             result['plots'] = write_plots(ev, table, Path(out_dir))

@@ -121,7 +121,8 @@ def test_evaluator_reports_every_score_and_undefined_meta(bundle, ood_set, tmp_p
 def test_entropy_bundle_rows_and_plots(bundle, ood_set, tmp_path):
     res = evaluate_bundle(bundle, ood_root=ood_set, entropy_bundle=bundle,
                           out_dir=tmp_path / 'ev2')
-    for name in ('entmax_entropy', 'entmax_msp', 'entmax_max_logit'):
+    for name in ('entmax_entropy', 'entmax_msp', 'entmax_max_logit', 'entmax_moose_mi',
+                 'entmax_pgn_uni_p0.5'):
         assert res['scores'][name]['ap'] == pytest.approx(res['scores'][name[7:]]['ap'])
     assert (tmp_path / 'ev2' / 'pr_curve.png').exists()
 
