@@ -13,6 +13,7 @@ from pathlib import Path
 import sys
 
 import cv2
+from model_helpers import lively
 import numpy as np
 from ood_seg_ros.errors import OodSegError
 from ood_seg_ros.model import ModelConfig, OodSegNet, save_bundle
@@ -23,7 +24,6 @@ from ood_seg_ros.runtime.onnxruntime_backend import OnnxRuntimeBackend
 from ood_seg_ros.runtime.torch_backend import TorchBackend
 import pytest
 import torch
-from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
 CAMVID = ROOT.parent / 'shared' / 'data' / 'camvid' / 'test' / 'images'
@@ -35,22 +35,6 @@ RUNTIME = {'heatmap_score': 'moose_entropy', 'normalisation': {'moose_entropy': 
            'segment_threshold': 0.5, 'min_segment_px': 16,
            'meta_pgn_names': ['pgn_uni_p0.5', 'pgn_oh_p1']}
 HAS_TRT = importlib.util.find_spec('tensorrt') is not None
-
-
-def lively(model, seed=0):
-    """He-initialise every conv (and small BN biases) so activations stay O(1)."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.Conv2d):
-                fan_in = m.weight[0].numel()
-                m.weight.copy_(torch.randn(m.weight.shape, generator=g) * (2.0 / fan_in) ** 0.5)
-                if m.bias is not None:
-                    m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.5)
-            elif isinstance(m, nn.BatchNorm2d):
-                m.weight.fill_(1.0)
-                m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.1)
-    return model
 
 
 def frame(size, index=0):

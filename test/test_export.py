@@ -18,6 +18,7 @@ import os
 from pathlib import Path
 
 import cv2
+from model_helpers import lively
 import numpy as np
 import onnx
 from onnx import helper, TensorProto
@@ -27,7 +28,6 @@ from ood_seg_ros.model import ModelConfig, OodSegNet, save_bundle
 from ood_seg_ros.scores import ALL_SCORES
 import pytest
 import torch
-from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
 CAMVID = ROOT.parent / 'shared' / 'data' / 'camvid' / 'test' / 'images'
@@ -47,22 +47,6 @@ def tolerance(name):
     if name.endswith('_p0.3'):
         return 0.0, 5e-4
     return 1e-5, 5e-5
-
-
-def lively(model, seed=0):
-    """He-initialise every conv (and small BN biases) so activations stay O(1)."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.Conv2d):
-                fan_in = m.weight[0].numel()
-                m.weight.copy_(torch.randn(m.weight.shape, generator=g) * (2.0 / fan_in) ** 0.5)
-                if m.bias is not None:
-                    m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.5)
-            elif isinstance(m, nn.BatchNorm2d):
-                m.weight.fill_(1.0)
-                m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.1)
-    return model
 
 
 def frames(size, n=2):

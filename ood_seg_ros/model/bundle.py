@@ -18,6 +18,7 @@ from typing import Optional
 
 import torch
 
+from .backbone import check_state
 from .config import ModelConfig
 from .deeplab import OodSegNet
 from ..errors import OodSegError
@@ -97,26 +98,11 @@ def load_bundle(path, outputs=None, device='cpu') -> Bundle:
         raise OodSegError(f'model bundle {path} has no {WEIGHTS}') from None
     except Exception as exc:  # noqa: B902 - corrupt file of any kind
         raise OodSegError(f'cannot read {wpath}: {exc}') from exc
-    check_state_matches(model, state, str(wpath))
+    check_state(model, state, str(wpath), 'does not match its config')
     model.load_state_dict({k: v.float() if v.is_floating_point() else v
                            for k, v in state.items()})
     model.eval().to(device)
     return Bundle(path, config, model, doc.get('runtime', {}), doc.get('info', {}))
-
-
-def check_state_matches(model: torch.nn.Module, state: dict, source: str) -> None:
-    """Raise OodSegError when ``state`` does not fit ``model`` key for key, shape for shape."""
-    own = model.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    if missing or unexpected:
-        raise OodSegError(
-            f'{source} does not match its config: {len(missing)} missing tensors '
-            f'(first: {missing[:2]}), {len(unexpected)} unexpected (first: {unexpected[:2]})')
-    for k, v in state.items():
-        if tuple(v.shape) != tuple(own[k].shape):
-            raise OodSegError(f'{source} does not match its config: {k} has shape '
-                              f'{tuple(v.shape)}, config expects {tuple(own[k].shape)}')
 
 
 def build_model(config: ModelConfig, imagenet: bool = True) -> OodSegNet:
