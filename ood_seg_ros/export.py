@@ -80,10 +80,11 @@ def outputs_tag(outputs: Sequence[str], opset: int = DEFAULT_OPSET) -> str:
 def default_onnx_path(bundle_path, outputs: Sequence[str], input_size: Tuple[int, int],
                       fp16: bool = False, opset: int = DEFAULT_OPSET,
                       dynamic: bool = False) -> Path:
-    """``<bundle>/derived/model_<outputs hash>_<H>x<W>|dyn_<fp32|fp16>.onnx``."""
+    """``<derived>/model_<outputs hash>_<H>x<W>|dyn_<fp32|fp16>.onnx`` (see derived_dir)."""
+    from .model.bundle import derived_dir
     size = 'dyn' if dynamic else f'{int(input_size[0])}x{int(input_size[1])}'
     name = f'model_{outputs_tag(outputs, opset)}_{size}_{"fp16" if fp16 else "fp32"}.onnx'
-    return Path(bundle_path) / 'derived' / name
+    return derived_dir(bundle_path) / name
 
 
 def bundle_mtime(bundle_path) -> float:

@@ -168,3 +168,17 @@ def test_missing_label_names_the_file(bundle, tmp_path):
     cv2.imwrite(str(root / 'images' / 'lonely.png'), np.zeros((H, W, 3), np.uint8))
     with pytest.raises(OodSegError, match='lonely'):
         evaluate_bundle(bundle, ood_root=root)
+
+
+def test_derived_artefacts_go_to_a_user_cache_for_read_only_bundles(bundle, tmp_path,
+                                                                    monkeypatch):
+    import os
+    from ood_seg_ros.model.bundle import derived_dir
+    assert derived_dir(bundle) == bundle.resolve() / 'derived'
+    monkeypatch.setenv('XDG_CACHE_HOME', str(tmp_path / 'cache'))
+    real_access = os.access
+    monkeypatch.setattr(os, 'access', lambda p, mode: False if mode == os.W_OK
+                        else real_access(p, mode))
+    d = derived_dir(bundle)
+    assert d.parent.parent == tmp_path / 'cache' / 'ood_seg_ros'
+    assert d.name == 'derived' and d.parent.name.startswith(bundle.name + '-')

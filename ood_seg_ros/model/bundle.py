@@ -49,8 +49,27 @@ class Bundle:
 
     @property
     def derived_dir(self) -> Path:
-        """Folder for generated artefacts (ONNX, engines)."""
-        return Path(self.path) / 'derived'
+        """Folder for generated artefacts (ONNX, engines); see :func:`derived_dir`."""
+        return derived_dir(self.path)
+
+
+def derived_dir(bundle_path) -> Path:
+    """
+    Return the folder for a bundle's generated artefacts (ONNX graphs, TensorRT engines).
+
+    ``<bundle>/derived`` when the bundle folder is writable; otherwise (a bundle installed
+    read-only, e.g. under /opt/ros) a per-user cache:
+    ``$XDG_CACHE_HOME/ood_seg_ros/<bundle name>-<hash of its path>/derived``.
+    """
+    import hashlib
+    import os
+    bundle_path = Path(bundle_path).resolve()
+    local = bundle_path / 'derived'
+    if os.access(local if local.exists() else bundle_path, os.W_OK):
+        return local
+    cache = Path(os.environ.get('XDG_CACHE_HOME') or Path.home() / '.cache')
+    tag = hashlib.sha1(str(bundle_path).encode()).hexdigest()[:10]
+    return cache / 'ood_seg_ros' / f'{bundle_path.name}-{tag}' / 'derived'
 
 
 def save_bundle(path, model: OodSegNet, runtime: dict = None, info: dict = None,

@@ -27,6 +27,7 @@ from .base import Backend
 from .engine_cache import engine_file_name, engine_key, file_sha256, plan_engine, \
     write_sidecar
 from ..errors import OodSegError
+from ..model.bundle import derived_dir
 
 LOG = logging.getLogger(__name__)
 INSTALL_HINT = ('TensorRT is not installed: pip install tensorrt (x86_64, CUDA 12), or on '
@@ -208,7 +209,7 @@ class TensorRTBackend(Backend):
         key = engine_key(file_sha256(onnx_path), self.precision, self.input_size,
                          torch.cuda.get_device_name(), torch.cuda.get_device_capability(),
                          trt.__version__)
-        cache = Path(bundle_path) / 'derived' / 'engines'
+        cache = derived_dir(bundle_path) / 'engines'
         self.engine_path = Path(engine_path) if engine_path else cache / engine_file_name(key)
         action, reason = plan_engine(self.engine_path, key, force_engine_update, rebuild)
         if action == 'build':
