@@ -94,7 +94,7 @@ PARAMETERS = {
     'fp16': (False, _B, True, 'half precision (CUDA backends)'),
     'engine_path': ('', _S, True, 'TensorRT engine file; empty: cached in the bundle'),
     'force_engine_update': (False, _B, True, 'rebuild the TensorRT engine at start'),
-    'cuda_graphs': (False, _B, True, 'torch backend on CUDA: replay a CUDA graph'),
+    'cuda_graphs': (True, _B, True, 'torch backend on CUDA: replay a CUDA graph'),
     'threads': (0, _I, True, 'CPU threads for the torch backend; 0: library default'),
     'all_scores': (False, _B, True, 'compute every score so heatmap_score switches '
                    'instantly (slower per frame)'),
