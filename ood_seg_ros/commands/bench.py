@@ -48,6 +48,8 @@ def add_arguments(parser):
                         help='on CUDA: replay captured CUDA graphs (model and torch backend)')
     parser.add_argument('--compile-scores', action='store_true',
                         help='fuse the score head with torch.compile (model and torch backend)')
+    parser.add_argument('--compile-model', action='store_true',
+                        help='network timing: torch.compile the whole network (both variants)')
     parser.add_argument('--node', action='store_true',
                         help='time input->output latency through the ROS 2 node')
     parser.add_argument('--json', action='store_true', help='print one JSON object')
@@ -64,7 +66,7 @@ def default_bundle_path():
 
 
 def bench_model(bundle_path, device, height, width, fp16, runs, warmup,
-                cuda_graphs=False, compile_scores=False):
+                cuda_graphs=False, compile_scores=False, compile_model=False):
     """
     Interleaved plain vs full network timing with PyTorch; returns a dict.
 
@@ -84,10 +86,11 @@ def bench_model(bundle_path, device, height, width, fp16, runs, warmup,
         model.compile_scores()
     x = torch.rand(1, 3, height, width, device=device, dtype=dtype)
     variants = {'plain': ['semantic'], 'full': ['probs'] + list(ALL_SCORES)}
+    fn = torch.compile(model) if compile_model else model
     runners = {}
     with torch.inference_mode():
         for name, outputs in variants.items():
-            runners[name] = _runner(model, outputs, x, cuda_graphs and device == 'cuda')
+            runners[name] = _runner(model, fn, outputs, x, cuda_graphs and device == 'cuda')
 
     def once(name):
         if device == 'cuda':
@@ -113,6 +116,7 @@ def bench_model(bundle_path, device, height, width, fp16, runs, warmup,
     res['overhead'] = round(res['full_ms'] / res['plain_ms'], 4)
     res['model_cuda_graphs'] = bool(cuda_graphs and device == 'cuda')
     res['model_compile_scores'] = bool(compile_scores)
+    res['model_compiled'] = bool(compile_model)
     res['params'] = sum(p.numel() for p in model.parameters())
     res['params_base'] = sum(p.numel() for p in model.base_parameters())
     if device == 'cuda':
@@ -120,13 +124,13 @@ def bench_model(bundle_path, device, height, width, fp16, runs, warmup,
     return res
 
 
-def _runner(model, outputs, x, cuda_graphs):
-    """Return a no-argument callable running ``model`` with ``outputs`` (maybe graphed)."""
+def _runner(model, fn, outputs, x, cuda_graphs):
+    """Return a no-argument callable running ``fn`` (``model`` or its compiled form)."""
     import torch
 
     def eager():
         model.set_outputs(outputs)
-        return model(x)
+        return fn(x)
 
     if not cuda_graphs:
         return eager
@@ -135,11 +139,11 @@ def _runner(model, outputs, x, cuda_graphs):
     stream.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(stream):
         for _ in range(3):
-            model(x)
+            fn(x)
     torch.cuda.current_stream().wait_stream(stream)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
-        static_out = model(x)
+        static_out = fn(x)
 
     def replay():
         graph.replay()
@@ -247,7 +251,7 @@ def run(args) -> int:
     if not args.skip_model:
         res.update(bench_model(bundle, args.device, args.height, args.width, args.fp16,
                                args.runs, args.warmup, args.cuda_graphs,
-                               args.compile_scores))
+                               args.compile_scores, args.compile_model))
     if args.postprocess or args.backend:
         from ..pipeline import Pipeline
         be = args.backend or 'torch'
