@@ -17,7 +17,7 @@ import numpy as np
 
 from . import metrics as M
 from .errors import OodSegError
-from .pipeline import normalise, Pipeline, upsample_map
+from .pipeline import normalise, Pipeline, upsample_map, usable_score
 from .scores import ALL_SCORES
 
 # Pixel-metric bins: enough for |AP_binned - AP_exact| < 1e-3 (see metrics.py).
@@ -318,13 +318,9 @@ def evaluate_bundle(bundle_path, ood_root=None, camvid_root=None, split='test',
 
 
 def _score_kw(bundle_path) -> Dict:
-    """Pick a score the bundle can normalise (uncalibrated bundles: moose_entropy)."""
+    """Keyword arguments choosing a score the bundle can normalise (see usable_score)."""
     from .model.bundle import read_bundle_json
-    rt = read_bundle_json(bundle_path).get('runtime', {})
-    score = rt.get('heatmap_score')
-    if score and score in rt.get('normalisation', {}):
-        return {}
-    return {'score': 'moose_entropy'}
+    return {'score': usable_score(read_bundle_json(bundle_path).get('runtime', {}))}
 
 
 def update_bundle_runtime(bundle_path, updates: Dict) -> None:

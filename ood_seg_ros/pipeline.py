@@ -92,6 +92,19 @@ def check_frame(frame, max_pixels: int = MAX_FRAME_PIXELS) -> None:
                           f'{max_pixels} pixel limit')
 
 
+def usable_score(runtime: dict) -> str:
+    """
+    Return the bundle's heatmap score if it has normalisation constants, else moose_entropy.
+
+    An uncalibrated bundle (no ``ood-seg eval --calibrate`` yet) can still run with a
+    score whose bounds are natural ([0, log C]).
+    """
+    score = (runtime or {}).get('heatmap_score')
+    if score and score in (runtime or {}).get('normalisation', {}):
+        return score
+    return 'moose_entropy'
+
+
 class Pipeline:
     """Frame -> FrameResult with one backend, one heatmap score and one meta classifier."""
 

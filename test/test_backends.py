@@ -47,13 +47,7 @@ def frame(size, index=0):
     return np.random.default_rng(index).integers(0, 256, (h, w, 3), dtype=np.uint8)
 
 
-@pytest.fixture(scope='module', autouse=True)
-def one_torch_thread():
-    """One torch thread: small inputs, and no spin-wait stalls on a shared 2-core CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures('one_torch_thread')
 
 
 @pytest.fixture(scope='module')

@@ -65,13 +65,7 @@ def to_tensor(img):
     return torch.from_numpy(img).permute(2, 0, 1).unsqueeze(0).float() / 255.0
 
 
-@pytest.fixture(scope='module', autouse=True)
-def one_torch_thread():
-    """One torch thread: small inputs, and no spin-wait stalls on a shared 2-core CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures('one_torch_thread')
 
 
 @pytest.fixture(scope='module')

@@ -20,7 +20,7 @@ SMALL = {'output_stride': 16, 'input_size': (96, 128), 'aspp_channels': 32,
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
+def _two_threads():
     prev = torch.get_num_threads()
     torch.set_num_threads(2)
     yield

@@ -59,12 +59,6 @@ def _median_ms(samples):
     return round(statistics.median(samples) * 1e3, 3)
 
 
-def default_bundle_path():
-    """Return the bundle shipped with the package (source tree or installed share/)."""
-    from ..model.bundle import default_bundle_path as path
-    return path()
-
-
 def bench_model(bundle_path, device, height, width, fp16, runs, warmup,
                 cuda_graphs=False, compile_scores=False, compile_model=False):
     """
@@ -237,6 +231,7 @@ def run(args) -> int:
     import resource
     import torch
     from ..errors import OodSegError
+    from ..model.bundle import default_bundle_path
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.device == 'cuda' and not torch.cuda.is_available():
@@ -261,10 +256,8 @@ def run(args) -> int:
         if bundle is None:
             raise OodSegError('post-processing and end-to-end benchmarks need a bundle')
         from ..model.bundle import read_bundle_json
-        runtime = read_bundle_json(bundle).get('runtime', {})
-        score = runtime.get('heatmap_score')
-        if score not in runtime.get('normalisation', {}):
-            score = 'moose_entropy'  # an uncalibrated bundle: a score with natural bounds
+        from ..pipeline import usable_score
+        score = usable_score(read_bundle_json(bundle).get('runtime', {}))
         if args.model_input == 'frame':
             opts['input_size'] = (args.height, args.width)
         pipe = Pipeline.from_bundle(bundle, backend=be, device=args.device, fp16=args.fp16,

@@ -24,16 +24,22 @@ IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png')
 SPLITS = ('train', 'val', 'test')
 
 
-def read_rgb(path) -> np.ndarray:
-    """Read an image file as RGB uint8 (H, W, 3); raise OodSegError if unreadable."""
-    path = Path(path)
+def _decode(path: Path, flags: int, what: str) -> np.ndarray:
+    """Read and decode an image file; OodSegError naming ``what`` and the file otherwise."""
     try:
         data = np.fromfile(str(path), dtype=np.uint8)
     except OSError as exc:
-        raise OodSegError(f'cannot read image {path}: {exc.strerror or exc}') from None
-    bgr = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
-    if bgr is None:
-        raise OodSegError(f'cannot decode image {path}: not a valid image file')
+        raise OodSegError(f'cannot read {what} {path}: {exc.strerror or exc}') from None
+    img = cv2.imdecode(data, flags) if data.size else None
+    if img is None:
+        raise OodSegError(f'cannot decode {what} {path}: not a valid image file')
+    return img
+
+
+def read_rgb(path) -> np.ndarray:
+    """Read an image file as RGB uint8 (H, W, 3); raise OodSegError if unreadable."""
+    path = Path(path)
+    bgr = _decode(path, cv2.IMREAD_COLOR, 'image')
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
@@ -44,13 +50,7 @@ def read_gray(path) -> np.ndarray:
     A 3-channel file whose channels are identical is accepted (channel 0 is used).
     """
     path = Path(path)
-    try:
-        data = np.fromfile(str(path), dtype=np.uint8)
-    except OSError as exc:
-        raise OodSegError(f'cannot read label {path}: {exc.strerror or exc}') from None
-    img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
-    if img is None:
-        raise OodSegError(f'cannot decode label {path}: not a valid image file')
+    img = _decode(path, cv2.IMREAD_UNCHANGED, 'label')
     if img.dtype != np.uint8:
         raise OodSegError(f'label {path} has dtype {img.dtype}, expected 8-bit')
     if img.ndim == 3:

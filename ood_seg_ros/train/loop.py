@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from .augment import augment_batch, IGNORE, to_input
 from ..errors import OodSegError
+from ..metrics import miou
 from ..model import build_model, load_bundle, ModelConfig, save_bundle
 
 
@@ -85,15 +86,6 @@ def confusion(pred: torch.Tensor, gt: torch.Tensor, n: int) -> torch.Tensor:
     return torch.bincount(idx, minlength=n * n).reshape(n, n)
 
 
-def iou_from_confusion(conf: np.ndarray) -> np.ndarray:
-    """Per-class IoU; NaN where a class is absent from both prediction and truth."""
-    conf = conf.astype(np.float64)
-    tp = np.diag(conf)
-    denom = conf.sum(0) + conf.sum(1) - tp
-    with np.errstate(invalid='ignore', divide='ignore'):
-        return np.where(denom > 0, tp / denom, np.nan)
-
-
 @torch.no_grad()
 def evaluate_miou(model, images: torch.Tensor, labels: torch.Tensor, n_classes: int,
                   batch_size: int = 8, probes: bool = True) -> Dict:
@@ -116,7 +108,7 @@ def evaluate_miou(model, images: torch.Tensor, labels: torch.Tensor, n_classes: 
         model.train()
     out = {}
     for h, c in confs.items():
-        iou = iou_from_confusion(c.cpu().numpy())
+        iou = miou(c.cpu().numpy())['iou']
         out[h] = {'miou': float(np.nanmean(iou)), 'per_class': iou.tolist()}
     return out
 
