@@ -13,6 +13,7 @@ COMMANDS = {
     'train-probes': 'train',
     'train-entropy': 'train',
     'train-meta': 'train_meta',
+    'sml-stats': 'sml_stats',
     'eval': 'evaluate',
     'export': 'export',
     'make-ood-set': 'make_ood_set',

@@ -11,13 +11,13 @@ numbers describe exactly what the node publishes.
 import json
 import math
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
 from . import metrics as M
 from .errors import OodSegError
-from .pipeline import normalise, Pipeline, upsample_map, usable_score
+from .pipeline import normalise, Pipeline, size_key, upsample_map, usable_score
 from .scores import ALL_SCORES
 
 # Pixel-metric bins: enough for |AP_binned - AP_exact| < 1e-3 (see metrics.py).
@@ -66,6 +66,33 @@ def camvid_miou(bundle_path, camvid_root, split: str = 'test', device: str = 'cp
     return out
 
 
+def id_false_detections(bundle_path, camvid_root, split='test', device='cpu', limit=0,
+                        input_size=None, geometry='letterbox') -> Dict:
+    """
+    Count OoD segments per in-distribution CamVid frame, before and after meta filtering.
+
+    CamVid holds no anomaly, so every segment the node would publish is a false detection.
+    """
+    from .data.camvid import list_pairs, read_rgb
+    pipe = Pipeline.from_bundle(bundle_path, backend='torch', device=device,
+                                input_size=input_size, geometry=geometry,
+                                **_score_kw(bundle_path))
+    pairs = list_pairs(camvid_root, split)
+    if limit:
+        pairs = pairs[:limit]
+    found = kept = frames_with = 0
+    for img_path, _ in pairs:
+        res = pipe.process(read_rgb(img_path))
+        found += len(res.segments)
+        k = sum(s.kept for s in res.segments)
+        kept += k
+        frames_with += int(k > 0)
+    n = max(len(pairs), 1)
+    return {'frames': len(pairs), 'heatmap_score': pipe.score_name,
+            'segment_threshold': pipe.threshold, 'segments_per_frame': found / n,
+            'kept_per_frame': kept / n, 'frames_with_kept': frames_with / n}
+
+
 class OodEvaluation:
     """Runs a pipeline (all scores) over an OoD dataset and collects everything once."""
 
@@ -99,8 +126,9 @@ class OodEvaluation:
         """Score ``name`` of frame ``i`` upsampled to its label size."""
         return upsample_map(self.low_maps[i][name], self.labels[i].shape)
 
-    def pixel_and_component(self, scores=ALL_SCORES) -> Dict[str, Dict]:
-        """Per score: AP, FPR95, AUROC and component sIoU / PPV / mean F1."""
+    def pixel_and_component(self, scores=ALL_SCORES, components: bool = True
+                            ) -> Dict[str, Dict]:
+        """Per score: AP, FPR95, AUROC and (``components``) sIoU / PPV / mean F1."""
         table = {}
         for name in scores:
             if name not in self.low_maps[0]:
@@ -114,7 +142,9 @@ class OodEvaluation:
                      'best_f1_threshold': thr}
             if 'undefined' in pix:
                 entry['undefined'] = pix['undefined']
-            if np.isfinite(thr):
+            if not components:
+                pass
+            elif np.isfinite(thr):
                 comp = M.component_metrics(
                     (self.score_map(i, name) for i in range(self.n)),
                     iter(self.labels[:self.n]), thr, track='anomaly')
@@ -161,30 +191,104 @@ class OodEvaluation:
                 np.concatenate(groups), per_frame)
 
 
-def calibrate(evaluation: OodEvaluation, percentiles=(1.0, 99.9)) -> Dict:
+def choose_score(tables: Dict[str, Dict[str, Dict]], reference: str = 'msp',
+                 candidates: Optional[Sequence[str]] = None) -> Dict:
     """
-    Choose the heatmap score, its normalisation and the segment threshold (val set).
+    Choose the default heatmap score by the product's rule, over several validation sets.
 
-    Normalisation per score: (lo, hi) = the given percentiles of its values over all
-    valid pixels. Default score: best AP. Segment threshold: its best pixel-F1 threshold
-    mapped to normalised units.
+    ``tables``: set name -> score -> metrics with ``ap``. A score is eligible when its AP
+    is at least the ``reference`` score's (MSP of the same network) on every set; among
+    the eligible, the best worst-case AP wins (ties: the best mean AP). Returns the choice
+    with the per-score worst/mean AP and the eligible list.
     """
-    table = evaluation.pixel_and_component()
-    norms = {}
-    for name in table:
-        vals = np.concatenate([evaluation.low_maps[i][name].ravel()
-                               for i in range(evaluation.n)])
+    sets = list(tables)
+    if not sets:
+        raise OodSegError('score selection needs at least one validation set')
+    names = [n for n in (candidates or tables[sets[0]]) if all(n in tables[s] for s in sets)]
+
+    def ap(s, n):
+        v = tables[s][n]['ap']
+        return float(v) if v is not None and np.isfinite(v) else float('nan')
+
+    if any(not np.isfinite(ap(s, reference)) for s in sets):
+        raise OodSegError('calibration needs OoD and in-distribution pixels in every set')
+    summary = {n: {'worst_ap': min(ap(s, n) for s in sets),
+                   'mean_ap': float(np.mean([ap(s, n) for s in sets])),
+                   'per_set_ap': {s: ap(s, n) for s in sets}} for n in names}
+    eligible = [n for n in names if all(ap(s, n) >= ap(s, reference) for s in sets)]
+    pool = eligible or [reference]
+    best = max(pool, key=lambda n: (summary[n]['worst_ap'], summary[n]['mean_ap']))
+    return {'heatmap_score': best, 'reference': reference, 'eligible': eligible,
+            'summary': summary}
+
+
+def score_normalisation(evaluations: Sequence[OodEvaluation], name: str,
+                        percentiles=(1.0, 99.9)) -> List[float]:
+    """(lo, hi) of a score: the percentiles per set (valid pixels), averaged over sets."""
+    los, his = [], []
+    for ev in evaluations:
+        vals = np.concatenate([ev.low_maps[i][name].ravel() for i in range(ev.n)])
         lo, hi = np.percentile(vals, percentiles)
-        norms[name] = [float(lo), float(hi) if hi > lo else float(lo + 1e-6)]
-    ranked = sorted((v['ap'] for v in table.values() if np.isfinite(v['ap'])), reverse=True)
-    if not ranked:
-        raise OodSegError('calibration needs OoD pixels in the dataset')
-    best = next(k for k, v in table.items() if v['ap'] == ranked[0])
+        los.append(lo)
+        his.append(hi)
+    lo, hi = float(np.mean(los)), float(np.mean(his))
+    return [lo, hi if hi > lo else lo + 1e-6]
+
+
+def calibrate(evaluations, percentiles=(1.0, 99.9), reference: str = 'msp') -> Dict:
+    """
+    Choose the heatmap score, its normalisation and the segment threshold.
+
+    ``evaluations``: one :class:`OodEvaluation` or a dict name -> evaluation, all at the
+    same network input size and on held-out validation data. The score follows
+    :func:`choose_score`; normalisation per score: (lo, hi) = the given percentiles of
+    its values, averaged over the sets; segment threshold: the chosen score's best
+    pixel-F1 threshold per set, in normalised units, averaged over the sets.
+    """
+    if isinstance(evaluations, OodEvaluation):
+        evaluations = {'validation': evaluations}
+    evs = dict(evaluations)
+    tables = {k: ev.pixel_and_component(components=False) for k, ev in evs.items()}
+    choice = choose_score(tables, reference)
+    best = choice['heatmap_score']
+    first = next(iter(evs.values()))
+    names = [n for n in tables[next(iter(tables))] if n in first.low_maps[0]]
+    norms = {n: score_normalisation(list(evs.values()), n, percentiles) for n in names}
     lo, hi = norms[best]
-    thr = table[best]['best_f1_threshold']
-    seg_thr = float(np.clip((thr - lo) / (hi - lo), 0.05, 0.95))
+    thr = [tables[k][best]['best_f1_threshold'] for k in tables]
+    seg = [float(np.clip((t - lo) / (hi - lo), 0.05, 0.95)) for t in thr if np.isfinite(t)]
+    seg_thr = float(np.mean(seg)) if seg else 0.5
+    size = size_key(first.pipeline.input_size)
     return {'heatmap_score': best, 'normalisation': norms, 'segment_threshold': seg_thr,
-            'calibration': {'ap': table[best]['ap'], 'percentiles': list(percentiles)}}
+            'calibrated_size': size,
+            'calibration': {'sets': list(evs), 'input_size': size,
+                            'geometry': first.pipeline.geometry,
+                            'percentiles': list(percentiles), 'rule': (
+                                f'AP >= {reference} on every set, then best worst-case AP'),
+                            'eligible': choice['eligible'],
+                            'ap': {k: tables[k][best]['ap'] for k in tables},
+                            'reference_ap': {k: tables[k][reference]['ap'] for k in tables},
+                            'worst_ap': choice['summary'][best]['worst_ap']}}
+
+
+def calibration_update(runtime: dict, cal: Dict, bundle_size) -> Dict:
+    """
+    Runtime updates for ``bundle.json`` from a :func:`calibrate` result.
+
+    The heatmap score is one per bundle. Normalisation and segment threshold are stored
+    per input size under ``sizes``; at the bundle's own input size they are also the
+    top-level settings.
+    """
+    size = cal['calibrated_size']
+    sizes = dict((runtime or {}).get('sizes') or {})
+    sizes[size] = {'normalisation': cal['normalisation'],
+                   'segment_threshold': cal['segment_threshold'],
+                   'calibration': cal['calibration']}
+    upd = {'heatmap_score': cal['heatmap_score'], 'sizes': sizes}
+    if size == size_key(bundle_size):
+        upd.update({k: cal[k] for k in ('normalisation', 'segment_threshold',
+                                        'calibrated_size', 'calibration')})
+    return upd
 
 
 def meta_effect(evaluation: OodEvaluation, meta, track: str = 'anomaly') -> Dict:
@@ -194,11 +298,12 @@ def meta_effect(evaluation: OodEvaluation, meta, track: str = 'anomaly') -> Dict
     if len(is_fp) == 0:
         res['undefined'] = 'no segments'
         return res
-    p_fp = meta.predict_fp_proba(feats)
+    p_fp = evaluation.pipeline.meta_fp_proba(feats)
     keep = p_fp <= meta.threshold
     res['auroc'] = M.meta_auroc(is_fp.astype(np.uint8), p_fp) \
         if 0 < is_fp.sum() < len(is_fp) else float('nan')
-    res['r2'] = M.r2(iou, meta.predict_iou(feats)) if iou.std() > 0 else float('nan')
+    cols = evaluation.pipeline.meta_columns
+    res['r2'] = M.r2(iou, meta.predict_iou(feats[:, cols])) if iou.std() > 0 else float('nan')
     res['fp_removed'] = float((~keep & is_fp).sum() / max(1, is_fp.sum()))
     res['tp_kept'] = float((keep & ~is_fp).sum() / max(1, (~is_fp).sum()))
     # Component F1 of the segment masks before / after meta classification.
@@ -268,12 +373,27 @@ def overlay_png(rgb: np.ndarray, heat: np.ndarray, path: Path) -> str:
     return Path(path).name
 
 
+def set_name(root) -> str:
+    """Name of a dataset in reports: its folder name."""
+    return Path(root).name
+
+
 def evaluate_bundle(bundle_path, ood_root=None, camvid_root=None, split='test',
                     entropy_bundle=None, out_dir=None, device='cpu', limit=0,
-                    progress=None, calibrate_only=False) -> Dict:
-    """Full evaluation; returns the metrics object (see ``ood-seg eval``)."""
+                    progress=None, calibrate_only=False, input_size=None,
+                    geometry='letterbox') -> Dict:
+    """
+    Full evaluation; returns the metrics object (see ``ood-seg eval``).
+
+    ``ood_root``: one OoD set or a list of them. With one set the result keeps its
+    single-set shape (``scores``, ``heatmap_score``, ``meta``, ...); with several it holds
+    one such object per set under ``sets`` (by folder name), and ``heatmap_score``.
+    ``calibrate_only``: return ``{'calibration': ...}`` chosen over all the sets.
+    """
     from .data.ood_sets import OodDataset
     result: Dict = {'bundle': str(bundle_path)}
+    roots = [] if not ood_root else ([ood_root] if isinstance(ood_root, (str, Path))
+                                     else list(ood_root))
     if camvid_root:
         result['camvid'] = camvid_miou(bundle_path, camvid_root, split, device, limit)
         result['miou'] = result['camvid']['miou']
@@ -282,39 +402,71 @@ def evaluate_bundle(bundle_path, ood_root=None, camvid_root=None, split='test',
             ent = camvid_miou(entropy_bundle, camvid_root, split, device, limit)
             result['entmax_camvid'] = {'miou': ent['miou'], 'per_class': ent['per_class'],
                                        'miou_change': ent['miou'] - result['miou']}
-    if ood_root:
-        ds = OodDataset(ood_root)
-        pipe = Pipeline.from_bundle(bundle_path, backend='torch', device=device,
-                                    all_scores=True, **_score_kw(bundle_path))
-        ev = OodEvaluation(pipe, ds, limit, progress)
-        if calibrate_only:
-            return {'calibration': calibrate(ev)}
-        table = ev.pixel_and_component()
-        result['scores'] = dict(table)  # entmax_* rows are added below, not to `table`
-        result['ood_set'] = str(ood_root)
-        result['frames'] = ev.n
-        if ev.semantic_conf is not None and 'miou' not in result:
-            mi = M.miou(ev.semantic_conf)
-            result['miou'] = mi['miou']
-            result['per_class'] = dict(zip(pipe.class_names, mi['iou']))
-        if pipe.meta is not None:
-            result['meta'] = meta_effect(ev, pipe.meta)
-        else:
-            result['meta'] = {'undefined': 'the bundle has no meta classifier '
-                                           '(ood-seg train-meta)'}
-        result['heatmap_score'] = pipe.score_name
-        if entropy_bundle:
-            epipe = Pipeline.from_bundle(entropy_bundle, backend='torch', device=device,
-                                         all_scores=True, **_score_kw(entropy_bundle))
-            eev = OodEvaluation(epipe, ds, limit, progress)
-            for k, v in eev.pixel_and_component().items():
-                result['scores'][f'entmax_{k}'] = v
-        if out_dir:
-            result['plots'] = write_plots(ev, table, Path(out_dir))
+    if not roots:
+        _write_metrics(result, out_dir)
+        return result
+    names = [set_name(r) for r in roots]
+    if len(set(names)) != len(names):
+        raise OodSegError(f'OoD sets need distinct folder names, got {names}')
+    pipe = Pipeline.from_bundle(bundle_path, backend='torch', device=device,
+                                all_scores=True, input_size=input_size, geometry=geometry,
+                                **_score_kw(bundle_path))
+    evs = {set_name(r): OodEvaluation(pipe, OodDataset(r), limit, progress) for r in roots}
+    if calibrate_only:
+        return {'calibration': calibrate(evs)}
+    epipe = None
+    if entropy_bundle:
+        epipe = Pipeline.from_bundle(entropy_bundle, backend='torch', device=device,
+                                     all_scores=True, input_size=input_size,
+                                     geometry=geometry, **_score_kw(entropy_bundle))
+    per_set = {}
+    for root in roots:
+        name = set_name(root)
+        sub_dir = Path(out_dir) / name if out_dir and len(roots) > 1 else out_dir
+        per_set[name] = _evaluate_set(evs[name], root, pipe, epipe, limit, progress, sub_dir)
+    result['input_size'] = list(pipe.input_size)
+    result['geometry'] = pipe.geometry
+    result['heatmap_score'] = pipe.score_name
+    if len(roots) == 1:
+        only = per_set[names[0]]
+        if 'miou' in result:
+            only.pop('miou', None)
+            only.pop('per_class', None)
+        result.update(only)
+    else:
+        result['sets'] = per_set
+    _write_metrics(result, out_dir)
+    return result
+
+
+def _evaluate_set(ev: OodEvaluation, root, pipe: Pipeline, epipe: Optional[Pipeline],
+                  limit, progress, out_dir) -> Dict:
+    """Metrics of one OoD set: every score, meta classification, entmax rows, plots."""
+    table = ev.pixel_and_component()
+    res: Dict = {'scores': dict(table), 'ood_set': set_name(root), 'frames': ev.n}
+    if ev.semantic_conf is not None:
+        mi = M.miou(ev.semantic_conf)
+        res['miou'] = mi['miou']
+        res['per_class'] = dict(zip(pipe.class_names, mi['iou']))
+    if pipe.meta is not None:
+        res['meta'] = meta_effect(ev, pipe.meta)
+    else:
+        res['meta'] = {'undefined': 'the bundle has no meta classifier (ood-seg train-meta)'}
+    res['heatmap_score'] = pipe.score_name
+    if epipe is not None:
+        from .data.ood_sets import OodDataset
+        eev = OodEvaluation(epipe, OodDataset(root), limit, progress)
+        for k, v in eev.pixel_and_component().items():
+            res['scores'][f'entmax_{k}'] = v
+    if out_dir:
+        res['plots'] = write_plots(ev, table, Path(out_dir))
+    return res
+
+
+def _write_metrics(result: Dict, out_dir) -> None:
     if out_dir:
         Path(out_dir).mkdir(parents=True, exist_ok=True)
         (Path(out_dir) / 'metrics.json').write_text(to_json(result) + '\n')
-    return result
 
 
 def _score_kw(bundle_path) -> Dict:
@@ -342,16 +494,19 @@ def table_text(result: Dict) -> str:
             lines.append(f'  {k:<12} {100 * v:6.2f}' if v == v else f'  {k:<12}    n/a')
         for k, v in c['probes'].items():
             lines.append(f'  {k}: mIoU {100 * v["miou"]:.2f} %')
-    if 'scores' in result:
-        lines.append(f'{"score":<18} {"AP":>6} {"FPR95":>6} {"AUROC":>6} {"sIoU":>6} '
+    sets = result.get('sets') or ({result['ood_set']: result} if 'scores' in result else {})
+    for name, res in sets.items():
+        lines.append(f'OoD set {name} ({res["frames"]} frames), heatmap score '
+                     f'{res.get("heatmap_score", "")}')
+        lines.append(f'{"score":<22} {"AP":>6} {"FPR95":>6} {"AUROC":>6} {"sIoU":>6} '
                      f'{"PPV":>6} {"F1":>6}')
-        for k, v in sorted(result['scores'].items(), key=lambda kv: -_f(kv[1]['ap'])):
-            lines.append(f'{k:<18} ' + ' '.join(
-                f'{_f(v[m]):6.3f}' for m in ('ap', 'fpr95', 'auroc', 'siou', 'ppv',
-                                             'f1_mean')))
-    if 'meta' in result:
-        lines.append('meta: ' + ', '.join(f'{k} {v:.3f}' if isinstance(v, float) else
-                                          f'{k} {v}' for k, v in result['meta'].items()))
+        for k, v in sorted(res['scores'].items(), key=lambda kv: -_f(kv[1]['ap'])):
+            lines.append(f'{k:<22} ' + ' '.join(
+                f'{_f(v.get(m)):6.3f}' for m in ('ap', 'fpr95', 'auroc', 'siou', 'ppv',
+                                                 'f1_mean')))
+        if 'meta' in res:
+            lines.append('meta: ' + ', '.join(f'{k} {v:.3f}' if isinstance(v, float) else
+                                              f'{k} {v}' for k, v in res['meta'].items()))
     return '\n'.join(lines)
 
 
@@ -360,11 +515,30 @@ def _f(v) -> float:
 
 
 def load_meta_dataset(bundle_path, ood_root, device='cpu', limit=0, progress=None,
-                      pipeline: Optional[Pipeline] = None):
-    """Segment features / targets on an OoD set for meta classifier training."""
+                      pipeline: Optional[Pipeline] = None, input_size=None,
+                      geometry='letterbox'):
+    """
+    Segment features / targets on one or several OoD sets for meta classifier training.
+
+    Returns (pipeline, features, is_fp, iou, groups, set_of_segment): ``groups`` are image
+    ids unique across the sets (for grouped cross-validation), ``set_of_segment`` the set
+    name of every segment.
+    """
     from .data.ood_sets import OodDataset
+    roots = [ood_root] if isinstance(ood_root, (str, Path)) else list(ood_root)
     pipe = pipeline or Pipeline.from_bundle(bundle_path, backend='torch', device=device,
-                                            all_scores=True, **_score_kw(bundle_path))
-    ev = OodEvaluation(pipe, OodDataset(ood_root), limit, progress)
-    feats, is_fp, iou, groups, _ = ev.segment_records()
-    return pipe, feats, is_fp, iou, groups
+                                            input_size=input_size, geometry=geometry,
+                                            **_score_kw(bundle_path))
+    feats, is_fp, iou, groups, sets = [], [], [], [], []
+    offset = 0
+    for root in roots:
+        ev = OodEvaluation(pipe, OodDataset(root), limit, progress)
+        f, fp, io, g, _ = ev.segment_records()
+        feats.append(f)
+        is_fp.append(fp)
+        iou.append(io)
+        groups.append(g + offset)
+        sets.append(np.full(len(fp), set_name(root), dtype=object))
+        offset += ev.n
+    return (pipe, np.concatenate(feats), np.concatenate(is_fp), np.concatenate(iou),
+            np.concatenate(groups), np.concatenate(sets))

@@ -210,9 +210,9 @@ def group_folds(groups, n_splits, seed=0):
     return folds
 
 
-def _fit_models(X, y_fp, iou):
+def _fit_models(X, y_fp, iou, C=1.0):
     """
-    Fit scaler + logistic regression + linear regression; return the parameters.
+    Fit scaler + logistic regression (L2, ``C``) + linear regression; return the parameters.
 
     One-class training data gives a constant classifier (coef 0, intercept = smoothed
     log prior odds); iou None gives a zero regression.
@@ -228,7 +228,7 @@ def _fit_models(X, y_fp, iou):
         coef = np.zeros(X.shape[1])
         intercept = math.log((n_fp + 0.5) / (n_tp + 0.5))
     else:
-        clf = LogisticRegression(C=1.0, max_iter=_MAX_ITER).fit(Xs, y_fp)
+        clf = LogisticRegression(C=float(C), max_iter=_MAX_ITER).fit(Xs, y_fp)
         coef = clf.coef_[0]
         intercept = float(clf.intercept_[0])
     if iou is None:
@@ -240,7 +240,7 @@ def _fit_models(X, y_fp, iou):
 
 
 def fit_meta(features, is_false_positive, iou, feature_names, groups, n_splits=5,
-             threshold=0.5, seed=0, target_tp_kept=None):
+             threshold=0.5, seed=0, target_tp_kept=None, C=1.0):
     """
     Evaluate the meta classifier by grouped K-fold, then fit it on all segments.
 
@@ -317,7 +317,7 @@ def fit_meta(features, is_false_positive, iou, feature_names, groups, n_splits=5
             tr = folds != f
             te = ~tr
             clf = MetaClassifier(names, *_fit_models(X[tr], y[tr],
-                                                     None if t is None else t[tr]),
+                                                     None if t is None else t[tr], C),
                                  threshold=threshold)
             p_oof[te] = clf.predict_fp_proba(X[te])
             iou_oof[te] = clf.predict_iou(X[te], clip=False)
@@ -340,6 +340,45 @@ def fit_meta(features, is_false_positive, iou, feature_names, groups, n_splits=5
             else:
                 warn.append('iou is constant: R^2 undefined')
 
-    clf = MetaClassifier(names, *_fit_models(X, y, t), threshold=threshold,
+    report['C'] = float(C)
+    clf = MetaClassifier(names, *_fit_models(X, y, t, C), threshold=threshold,
                          info={'cv': report})
     return clf, report
+
+
+# Features that describe the training domain rather than the segment's uncertainty:
+# class probabilities, neighbourhood classes and image position. ``transfer`` drops them.
+DOMAIN_FEATURE_PREFIXES = ('prob_c', 'nbr_c', 'centroid_')
+FEATURE_SETS = ('all', 'transfer')
+
+
+def select_features(names, feature_set: str):
+    """Column indices and names of a feature set ('all' or 'transfer')."""
+    if feature_set not in FEATURE_SETS:
+        raise OodSegError(f'unknown feature set {feature_set!r}; use {FEATURE_SETS}')
+    idx = [i for i, n in enumerate(names)
+           if feature_set == 'all' or not str(n).startswith(DOMAIN_FEATURE_PREFIXES)]
+    return idx, [names[i] for i in idx]
+
+
+def transfer_auroc(features, is_false_positive, sets, C=1.0):
+    """
+    Leave-one-set-out AUROC: fit on all sets but one, score the held-out set.
+
+    Returns {held-out set: AUROC or None (one class)}; shows whether features transfer
+    between datasets, which grouped K-fold inside one set cannot.
+    """
+    from sklearn.metrics import roc_auc_score
+    X = np.asarray(features, dtype=np.float64)
+    y = np.asarray(is_false_positive).astype(bool)
+    sets = np.asarray(sets)
+    out = {}
+    for held in sorted(set(sets.tolist())):
+        tr, te = sets != held, sets == held
+        if len(set(y[tr].tolist())) < 2 or len(set(y[te].tolist())) < 2:
+            out[held] = None
+            continue
+        params = _fit_models(X[tr], y[tr], None, C)
+        clf = MetaClassifier([f'f{i}' for i in range(X.shape[1])], *params)
+        out[held] = float(roc_auc_score(y[te], clf.predict_fp_proba(X[te])))
+    return out

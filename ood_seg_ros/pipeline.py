@@ -3,12 +3,14 @@ Per-frame processing, ROS-free: numpy frame in, :class:`FrameResult` out.
 
 Steps (one implementation, shared by the node, the evaluator and bag replay):
 
-1. preprocess: resize the RGB frame to the model input size (bilinear, aspect ratio
-   not kept: the network was trained on full frames of the same camera);
+1. preprocess: fit the RGB frame into the model input size keeping its aspect
+   (:class:`Letterbox`: scaled, placed top-left, the rest filled by mirroring the frame);
+   ``geometry='stretch'`` resizes to the input size instead;
 2. backend: the network graph returns ``semantic`` at input size and ``probs`` plus the
-   score maps at decoder resolution (stride 4);
-3. heatmap: the chosen score, normalised to [0, 1] with the bundle's constants
-   (``(s - lo) / (hi - lo)``, clipped), upsampled bilinearly to frame size;
+   score maps at decoder resolution (stride 4); every output is cropped to the frame's
+   content before use;
+3. heatmap: the chosen score, normalised to [0, 1] with the bundle's constants for this
+   input size (``(s - lo) / (hi - lo)``, clipped), upsampled bilinearly to frame size;
 4. segments: threshold the normalised decoder-resolution heatmap, 8-connected
    components, minimum size; per-segment features (:mod:`ood_seg_ros.segments`);
 5. meta classifier: P(false positive) per segment; segments above its threshold are
@@ -17,7 +19,7 @@ Steps (one implementation, shared by the node, the evaluator and bag replay):
 
 from dataclasses import dataclass, field
 import time
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
@@ -28,6 +30,8 @@ from .scores import ALL_SCORES
 from .segments import find_segments, segment_boxes, SegmentFeatureExtractor
 
 MAX_FRAME_PIXELS = 4096 * 4096
+DECODER_STRIDE = 4     # score maps are at 1/4 of the network input (DeepLabv3+ decoder)
+GEOMETRIES = ('letterbox', 'stretch')
 DEFAULT_RUNTIME = {
     'heatmap_score': 'moose_max_logit',
     'normalisation': {},
@@ -62,6 +66,82 @@ class FrameResult:
     score_name: str = ''
 
 
+def size_key(size) -> str:
+    """Key of an input size (H, W) in the bundle's per-size settings: ``'HxW'``."""
+    return f'{int(size[0])}x{int(size[1])}'
+
+
+def parse_size(text) -> Tuple[int, int]:
+    """``'480x960'`` (H x W) or a pair -> (480, 960); OodSegError otherwise."""
+    try:
+        if isinstance(text, str):
+            h, w = (int(v) for v in text.lower().split('x'))
+        else:
+            h, w = (int(v) for v in text)
+    except (TypeError, ValueError):
+        raise OodSegError(f'input size must be HxW (e.g. 480x960), got {text!r}') from None
+    if h < 64 or w < 64:
+        raise OodSegError(f'input size {h}x{w} must be at least 64x64')
+    return h, w
+
+
+@dataclass(frozen=True)
+class Letterbox:
+    """
+    Where a frame sits inside the network input: scaled to ``content`` (H, W) at (0, 0).
+
+    ``frame`` and ``network`` are the frame and network input sizes (H, W); the scale
+    min(network_h / frame_h, network_w / frame_w) keeps the aspect; the content box is
+    cropped back out of every output (:meth:`crop`).
+    """
+
+    frame: Tuple[int, int]
+    network: Tuple[int, int]
+    content: Tuple[int, int]
+
+    @classmethod
+    def fit(cls, frame_size, input_size, geometry: str = 'letterbox') -> 'Letterbox':
+        """Fit a frame of ``frame_size`` (H, W) into ``input_size``."""
+        fh, fw = (int(v) for v in frame_size)
+        ih, iw = (int(v) for v in input_size)
+        if geometry == 'stretch':
+            return cls((fh, fw), (ih, iw), (ih, iw))
+        s = min(ih / fh, iw / fw)
+        ch = min(ih, max(1, int(round(fh * s))))
+        cw = min(iw, max(1, int(round(fw * s))))
+        return cls((fh, fw), (ih, iw), (ch, cw))
+
+    @property
+    def padded(self) -> bool:
+        """Tell whether the content leaves part of the input unused."""
+        return self.content != self.network
+
+    def place(self, frame: np.ndarray) -> np.ndarray:
+        """Resize ``frame`` to the content size and pad it to the input size (mirrored)."""
+        ch, cw = self.content
+        if frame.shape[:2] != (ch, cw):
+            frame = cv2.resize(frame, (cw, ch), interpolation=cv2.INTER_LINEAR)
+        if self.padded:
+            ih, iw = self.network
+            bottom, right = ih - ch, iw - cw
+            mode = (cv2.BORDER_REFLECT_101 if bottom < ch and right < cw
+                    else cv2.BORDER_REPLICATE)
+            frame = cv2.copyMakeBorder(frame, 0, bottom, 0, right, mode)
+        return np.ascontiguousarray(frame)
+
+    def crop(self, out: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+        """Cut the content region out of every network output (input or decoder res)."""
+        if not self.padded:
+            return out
+        ih, iw = self.network
+        ch, cw = self.content
+        res = {}
+        for k, v in out.items():
+            h, w = v.shape[-2:]
+            res[k] = v[..., :max(1, int(round(ch * h / ih))), :max(1, int(round(cw * w / iw)))]
+        return res
+
+
 def upsample_map(m: np.ndarray, size, linear: bool = True) -> np.ndarray:
     """Resize a (h, w) map to ``size`` = (H, W): bilinear (half-pixel centres) or nearest."""
     h, w = size
@@ -92,6 +172,23 @@ def check_frame(frame, max_pixels: int = MAX_FRAME_PIXELS) -> None:
                           f'{max_pixels} pixel limit')
 
 
+def runtime_for_size(runtime: dict, input_size) -> Tuple[dict, bool]:
+    """
+    Runtime settings for a network input size, and whether they were calibrated there.
+
+    ``runtime.sizes['HxW']`` (normalisation, segment threshold) overrides the top-level
+    settings, which hold for the bundle's own input size (``runtime.calibrated_size``,
+    default: the size the calibration ran at).
+    """
+    rt = {**DEFAULT_RUNTIME, **(runtime or {})}
+    sizes = rt.get('sizes') or {}
+    key = size_key(input_size)
+    if key in sizes:
+        rt = {**rt, **sizes[key]}
+        return rt, True
+    return rt, rt.get('calibrated_size') in (None, key)
+
+
 def usable_score(runtime: dict) -> str:
     """
     Return the bundle's heatmap score if it has normalisation constants, else moose_entropy.
@@ -110,19 +207,29 @@ class Pipeline:
 
     def __init__(self, backend, class_names: Sequence[str], runtime: dict,
                  meta: Optional[MetaClassifier] = None, score: Optional[str] = None,
-                 threshold: Optional[float] = None, max_pixels: int = MAX_FRAME_PIXELS):
+                 threshold: Optional[float] = None, max_pixels: int = MAX_FRAME_PIXELS,
+                 geometry: str = 'letterbox'):
+        if geometry not in GEOMETRIES:
+            raise OodSegError(f'geometry must be one of {", ".join(GEOMETRIES)}, '
+                              f'got {geometry!r}')
         self.backend = backend
+        self.geometry = geometry
         self.class_names = list(class_names)
-        self.runtime = {**DEFAULT_RUNTIME, **(runtime or {})}
+        self.input_size = tuple(backend.input_size)
+        self.runtime, self.calibrated_size = runtime_for_size(runtime, self.input_size)
         self.meta = meta
         self.max_pixels = max_pixels
         self.extractor = SegmentFeatureExtractor(
             len(self.class_names), pgn_names=tuple(self.runtime['meta_pgn_names']),
             moose=True)
-        if meta is not None and list(meta.feature_names) != list(self.extractor.feature_names):
-            raise OodSegError('meta classifier features do not match this pipeline '
-                              '(retrain it with ood-seg train-meta)')
-        self.input_size = tuple(backend.input_size)
+        self.meta_columns = None
+        if meta is not None:
+            names = list(self.extractor.feature_names)
+            missing = [n for n in meta.feature_names if n not in names]
+            if missing:
+                raise OodSegError(f'meta classifier features {missing[:3]} are not computed '
+                                  f'by this pipeline (retrain it with ood-seg train-meta)')
+            self.meta_columns = np.array([names.index(n) for n in meta.feature_names])
         self.set_score(score or self.runtime['heatmap_score'])
         self.set_threshold(self.runtime['segment_threshold'] if threshold is None
                            else threshold)
@@ -130,11 +237,17 @@ class Pipeline:
     # -- construction ----------------------------------------------------------------
     @staticmethod
     def required_outputs(runtime: dict, score: Optional[str] = None,
-                         all_scores: bool = False) -> List[str]:
-        """Network outputs the pipeline needs: probs, heatmap score, feature maps."""
+                         all_scores: bool = False,
+                         available: Optional[Sequence[str]] = None) -> List[str]:
+        """
+        Network outputs the pipeline needs: probs, heatmap score, feature maps.
+
+        ``all_scores``: every score in ``available`` (default: all), so that the heatmap
+        score can change at run time and the evaluator sees every score.
+        """
         rt = {**DEFAULT_RUNTIME, **(runtime or {})}
         if all_scores:
-            return ['probs'] + list(ALL_SCORES)
+            return ['probs'] + list(ALL_SCORES if available is None else available)
         names = {'probs', score or rt['heatmap_score'], 'moose_mi', 'moose_entropy'}
         names.update(rt['meta_pgn_names'])
         return ['probs'] + [n for n in ALL_SCORES if n in names]
@@ -143,21 +256,34 @@ class Pipeline:
     def from_bundle(cls, bundle_path, backend: str = 'auto', device: str = 'auto',
                     fp16: bool = False, score: Optional[str] = None,
                     threshold: Optional[float] = None, all_scores: bool = False,
+                    input_size=None, geometry: str = 'letterbox',
                     **backend_options) -> 'Pipeline':
-        """Load bundle, meta classifier and backend; ``all_scores`` lets the score change."""
+        """
+        Load bundle, meta classifier and backend; ``all_scores`` lets the score change.
+
+        ``input_size`` (H, W) runs the network at another size than the bundle's (e.g.
+        480x960 for a 2:1 camera); the bundle's settings for that size are used when it
+        has them (``runtime.sizes``, written by ``ood-seg eval --calibrate --input-size``).
+        """
         from .model.bundle import read_bundle_json
+        from .model.config import ModelConfig
         from .runtime import make_backend
         from pathlib import Path
         doc = read_bundle_json(bundle_path)
         runtime = doc.get('runtime', {})
-        outputs = cls.required_outputs(runtime, score, all_scores)
+        config = ModelConfig.from_dict(doc['config'])
+        outputs = cls.required_outputs(runtime, score, all_scores,
+                                       available=config.available_scores())
+        if input_size is not None:
+            backend_options['input_size'] = parse_size(input_size)
         be = make_backend(backend, bundle_path, outputs, device=device, fp16=fp16,
                           **backend_options)
         meta = None
         meta_path = Path(bundle_path) / 'meta.json'
         if meta_path.exists():
             meta = MetaClassifier.load(meta_path)
-        return cls(be, doc['config']['class_names'], runtime, meta, score, threshold)
+        return cls(be, doc['config']['class_names'], runtime, meta, score, threshold,
+                   geometry=geometry)
 
     # -- settings --------------------------------------------------------------------
     def set_score(self, name: str) -> None:
@@ -193,24 +319,25 @@ class Pipeline:
         self.threshold = value
 
     # -- processing ------------------------------------------------------------------
+    def letterbox(self, frame_size) -> Letterbox:
+        """Placement of a frame of ``frame_size`` (H, W) in the network input."""
+        return Letterbox.fit(frame_size, self.input_size, self.geometry)
+
     def preprocess(self, frame: np.ndarray) -> np.ndarray:
-        """Check the frame and resize it to the model input size (bilinear)."""
+        """Check the frame and fit it into the model input size (see :class:`Letterbox`)."""
         check_frame(frame, self.max_pixels)
-        h, w = self.input_size
-        if frame.shape[:2] != (h, w):
-            frame = cv2.resize(frame, (w, h), interpolation=cv2.INTER_LINEAR)
-        return np.ascontiguousarray(frame)
+        return self.letterbox(frame.shape[:2]).place(frame)
 
     def infer(self, frame: np.ndarray) -> Dict[str, np.ndarray]:
-        """Preprocess and run the backend; raw outputs at network resolution."""
-        return self.backend.infer(self.preprocess(frame))
+        """Preprocess and run the backend; outputs cropped to the frame's content."""
+        return self.letterbox(frame.shape[:2]).crop(self.backend.infer(self.preprocess(frame)))
 
     def process(self, frame: np.ndarray) -> FrameResult:
         """Run the whole per-frame path on an RGB uint8 (H, W, 3) frame."""
         t0 = time.perf_counter()
         img = self.preprocess(frame)
         t1 = time.perf_counter()
-        out = self.backend.infer(img)
+        out = self.letterbox(frame.shape[:2]).crop(self.backend.infer(img))
         t2 = time.perf_counter()
         result = self.postprocess(out, frame.shape[:2])
         t3 = time.perf_counter()
@@ -228,16 +355,18 @@ class Pipeline:
         classifier training. Returns (heatmap_low, labels_low int32, n, features (n, F)).
         """
         low = normalise(out[self.score_name], *self.norm)
-        lh, lw = low.shape
         # min_segment_px is given at model input resolution; convert to decoder pixels.
-        ih, iw = self.input_size
-        min_low = max(1, int(round(self.runtime['min_segment_px'] * lh * lw / (ih * iw))))
+        min_low = max(1, int(round(self.runtime['min_segment_px'] / DECODER_STRIDE ** 2)))
         labels, n = find_segments(low, self.threshold, min_low)
         feats = np.zeros((0, len(self.extractor.feature_names)))
         if n:
             maps = {k: out[k] for k in self.extractor.map_names}
             feats = self.extractor.extract(labels, n, out['probs'], maps)
         return low, labels, n, feats
+
+    def meta_fp_proba(self, feats: np.ndarray) -> np.ndarray:
+        """P(false positive) of segments from the full feature rows (n, F)."""
+        return self.meta.predict_fp_proba(feats[:, self.meta_columns])
 
     def postprocess(self, out: Dict[str, np.ndarray], frame_size) -> FrameResult:
         """Heatmap, semantic, segments and meta classification from network outputs."""
@@ -253,7 +382,7 @@ class Pipeline:
         instances_low = np.zeros((lh, lw), np.uint16)
         if n:
             if self.meta is not None:
-                p_fp = self.meta.predict_fp_proba(feats)
+                p_fp = self.meta_fp_proba(feats)
                 keep = p_fp <= self.meta.threshold
             else:
                 p_fp = np.zeros(n)

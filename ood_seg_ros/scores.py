@@ -1,5 +1,8 @@
 """
-Anomaly score math: entropy, MSP, max-logit, MOoSe aggregation, PGN.
+Anomaly score math: every score map of the graph, one implementation.
+
+Entropy, MSP, max-logit, energy, SML, MOoSe aggregation, PGN, and the spatial
+post-processing of a score map (boundary suppression, dilated smoothing).
 
 One implementation, used inside the network graph (so it exports to ONNX / TensorRT)
 and by the tests. Only ordinary tensor ops: no autograd, no in-place tricks. All scores
@@ -19,8 +22,11 @@ import torch.nn.functional as F
 
 PGN_PS = (0.1, 0.3, 0.5, 1.0, 2.0)
 PGN_MODES = ('oh', 'uni')
-GLOBAL_SCORES = ('msp', 'entropy', 'max_logit')
-MOOSE_SCORES = ('moose_msp', 'moose_entropy', 'moose_max_logit', 'moose_mi')
+GLOBAL_SCORES = ('msp', 'entropy', 'max_logit', 'energy', 'sml')
+MOOSE_SCORES = ('moose_msp', 'moose_entropy', 'moose_max_logit', 'moose_mi', 'moose_energy',
+                'moose_sml')
+# Scores that need per-class max-logit statistics (``ModelConfig.sml_stats``).
+SML_SCORES = ('sml', 'moose_sml')
 _TINY = 1e-30
 _NEG = -1e30
 _LOG_ZERO = -1e4  # log of 'zero': exp(0.1 * -1e4) underflows to 0 in float32
@@ -43,7 +49,24 @@ def parse_pgn_name(name: str):
 
 
 ALL_PGN_SCORES = tuple(pgn_name(m, p) for m in PGN_MODES for p in PGN_PS)
-ALL_SCORES = GLOBAL_SCORES + MOOSE_SCORES + ALL_PGN_SCORES
+BASE_SCORES = GLOBAL_SCORES + MOOSE_SCORES + ALL_PGN_SCORES
+# Spatially post-processed variants ``<base>_<kind>`` (see :func:`spatial_postprocess`):
+# bs = boundary suppression, ds = dilated smoothing, bsds = both, in that order.
+SPATIAL_KINDS = ('bs', 'ds', 'bsds')
+SPATIAL_BASES = ('max_logit', 'energy', 'sml', 'moose_entropy', 'moose_max_logit',
+                 'pgn_uni_p0.5')
+SPATIAL_SCORES = tuple(f'{b}_{k}' for b in SPATIAL_BASES for k in SPATIAL_KINDS)
+ALL_SCORES = BASE_SCORES + SPATIAL_SCORES
+
+
+def split_spatial(name: str):
+    """``'sml_bsds'`` -> ``('sml', 'bsds')``; a base score -> ``(name, None)``."""
+    if name in SPATIAL_SCORES:
+        base, kind = name.rsplit('_', 1)
+        return base, kind
+    return name, None
+
+
 # Non-score graph outputs that can be requested besides the always-present `semantic`.
 EXTRA_OUTPUTS = ('logits', 'probs')
 
@@ -60,8 +83,32 @@ def entropy_from_probs(probs: torch.Tensor, dim: int = 1) -> torch.Tensor:
     return -(probs * torch.log(probs.clamp_min(_TINY))).sum(dim)
 
 
-def global_scores(logits: torch.Tensor, names: Iterable[str]) -> Dict[str, torch.Tensor]:
-    """Single-head scores from logits (B, C, H, W): ``msp``, ``entropy``, ``max_logit``."""
+def standardised_max_logit(logits: torch.Tensor, mean: torch.Tensor,
+                           std: torch.Tensor) -> torch.Tensor:
+    """
+    SML = -(max_c z - mu_c^) / sigma_c^ with c^ the predicted class; logits (B, C, H, W).
+
+    ``mean`` / ``std`` (C,) are the per-class statistics of the max logit of pixels
+    predicted as that class (gathered on the training split, :mod:`ood_seg_ros.sml`).
+    The per-pixel statistics are selected with the one-hot of c^ (no Gather: plain
+    multiply-add in every runtime).
+    """
+    z = logits.float()
+    top = z.max(1)
+    onehot = F.one_hot(top.indices, z.shape[1]).permute(0, 3, 1, 2).to(z.dtype)
+    mu = (onehot * mean.view(1, -1, 1, 1).to(z.dtype)).sum(1)
+    sigma = (onehot * std.view(1, -1, 1, 1).to(z.dtype)).sum(1)
+    return -(top.values - mu) / sigma
+
+
+def global_scores(logits: torch.Tensor, names: Iterable[str],
+                  sml_stats=None) -> Dict[str, torch.Tensor]:
+    """
+    Single-head scores from logits (B, C, H, W).
+
+    ``msp``, ``entropy``, ``max_logit`` (= -max z), ``energy`` (= -logsumexp z, T = 1) and
+    ``sml`` (needs ``sml_stats`` = (mean (C,), std (C,)) of this head).
+    """
     out = {}
     z = logits.float()
     if 'msp' in names:
@@ -70,16 +117,24 @@ def global_scores(logits: torch.Tensor, names: Iterable[str]) -> Dict[str, torch
         out['entropy'] = entropy_from_logits(z)
     if 'max_logit' in names:
         out['max_logit'] = -z.amax(1)
+    if 'energy' in names:
+        out['energy'] = -_logsumexp(z, 1)
+    if 'sml' in names:
+        if sml_stats is None:
+            raise ValueError('sml needs per-class max-logit statistics (ood-seg sml-stats)')
+        out['sml'] = standardised_max_logit(z, *sml_stats)
     return out
 
 
-def moose_scores(member_logits: Sequence[torch.Tensor],
-                 names: Iterable[str]) -> Dict[str, torch.Tensor]:
+def moose_scores(member_logits: Sequence[torch.Tensor], names: Iterable[str],
+                 sml_stats=None) -> Dict[str, torch.Tensor]:
     """
     Compute the MOoSe scores over M members (probes + global head), equal weights.
 
     ``member_logits``: M tensors (B, C, H, W) at the same resolution. p̄ = mean softmax;
-    MSP = 1 - max p̄, H = entropy(p̄), ML = -max_c mean_m z, MI = H(p̄) - mean_m H(p_m).
+    MSP = 1 - max p̄, H = entropy(p̄), ML = -max_c mean_m z, MI = H(p̄) - mean_m H(p_m),
+    energy = -logsumexp_c mean_m z, SML = mean_m SML_m with each member's own statistics
+    (``sml_stats``: M pairs (mean (C,), std (C,)), in member order).
     """
     names = set(names)
     out = {}
@@ -99,8 +154,17 @@ def moose_scores(member_logits: Sequence[torch.Tensor],
             if 'moose_mi' in names:
                 mean_h = sum(-(p * lp).sum(1) for p, lp in zip(probs, logps)) / m
                 out['moose_mi'] = (h_mean - mean_h).clamp_min(0.0)
-    if 'moose_max_logit' in names:
-        out['moose_max_logit'] = -(sum(zs) / m).amax(1)
+    if names & {'moose_max_logit', 'moose_energy'}:
+        z_mean = sum(zs) / m
+        if 'moose_max_logit' in names:
+            out['moose_max_logit'] = -z_mean.amax(1)
+        if 'moose_energy' in names:
+            out['moose_energy'] = -_logsumexp(z_mean, 1)
+    if 'moose_sml' in names:
+        if sml_stats is None or len(sml_stats) != len(zs):
+            raise ValueError('moose_sml needs max-logit statistics for every member')
+        out['moose_sml'] = sum(standardised_max_logit(z, *st)
+                               for z, st in zip(zs, sml_stats)) / m
     return out
 
 
@@ -231,3 +295,81 @@ def log_pgn(logits: torch.Tensor, psi: torch.Tensor, names: Iterable[str],
         for p, log_g in zip(mode_ps, errs):
             out[pgn_name(mode, p)] = log_g + feat[p]
     return out
+
+
+# -- spatial post-processing of a score map (Jung et al., ICCV 2021) -------------------
+# Applied at decoder resolution (stride 4), before the map is upsampled. Ops: max-pool,
+# avg-pool, conv, where (all in the TensorRT 10 set); no loops over pixels.
+BS_RADII = (2, 1)       # boundary widths, shrinking (decoder pixels)
+BS_WINDOW = 3           # averaging window of the suppression
+DS_KERNEL = 7           # dilated smoothing: Gaussian kernel size, sigma, dilation
+DS_SIGMA = 1.0
+DS_DILATION = 2
+
+
+def class_boundary(label: torch.Tensor, radius: int) -> torch.Tensor:
+    """(B, h, w) bool: the (2r+1)^2 window around the pixel holds more than one class."""
+    lab = label.float().unsqueeze(1)
+    k = 2 * radius + 1
+    hi = F.max_pool2d(lab, k, 1, radius)
+    lo = -F.max_pool2d(-lab, k, 1, radius)
+    return (hi != lo).squeeze(1)
+
+
+def boundary_suppression(score: torch.Tensor, label: torch.Tensor,
+                         radii: Sequence[int] = BS_RADII,
+                         window: int = BS_WINDOW) -> torch.Tensor:
+    """
+    Replace scores near predicted class boundaries by their non-boundary neighbours.
+
+    ``score`` (B, h, w), ``label`` (B, h, w) predicted classes. For each boundary width r
+    (shrinking): pixels within r of a class change take the mean of the non-boundary
+    pixels of their ``window`` x ``window`` neighbourhood (pixels with none keep their
+    value and are reached by the next, thinner, pass).
+    """
+    s = score.float().unsqueeze(1)
+    pad = window // 2
+    for r in radii:
+        b = class_boundary(label, int(r)).unsqueeze(1)
+        keep = (~b).to(s.dtype)
+        num = F.avg_pool2d(s * keep, window, 1, pad)
+        den = F.avg_pool2d(keep, window, 1, pad)
+        fill = num / den.clamp_min(1e-6)
+        s = torch.where(b & (den > 0), fill, s)
+    return s.squeeze(1)
+
+
+def gaussian_kernel(size: int = DS_KERNEL, sigma: float = DS_SIGMA) -> torch.Tensor:
+    """Return a normalised (1, 1, size, size) Gaussian kernel."""
+    r = torch.arange(size, dtype=torch.float32) - (size - 1) / 2.0
+    g = torch.exp(-0.5 * (r / sigma) ** 2)
+    k = g[:, None] * g[None, :]
+    return (k / k.sum()).view(1, 1, size, size)
+
+
+def dilated_smoothing(score: torch.Tensor, kernel: torch.Tensor,
+                      dilation: int = DS_DILATION) -> torch.Tensor:
+    """
+    Gaussian blur with a dilated kernel (fills holes inside objects); score (B, h, w).
+
+    Normalised convolution at the border (the kernel weights outside the map are left out
+    instead of counting as zeros), so edges are not darkened.
+    """
+    s = score.float().unsqueeze(1)
+    k = kernel.to(s.dtype)
+    pad = dilation * (k.shape[-1] - 1) // 2
+    num = F.conv2d(s, k, padding=pad, dilation=dilation)
+    den = F.conv2d(torch.ones_like(s[:1]), k, padding=pad, dilation=dilation)
+    return (num / den).squeeze(1)
+
+
+def spatial_postprocess(score: torch.Tensor, label: torch.Tensor, kind: str,
+                        kernel: torch.Tensor) -> torch.Tensor:
+    """Apply ``kind`` = 'bs' (boundary suppression), 'ds' (smoothing) or 'bsds' (both)."""
+    if kind not in SPATIAL_KINDS:
+        raise ValueError(f'unknown spatial post-processing {kind!r}; use {SPATIAL_KINDS}')
+    if kind in ('bs', 'bsds'):
+        score = boundary_suppression(score, label)
+    if kind in ('ds', 'bsds'):
+        score = dilated_smoothing(score, kernel)
+    return score

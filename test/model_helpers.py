@@ -18,3 +18,15 @@ def lively(model, seed=0):
                 m.weight.fill_(1.0)
                 m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.1)
     return model
+
+
+def sml_stats(n_classes, seed=0):
+    """Plausible per-member SML statistics (``ModelConfig.sml_stats``) for tests."""
+    from ood_seg_ros.model.config import SML_MEMBERS
+    g = torch.Generator().manual_seed(seed)
+    members = {}
+    for m in SML_MEMBERS:
+        mean = (torch.rand(n_classes, generator=g) * 2.0).tolist()
+        std = (0.5 + torch.rand(n_classes, generator=g)).tolist()
+        members[m] = {'mean': mean, 'std': std}
+    return {'split': 'train', 'frames': 1, 'members': members}

@@ -13,7 +13,7 @@ from pathlib import Path
 import sys
 
 import cv2
-from model_helpers import lively
+from model_helpers import lively, sml_stats
 import numpy as np
 from ood_seg_ros.errors import OodSegError
 from ood_seg_ros.model import ModelConfig, OodSegNet, save_bundle
@@ -28,7 +28,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 CAMVID = ROOT.parent / 'shared' / 'data' / 'camvid' / 'test' / 'images'
 SIZE = (96, 128)
-SMALL = {'input_size': SIZE, 'aspp_channels': 64, 'decoder_channels': 64,
+SMALL = {'input_size': SIZE, 'sml_stats': sml_stats(11), 'aspp_channels': 64,
+         'decoder_channels': 64,
          'probe_channels': 64}
 OUTPUTS = ['probs', 'moose_entropy', 'moose_mi', 'pgn_uni_p0.5', 'pgn_oh_p1']
 RUNTIME = {'heatmap_score': 'moose_entropy', 'normalisation': {'moose_entropy': [1.8, 2.3]},

@@ -18,7 +18,7 @@ import os
 from pathlib import Path
 
 import cv2
-from model_helpers import lively
+from model_helpers import lively, sml_stats
 import numpy as np
 import onnx
 from onnx import helper, TensorProto
@@ -34,7 +34,8 @@ CAMVID = ROOT.parent / 'shared' / 'data' / 'camvid' / 'test' / 'images'
 TRAINED = ROOT / 'models' / 'camvid_lite0'
 SIZE = (96, 128)
 # narrow heads keep the graph small (fast export); the backbone is the real lite0
-SMALL = {'input_size': SIZE, 'aspp_channels': 64, 'decoder_channels': 64,
+SMALL = {'input_size': SIZE, 'sml_stats': sml_stats(11), 'aspp_channels': 64,
+         'decoder_channels': 64,
          'probe_channels': 64}
 ALL_OUTPUTS = ['logits', 'probs'] + list(ALL_SCORES)
 SEMANTIC_AGREEMENT = 0.995

@@ -3,6 +3,7 @@
 import json
 from pathlib import Path
 
+from model_helpers import sml_stats
 import numpy as np
 from ood_seg_ros import scores as S
 from ood_seg_ros.errors import OodSegError
@@ -10,6 +11,7 @@ from ood_seg_ros.model import load_bundle, ModelConfig, OodSegNet, save_bundle
 from ood_seg_ros.model.backbone import (
     EfficientNetLite, imagenet_weights_path, load_imagenet_weights)
 from ood_seg_ros.model.bundle import BUNDLE_JSON, WEIGHTS
+from ood_seg_ros.model.config import SML_MEMBERS
 import pytest
 import torch
 from torch import nn
@@ -29,7 +31,9 @@ def _one_thread():
 
 
 def _cfg(**kw):
-    """Return a small config for tests."""
+    """Return a small config for tests (with SML statistics, so every score exists)."""
+    kw.setdefault('sml_stats', sml_stats(len(kw.get('class_names', range(11)))))
+    kw.setdefault('outputs', ['probs'] + list(S.ALL_SCORES))
     return ModelConfig(input_size=SIZE, **kw)
 
 
@@ -203,13 +207,19 @@ def test_deeplab_outputs_names_shapes_and_values(output_stride):
     assert torch.allclose(out['probs'], F.softmax(logits_low, 1), atol=1e-6)
     up = F.interpolate(logits_low, size=SIZE, mode='bilinear', align_corners=False)
     assert torch.equal(out['semantic'].long(), up.argmax(1))
-    ref = S.global_scores(logits_low, S.GLOBAL_SCORES)
+    st = model.config.sml_stats['members']
+    stats = [(torch.tensor(st[m]['mean']), torch.tensor(st[m]['std'])) for m in SML_MEMBERS]
+    ref = S.global_scores(logits_low, S.GLOBAL_SCORES, stats[-1])
     members = [F.interpolate(z, size=(24, 32), mode='bilinear', align_corners=False)
                for z in probe_low] + [logits_low]
-    ref.update(S.moose_scores(members, S.MOOSE_SCORES))
+    ref.update(S.moose_scores(members, S.MOOSE_SCORES, stats))
     ref.update(S.log_pgn(logits_low, psi, S.ALL_PGN_SCORES))
+    label = logits_low.argmax(1)
+    for name in S.SPATIAL_SCORES:
+        base, kind = S.split_spatial(name)
+        ref[name] = S.spatial_postprocess(ref[base], label, kind, S.gaussian_kernel())
     for name in S.ALL_SCORES:
-        assert torch.allclose(out[name], ref[name], atol=1e-5), name
+        assert torch.allclose(out[name], ref[name], atol=1e-4), name
 
 
 def test_deeplab_output_selection():
@@ -410,6 +420,8 @@ def test_bundle_config_mismatch(tmp_path, saved_model, edit):
         cfg = doc['config']
         if edit == 'classes':
             cfg['class_names'] = cfg['class_names'][:-1]
+            cfg['sml_stats'] = None   # per-class statistics no longer fit: drop them
+            cfg['outputs'] = [o for o in cfg['outputs'] if 'sml' not in o]
         elif edit == 'probe_depth':
             cfg['probe_depth'] = 2
         elif edit == 'decoder_channels':

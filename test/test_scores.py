@@ -13,6 +13,9 @@ import torch.nn.functional as F
 
 PS = (0.1, 0.3, 0.5, 1.0, 2.0)
 E, C, H, W = 6, 4, 5, 7
+# Scores computable without SML statistics (those are tested separately below).
+GLOBAL_NO_SML = tuple(n for n in S.GLOBAL_SCORES if n not in S.SML_SCORES)
+MOOSE_NO_SML = tuple(n for n in S.MOOSE_SCORES if n not in S.SML_SCORES)
 
 
 @pytest.fixture(autouse=True)
@@ -266,8 +269,8 @@ def test_moose_properties(params):
     if seed % 5 == 0:
         z[:] = z[0]
     members = [torch.from_numpy(z[k]) for k in range(m)]
-    out = S.moose_scores(members, S.MOOSE_SCORES)
-    assert set(out) == set(S.MOOSE_SCORES)
+    out = S.moose_scores(members, MOOSE_NO_SML)
+    assert set(out) == set(MOOSE_NO_SML)
     for v in out.values():
         assert v.shape == (2, 3, 4) and v.dtype == torch.float32
         assert torch.isfinite(v).all()
@@ -288,6 +291,9 @@ def test_moose_properties(params):
     assert (msp >= -1e-6).all() and (msp <= 1.0 - 1.0 / c + 1e-6).all()
     np.testing.assert_allclose(out['moose_max_logit'].numpy(), -z64.mean(0).max(1),
                                rtol=1e-5, atol=1e-4)
+    zm = z64.mean(0)
+    lse = zm.max(1) + np.log(np.exp(zm - zm.max(1, keepdims=True)).sum(1))
+    np.testing.assert_allclose(out['moose_energy'].numpy(), -lse, rtol=1e-5, atol=1e-4)
     # Requesting a subset computes only that subset.
     assert set(S.moose_scores(members, ['moose_mi'])) == {'moose_mi'}
     assert set(S.moose_scores(members, ['moose_max_logit'])) == {'moose_max_logit'}
@@ -298,12 +304,16 @@ def test_moose_properties(params):
 def test_global_scores_match_numpy(c, seed, scale):
     rng = np.random.default_rng(seed)
     z = (rng.standard_normal((2, c, 3, 5)) * scale).astype(np.float32)
-    out = S.global_scores(torch.from_numpy(z), S.GLOBAL_SCORES)
-    assert set(out) == set(S.GLOBAL_SCORES)
+    out = S.global_scores(torch.from_numpy(z), GLOBAL_NO_SML)
+    assert set(out) == set(GLOBAL_NO_SML)
     p = _np_softmax(z.astype(np.float64), 1)
     np.testing.assert_allclose(out['msp'].numpy(), 1.0 - p.max(1), atol=2e-6)
     np.testing.assert_allclose(out['entropy'].numpy(), _np_entropy(p, 1), atol=2e-5)
     np.testing.assert_allclose(out['max_logit'].numpy(), -z.max(1), rtol=0, atol=0)
+    z64 = z.astype(np.float64)
+    lse = z64.max(1) + np.log(np.exp(z64 - z64.max(1, keepdims=True)).sum(1))
+    np.testing.assert_allclose(out['energy'].numpy(), -lse, rtol=1e-6, atol=1e-4)
+    assert (out['energy'].numpy() <= out['max_logit'].numpy() + 1e-5).all()  # lse >= max
     assert (out['msp'].numpy() <= 1.0 - 1.0 / c + 1e-6).all()
     assert (out['msp'].numpy() >= -1e-6).all()
     assert (out['entropy'].numpy() >= -1e-6).all()
@@ -314,36 +324,164 @@ def test_scores_hand_worked():
     """Uniform logits: entropy log C, msp 1 - 1/C; two disagreeing sure members: MI = log 2."""
     c = 4
     z = torch.zeros(1, c, 1, 1)
-    out = S.global_scores(z, S.GLOBAL_SCORES)
+    out = S.global_scores(z, GLOBAL_NO_SML)
     assert float(out['entropy']) == pytest.approx(math.log(c), abs=1e-6)
+    assert float(out['energy']) == pytest.approx(-math.log(c), abs=1e-6)
     assert float(out['msp']) == pytest.approx(1 - 1 / c, abs=1e-6)
     assert float(out['max_logit']) == 0.0
     a = torch.tensor([100.0, 0, 0, 0]).view(1, c, 1, 1)
     b = torch.tensor([0, 100.0, 0, 0]).view(1, c, 1, 1)
-    mo = S.moose_scores([a, b], S.MOOSE_SCORES)
+    mo = S.moose_scores([a, b], MOOSE_NO_SML)
     assert float(mo['moose_mi']) == pytest.approx(math.log(2), abs=1e-5)
     assert float(mo['moose_entropy']) == pytest.approx(math.log(2), abs=1e-5)
     assert float(mo['moose_msp']) == pytest.approx(0.5, abs=1e-6)
     assert float(mo['moose_max_logit']) == pytest.approx(-50.0)
     # Large logits never give NaN entropies.
     big = torch.tensor([1e4, -1e4, 0, 0]).view(1, c, 1, 1)
-    for v in S.global_scores(big.half(), S.GLOBAL_SCORES).values():
+    for v in S.global_scores(big.half(), GLOBAL_NO_SML).values():
         assert torch.isfinite(v).all()
-    for v in S.moose_scores([big, -big], S.MOOSE_SCORES).values():
+    for v in S.moose_scores([big, -big], MOOSE_NO_SML).values():
         assert torch.isfinite(v).all()
 
 
 def test_score_names():
-    assert S.GLOBAL_SCORES == ('msp', 'entropy', 'max_logit')
-    assert S.MOOSE_SCORES == ('moose_msp', 'moose_entropy', 'moose_max_logit', 'moose_mi')
+    assert S.GLOBAL_SCORES == ('msp', 'entropy', 'max_logit', 'energy', 'sml')
+    assert S.MOOSE_SCORES == ('moose_msp', 'moose_entropy', 'moose_max_logit', 'moose_mi',
+                              'moose_energy', 'moose_sml')
     expected_pgn = tuple(f'pgn_{m}_p{p}' for m in ('oh', 'uni')
                          for p in ('0.1', '0.3', '0.5', '1', '2'))
     assert S.ALL_PGN_SCORES == expected_pgn
-    assert len(S.ALL_SCORES) == 3 + 4 + 10
-    assert S.ALL_SCORES == S.GLOBAL_SCORES + S.MOOSE_SCORES + expected_pgn
+    spatial = tuple(f'{b}_{k}' for b in S.SPATIAL_BASES for k in ('bs', 'ds', 'bsds'))
+    assert S.SPATIAL_SCORES == spatial
+    assert len(S.ALL_SCORES) == 5 + 6 + 10 + 3 * len(S.SPATIAL_BASES)
+    assert S.ALL_SCORES == S.GLOBAL_SCORES + S.MOOSE_SCORES + expected_pgn + spatial
+    assert all(S.split_spatial(f'{b}_{k}') == (b, k) for b in S.SPATIAL_BASES
+               for k in S.SPATIAL_KINDS)
+    assert S.split_spatial('pgn_uni_p0.5') == ('pgn_uni_p0.5', None)
     assert len(set(S.ALL_SCORES)) == len(S.ALL_SCORES)
     for name in expected_pgn:
         mode, p = S.parse_pgn_name(name)
         assert S.pgn_name(mode, p) == name
     assert S.parse_pgn_name('pgn_uni_p0.5') == ('uni', 0.5)
     assert S.p_tag(1.0) == '1' and S.p_tag(0.1) == '0.1'
+
+
+# ---- scores beyond the seeds: SML, boundary suppression, dilated smoothing --------------
+
+def _np_sml(z, mean, std):
+    """Brute-force SML: per pixel, standardise the max logit by its class's statistics."""
+    b, c, h, w = z.shape
+    out = np.zeros((b, h, w))
+    for i in range(b):
+        for y in range(h):
+            for x in range(w):
+                k = int(np.argmax(z[i, :, y, x]))
+                out[i, y, x] = -(z[i, k, y, x] - mean[k]) / std[k]
+    return out
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(2, 9), st.integers(0, 2 ** 31 - 1))
+def test_sml_matches_loop(c, seed):
+    rng = np.random.default_rng(seed)
+    z = (rng.standard_normal((2, c, 4, 5)) * 4).astype(np.float32)
+    mean = rng.uniform(-2, 5, c)
+    std = rng.uniform(0.3, 3, c)
+    stats = (torch.tensor(mean, dtype=torch.float32), torch.tensor(std, dtype=torch.float32))
+    out = S.global_scores(torch.from_numpy(z), ['sml'], stats)['sml'].numpy()
+    np.testing.assert_allclose(out, _np_sml(z, mean, std), rtol=1e-5, atol=1e-5)
+    # MOoSe SML: the mean over members of each member's SML with its own statistics.
+    z2 = (rng.standard_normal((2, c, 4, 5)) * 4).astype(np.float32)
+    mean2, std2 = rng.uniform(-2, 5, c), rng.uniform(0.3, 3, c)
+    stats2 = (torch.tensor(mean2, dtype=torch.float32),
+              torch.tensor(std2, dtype=torch.float32))
+    mo = S.moose_scores([torch.from_numpy(z), torch.from_numpy(z2)], ['moose_sml'],
+                        [stats, stats2])['moose_sml'].numpy()
+    want = (_np_sml(z, mean, std) + _np_sml(z2, mean2, std2)) / 2
+    np.testing.assert_allclose(mo, want, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match='statistics'):
+        S.global_scores(torch.from_numpy(z), ['sml'])
+
+
+def _np_boundary_suppression(score, label, radii, window):
+    """Brute-force loop of the boundary suppression definition (one frame)."""
+    s = score.astype(np.float64).copy()
+    h, w = s.shape
+    pad = window // 2
+    for r in radii:
+        bd = np.zeros((h, w), bool)
+        for y in range(h):
+            for x in range(w):
+                win = label[max(0, y - r):y + r + 1, max(0, x - r):x + r + 1]
+                bd[y, x] = win.min() != win.max()
+        new = s.copy()
+        for y in range(h):
+            for x in range(w):
+                if not bd[y, x]:
+                    continue
+                vals = [s[yy, xx] for yy in range(y - pad, y + pad + 1)
+                        for xx in range(x - pad, x + pad + 1)
+                        if 0 <= yy < h and 0 <= xx < w and not bd[yy, xx]]
+                if vals:
+                    new[y, x] = np.mean(vals)
+        s = new
+    return s
+
+
+@settings(max_examples=20, deadline=None)
+@given(st.integers(0, 2 ** 31 - 1), st.integers(2, 4))
+def test_boundary_suppression_matches_loop(seed, n_classes):
+    rng = np.random.default_rng(seed)
+    h, w = 9, 11
+    # Blocky labels (real class regions), random scores.
+    label = np.kron(rng.integers(0, n_classes, (3, 4)), np.ones((3, 3), int))[:h, :w]
+    score = rng.standard_normal((h, w)).astype(np.float32)
+    out = S.boundary_suppression(torch.from_numpy(score)[None],
+                                 torch.from_numpy(label)[None]).numpy()[0]
+    want = _np_boundary_suppression(score, label, S.BS_RADII, S.BS_WINDOW)
+    np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-5)
+    # A single class has no boundary: the map is unchanged.
+    same = S.boundary_suppression(torch.from_numpy(score)[None],
+                                  torch.zeros(1, h, w, dtype=torch.long)).numpy()[0]
+    np.testing.assert_array_equal(same, score)
+
+
+def test_dilated_smoothing_matches_loop():
+    rng = np.random.default_rng(3)
+    h, w, d = 10, 13, 2
+    score = rng.standard_normal((h, w)).astype(np.float32)
+    k = S.gaussian_kernel(5, 1.0)
+    out = S.dilated_smoothing(torch.from_numpy(score)[None], k, dilation=d).numpy()[0]
+    kk = k[0, 0].double().numpy()
+    r = kk.shape[0] // 2
+    want = np.zeros((h, w))
+    for y in range(h):
+        for x in range(w):
+            num = den = 0.0
+            for i in range(-r, r + 1):
+                for j in range(-r, r + 1):
+                    yy, xx = y + d * i, x + d * j
+                    if 0 <= yy < h and 0 <= xx < w:
+                        num += kk[i + r, j + r] * score[yy, xx]
+                        den += kk[i + r, j + r]
+            want[y, x] = num / den
+    np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-6)
+    assert abs(float(k.sum()) - 1.0) < 1e-6
+    # A constant map stays constant (normalised convolution: no dark border).
+    const = S.dilated_smoothing(torch.full((1, h, w), 2.5), k, dilation=d)
+    assert torch.allclose(const, torch.full_like(const, 2.5), atol=1e-6)
+
+
+def test_spatial_kinds_compose():
+    rng = np.random.default_rng(5)
+    score = torch.from_numpy(rng.standard_normal((1, 12, 12)).astype(np.float32))
+    label = torch.from_numpy(np.kron(rng.integers(0, 3, (3, 3)), np.ones((4, 4), int)))[None]
+    k = S.gaussian_kernel()
+    bs = S.spatial_postprocess(score, label, 'bs', k)
+    ds = S.spatial_postprocess(score, label, 'ds', k)
+    bsds = S.spatial_postprocess(score, label, 'bsds', k)
+    assert torch.allclose(bs, S.boundary_suppression(score, label))
+    assert torch.allclose(ds, S.dilated_smoothing(score, k))
+    assert torch.allclose(bsds, S.dilated_smoothing(bs, k))
+    with pytest.raises(ValueError):
+        S.spatial_postprocess(score, label, 'blur', k)

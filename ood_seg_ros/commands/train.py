@@ -23,8 +23,9 @@ def add_arguments(parser, name):
     d = _DEFAULTS[name]
     parser.add_argument('--camvid', required=True, help='CamVid root (train/val/test)')
     parser.add_argument('--out', required=True, help='run folder (checkpoints, bundles)')
-    parser.add_argument('--train-splits', default='train,val',
-                        help='comma-separated CamVid splits to train on')
+    parser.add_argument('--train-splits', default='train',
+                        help='comma-separated CamVid splits to train on (default: train; '
+                             'val is held out for selection, calibration and meta)')
     parser.add_argument('--val-split', default='val', help='split for per-epoch mIoU')
     if name != 'train-base':
         parser.add_argument('--init-bundle', required=True, help='bundle to start from')

@@ -1,13 +1,26 @@
 """Architecture and output configuration of the OoD segmentation network."""
 
 from dataclasses import asdict, dataclass, field, fields
+import math
 from typing import List, Optional, Tuple
 
 from ..errors import OodSegError
-from ..scores import ALL_SCORES, EXTRA_OUTPUTS
+from ..scores import ALL_SCORES, EXTRA_OUTPUTS, SML_SCORES, split_spatial
 
 CAMVID_CLASSES = ('Sky', 'Building', 'Pole', 'Road', 'Pavement', 'Tree', 'SignSymbol',
                   'Fence', 'Car', 'Pedestrian', 'Bicyclist')
+# Heads with their own SML statistics, in the MOoSe member order of the forward pass.
+SML_MEMBERS = ('probe0', 'probe1', 'probe2', 'probe3', 'global')
+
+
+def needs_sml(name: str) -> bool:
+    """Tell whether score ``name`` (or its spatial variant) needs SML statistics."""
+    return split_spatial(name)[0] in SML_SCORES
+
+
+def default_outputs() -> List[str]:
+    """Return the outputs of a fresh config: probs and every score needing no statistics."""
+    return ['probs'] + [n for n in ALL_SCORES if not needs_sml(n)]
 
 
 @dataclass
@@ -19,6 +32,9 @@ class ModelConfig:
     RGB in [0, 1] inside the graph. ``outputs`` lists what the graph computes besides
     ``semantic``: score maps (names from :data:`ood_seg_ros.scores.ALL_SCORES`) and
     optionally ``logits`` / ``probs`` (:data:`ood_seg_ros.scores.EXTRA_OUTPUTS`).
+    ``sml_stats``: per-class max-logit statistics for the SML scores (``ood-seg
+    sml-stats``): ``{'split': ..., 'frames': N, 'members': {member: {'mean': [C],
+    'std': [C]}}}`` for every member of :data:`SML_MEMBERS`; None when not gathered.
     """
 
     backbone: str = 'lite0'
@@ -36,7 +52,8 @@ class ModelConfig:
     input_size: Tuple[int, int] = (360, 480)
     mean: Tuple[float, float, float] = (0.5, 0.5, 0.5)
     std: Tuple[float, float, float] = (0.5, 0.5, 0.5)
-    outputs: List[str] = field(default_factory=lambda: ['probs'] + list(ALL_SCORES))
+    outputs: List[str] = field(default_factory=default_outputs)
+    sml_stats: Optional[dict] = None
 
     @property
     def n_classes(self) -> int:
@@ -68,7 +85,32 @@ class ModelConfig:
         if unknown:
             raise OodSegError(f'model config: unknown outputs {unknown}; known: '
                               f'{", ".join(ALL_SCORES)}')
+        if self.sml_stats is not None:
+            self._check_sml_stats()
         return self
+
+    def _check_sml_stats(self) -> None:
+        st = self.sml_stats
+        members = st.get('members') if isinstance(st, dict) else None
+        if not isinstance(members, dict):
+            raise OodSegError('model config: sml_stats must be an object with "members"')
+        for m in SML_MEMBERS:
+            entry = members.get(m)
+            if not isinstance(entry, dict):
+                raise OodSegError(f'model config: sml_stats has no member {m!r}')
+            for key in ('mean', 'std'):
+                v = entry.get(key)
+                if (not isinstance(v, list) or len(v) != self.n_classes
+                        or not all(isinstance(x, (int, float)) and math.isfinite(x)
+                                   for x in v)):
+                    raise OodSegError(f'model config: sml_stats.members.{m}.{key} must be '
+                                      f'{self.n_classes} finite numbers')
+            if min(entry['std']) <= 0:
+                raise OodSegError(f'model config: sml_stats.members.{m}.std must be > 0')
+
+    def available_scores(self) -> List[str]:
+        """Every score this config can compute (SML ones only with statistics)."""
+        return [n for n in ALL_SCORES if self.sml_stats is not None or not needs_sml(n)]
 
     def to_dict(self) -> dict:
         """Plain-JSON form."""

@@ -13,8 +13,9 @@ from torch import nn
 import torch.nn.functional as F
 
 from .backbone import BN_EPS, EfficientNetLite
-from .config import ModelConfig
+from .config import ModelConfig, SML_MEMBERS
 from .. import scores as S
+from ..errors import OodSegError
 
 
 def conv_bn_relu(cin: int, cout: int, kernel: int = 1, dilation: int = 1,
@@ -37,6 +38,22 @@ def upsample(x: torch.Tensor, size: Sequence[int], align_corners: bool = False):
     """Bilinear resize of (B, C, h, w) to ``size`` = (H, W)."""
     return F.interpolate(x, size=tuple(int(s) for s in size), mode='bilinear',
                          align_corners=align_corners)
+
+
+def sml_tensors(config: ModelConfig) -> Tuple[torch.Tensor, torch.Tensor]:
+    """
+    Per-member SML statistics as (M, C) mean and std tensors, rows in member order.
+
+    Members: probe0..probe3, global (the MOoSe member order of :meth:`OodSegNet.forward`).
+    Empty (0, C) tensors when the config has no statistics.
+    """
+    st = config.sml_stats
+    if not st:
+        empty = torch.zeros(0, config.n_classes)
+        return empty, empty.clone()
+    mean = torch.tensor([st['members'][m]['mean'] for m in SML_MEMBERS], dtype=torch.float32)
+    std = torch.tensor([st['members'][m]['std'] for m in SML_MEMBERS], dtype=torch.float32)
+    return mean, std
 
 
 class ASPP(nn.Module):
@@ -123,6 +140,11 @@ class OodSegNet(nn.Module):
         self.register_buffer('mean', torch.tensor(c.mean).view(1, 3, 1, 1),
                              persistent=False)
         self.register_buffer('std', torch.tensor(c.std).view(1, 3, 1, 1), persistent=False)
+        # Constants of the score head (not weights: rebuilt from the config).
+        self.register_buffer('ds_kernel', S.gaussian_kernel(), persistent=False)
+        mean, std = sml_tensors(c)
+        self.register_buffer('sml_mean', mean, persistent=False)
+        self.register_buffer('sml_std', std, persistent=False)
         self.set_outputs(c.outputs if outputs is None else outputs)
         self._score_fns = (S.global_scores, S.moose_scores, S.log_pgn)
 
@@ -142,8 +164,11 @@ class OodSegNet(nn.Module):
         known = S.EXTRA_OUTPUTS + S.ALL_SCORES
         unknown = [o for o in outputs if o not in known and o != 'semantic']
         if unknown:
-            from ..errors import OodSegError
             raise OodSegError(f'unknown network outputs {unknown}; known: {", ".join(known)}')
+        needs_sml = [o for o in outputs if S.split_spatial(o)[0] in S.SML_SCORES]
+        if needs_sml and self.sml_mean.numel() == 0:
+            raise OodSegError(f'outputs {needs_sml} need per-class max-logit statistics, '
+                              f'which this bundle lacks (ood-seg sml-stats)')
         self.outputs = [o for o in known if o in set(outputs)]
 
     def output_names(self) -> List[str]:
@@ -208,8 +233,11 @@ class OodSegNet(nn.Module):
         """
         size = x.shape[-2:]
         want = set(self.outputs)
-        moose = [n for n in S.MOOSE_SCORES if n in want]
-        pgn = [n for n in S.ALL_PGN_SCORES if n in want]
+        spatial = [n for n in S.SPATIAL_SCORES if n in want]
+        # Base maps needed: those requested and those a requested variant starts from.
+        base = want | {S.split_spatial(n)[0] for n in spatial}
+        moose = [n for n in S.MOOSE_SCORES if n in base]
+        pgn = [n for n in S.ALL_PGN_SCORES if n in base]
         logits_low, psi, probe_low = self.features(x, with_probes=bool(moose))
         logits = upsample(logits_low, size)
         # max(1).indices is ~10x faster than argmax(1) on CPU and exports to ArgMax.
@@ -219,14 +247,36 @@ class OodSegNet(nn.Module):
         if 'probs' in want:
             out['probs'] = F.softmax(logits_low.float(), 1)
         global_fn, moose_fn, pgn_fn = self._score_fns
-        names = [n for n in S.GLOBAL_SCORES if n in want]
+        names = [n for n in S.GLOBAL_SCORES if n in base]
+        # SML statistics per member: rows 0-3 the probes, row 4 the global head.
+        sml = [(self.sml_mean[i], self.sml_std[i]) for i in range(self.sml_mean.shape[0])]
         if names:
-            out.update(global_fn(logits_low, names))
+            out.update(global_fn(logits_low, names, sml[-1] if sml else None))
         if moose:
             low_size = logits_low.shape[-2:]
             members = [upsample(z, low_size) for z in probe_low] + [logits_low]
-            out.update(moose_fn(members, moose))
+            out.update(moose_fn(members, moose, sml or None))
         if pgn:
             out.update(pgn_fn(logits_low, psi, pgn, self.config.pgn_exact,
                               self.config.pgn_bias))
+        if spatial:
+            out.update(self._spatial(out, logits_low.max(1).indices, spatial))
         return {k: out[k] for k in self.output_names()}
+
+    def _spatial(self, maps: Dict[str, torch.Tensor], label: torch.Tensor,
+                 names: Sequence[str]) -> Dict[str, torch.Tensor]:
+        """Spatial variants of base maps; a bsds map reuses its bs map (one suppression)."""
+        done: Dict[str, torch.Tensor] = {}
+        for name in names:
+            base, kind = S.split_spatial(name)
+            if kind == 'ds':
+                done[name] = S.dilated_smoothing(maps[base], self.ds_kernel)
+                continue
+            bs = done.get(f'{base}_bs')
+            if bs is None:
+                bs = S.boundary_suppression(maps[base], label)
+            if kind == 'bs':
+                done[name] = bs
+            else:
+                done[name] = S.dilated_smoothing(bs, self.ds_kernel)
+        return done

@@ -24,6 +24,7 @@ from .augment import augment_batch, IGNORE, to_input
 from ..errors import OodSegError
 from ..metrics import miou
 from ..model import build_model, load_bundle, ModelConfig, save_bundle
+from ..protocol import trained_splits
 
 
 @dataclass
@@ -378,6 +379,7 @@ class Trainer:
             cfg[key] = Path(cfg[key]).name if cfg[key] else ''
         info[f'train_{self.cfg.stage}'] = {
             'config': cfg, 'device': _device_name(self.device), **extra}
+        info['trained_splits'] = sorted(trained_splits(info))
         runtime = getattr(self, 'init_runtime', {})
         save_bundle(path, self.model, runtime=runtime, info=info)
 

@@ -1,0 +1,239 @@
+"""Protocol guard, multi-set evaluation and calibration, aspect-keeping geometry, SML."""
+
+import json
+import shutil
+
+import cv2
+import numpy as np
+from ood_seg_ros import cli
+from ood_seg_ros.data.ood_sets import OodDataset
+from ood_seg_ros.errors import OodSegError
+from ood_seg_ros.evaluate import (calibrate, calibration_update, choose_score,
+                                  evaluate_bundle, id_false_detections, OodEvaluation)
+from ood_seg_ros.model import load_bundle, ModelConfig, OodSegNet, save_bundle
+from ood_seg_ros.model.config import SML_MEMBERS
+from ood_seg_ros.model.deeplab import upsample
+from ood_seg_ros.pipeline import Letterbox, Pipeline, runtime_for_size
+from ood_seg_ros.protocol import check_held_out, trained_splits
+from ood_seg_ros.sml import gather_sml_stats
+import pytest
+import torch
+
+H, W = 96, 128
+
+
+@pytest.fixture(scope='module')
+def bundle(tmp_path_factory):
+    torch.manual_seed(0)
+    model = OodSegNet(ModelConfig(input_size=(H, W), aspp_channels=32, decoder_channels=32,
+                                  low_level_project=16, probe_channels=16))
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 2.0)
+    path = tmp_path_factory.mktemp('bundle') / 'b'
+    info = {'train_base': {'config': {'train_splits': ['train', 'val']}}}
+    save_bundle(path, model.eval(), runtime={'heatmap_score': 'moose_entropy'}, info=info,
+                half=False)
+    return path
+
+
+def _make_set(root, n=4, seed=0, split=None, size=(H, W)):
+    (root / 'images').mkdir(parents=True)
+    (root / 'labels').mkdir()
+    rng = np.random.default_rng(seed)
+    h, w = size
+    for i in range(n):
+        img = rng.integers(0, 255, (h, w, 3), dtype=np.uint8)
+        lab = np.zeros((h, w), np.uint8)
+        y, x = h // 3 + 3 * i, w // 3 + 5 * i
+        img[y:y + h // 4, x:x + w // 4] = (250, 20 * i, 30)
+        lab[y:y + h // 4, x:x + w // 4] = 1
+        cv2.imwrite(str(root / 'images' / f'f{i}.png'), img[:, :, ::-1])
+        cv2.imwrite(str(root / 'labels' / f'f{i}.png'), lab)
+    if split:
+        (root / 'info.json').write_text(json.dumps({'split': split}))
+    return root
+
+
+# ---- protocol -------------------------------------------------------------------------
+
+def test_trained_splits_from_every_stage():
+    info = {'train_base': {'config': {'train_splits': ['train', 'val']}},
+            'train_probes': {'config': {'train_splits': ['train']}}, 'other': 3}
+    assert trained_splits(info) == {'train', 'val'}
+    assert trained_splits({'trained_splits': ['train']}) == {'train'}
+    assert trained_splits({}) == set()
+
+
+def test_guard_refuses_frames_the_bundle_trained_on(tmp_path, bundle, capsys):
+    val_set = _make_set(tmp_path / 'ood_val', split='val')
+    test_set = _make_set(tmp_path / 'ood_test', split='test')
+    real_set = _make_set(tmp_path / 'real')              # no info.json: not CamVid
+    info = load_bundle(bundle).info
+    with pytest.raises(OodSegError, match="CamVid 'val', which this bundle was trained on"):
+        check_held_out(info, [real_set, val_set], 'calibrate')
+    check_held_out(info, [real_set, test_set], 'calibrate')   # no error
+    before = (bundle / 'bundle.json').read_text()
+    for argv in (['eval', '--bundle', str(bundle), '--ood-set', str(val_set), '--calibrate'],
+                 ['train-meta', '--bundle', str(bundle), '--ood-set', str(real_set),
+                  '--ood-set', str(val_set)]):
+        assert cli.main(argv) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and 'refusing to' in err[0] and 'ood_val' in err[0]
+    assert (bundle / 'bundle.json').read_text() == before     # nothing written
+    assert not (bundle / 'meta.json').exists()
+
+
+# ---- score choice and calibration -----------------------------------------------------
+
+def test_choose_score_rule():
+    tables = {'a': {'msp': {'ap': 0.20}, 'x': {'ap': 0.60}, 'y': {'ap': 0.30},
+                    'z': {'ap': 0.25}},
+              'b': {'msp': {'ap': 0.05}, 'x': {'ap': 0.04}, 'y': {'ap': 0.06},
+                    'z': {'ap': 0.09}}}
+    res = choose_score(tables)
+    # x has the best mean AP but is below MSP on set b: not eligible.
+    assert res['eligible'] == ['msp', 'y', 'z']
+    assert res['heatmap_score'] == 'z'          # best worst-case AP (0.09 on b)
+    assert res['summary']['z']['worst_ap'] == pytest.approx(0.09)
+    # Nothing beats MSP everywhere: MSP itself.
+    bad = {'a': {'msp': {'ap': 0.5}, 'x': {'ap': 0.4}},
+           'b': {'msp': {'ap': 0.1}, 'x': {'ap': 0.2}}}
+    assert choose_score(bad)['heatmap_score'] == 'msp'
+
+
+def test_multi_set_eval_and_calibration_per_size(tmp_path, bundle):
+    b = tmp_path / 'b'
+    shutil.copytree(bundle, b)
+    s1 = _make_set(tmp_path / 'set_one', seed=1)
+    s2 = _make_set(tmp_path / 'set_two', n=3, seed=2, size=(60, 150))
+    one = evaluate_bundle(b, ood_root=s1)
+    assert {'scores', 'heatmap_score', 'meta', 'frames'} <= set(one) and 'sets' not in one
+    both = evaluate_bundle(b, ood_root=[s1, s2], out_dir=tmp_path / 'ev')
+    assert set(both['sets']) == {'set_one', 'set_two'}
+    assert both['sets']['set_two']['frames'] == 3
+    assert both['sets']['set_one']['scores']['msp']['ap'] == pytest.approx(
+        one['scores']['msp']['ap'])
+    assert (tmp_path / 'ev' / 'set_two' / 'pr_curve.png').exists()
+    # Calibration over both sets at another input size is stored for that size only.
+    pipe = Pipeline.from_bundle(b, backend='torch', device='cpu', all_scores=True,
+                                input_size=(64, 160))
+    evs = {n: OodEvaluation(pipe, OodDataset(r)) for n, r in (('one', s1), ('two', s2))}
+    cal = calibrate(evs)
+    assert cal['calibrated_size'] == '64x160'
+    assert set(cal['calibration']['ap']) == {'one', 'two'}
+    doc = json.loads((b / 'bundle.json').read_text())
+    upd = calibration_update(doc['runtime'], cal, doc['config']['input_size'])
+    assert 'normalisation' not in upd and upd['sizes']['64x160']['normalisation']
+    doc['runtime'].update(upd)
+    doc['runtime']['normalisation'] = {cal['heatmap_score']: [0.0, 1.0]}
+    rt, calibrated = runtime_for_size(doc['runtime'], (64, 160))
+    assert calibrated and rt['segment_threshold'] == cal['segment_threshold']
+    assert rt['normalisation'] == cal['normalisation']
+    rt, calibrated = runtime_for_size(doc['runtime'], (H, W))
+    assert rt['normalisation'] == {cal['heatmap_score']: [0.0, 1.0]}
+
+
+# ---- geometry -------------------------------------------------------------------------
+
+def test_letterbox_keeps_the_aspect():
+    box = Letterbox.fit((1024, 2048), (360, 480))
+    assert box.content == (240, 480) and box.padded
+    assert Letterbox.fit((360, 480), (360, 480)).content == (360, 480)
+    assert Letterbox.fit((720, 1280), (480, 960)).content == (480, 853)
+    assert Letterbox.fit((1024, 2048), (360, 480), 'stretch').content == (360, 480)
+    out = {'semantic': np.zeros((360, 480)), 'probs': np.zeros((11, 90, 120)),
+           'msp': np.zeros((90, 120))}
+    cropped = box.crop(out)
+    assert cropped['semantic'].shape == (240, 480)
+    assert cropped['probs'].shape == (11, 60, 120) and cropped['msp'].shape == (60, 120)
+
+
+def test_pipeline_letterbox_matches_hand_padding(bundle):
+    pipe = Pipeline.from_bundle(bundle, backend='torch', device='cpu', all_scores=True)
+    rng = np.random.default_rng(4)
+    frame = rng.integers(0, 255, (100, 400, 3), dtype=np.uint8)      # 4:1 into 4:3
+    # By hand: scale 128/400 -> 32x128 content at the top-left, mirrored below.
+    small = cv2.resize(frame, (128, 32), interpolation=cv2.INTER_LINEAR)
+    padded = np.pad(small, ((0, H - 32), (0, 0), (0, 0)), mode='edge')
+    raw = pipe.backend.infer(padded)
+    got = pipe.infer(frame)
+    assert got['semantic'].shape == (32, 128)
+    np.testing.assert_array_equal(got['semantic'], raw['semantic'][:32])
+    np.testing.assert_allclose(got['msp'], raw['msp'][:8], rtol=0, atol=0)
+    res = pipe.process(frame)
+    assert res.heatmap.shape == (100, 400) and res.semantic.shape == (100, 400)
+    # The stretched geometry sees a different (squashed) image.
+    stretched = Pipeline.from_bundle(bundle, backend='torch', device='cpu',
+                                     geometry='stretch')
+    assert stretched.infer(frame)['semantic'].shape == (H, W)
+    with pytest.raises(OodSegError, match='geometry'):
+        Pipeline.from_bundle(bundle, backend='torch', device='cpu', geometry='crop')
+
+
+def test_input_size_is_a_setting(bundle):
+    pipe = Pipeline.from_bundle(bundle, backend='torch', device='cpu', input_size='64x128')
+    assert pipe.input_size == (64, 128)
+    frame = np.random.default_rng(5).integers(0, 255, (50, 100, 3), dtype=np.uint8)
+    out = pipe.infer(frame)
+    assert out['semantic'].shape == (64, 128) and out[pipe.score_name].shape == (16, 32)
+    with pytest.raises(OodSegError, match='HxW'):
+        Pipeline.from_bundle(bundle, backend='torch', device='cpu', input_size='big')
+
+
+# ---- SML statistics -------------------------------------------------------------------
+
+def test_sml_stats_match_recomputation(bundle):
+    model = load_bundle(bundle).model
+    rng = np.random.default_rng(6)
+    frames = [rng.integers(0, 255, (H, W, 3), dtype=np.uint8) for _ in range(5)]
+    stats = gather_sml_stats(model, frames, batch_size=2)
+    assert stats['frames'] == 5 and set(stats['members']) == set(SML_MEMBERS)
+    # Independent: every pixel's max logit per member, then per-class mean / std.
+    values = {m: [] for m in SML_MEMBERS}
+    with torch.no_grad():
+        for f in frames:
+            x = torch.from_numpy(f).permute(2, 0, 1)[None].float() / 255
+            low, _, probes = model.features(x, with_probes=True)
+            zs = [upsample(p, low.shape[-2:]) for p in probes] + [low]
+            for m, z in zip(SML_MEMBERS, zs):
+                values[m].append(z[0].reshape(z.shape[1], -1).T.numpy())
+    for m in SML_MEMBERS:
+        z = np.concatenate(values[m])
+        cls, top = z.argmax(1), z.max(1).astype(np.float64)
+        got = stats['members'][m]
+        for c in range(z.shape[1]):
+            if (cls == c).sum() > 1:
+                assert got['mean'][c] == pytest.approx(top[cls == c].mean(), rel=1e-5)
+                want = max(top[cls == c].std(), 1e-3)       # std floored at 1e-3
+                assert got['std'][c] == pytest.approx(want, rel=1e-4, abs=1e-4)
+            assert got['pixels'][c] == int((cls == c).sum())
+    # Stored in a config they give the SML outputs; a bad shape is refused.
+    cfg = ModelConfig(input_size=(H, W), sml_stats=stats)
+    assert 'sml' in cfg.available_scores()
+    assert 'sml' not in ModelConfig(input_size=(H, W)).available_scores()
+    bad = json.loads(json.dumps(stats))
+    bad['members']['global']['std'][0] = 0.0
+    with pytest.raises(OodSegError, match='std must be > 0'):
+        ModelConfig(input_size=(H, W), sml_stats=bad).validate()
+    with pytest.raises(OodSegError, match='statistics'):
+        OodSegNet(ModelConfig(input_size=(H, W)), outputs=['sml_bsds'])
+
+
+def test_id_false_detections_counts_published_segments(tmp_path, bundle):
+    camvid = tmp_path / 'camvid' / 'test'
+    (camvid / 'images').mkdir(parents=True)
+    (camvid / 'labels').mkdir()
+    rng = np.random.default_rng(7)
+    frames = []
+    for i in range(3):
+        img = rng.integers(0, 255, (H, W, 3), dtype=np.uint8)
+        frames.append(img)
+        cv2.imwrite(str(camvid / 'images' / f'c{i}.png'), img[:, :, ::-1])
+        cv2.imwrite(str(camvid / 'labels' / f'c{i}.png'), np.zeros((H, W), np.uint8))
+    res = id_false_detections(bundle, tmp_path / 'camvid', 'test')
+    pipe = Pipeline.from_bundle(bundle, backend='torch', device='cpu')
+    kept = [sum(s.kept for s in pipe.process(f).segments) for f in frames]
+    assert res['frames'] == 3
+    assert res['kept_per_frame'] == pytest.approx(np.mean(kept))
