@@ -453,6 +453,7 @@ def _evaluate_set(ev: OodEvaluation, root, pipe: Pipeline, epipe: Optional[Pipel
     else:
         res['meta'] = {'undefined': 'the bundle has no meta classifier (ood-seg train-meta)'}
     res['heatmap_score'] = pipe.score_name
+    res['at_segment_threshold'] = threshold_rates(ev)
     if epipe is not None:
         from .data.ood_sets import OodDataset
         eev = OodEvaluation(epipe, OodDataset(root), limit, progress)
@@ -461,6 +462,27 @@ def _evaluate_set(ev: OodEvaluation, root, pipe: Pipeline, epipe: Optional[Pipel
     if out_dir:
         res['plots'] = write_plots(ev, table, Path(out_dir))
     return res
+
+
+def threshold_rates(ev: OodEvaluation) -> Dict:
+    """
+    TPR and FPR of the published heatmap at the pipeline's segment threshold.
+
+    Shows whether a calibration holds at the input size it runs at: the same threshold
+    should flag a similar share of in-distribution pixels on every set and size.
+    """
+    pipe = ev.pipeline
+    tp = fp = pos = neg = 0
+    for i in range(ev.n):
+        heat = normalise(ev.score_map(i, pipe.score_name), *pipe.norm) > pipe.threshold
+        lab = ev.labels[i]
+        tp += int((heat & (lab == 1)).sum())
+        fp += int((heat & (lab == 0)).sum())
+        pos += int((lab == 1).sum())
+        neg += int((lab == 0).sum())
+    return {'score': pipe.score_name, 'threshold': pipe.threshold,
+            'calibrated_here': bool(pipe.calibrated_size),
+            'tpr': tp / pos if pos else float('nan'), 'fpr': fp / neg if neg else float('nan')}
 
 
 def _write_metrics(result: Dict, out_dir) -> None:

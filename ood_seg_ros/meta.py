@@ -240,7 +240,7 @@ def _fit_models(X, y_fp, iou, C=1.0):
 
 
 def fit_meta(features, is_false_positive, iou, feature_names, groups, n_splits=5,
-             threshold=0.5, seed=0, target_tp_kept=None, C=1.0):
+             threshold=0.5, seed=0, target_tp_kept=None, C=1.0, return_oof=False):
     """
     Evaluate the meta classifier by grouped K-fold, then fit it on all segments.
 
@@ -258,6 +258,8 @@ def fit_meta(features, is_false_positive, iou, feature_names, groups, n_splits=5
     ``target_tp_kept`` (e.g. 0.9): choose the threshold instead, as the smallest one that
     keeps at least that share of the true segments in the out-of-fold predictions
     (report key ``threshold_rule``); fp_removed / tp_kept are then reported at it.
+    ``return_oof``: also return the out-of-fold P(false positive) per segment (report key
+    ``p_oof``, a numpy array; None without cross-validation).
     Returns ``(MetaClassifier, report)``; the report is also stored in ``info['cv']``.
     """
     from sklearn.metrics import r2_score, roc_auc_score
@@ -328,6 +330,7 @@ def fit_meta(features, is_false_positive, iou, feature_names, groups, n_splits=5
             report['threshold'] = threshold
             report['threshold_rule'] = f'keep >= {float(target_tp_kept):g} of true segments'
         drop = p_oof > threshold
+        report['_p_oof'] = p_oof
         if not one_class:
             report['auroc'] = float(roc_auc_score(y, p_oof))
         if n_fp > 0:
@@ -341,8 +344,11 @@ def fit_meta(features, is_false_positive, iou, feature_names, groups, n_splits=5
                 warn.append('iou is constant: R^2 undefined')
 
     report['C'] = float(C)
+    p_oof = report.pop('_p_oof', None)
     clf = MetaClassifier(names, *_fit_models(X, y, t, C), threshold=threshold,
                          info={'cv': report})
+    if return_oof:
+        report = {**report, 'p_oof': p_oof}
     return clf, report
 
 

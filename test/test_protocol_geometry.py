@@ -237,3 +237,27 @@ def test_id_false_detections_counts_published_segments(tmp_path, bundle):
     kept = [sum(s.kept for s in pipe.process(f).segments) for f in frames]
     assert res['frames'] == 3
     assert res['kept_per_frame'] == pytest.approx(np.mean(kept))
+
+
+def test_train_meta_on_several_sets(tmp_path, bundle, capsys):
+    b = tmp_path / 'b'
+    shutil.copytree(bundle, b)
+    doc = json.loads((b / 'bundle.json').read_text())
+    doc['runtime'].update({'segment_threshold': 0.3, 'min_segment_px': 16})
+    (b / 'bundle.json').write_text(json.dumps(doc))
+    sets = [_make_set(tmp_path / f'real_{k}', n=6, seed=10 + k) for k in range(2)]
+    argv = ['train-meta', '--bundle', str(b), '--folds', '2', '--C', '1', '--C', '0.1',
+            '--json'] + [a for s in sets for a in ('--ood-set', str(s))]
+    assert cli.main(argv) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert set(report['per_set']) == {'real_0', 'real_1'}
+    assert sum(v['n_segments'] for v in report['per_set'].values()) == report['n_segments']
+    assert report['features'] in ('all', 'transfer') and report['C'] in (1.0, 0.1)
+    assert len(report['selection']) == 4        # 2 feature sets x 2 values of C
+    meta = json.loads((b / 'meta.json').read_text())
+    assert meta['info']['trained_on'] == ['real_0', 'real_1']
+    # The pipeline uses the stored feature subset.
+    pipe = Pipeline.from_bundle(b, backend='torch', device='cpu')
+    assert len(pipe.meta_columns) == len(meta['feature_names'])
+    res = pipe.process(np.random.default_rng(8).integers(0, 255, (H, W, 3), dtype=np.uint8))
+    assert all(0.0 <= s.meta_score <= 1.0 for s in res.segments)

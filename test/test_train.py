@@ -148,3 +148,36 @@ def test_the_same_command_runs_under_torchrun_ddp(tmp_path):
     assert len(results) == 1  # only rank 0 reports
     assert (out / 'bundle' / 'weights.pt').exists()
     assert (out / 'checkpoint.pt').exists()
+
+
+@needs_data
+def test_cached_probe_training_freezes_the_base_and_records_splits(tmp_path):
+    from ood_seg_ros.data.camvid import load_split
+    from ood_seg_ros.train.probe_cache import cache_features, train_probes_cached
+    Trainer(_cfg(tmp_path), log=lambda *_: None).run()
+    base = load_bundle(tmp_path / 'base' / 'bundle')
+    assert base.info['trained_splits'] == ['train']
+    # The cache holds exactly the frozen base's probe inputs (flipped or not).
+    imgs, labs, _ = load_split(CAMVID, ['train'])
+    imgs, labs = imgs[:2], labs[:2]
+    cache = cache_features(base.model.eval(), imgs, labs, [1.0], seed=3, log=lambda *_: None)
+    with torch.no_grad():
+        for k, (br, pooled, y) in enumerate(cache):
+            x = torch.from_numpy(imgs[k]).permute(2, 0, 1)[None].float() / 255
+            flipped = not torch.equal(y, torch.from_numpy(labs[k]))
+            if flipped:
+                x = x.flip(-1)
+            xn = (x - base.model.mean) / base.model.std
+            _, branches, p = base.model.aspp(base.model.backbone(xn)[1])
+            assert torch.allclose(br.float(), torch.stack(branches, 1)[0], atol=1e-2)
+            assert torch.allclose(pooled.float(), p[0], atol=1e-2)
+    cfg = _cfg(tmp_path, stage='probes', init_bundle=str(tmp_path / 'base' / 'bundle'),
+               model={'depth': 1, 'width': 16, 'separable': True}, epochs=2, subset=2)
+    res = train_probes_cached(cfg, scales=[1.0], log=lambda *_: None)
+    after = load_bundle(res['bundle'])
+    before_sd, after_sd = base.model.state_dict(), after.model.state_dict()
+    base_keys = [k for k in before_sd if not k.startswith('probes.')]
+    assert all(torch.equal(before_sd[k], after_sd[k]) for k in base_keys)
+    assert after.config.probe_channels == 16
+    assert after.info['trained_splits'] == ['train']
+    assert after.info['train_probes']['feature_cache']['scales'] == [1.0]

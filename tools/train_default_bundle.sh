@@ -1,26 +1,38 @@
 #!/usr/bin/env bash
-# Build the default bundle end to end, exactly as models/camvid_lite0 was built:
-# base -> probes -> OoD proxy -> entropy maximisation (second bundle) -> calibration and
-# meta classifier on the validation OoD set (COCO group b).
-# Usage: tools/train_default_bundle.sh CAMVID_DIR COCO_DIR OUT_DIR [BASE_MINUTES]
+# Build the default bundle end to end by the clean protocol (issue 9): every training
+# stage on CamVid `train` only; `val` for early stopping; calibration and the meta
+# classifier on held-out validation sets (synthetic val = COCO group b pasted into CamVid
+# val, and the two real anomaly sets); `test` for reporting only.
+#   base -> probes -> SML statistics -> OoD proxy -> entropy maximisation (second bundle)
+#   -> calibration (bundle size and 480x960) -> meta classifier
+# Usage: tools/train_default_bundle.sh DATA_DIR OUT_DIR [BASE_MINUTES]
+#   DATA_DIR holds camvid/, coco128_seg/ and real_ood/ (the shared data folder).
 # Runs on CUDA when available (AMP), else CPU. `python -m ood_seg_ros.cli` == `ood-seg`.
 set -euo pipefail
-camvid=$1; coco=$2; out=$3; minutes=${4:-5.5}
+data=$1; out=$2; minutes=${3:-5.5}
+camvid=$data/camvid; coco=$data/coco128_seg
+real="--ood-set $data/real_ood/fs_lost_found --ood-set $data/real_ood/road_anomaly21"
 py=${PYTHON:-python3}
 ood() { "$py" -m ood_seg_ros.cli "$@"; }
-ood train-base --camvid "$camvid" --out "$out/base" --train-splits train,val \
+ood train-base --camvid "$camvid" --out "$out/base" --train-splits train \
     --epochs 1000 --time-limit "$minutes" --val-every 10 --batch-size 16 --lr 0.02 \
     --class-weights sqrt_median_freq
 ood train-probes --camvid "$camvid" --out "$out/probes" --init-bundle "$out/base/bundle" \
-    --train-splits train,val --epochs 200 --time-limit 1.5 --patience 10 --val-every 2 \
+    --train-splits train --epochs 60 --time-limit 14 --patience 15 --val-every 5 \
     --batch-size 16 --lr 0.01 --class-weights sqrt_median_freq \
-    --probe-depth 3 --probe-channels 128 --probe-separable
+    --probe-depth 3 --probe-channels 128 --probe-separable \
+    --cache-features --cache-scales 0.75,1,1.25
+ood sml-stats --bundle "$out/probes/bundle" --camvid "$camvid" --split train
 ood make-ood-set --camvid "$camvid" --coco "$coco" --split train --group a \
     --out "$out/proxy_train_a" --seed 1 --overwrite
 ood train-entropy --camvid "$camvid" --out "$out/entropy" --init-bundle "$out/probes/bundle" \
-    --ood-proxy "$out/proxy_train_a" --train-splits train,val --epochs 4
+    --ood-proxy "$out/proxy_train_a" --train-splits train --epochs 4
 ood make-ood-set --camvid "$camvid" --coco "$coco" --split val --group b \
     --out "$out/ood_val" --seed 2 --overwrite
-ood eval --bundle "$out/probes/bundle" --ood-set "$out/ood_val" --calibrate
-ood train-meta --bundle "$out/probes/bundle" --ood-set "$out/ood_val" --target-tp-kept 0.9
+# Calibrate at the bundle size first (it sets the top-level settings), then 480x960.
+ood eval --bundle "$out/probes/bundle" --ood-set "$out/ood_val" $real --calibrate
+ood eval --bundle "$out/probes/bundle" --ood-set "$out/ood_val" $real --calibrate \
+    --input-size 480x960
+ood train-meta --bundle "$out/probes/bundle" --ood-set "$out/ood_val" $real \
+    --target-tp-kept 0.9
 echo "default bundle: $out/probes/bundle; entropy-maximisation bundle: $out/entropy/bundle"

@@ -53,6 +53,11 @@ def add_arguments(parser, name):
                             help='rebuild the probes with this width')
         parser.add_argument('--probe-separable', action='store_true',
                             help='rebuild the probes with depthwise-separable 3x3 convs')
+        parser.add_argument('--cache-features', action='store_true',
+                            help='compute the frozen base features once per frame and '
+                                 'scale and train on them (fast on CPUs)')
+        parser.add_argument('--cache-scales', default='0.75,1,1.25',
+                            help='input scales cached with --cache-features')
     parser.add_argument('--epochs', type=int, default=d['epochs'])
     parser.add_argument('--batch-size', type=int, default=d['batch_size'])
     parser.add_argument('--lr', type=float, default=d['lr'])
@@ -102,7 +107,12 @@ def run(args) -> int:
         cfg.model = {'depth': args.probe_depth or base['probe_depth'],
                      'width': args.probe_channels or base['probe_channels'],
                      'separable': args.probe_separable or base['probe_separable']}
-    result = Trainer(cfg, resume=args.resume).run()
+    if getattr(args, 'cache_features', False):
+        from ..train.probe_cache import train_probes_cached
+        result = train_probes_cached(
+            cfg, scales=[float(v) for v in args.cache_scales.split(',') if v])
+    else:
+        result = Trainer(cfg, resume=args.resume).run()
     if int(os.environ.get('RANK', '0')) != 0:
         return 0  # under torchrun only rank 0 validates, saves and reports
     print(json.dumps(result) if args.json else

@@ -72,11 +72,19 @@ def run(args) -> int:
     idx, used = select_features(names, choice['features'])
     clf, report = fit_meta(feats[:, idx], is_fp, iou, used, groups, n_splits=args.folds,
                            threshold=args.threshold,
-                           target_tp_kept=args.target_tp_kept or None, C=choice['C'])
+                           target_tp_kept=args.target_tp_kept or None, C=choice['C'],
+                           return_oof=True)
+    p_oof = report.pop('p_oof')
     per_set = {}
     for name in sorted(set(sets.tolist())):
         m = sets == name
-        per_set[name] = {'n_segments': int(m.sum()), 'n_fp': int(is_fp[m].sum())}
+        entry = {'n_segments': int(m.sum()), 'n_fp': int(is_fp[m].sum())}
+        if p_oof is not None:   # out-of-fold: each segment scored by a model not fit on it
+            drop = p_oof[m] > report['threshold']
+            fp = is_fp[m]
+            entry['fp_removed'] = float(drop[fp].mean()) if fp.any() else None
+            entry['tp_kept'] = float((~drop[~fp]).mean()) if (~fp).any() else None
+        per_set[name] = entry
     report.update({'features': choice['features'], 'selection': table, 'per_set': per_set})
     clf.info['cv'] = report
     clf.info['trained_on'] = [Path(s).name for s in args.ood_set]
