@@ -70,6 +70,8 @@ from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import String
 
 from .errors import OodSegError
+from .node_checks import command_line_parameter_problems, MAX_DIAGNOSTICS_PERIOD, \
+    MIN_DIAGNOSTICS_PERIOD, unknown_parameters
 
 NODE_NAME = 'ood_node'
 ENCODING_CHANNELS = {'rgb8': 3, 'bgr8': 3, 'mono8': 1}
@@ -318,6 +320,11 @@ def _validate(name: str, value) -> None:
         raise OodSegError(f'parameter max_frame_pixels: must be >= 1, got {value}')
     if name in ('diagnostics_period', 'processing_budget_ms') and not value > 0:
         raise OodSegError(f'parameter {name}: must be > 0, got {value}')
+    if name == 'diagnostics_period' and not (
+            MIN_DIAGNOSTICS_PERIOD <= value <= MAX_DIAGNOSTICS_PERIOD):
+        raise OodSegError(f'parameter diagnostics_period: must be in '
+                          f'[{MIN_DIAGNOSTICS_PERIOD:g}, {MAX_DIAGNOSTICS_PERIOD:g}] s, '
+                          f'got {value}')
     if name == 'log_throttle_sec' and value < 0:
         raise OodSegError(f'parameter log_throttle_sec: must be >= 0, got {value}')
     if name == 'segment_threshold' and not (value == 0.0 or 0.0 < value < 1.0):
@@ -368,7 +375,7 @@ class _OodCore:
     def _reset_stats(self) -> None:
         self.received = self.processed = self.dropped = 0
         self.errors: Dict[str, int] = {}
-        self._errors_at_last_diag = 0
+        self._errors_at_last_diag = self._nonfinite_at_last_diag = 0
         self._proc_ms = deque(maxlen=STAT_WINDOW)
         self._pipe_ms = deque(maxlen=STAT_WINDOW)
         self._overhead_ms = deque(maxlen=STAT_WINDOW)
@@ -378,6 +385,13 @@ class _OodCore:
 
     def _read_config(self) -> dict:
         """Read and validate every parameter; raise OodSegError naming the bad one."""
+        problems = command_line_parameter_problems(sys.argv, PARAMETERS)
+        if problems:
+            raise OodSegError('; '.join(problems))
+        unknown = unknown_parameters(getattr(self, '_parameter_overrides', {}), PARAMETERS)
+        if unknown:
+            raise OodSegError(f'unknown parameters {unknown} (misspelt?); known: '
+                              f'{", ".join(PARAMETERS)}')
         cfg = {name: self.get_parameter(name).value for name in PARAMETERS}
         for name, value in cfg.items():
             _validate(name, value)
@@ -479,6 +493,9 @@ class _OodCore:
             return False
         self.pipeline = pipe
         self.model_error = ''
+        if pipe.meta is None:
+            self.get_logger().error('no meta.json in the bundle: meta classifier OFF, '
+                                    'every segment is kept')
         info = ', '.join(f'{k}={v}' for k, v in pipe.backend.describe().items())
         self.get_logger().info(
             f'model ready in {time.perf_counter() - t0:.1f} s: {info}, score '
@@ -536,18 +553,33 @@ class _OodCore:
     # -- runtime parameters ----------------------------------------------------------
     def _on_set_parameters(self, params) -> SetParametersResult:
         """Validate and apply run-time changes; reject bad values with the reason."""
+        saved = self._parameter_state()
         try:
             for param in params:
                 if param.name in PARAMETERS:
                     _validate(param.name, param.value)
             for param in params:
                 self._apply(param.name, param.value)
-        except OodSegError as exc:
-            return SetParametersResult(successful=False, reason=str(exc))
         except Exception as exc:  # noqa: B902 - e.g. a failed pipeline rebuild
-            return SetParametersResult(successful=False,
-                                       reason=f'{type(exc).__name__}: {exc}')
+            self._restore_parameter_state(saved)    # all of the set or none of it
+            reason = str(exc) if isinstance(exc, OodSegError) else \
+                f'{type(exc).__name__}: {exc}'
+            return SetParametersResult(successful=False, reason=reason)
         return SetParametersResult(successful=True)
+
+    def _parameter_state(self):
+        p = self.pipeline
+        cfg = dict(self.cfg) if hasattr(self, 'cfg') else None
+        return p, cfg, (None if p is None else (p.threshold, p.score_name, p.norm))
+
+    def _restore_parameter_state(self, saved) -> None:
+        p, cfg, settings = saved
+        self.pipeline = p
+        if cfg is not None:
+            self.cfg = cfg
+        if p is not None:
+            p.threshold, p.score_name, p.norm = settings
+            self._publish_label_info()
 
     def _apply(self, name: str, value) -> None:
         if not hasattr(self, 'cfg') or name not in PARAMETERS:
@@ -617,7 +649,7 @@ class _OodCore:
         try:
             res = p.process(frame)
         except OodSegError as exc:
-            self._bad_frame('pipeline', str(exc))
+            self._bad_frame(getattr(exc, 'kind', 'pipeline'), str(exc))
             return
         except Exception as exc:  # noqa: B902 - keep the node alive, count and log it
             self._bad_frame('internal', f'{type(exc).__name__}: {exc}')
@@ -684,8 +716,15 @@ class _OodCore:
         }
         for kind in sorted(self.errors):
             values[f'errors_{kind}'] = str(self.errors[kind])
+        values['meta_classifier'] = ('' if p is None else 'on' if p.meta is not None
+                                     else 'OFF (no meta.json): every segment kept')
+        nonfinite = self.errors.get('nonfinite', 0) - self._nonfinite_at_last_diag
+        self._nonfinite_at_last_diag = self.errors.get('nonfinite', 0)
         if p is None:
             level, message = DiagnosticStatus.ERROR, f'no model: {self.model_error}'
+        elif nonfinite:
+            level = DiagnosticStatus.ERROR
+            message = f'{nonfinite} frames with NaN/inf network outputs in the last period'
         elif p95 == p95 and p95 > budget:
             level = DiagnosticStatus.WARN
             message = f'processing p95 {p95:.1f} ms over budget {budget:g} ms'

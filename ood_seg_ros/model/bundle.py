@@ -118,10 +118,22 @@ def load_bundle(path, outputs=None, device='cpu') -> Bundle:
     except Exception as exc:  # noqa: B902 - corrupt file of any kind
         raise OodSegError(f'cannot read {wpath}: {exc}') from exc
     check_state(model, state, str(wpath), 'does not match its config')
+    check_finite(state, wpath)
     model.load_state_dict({k: v.float() if v.is_floating_point() else v
                            for k, v in state.items()})
     model.eval().to(device)
     return Bundle(path, config, model, doc.get('runtime', {}), doc.get('info', {}))
+
+
+def check_finite(state: dict, where) -> None:
+    """Raise OodSegError naming the tensors of ``state`` that hold NaN or inf values."""
+    bad = [f'{k} ({int((~torch.isfinite(v)).sum())} of {v.numel()})'
+           for k, v in state.items()
+           if torch.is_tensor(v) and v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        more = f' and {len(bad) - 3} more' if len(bad) > 3 else ''
+        raise OodSegError(f'{where}: non-finite (NaN/inf) weights in {", ".join(bad[:3])}'
+                          f'{more}; the network would output garbage: retrain or restore it')
 
 
 def build_model(config: ModelConfig, imagenet: bool = True) -> OodSegNet:
