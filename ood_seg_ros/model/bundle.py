@@ -98,10 +98,14 @@ def read_bundle_json(path) -> dict:
         raise OodSegError(f'model bundle {path} has no {BUNDLE_JSON}') from None
     except (OSError, ValueError) as exc:
         raise OodSegError(f'{jpath} is not valid JSON: {exc}') from exc
+    if not isinstance(doc, dict):
+        raise OodSegError(f'{jpath}: expected a JSON object at the top level, got '
+                          f'{type(doc).__name__}')
     if doc.get('format_version') != FORMAT_VERSION:
         raise OodSegError(f'{jpath}: format_version {doc.get("format_version")!r}, '
                           f'this package reads {FORMAT_VERSION}')
-    return doc
+    from ..schema import validate_bundle
+    return validate_bundle(doc, str(jpath))
 
 
 def load_bundle(path, outputs=None, device='cpu') -> Bundle:
