@@ -8,7 +8,7 @@ Input (relative names, remap them in the launch file):
 
 - ``image`` ``sensor_msgs/Image`` (rgb8, bgr8 or mono8; anything else is rejected), or
   with ``input_transport: compressed`` ``image/compressed`` ``sensor_msgs/CompressedImage``
-  (JPEG or PNG, decoded with OpenCV). QoS: best effort, KEEP_LAST 1 by default
+  (JPEG, PNG or WebP, header-checked before OpenCV decodes it; ``format`` honoured). QoS: best effort, KEEP_LAST 1 by default
   (``qos_reliability``, ``qos_depth``); best effort matches reliable and best-effort
   publishers, and depth 1 always processes the newest frame (no queueing lag).
 
@@ -50,7 +50,7 @@ import os
 import struct
 import sys
 import time
-from typing import Dict, Optional, Tuple
+from typing import Dict, Optional
 
 import cv2
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
@@ -70,6 +70,8 @@ from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import String
 
 from .errors import OodSegError
+from .image_headers import check_compressed, CompressedFrameError
+from .image_headers import compressed_size  # noqa: F401 - public name of this module
 from .node_checks import command_line_parameter_problems, MAX_DIAGNOSTICS_PERIOD, \
     MIN_DIAGNOSTICS_PERIOD, unknown_parameters
 
@@ -161,37 +163,20 @@ def image_to_rgb(encoding: str, height: int, width: int, step: int, data,
     return cv2.cvtColor(arr, cv2.COLOR_GRAY2RGB)
 
 
-def compressed_size(data: bytes) -> Optional[Tuple[int, int]]:
-    """(width, height) from a PNG or JPEG header without decoding; None if unknown."""
-    if data[:8] == b'\x89PNG\r\n\x1a\n' and len(data) >= 24:
-        return int.from_bytes(data[16:20], 'big'), int.from_bytes(data[20:24], 'big')
-    if data[:2] != b'\xff\xd8':
-        return None
-    i = 2
-    while i + 9 < len(data):
-        if data[i] != 0xFF:
-            return None
-        marker = data[i + 1]
-        if marker == 0xFF:
-            i += 1
-            continue
-        length = int.from_bytes(data[i + 2:i + 4], 'big')
-        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
-            return (int.from_bytes(data[i + 7:i + 9], 'big'),
-                    int.from_bytes(data[i + 5:i + 7], 'big'))
-        i += 2 + length
-    return None
+def compressed_to_rgb(data, max_pixels: int = DEFAULT_MAX_FRAME_PIXELS,
+                      fmt: str = '') -> np.ndarray:
+    """
+    Decode PNG/JPEG/WebP bytes to RGB uint8 (H, W, 3); FrameError on bad input.
 
-
-def compressed_to_rgb(data, max_pixels: int = DEFAULT_MAX_FRAME_PIXELS) -> np.ndarray:
-    """Decode JPEG/PNG bytes to RGB uint8 (H, W, 3); FrameError decode/too_large/empty."""
+    The header is checked first (:func:`ood_seg_ros.image_headers.check_compressed`:
+    accepted codec, ``fmt`` = CompressedImage.format, declared size) so nothing
+    oversized or of another codec reaches the decoder.
+    """
     raw = bytes(data)
-    if not raw:
-        raise FrameError('empty', 'empty compressed image')
-    size = compressed_size(raw)
-    if size is not None and size[0] * size[1] > max_pixels:
-        raise FrameError('too_large', f'compressed image of {size[0]}x{size[1]} exceeds '
-                         f'max_frame_pixels = {max_pixels}')
+    try:
+        check_compressed(raw, fmt, max_pixels)
+    except CompressedFrameError as exc:
+        raise FrameError(exc.kind, str(exc)) from None
     img = cv2.imdecode(np.frombuffer(raw, np.uint8), cv2.IMREAD_COLOR)
     if img is None or img.size == 0:
         raise FrameError('decode', f'cannot decode compressed image ({len(raw)} bytes)')
@@ -617,7 +602,7 @@ class _OodCore:
         t0 = time.perf_counter()
         self._count_input(info)
         try:
-            frame = compressed_to_rgb(msg.data, self.cfg['max_frame_pixels'])
+            frame = compressed_to_rgb(msg.data, self.cfg['max_frame_pixels'], msg.format)
         except FrameError as exc:
             self._bad_frame(exc.kind, str(exc))
             return
