@@ -8,7 +8,8 @@ Input (relative names, remap them in the launch file):
 
 - ``image`` ``sensor_msgs/Image`` (rgb8, bgr8 or mono8; anything else is rejected), or
   with ``input_transport: compressed`` ``image/compressed`` ``sensor_msgs/CompressedImage``
-  (JPEG, PNG or WebP, header-checked before OpenCV decodes it; ``format`` honoured). QoS: best effort, KEEP_LAST 1 by default
+  (JPEG, PNG or WebP, header-checked before OpenCV decodes it; ``format`` honoured).
+  QoS: best effort, KEEP_LAST 1 by default
   (``qos_reliability``, ``qos_depth``); best effort matches reliable and best-effort
   publishers, and depth 1 always processes the newest frame (no queueing lag).
 

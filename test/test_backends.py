@@ -103,7 +103,7 @@ def test_ort_backend_reuses_and_refreshes_cache(ort_backend, bundle):
 
 
 def _other_bundle(tmp_path, seed=1, **config):
-    """A bundle of the same architecture with other (seeded) weights."""
+    """Save a bundle of the same architecture with other (seeded) weights."""
     torch.manual_seed(seed)
     return save_bundle(tmp_path / f'other{seed}',
                        lively(OodSegNet(ModelConfig(**{**SMALL, **config})), seed=seed),

@@ -259,8 +259,7 @@ def test_dynamic_export_follows_input_size(bundle, torch_model, tmp_path):
         assert_outputs_agree(ref, sess.run(None, {'image': x.numpy()}), names)
 
 
-def test_ensure_onnx_reexports_when_weights_change_even_if_older(bundle, onnx_all,
-                                                                  tmp_path):
+def test_ensure_onnx_reexports_when_weights_change_even_if_older(bundle, onnx_all):
     first = onnx_all.stat().st_mtime_ns
     assert E.ensure_onnx(bundle, ALL_OUTPUTS, SIZE) == onnx_all
     assert onnx_all.stat().st_mtime_ns == first  # same content: not exported again

@@ -10,9 +10,9 @@ encoder's own output (OpenCV), not against this module.
 import struct
 
 import cv2
+import numpy as np
 from ood_seg_ros.image_headers import check_compressed, compressed_size, \
     CompressedFrameError, declared_format, signature
-import numpy as np
 import pytest
 
 
@@ -35,7 +35,7 @@ def test_header_sizes_match_the_encoder(ext, quality):
 
 
 def _webp_bomb(w=16383, h=16383):
-    """A VP8X WebP header declaring a w x h canvas (a few bytes, as the 10 kB attack)."""
+    """Build a VP8X WebP header declaring a w x h canvas (a few bytes, as the 10 kB attack)."""
     body = b'VP8X' + struct.pack('<I', 10) + b'\0\0\0\0' + (w - 1).to_bytes(3, 'little') + \
         (h - 1).to_bytes(3, 'little') + bytes(10000)
     return b'RIFF' + struct.pack('<I', len(body) + 4) + b'WEBP' + body

@@ -22,7 +22,7 @@ CONFIG = ROOT / 'config' / 'ood.yaml'
 
 @pytest.fixture(scope='module')
 def bundle(tmp_path_factory):
-    """The small node-test bundle (no meta.json)."""
+    """Save the small node-test model (it has no meta.json)."""
     pytest.importorskip('torch')
     return rh.make_test_bundle(tmp_path_factory.mktemp('silent') / 'b')
 
@@ -130,7 +130,7 @@ def test_unknown_name_in_params_file_is_refused(bundle, tmp_path):
     assert proc.returncode == 2 and "unknown parameters ['heatmap_scor']" in proc.stderr
 
 
-NODE_SCRIPT = r'''
+NODE_SCRIPT = r"""
 import json, sys, time
 import numpy as np
 import rclpy
@@ -166,7 +166,7 @@ out.update(level=int.from_bytes(st.level, 'little') if isinstance(st.level, byte
 print('RESULT ' + json.dumps(out), flush=True)
 node.destroy_node()
 rclpy.try_shutdown()
-'''
+"""
 
 
 @pytest.fixture(scope='module')
