@@ -141,7 +141,9 @@ def image_to_rgb(encoding: str, height: int, width: int, step: int, data,
     """
     channels = ENCODING_CHANNELS.get(encoding)
     if channels is None:
-        raise FrameError('encoding', f'unsupported image encoding {encoding!r} '
+        shown = repr(encoding) if len(encoding) <= 40 else \
+            f'{encoding[:40]!r}... ({len(encoding)} characters)'
+        raise FrameError('encoding', f'unsupported image encoding {shown} '
                          f'(use rgb8, bgr8 or mono8)')
     if height == 0 or width == 0:
         raise FrameError('empty', f'empty image ({width}x{height})')
