@@ -3,8 +3,9 @@ Soak benchmark of the live node, ``ood-seg bench --node --soak N``: leaks over m
 
 Runs ``N`` frames through a running ``ood_node`` (own process, random ROS domain,
 discovery limited to this machine), one at a time (each waits for its heatmap), with a
-bad frame mixed in every ``bad_every`` frames (each waits until diagnostics count it) (cycling through an unsupported encoding, a
-truncated buffer, a bad step and an empty image: they must be counted and survived).
+bad frame mixed in every ``bad_every`` frames (each waits until diagnostics count it),
+cycling through an unsupported encoding, a truncated buffer, a bad step and an empty
+image: they must be counted and survived.
 Every ``sample_every`` frames it reads the node's ``/proc/<pid>/status`` (VmRSS, VmHWM,
 Threads) and counts its open file descriptors.
 
@@ -31,7 +32,7 @@ FRAME_TIMEOUT_S = 30.0
 
 
 def proc_stats(pid: int) -> dict:
-    """VmRSS / VmHWM (MB), thread and open-fd counts of process ``pid`` (Linux /proc)."""
+    """Return VmRSS / VmHWM (MB), thread and open-fd counts of process ``pid`` (Linux /proc)."""
     out = {}
     try:
         for line in Path(f'/proc/{pid}/status').read_text().splitlines():

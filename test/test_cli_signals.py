@@ -8,7 +8,7 @@ import time
 
 from ood_seg_ros.data import bags
 
-SCRIPT = r'''
+SCRIPT = r"""
 import sys, time, types
 import numpy as np
 from ood_seg_ros import cli
@@ -29,7 +29,7 @@ mod = types.SimpleNamespace(HELP='test', run=run,
 sys.modules['ood_seg_ros.commands.slow'] = mod
 cli.COMMANDS['slow'] = 'slow'
 sys.exit(cli.main(['slow', '--out', sys.argv[1]]))
-'''
+"""
 
 
 def _interrupt(tmp_path, sig):
