@@ -361,8 +361,14 @@ def bag_info(path) -> dict:
         reader.close()
 
 
-def iter_raw_messages(path, topics=None) -> Iterator[tuple]:
-    """Yield (topic, msgtype, log time ns, raw CDR bytes) in log-time order."""
+def iter_raw_messages(path, topics=None, bad: Optional[list] = None) -> Iterator[tuple]:
+    """
+    Yield (topic, msgtype, log time ns, raw CDR bytes) in log-time order.
+
+    Corrupt storage (a truncated file) raises OodSegError, or, with a ``bad`` list, is
+    recorded there (``{'topic': None, 'reason': ...}``) and ends the iteration: the
+    messages read so far are kept.
+    """
     reader = _open_reader(path)
     try:
         conns = [c for c in reader.connections if topics is None or c.topic in topics]
@@ -375,23 +381,38 @@ def iter_raw_messages(path, topics=None) -> Iterator[tuple]:
             except StopIteration:
                 return
             except Exception as exc:  # noqa: B902 - truncated / corrupt storage
-                raise OodSegError(f'bag {path} is corrupt: {exc}') from None
+                if bad is None:
+                    raise OodSegError(f'bag {path} is corrupt: {exc}') from None
+                bad.append({'topic': None, 'stamp_ns': None,
+                            'reason': f'corrupt storage, reading stopped: {exc}'[:300]})
+                return
             conn, stamp, raw = item
             yield conn.topic, conn.msgtype, int(stamp), bytes(raw)
     finally:
         reader.close()
 
 
-def read_image_bag(path, topics=None) -> Iterator[BagMessage]:
+def read_image_bag(path, topics=None, bad: Optional[list] = None) -> Iterator[BagMessage]:
     """
     Yield every sensor_msgs/Image of a bag as BagMessage, in log-time order.
 
     ``topics`` optionally restricts the topics; messages of other types are skipped.
+    With a ``bad`` list, a message that does not decode (corrupt CDR) or a requested
+    topic of another type is recorded there and skipped instead of raising.
     """
-    for topic, msgtype, stamp, raw in iter_raw_messages(path, topics):
+    for topic, msgtype, stamp, raw in iter_raw_messages(path, topics, bad):
         if msgtype != IMAGE_TYPE:
+            if bad is not None and topics is not None:
+                bad.append({'topic': topic, 'stamp_ns': stamp,
+                            'reason': f'{msgtype} is not {IMAGE_TYPE}'})
             continue
-        header, image = decode_image_cdr(raw, f'bag {path}, topic {topic}')
+        try:
+            header, image = decode_image_cdr(raw, f'bag {path}, topic {topic}')
+        except OodSegError as exc:
+            if bad is None:
+                raise
+            bad.append({'topic': topic, 'stamp_ns': stamp, 'reason': str(exc)[:300]})
+            continue
         yield BagMessage(topic, stamp, header, image)
 
 
