@@ -47,18 +47,38 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C so open outputs (bags) are closed and finalised."""
+
+
+def _on_sigterm(signum, frame):
+    raise Terminated()
+
+
 def main(argv=None) -> int:
-    """Entry point of the ``ood-seg`` console script."""
+    """
+    Entry point of the ``ood-seg`` console script.
+
+    SIGTERM is handled like Ctrl-C: the running command unwinds, so a bag being written
+    gets its metadata.yaml (readable), and the exit status is 143 (130 for SIGINT).
+    """
+    import signal
     parser = build_parser()
     args = parser.parse_args(argv)
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         return int(args._module.run(args) or 0)
     except OodSegError as exc:
         print(f'error: {exc}', file=sys.stderr)
         return 2
+    except Terminated:
+        print('terminated', file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         print('interrupted', file=sys.stderr)
         return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == '__main__':

@@ -24,6 +24,7 @@ Choices:
 
 import contextlib
 import hashlib
+import json
 import logging
 import os
 from pathlib import Path
@@ -87,18 +88,71 @@ def default_onnx_path(bundle_path, outputs: Sequence[str], input_size: Tuple[int
     return derived_dir(bundle_path) / name
 
 
-def bundle_mtime(bundle_path) -> float:
-    """Newest modification time of the bundle's weights and bundle.json (seconds)."""
-    from .model.bundle import BUNDLE_JSON, WEIGHTS
-    times = [(Path(bundle_path) / n).stat().st_mtime for n in (WEIGHTS, BUNDLE_JSON)
-             if (Path(bundle_path) / n).exists()]
-    return max(times) if times else 0.0
+def bundle_sha256(bundle_path) -> str:
+    """
+    Content hash of a bundle's network: SHA-256 of its weights file and its config.
+
+    Modification times are not used: ``cp -p``, ``rsync -a`` and tar keep old times, so
+    a replaced ``weights.pt`` can be older than the graph exported from the previous one.
+    """
+    from .model.bundle import read_bundle_json, WEIGHTS
+    from .runtime.engine_cache import file_sha256
+    doc = read_bundle_json(bundle_path)
+    wpath = Path(bundle_path) / WEIGHTS
+    try:
+        weights = file_sha256(wpath)
+    except OSError as exc:
+        raise OodSegError(f'cannot read {wpath}: {exc.strerror or exc}') from None
+    text = json.dumps({'weights_sha256': weights, 'config': doc.get('config')},
+                      sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
-def is_fresh(path, bundle_path) -> bool:
-    """Tell whether ``path`` exists and is newer than the bundle's weights and JSON."""
+def source_sha256(bundle_path, outputs: Sequence[str], input_size, fp16: bool = False,
+                  opset: int = DEFAULT_OPSET, dynamic: bool = False) -> str:
+    """Content hash of everything an exported graph is made from: bundle + export options."""
+    size = 'dyn' if dynamic else [int(v) for v in input_size]
+    options = {'outputs': ['semantic'] + canonical_outputs(outputs), 'input_size': size,
+               'precision': 'fp16' if fp16 else 'fp32', 'opset': int(opset)}
+    text = json.dumps({'bundle_sha256': bundle_sha256(bundle_path), 'export': options},
+                      sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def onnx_sidecar(path) -> Path:
+    """Return the JSON sidecar next to an ONNX file (``<file>.json``)."""
     path = Path(path)
-    return path.exists() and path.stat().st_mtime >= bundle_mtime(bundle_path)
+    return path.with_name(path.name + '.json')
+
+
+def onnx_mismatch(path, expected_source: str) -> Optional[str]:
+    """
+    Say why the ONNX file at ``path`` is not the graph of ``expected_source``; None: it is.
+
+    The sidecar records the source hash (weights + config + export options) and the ONNX
+    file's own SHA-256, so a graph of other weights, a graph copied in from another
+    bundle and a damaged file are all told apart from a cache hit.
+    """
+    from .runtime.engine_cache import file_sha256
+    path = Path(path)
+    if not path.exists():
+        return f'no graph {path.name} yet'
+    side = onnx_sidecar(path)
+    try:
+        doc = json.loads(side.read_text())
+        if not isinstance(doc, dict):
+            raise ValueError('not a JSON object')
+    except FileNotFoundError:
+        return f'no provenance sidecar {side.name}'
+    except (OSError, ValueError) as exc:
+        return f'unreadable provenance sidecar {side.name} ({exc})'
+    if doc.get('source_sha256') != expected_source:
+        return ('exported from other weights, config or export options '
+                f'(source hash {str(doc.get("source_sha256"))[:12]}, '
+                f'here {expected_source[:12]})')
+    if doc.get('onnx_sha256') != file_sha256(path):
+        return 'the file does not match the SHA-256 in its sidecar (replaced or damaged)'
+    return None
 
 
 def _check_size(input_size) -> Tuple[int, int]:
@@ -156,6 +210,7 @@ def export_onnx(bundle_path, outputs: Optional[Sequence[str]] = None, out_path=N
     model = bundle.model.eval()
     outs = canonical_outputs(model.outputs)
     h, w = _check_size(input_size or bundle.config.input_size)
+    source = source_sha256(bundle_path, outs, (h, w), fp16, opset, dynamic)
     path = Path(out_path) if out_path else default_onnx_path(
         bundle_path, outs, (h, w), fp16, opset, dynamic)
     names = model.output_names()
@@ -205,10 +260,13 @@ def export_onnx(bundle_path, outputs: Optional[Sequence[str]] = None, out_path=N
         meta = {'ood_seg.outputs': ','.join(names), 'ood_seg.input_size': f'{h}x{w}',
                 'ood_seg.precision': 'fp16' if fp16 else 'fp32',
                 'ood_seg.dynamic': str(bool(dynamic)).lower(),
-                'ood_seg.class_names': ','.join(bundle.config.class_names)}
+                'ood_seg.class_names': ','.join(bundle.config.class_names),
+                'ood_seg.bundle_sha256': bundle_sha256(bundle_path),
+                'ood_seg.source_sha256': source}
         for k, v in meta.items():
             graph.metadata_props.add(key=k, value=v)
         onnx.save(graph, str(tmp))
+        _write_sidecar(tmp, onnx_sidecar(path), source, meta)
         os.replace(tmp, path)
     except OSError as exc:
         raise OodSegError(f'cannot write ONNX file {path}: {exc}') from exc
@@ -223,16 +281,31 @@ def export_onnx(bundle_path, outputs: Optional[Sequence[str]] = None, out_path=N
     return path
 
 
+def _write_sidecar(onnx_file, side: Path, source: str, meta: dict) -> None:
+    """Record the source hash and the ONNX file's SHA-256 next to it (atomic write)."""
+    from .runtime.engine_cache import file_sha256
+    doc = {'source_sha256': source, 'onnx_sha256': file_sha256(onnx_file),
+           **{k.split('.', 1)[1]: v for k, v in meta.items() if k != 'ood_seg.class_names'}}
+    tmp = side.with_name(f'.{side.name}.{os.getpid()}.tmp')
+    tmp.write_text(json.dumps(doc, indent=2) + '\n')
+    os.replace(tmp, side)
+
+
 def ensure_onnx(bundle_path, outputs: Sequence[str], input_size: Tuple[int, int],
                 fp16: bool = False, force: bool = False) -> Path:
     """
     Return the cached ONNX graph for these settings; export it when missing or stale.
 
-    Stale = older than the bundle's ``weights.pt`` or ``bundle.json``.
+    Stale = its sidecar records another content hash of weights + config + export
+    options (:func:`source_sha256`), or the file differs from the hash in its sidecar;
+    the re-export is logged with the reason.
     """
     path = default_onnx_path(bundle_path, outputs, input_size, fp16)
-    if force or not is_fresh(path, bundle_path):
-        LOG.info('exporting ONNX graph %s', path)
+    reason = 'forced' if force else onnx_mismatch(
+        path, source_sha256(bundle_path, outputs, input_size, fp16))
+    if reason:
+        log = LOG.info if not path.exists() else LOG.warning
+        log('exporting ONNX graph %s: %s', path, reason)
         export_onnx(bundle_path, outputs, path, input_size, fp16)
     return path
 

@@ -150,6 +150,8 @@ class MetaClassifier:
         if d.get('version') != VERSION:
             raise OodSegError(f'{where}: version {d.get("version")!r} is not supported '
                               f'(expected {VERSION})')
+        from .schema import validate_meta
+        validate_meta(d, where)
         missing = [k for k in ('feature_names',) + _ARRAY_KEYS + _SCALAR_KEYS if k not in d]
         if missing:
             raise OodSegError(f'{where}: missing keys {missing}')

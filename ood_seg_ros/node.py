@@ -8,7 +8,8 @@ Input (relative names, remap them in the launch file):
 
 - ``image`` ``sensor_msgs/Image`` (rgb8, bgr8 or mono8; anything else is rejected), or
   with ``input_transport: compressed`` ``image/compressed`` ``sensor_msgs/CompressedImage``
-  (JPEG or PNG, decoded with OpenCV). QoS: best effort, KEEP_LAST 1 by default
+  (JPEG, PNG or WebP, header-checked before OpenCV decodes it; ``format`` honoured).
+  QoS: best effort, KEEP_LAST 1 by default
   (``qos_reliability``, ``qos_depth``); best effort matches reliable and best-effort
   publishers, and depth 1 always processes the newest frame (no queueing lag).
 
@@ -50,7 +51,7 @@ import os
 import struct
 import sys
 import time
-from typing import Dict, Optional, Tuple
+from typing import Dict, Optional
 
 import cv2
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
@@ -70,6 +71,10 @@ from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import String
 
 from .errors import OodSegError
+from .image_headers import check_compressed, CompressedFrameError
+from .image_headers import compressed_size  # noqa: F401 - public name of this module
+from .node_checks import command_line_parameter_problems, MAX_DIAGNOSTICS_PERIOD, \
+    MIN_DIAGNOSTICS_PERIOD, unknown_parameters
 
 NODE_NAME = 'ood_node'
 ENCODING_CHANNELS = {'rgb8': 3, 'bgr8': 3, 'mono8': 1}
@@ -136,7 +141,9 @@ def image_to_rgb(encoding: str, height: int, width: int, step: int, data,
     """
     channels = ENCODING_CHANNELS.get(encoding)
     if channels is None:
-        raise FrameError('encoding', f'unsupported image encoding {encoding!r} '
+        shown = repr(encoding) if len(encoding) <= 40 else \
+            f'{encoding[:40]!r}... ({len(encoding)} characters)'
+        raise FrameError('encoding', f'unsupported image encoding {shown} '
                          f'(use rgb8, bgr8 or mono8)')
     if height == 0 or width == 0:
         raise FrameError('empty', f'empty image ({width}x{height})')
@@ -159,37 +166,20 @@ def image_to_rgb(encoding: str, height: int, width: int, step: int, data,
     return cv2.cvtColor(arr, cv2.COLOR_GRAY2RGB)
 
 
-def compressed_size(data: bytes) -> Optional[Tuple[int, int]]:
-    """(width, height) from a PNG or JPEG header without decoding; None if unknown."""
-    if data[:8] == b'\x89PNG\r\n\x1a\n' and len(data) >= 24:
-        return int.from_bytes(data[16:20], 'big'), int.from_bytes(data[20:24], 'big')
-    if data[:2] != b'\xff\xd8':
-        return None
-    i = 2
-    while i + 9 < len(data):
-        if data[i] != 0xFF:
-            return None
-        marker = data[i + 1]
-        if marker == 0xFF:
-            i += 1
-            continue
-        length = int.from_bytes(data[i + 2:i + 4], 'big')
-        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
-            return (int.from_bytes(data[i + 7:i + 9], 'big'),
-                    int.from_bytes(data[i + 5:i + 7], 'big'))
-        i += 2 + length
-    return None
+def compressed_to_rgb(data, max_pixels: int = DEFAULT_MAX_FRAME_PIXELS,
+                      fmt: str = '') -> np.ndarray:
+    """
+    Decode PNG/JPEG/WebP bytes to RGB uint8 (H, W, 3); FrameError on bad input.
 
-
-def compressed_to_rgb(data, max_pixels: int = DEFAULT_MAX_FRAME_PIXELS) -> np.ndarray:
-    """Decode JPEG/PNG bytes to RGB uint8 (H, W, 3); FrameError decode/too_large/empty."""
+    The header is checked first (:func:`ood_seg_ros.image_headers.check_compressed`:
+    accepted codec, ``fmt`` = CompressedImage.format, declared size) so nothing
+    oversized or of another codec reaches the decoder.
+    """
     raw = bytes(data)
-    if not raw:
-        raise FrameError('empty', 'empty compressed image')
-    size = compressed_size(raw)
-    if size is not None and size[0] * size[1] > max_pixels:
-        raise FrameError('too_large', f'compressed image of {size[0]}x{size[1]} exceeds '
-                         f'max_frame_pixels = {max_pixels}')
+    try:
+        check_compressed(raw, fmt, max_pixels)
+    except CompressedFrameError as exc:
+        raise FrameError(exc.kind, str(exc)) from None
     img = cv2.imdecode(np.frombuffer(raw, np.uint8), cv2.IMREAD_COLOR)
     if img is None or img.size == 0:
         raise FrameError('decode', f'cannot decode compressed image ({len(raw)} bytes)')
@@ -318,6 +308,11 @@ def _validate(name: str, value) -> None:
         raise OodSegError(f'parameter max_frame_pixels: must be >= 1, got {value}')
     if name in ('diagnostics_period', 'processing_budget_ms') and not value > 0:
         raise OodSegError(f'parameter {name}: must be > 0, got {value}')
+    if name == 'diagnostics_period' and not (
+            MIN_DIAGNOSTICS_PERIOD <= value <= MAX_DIAGNOSTICS_PERIOD):
+        raise OodSegError(f'parameter diagnostics_period: must be in '
+                          f'[{MIN_DIAGNOSTICS_PERIOD:g}, {MAX_DIAGNOSTICS_PERIOD:g}] s, '
+                          f'got {value}')
     if name == 'log_throttle_sec' and value < 0:
         raise OodSegError(f'parameter log_throttle_sec: must be >= 0, got {value}')
     if name == 'segment_threshold' and not (value == 0.0 or 0.0 < value < 1.0):
@@ -368,7 +363,7 @@ class _OodCore:
     def _reset_stats(self) -> None:
         self.received = self.processed = self.dropped = 0
         self.errors: Dict[str, int] = {}
-        self._errors_at_last_diag = 0
+        self._errors_at_last_diag = self._nonfinite_at_last_diag = 0
         self._proc_ms = deque(maxlen=STAT_WINDOW)
         self._pipe_ms = deque(maxlen=STAT_WINDOW)
         self._overhead_ms = deque(maxlen=STAT_WINDOW)
@@ -378,6 +373,13 @@ class _OodCore:
 
     def _read_config(self) -> dict:
         """Read and validate every parameter; raise OodSegError naming the bad one."""
+        problems = command_line_parameter_problems(sys.argv, PARAMETERS)
+        if problems:
+            raise OodSegError('; '.join(problems))
+        unknown = unknown_parameters(getattr(self, '_parameter_overrides', {}), PARAMETERS)
+        if unknown:
+            raise OodSegError(f'unknown parameters {unknown} (misspelt?); known: '
+                              f'{", ".join(PARAMETERS)}')
         cfg = {name: self.get_parameter(name).value for name in PARAMETERS}
         for name, value in cfg.items():
             _validate(name, value)
@@ -479,6 +481,9 @@ class _OodCore:
             return False
         self.pipeline = pipe
         self.model_error = ''
+        if pipe.meta is None:
+            self.get_logger().error('no meta.json in the bundle: meta classifier OFF, '
+                                    'every segment is kept')
         info = ', '.join(f'{k}={v}' for k, v in pipe.backend.describe().items())
         self.get_logger().info(
             f'model ready in {time.perf_counter() - t0:.1f} s: {info}, score '
@@ -536,18 +541,33 @@ class _OodCore:
     # -- runtime parameters ----------------------------------------------------------
     def _on_set_parameters(self, params) -> SetParametersResult:
         """Validate and apply run-time changes; reject bad values with the reason."""
+        saved = self._parameter_state()
         try:
             for param in params:
                 if param.name in PARAMETERS:
                     _validate(param.name, param.value)
             for param in params:
                 self._apply(param.name, param.value)
-        except OodSegError as exc:
-            return SetParametersResult(successful=False, reason=str(exc))
         except Exception as exc:  # noqa: B902 - e.g. a failed pipeline rebuild
-            return SetParametersResult(successful=False,
-                                       reason=f'{type(exc).__name__}: {exc}')
+            self._restore_parameter_state(saved)    # all of the set or none of it
+            reason = str(exc) if isinstance(exc, OodSegError) else \
+                f'{type(exc).__name__}: {exc}'
+            return SetParametersResult(successful=False, reason=reason)
         return SetParametersResult(successful=True)
+
+    def _parameter_state(self):
+        p = self.pipeline
+        cfg = dict(self.cfg) if hasattr(self, 'cfg') else None
+        return p, cfg, (None if p is None else (p.threshold, p.score_name, p.norm))
+
+    def _restore_parameter_state(self, saved) -> None:
+        p, cfg, settings = saved
+        self.pipeline = p
+        if cfg is not None:
+            self.cfg = cfg
+        if p is not None:
+            p.threshold, p.score_name, p.norm = settings
+            self._publish_label_info()
 
     def _apply(self, name: str, value) -> None:
         if not hasattr(self, 'cfg') or name not in PARAMETERS:
@@ -585,7 +605,7 @@ class _OodCore:
         t0 = time.perf_counter()
         self._count_input(info)
         try:
-            frame = compressed_to_rgb(msg.data, self.cfg['max_frame_pixels'])
+            frame = compressed_to_rgb(msg.data, self.cfg['max_frame_pixels'], msg.format)
         except FrameError as exc:
             self._bad_frame(exc.kind, str(exc))
             return
@@ -617,7 +637,7 @@ class _OodCore:
         try:
             res = p.process(frame)
         except OodSegError as exc:
-            self._bad_frame('pipeline', str(exc))
+            self._bad_frame(getattr(exc, 'kind', 'pipeline'), str(exc))
             return
         except Exception as exc:  # noqa: B902 - keep the node alive, count and log it
             self._bad_frame('internal', f'{type(exc).__name__}: {exc}')
@@ -684,8 +704,15 @@ class _OodCore:
         }
         for kind in sorted(self.errors):
             values[f'errors_{kind}'] = str(self.errors[kind])
+        values['meta_classifier'] = ('' if p is None else 'on' if p.meta is not None
+                                     else 'OFF (no meta.json): every segment kept')
+        nonfinite = self.errors.get('nonfinite', 0) - self._nonfinite_at_last_diag
+        self._nonfinite_at_last_diag = self.errors.get('nonfinite', 0)
         if p is None:
             level, message = DiagnosticStatus.ERROR, f'no model: {self.model_error}'
+        elif nonfinite:
+            level = DiagnosticStatus.ERROR
+            message = f'{nonfinite} frames with NaN/inf network outputs in the last period'
         elif p95 == p95 and p95 > budget:
             level = DiagnosticStatus.WARN
             message = f'processing p95 {p95:.1f} ms over budget {budget:g} ms'

@@ -202,6 +202,12 @@ def usable_score(runtime: dict) -> str:
     return 'moose_entropy'
 
 
+class NonFiniteOutput(OodSegError):
+    """The network returned NaN/inf in the heatmap score: the frame gives no result."""
+
+    kind = 'nonfinite'
+
+
 class Pipeline:
     """Frame -> FrameResult with one backend, one heatmap score and one meta classifier."""
 
@@ -282,6 +288,11 @@ class Pipeline:
         meta_path = Path(bundle_path) / 'meta.json'
         if meta_path.exists():
             meta = MetaClassifier.load(meta_path)
+        else:
+            import logging
+            logging.getLogger(__name__).error(
+                'bundle %s has no meta.json: meta classifier OFF, every segment is kept '
+                '(train one with ood-seg train-meta)', bundle_path)
         return cls(be, doc['config']['class_names'], runtime, meta, score, threshold,
                    geometry=geometry)
 
@@ -354,7 +365,12 @@ class Pipeline:
         The one segment path shared by :meth:`postprocess`, the evaluator and meta
         classifier training. Returns (heatmap_low, labels_low int32, n, features (n, F)).
         """
-        low = normalise(out[self.score_name], *self.norm)
+        raw = out[self.score_name]
+        if not np.isfinite(raw).all():   # cheap: decoder resolution, one pass
+            bad = int(raw.size - np.count_nonzero(np.isfinite(raw)))
+            raise NonFiniteOutput(f'heatmap score {self.score_name}: {bad} of {raw.size} '
+                                  f'values are NaN/inf (broken weights or backend)')
+        low = normalise(raw, *self.norm)
         # min_segment_px is given at model input resolution; convert to decoder pixels.
         min_low = max(1, int(round(self.runtime['min_segment_px'] / DECODER_STRIDE ** 2)))
         labels, n = find_segments(low, self.threshold, min_low)

@@ -15,6 +15,7 @@ import sys
 import cv2
 from model_helpers import lively, sml_stats
 import numpy as np
+from ood_seg_ros import export as E
 from ood_seg_ros.errors import OodSegError
 from ood_seg_ros.model import ModelConfig, OodSegNet, save_bundle
 from ood_seg_ros.pipeline import Pipeline
@@ -97,9 +98,100 @@ def test_ort_backend_reuses_and_refreshes_cache(ort_backend, bundle):
     again = OnnxRuntimeBackend(bundle, OUTPUTS, device='cpu', threads=1)
     assert again.onnx_path == path and path.stat().st_mtime_ns == stamp  # cache hit
     past = (Path(bundle) / 'weights.pt').stat().st_mtime - 100
-    os.utime(path, (past, past))  # newer weights -> export again
+    os.utime(path, (past, past))  # an old time alone is no reason to export again
     OnnxRuntimeBackend(bundle, OUTPUTS, device='cpu', threads=1)
-    assert path.stat().st_mtime > past + 50
+    assert path.stat().st_mtime < past + 1
+
+
+def _other_bundle(tmp_path, seed=1, **config):
+    """Save a bundle of the same architecture with other (seeded) weights."""
+    torch.manual_seed(seed)
+    return save_bundle(tmp_path / f'other{seed}',
+                       lively(OodSegNet(ModelConfig(**{**SMALL, **config})), seed=seed),
+                       runtime=RUNTIME, half=False)
+
+
+def test_ort_backend_refuses_or_rebuilds_a_graph_of_another_network(tmp_path, caplog):
+    own, other = _other_bundle(tmp_path, 2), _other_bundle(tmp_path, 3)
+    ref = TorchBackend(own, OUTPUTS, device='cpu')
+    img = frame(SIZE, 1)
+    theirs = OnnxRuntimeBackend(other, OUTPUTS, device='cpu', threads=1)
+    # 1. Another bundle's graph given explicitly: refused with one line.
+    with pytest.raises(OodSegError, match='exported from another network'):
+        OnnxRuntimeBackend(own, OUTPUTS, device='cpu', onnx_path=theirs.onnx_path)
+    # 2. The same graph copied into this bundle's cache, sidecar included, older than
+    #    the weights: detected by hash, logged and rebuilt; the outputs are this network's.
+    mine = OnnxRuntimeBackend(own, OUTPUTS, device='cpu', threads=1)
+    assert (mine.infer(img)['semantic'] == ref.infer(img)['semantic']).mean() >= 0.995
+    for src in (theirs.onnx_path, E.onnx_sidecar(theirs.onnx_path)):
+        dst = mine.onnx_path.parent / src.name
+        dst.write_bytes(src.read_bytes())
+        os.utime(dst, (1e9, 1e9))
+    assert (Path(own) / 'derived' / theirs.onnx_path.name).exists()
+    with caplog.at_level('WARNING', logger='ood_seg_ros.export'):
+        rebuilt = OnnxRuntimeBackend(own, OUTPUTS, device='cpu', threads=1)
+    assert 'other weights, config or export options' in caplog.text
+    a, b = rebuilt.infer(img), ref.infer(img)
+    assert (a['semantic'] == b['semantic']).mean() >= 0.995
+    assert np.abs(a['moose_entropy'] - b['moose_entropy']).max() < 1e-4
+    # 3. The foreign graph without a sidecar, renamed to this bundle's cache name.
+    mine.onnx_path.write_bytes(theirs.onnx_path.read_bytes())
+    E.onnx_sidecar(mine.onnx_path).unlink()
+    caplog.clear()
+    with caplog.at_level('WARNING', logger='ood_seg_ros.export'):
+        OnnxRuntimeBackend(own, OUTPUTS, device='cpu', threads=1)
+    assert 'no provenance sidecar' in caplog.text
+    # 4. A graph without ood_seg metadata (not made by ood-seg export): refused.
+    import onnx
+    graph = onnx.load(str(theirs.onnx_path))
+    del graph.metadata_props[:]
+    bare = tmp_path / 'bare.onnx'
+    onnx.save(graph, str(bare))
+    with pytest.raises(OodSegError, match='no ood_seg provenance'):
+        OnnxRuntimeBackend(own, OUTPUTS, device='cpu', onnx_path=bare)
+
+
+def test_ort_backend_refuses_a_graph_of_another_input_size(tmp_path):
+    own = _other_bundle(tmp_path, 4)
+    small = E.export_onnx(own, OUTPUTS, tmp_path / 'small.onnx', input_size=(64, 64))
+    with pytest.raises(OodSegError, match='fixed input size 64x64'):
+        OnnxRuntimeBackend(own, OUTPUTS, device='cpu', onnx_path=small)
+    be = OnnxRuntimeBackend(own, OUTPUTS, device='cpu', onnx_path=small, input_size=(64, 64))
+    assert be.input_size == (64, 64)  # asked for explicitly: fine
+    # A 64x64 graph (with its sidecar) planted under the cache name of the bundle's size.
+    cached = E.default_onnx_path(own, OUTPUTS, SIZE)
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    cached.write_bytes(small.read_bytes())
+    E.onnx_sidecar(cached).write_bytes(E.onnx_sidecar(small).read_bytes())
+    assert OnnxRuntimeBackend(own, OUTPUTS, device='cpu').input_size == SIZE
+
+
+def test_tensorrt_cache_key_follows_the_weights(tmp_path):
+    """A stand-in engine built for the old graph is not loaded after the weights change."""
+    own = _other_bundle(tmp_path, 5)
+    wanted = E.canonical_outputs(OUTPUTS)
+
+    def current_key():
+        onnx_path = E.ensure_onnx(own, wanted, SIZE, fp16=True)
+        return EC.engine_key(EC.file_sha256(onnx_path), 'fp16', SIZE, 'NVIDIA H200', (9, 0),
+                             '10.3.0')
+    old = current_key()
+    engine = tmp_path / 'engines' / EC.engine_file_name(old)
+    engine.parent.mkdir()
+    engine.write_bytes(b'stand-in serialized engine')
+    EC.write_sidecar(engine, old)
+    assert EC.plan_engine(engine, current_key()) == ('load', 'cache hit')
+    wpath = Path(own) / 'weights.pt'
+    before = wpath.stat().st_mtime
+    state = torch.load(wpath, weights_only=True)
+    state = {k: v * 1.01 if v.is_floating_point() else v for k, v in state.items()}
+    torch.save(state, wpath)
+    os.utime(wpath, (before - 3600, before - 3600))  # older than the cached graph
+    new = current_key()
+    assert new['onnx_sha256'] != old['onnx_sha256']
+    action, reason = EC.plan_engine(engine, new)
+    assert action == 'build' and 'onnx_sha256' in reason
+    assert EC.engine_file_name(new) != engine.name
 
 
 def test_ort_backend_repairs_corrupt_cache_file(bundle):

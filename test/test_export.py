@@ -260,16 +260,43 @@ def test_dynamic_export_follows_input_size(bundle, torch_model, tmp_path):
         assert_outputs_agree(ref, sess.run(None, {'image': x.numpy()}), names)
 
 
-def test_ensure_onnx_reexports_when_weights_are_newer(bundle, onnx_all):
+def test_ensure_onnx_reexports_when_weights_change_even_if_older(bundle, onnx_all):
     first = onnx_all.stat().st_mtime_ns
     assert E.ensure_onnx(bundle, ALL_OUTPUTS, SIZE) == onnx_all
-    assert onnx_all.stat().st_mtime_ns == first  # fresh: not exported again
+    assert onnx_all.stat().st_mtime_ns == first  # same content: not exported again
+    side = json.loads(E.onnx_sidecar(onnx_all).read_text())
+    assert side['source_sha256'] == E.source_sha256(bundle, ALL_OUTPUTS, SIZE)
     past = (Path(bundle) / 'weights.pt').stat().st_mtime - 100
-    os.utime(onnx_all, (past, past))  # the weights were written after this export
-    assert not E.is_fresh(onnx_all, bundle)
+    os.utime(onnx_all, (past, past))  # only the time changed: still a cache hit
     assert E.ensure_onnx(bundle, ALL_OUTPUTS, SIZE) == onnx_all
-    assert E.is_fresh(onnx_all, bundle)
+    assert abs(onnx_all.stat().st_mtime - past) < 1
+    # Other weights copied in with an *older* time (cp -p, rsync -a, tar): re-export.
+    wpath = Path(bundle) / 'weights.pt'
+    original = wpath.read_bytes()
+    state = torch.load(wpath, weights_only=True)
+    key = next(k for k, v in state.items() if v.is_floating_point() and v.numel() > 100)
+    state[key] = state[key] + 0.5
+    try:
+        torch.save(state, wpath)
+        os.utime(wpath, (past - 1000, past - 1000))
+        assert E.onnx_mismatch(onnx_all, E.source_sha256(bundle, ALL_OUTPUTS, SIZE))
+        E.ensure_onnx(bundle, ALL_OUTPUTS, SIZE)
+        assert E.onnx_mismatch(onnx_all, E.source_sha256(bundle, ALL_OUTPUTS, SIZE)) is None
+        meta = {p.key: p.value for p in onnx.load(str(onnx_all)).metadata_props}
+        assert meta['ood_seg.bundle_sha256'] == E.bundle_sha256(bundle)
+    finally:
+        wpath.write_bytes(original)
+    E.ensure_onnx(bundle, ALL_OUTPUTS, SIZE)  # back to the original weights
     onnx.checker.check_model(str(onnx_all))
+
+
+def test_export_options_are_part_of_the_source_hash(bundle):
+    base = E.source_sha256(bundle, ['msp'], SIZE)
+    assert base == E.source_sha256(bundle, ['msp', 'semantic'], SIZE)
+    assert len({base, E.source_sha256(bundle, ['msp'], (128, 128)),
+                E.source_sha256(bundle, ['msp'], SIZE, fp16=True),
+                E.source_sha256(bundle, ['msp', 'entropy'], SIZE),
+                E.source_sha256(bundle, ['msp'], SIZE, dynamic=True)}) == 5
 
 
 def test_export_bad_arguments(bundle, tmp_path):

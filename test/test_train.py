@@ -52,7 +52,7 @@ def test_resume_continues_from_the_saved_step(tmp_path):
     first.cfg.epochs = 1
     first.run()
     assert first.step == 2 and first.epoch == 1
-    saved = torch.load(Path(cfg.out) / 'checkpoint.pt', weights_only=False)
+    saved = torch.load(Path(cfg.out) / 'checkpoint.pt', weights_only=True)  # no pickle code
     assert saved['step'] == 2
     resumed = Trainer(_cfg(tmp_path, epochs=2), resume=True, log=lambda *_: None)
     assert (resumed.epoch, resumed.step) == (1, 2)

@@ -157,19 +157,25 @@ def run_offline(pipeline, bag, image_topic: str, out_bag, limit=None) -> dict:
     import time
 
     from ..data.bags import BagWriter, IMAGE_TYPE, image_cdr, read_image_bag, to_rgb
+    from ..errors import OodSegError
     from ..replay import HEATMAP_TOPIC, MASK_TOPIC, percentile, SEMANTIC_TOPIC
     import numpy as np
-    times = []
+    times, bad = [], []
     pipeline.process(np.zeros(tuple(pipeline.input_size) + (3,), np.uint8))   # warm-up
     with BagWriter(out_bag) as out:
         for topic in (HEATMAP_TOPIC, MASK_TOPIC, SEMANTIC_TOPIC):
             out.add_topic(topic, IMAGE_TYPE)
-        for msg in read_image_bag(bag, [image_topic]):
+        for msg in read_image_bag(bag, [image_topic], bad=bad):
             if limit is not None and len(times) >= limit:
                 break
             h = msg.header
             t0 = time.perf_counter()
-            res = pipeline.process(to_rgb(msg.image, h.encoding))
+            try:    # a bad frame is skipped and counted, as the node does
+                res = pipeline.process(to_rgb(msg.image, h.encoding))
+            except OodSegError as exc:
+                bad.append({'topic': image_topic, 'stamp_ns': msg.stamp_ns,
+                            'reason': str(exc)[:300]})
+                continue
             times.append(time.perf_counter() - t0)
             out.write(HEATMAP_TOPIC, msg.stamp_ns,
                       image_cdr(res.heatmap, '32FC1', h.stamp_ns, h.frame_id))
@@ -178,7 +184,12 @@ def run_offline(pipeline, bag, image_topic: str, out_bag, limit=None) -> dict:
             out.write(SEMANTIC_TOPIC, msg.stamp_ns,
                       image_cdr(res.semantic, 'mono8', h.stamp_ns, h.frame_id))
     lat = [t * 1e3 for t in times]
-    return {'frames_in': len(times), 'frames_out': len(times), 'frames_dropped': 0,
+    if bad:
+        import logging
+        logging.getLogger(__name__).error('bag-eval: skipped %d bad messages of %s (first: '
+                                          '%s)', len(bad), bag, bad[0]['reason'])
+    return {'frames_in': len(times) + len(bad), 'frames_out': len(times),
+            'frames_dropped': 0, 'bad_messages': len(bad), 'bad_message_list': bad[:20],
             'latency_ms': {'p50': percentile(lat, 50), 'p95': percentile(lat, 95),
                            'mean': sum(lat) / len(lat) if lat else None,
                            'max': max(lat) if lat else None},
@@ -253,7 +264,7 @@ def write_overlays(in_bag, out_bag, image_topic, gt: dict, out_dir, count: int) 
         return []
     heat = _first_per_stamp(out_bag, HEATMAP_TOPIC)
     masks = _first_per_stamp(out_bag, MASK_TOPIC)
-    frames = [m for m in read_image_bag(in_bag, [image_topic])
+    frames = [m for m in read_image_bag(in_bag, [image_topic], bad=[])
               if m.header.stamp_ns in heat]
     if not frames:
         return []
@@ -397,7 +408,7 @@ def run(args) -> int:
 
     gt = {}
     if args.gt_topic in bag_info(bag)['topics']:
-        for msg in read_image_bag(bag, [args.gt_topic]):
+        for msg in read_image_bag(bag, [args.gt_topic], bad=[]):   # counted above
             gt.setdefault(msg.header.stamp_ns, msg.image)
     doc['gt_topic'] = args.gt_topic if gt else None
     if gt:

@@ -52,6 +52,9 @@ def add_arguments(parser):
                         help='network timing: torch.compile the whole network (both variants)')
     parser.add_argument('--node', action='store_true',
                         help='time input->output latency through the ROS 2 node')
+    parser.add_argument('--soak', type=int, default=0, metavar='N',
+                        help='with --node: soak N frames (bad frames mixed in); report '
+                             'VmRSS/VmHWM, fds and threads every 100 frames')
     parser.add_argument('--json', action='store_true', help='print one JSON object')
 
 
@@ -271,7 +274,13 @@ def run(args) -> int:
             res['backend'] = be
             res.update(bench_end_to_end(pipe, args.height, args.width, args.runs,
                                         args.warmup))
-    if args.node:
+    if args.soak and not args.node:
+        raise OodSegError('--soak needs --node')
+    if args.node and args.soak:
+        from ..node_soak import soak_node
+        res.update(soak_node(bundle, args.height, args.width, args.soak,
+                             backend=args.backend or 'auto', device=args.device))
+    elif args.node:
         from ..node_bench import bench_node
         res.update(bench_node(bundle, args.height, args.width, args.runs, args.warmup))
     res['peak_rss_mb'] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)

@@ -14,7 +14,9 @@ the path.
 
 from dataclasses import dataclass
 import functools
+import os
 from pathlib import Path
+import shutil
 import struct
 import time
 from typing import Iterable, Iterator, NamedTuple, Optional
@@ -187,11 +189,20 @@ def raw_header_stamp_ns(raw: bytes) -> int:
 class BagWriter:
     """A rosbag2 writer (metadata version 8) for raw CDR messages; a context manager."""
 
-    def __init__(self, path, storage: str = 'mcap'):
-        """Prepare writing bag folder ``path`` (must not exist) with ``storage``."""
+    def __init__(self, path, storage: str = 'mcap', atomic: bool = False):
+        """
+        Prepare writing bag folder ``path`` (must not exist) with ``storage``.
+
+        ``atomic``: write to a hidden temporary folder next to ``path`` and rename it to
+        ``path`` only when the bag is complete; on an error the partial bag is removed,
+        so a rerun does not fail with "exists already".
+        """
         if storage not in STORAGES:
             raise OodSegError(f'unknown bag storage {storage!r}; use mcap or sqlite3')
-        self.path = Path(path)
+        self.final_path = Path(path)
+        self.atomic = bool(atomic)
+        self.path = (self.final_path.with_name(f'.{self.final_path.name}.partial-{os.getpid()}')
+                     if atomic else self.final_path)
         self.storage = storage
         self._writer = None
         self._connections = {}
@@ -199,9 +210,11 @@ class BagWriter:
     def __enter__(self) -> 'BagWriter':
         """Open the bag for writing."""
         from rosbags.rosbag2 import StoragePlugin, Writer, WriterError
-        if self.path.exists():
-            raise OodSegError(f'output bag {self.path} exists already; remove it or choose '
-                              f'another path')
+        if self.final_path.exists():
+            raise OodSegError(f'output bag {self.final_path} exists already; remove it or '
+                              f'choose another path')
+        if self.atomic and self.path.exists():
+            shutil.rmtree(self.path)        # left by a killed run of this pid
         plugin = StoragePlugin.MCAP if self.storage == 'mcap' else StoragePlugin.SQLITE3
         try:
             self._writer = Writer(self.path, version=BAG_VERSION, storage_plugin=plugin)
@@ -239,7 +252,20 @@ class BagWriter:
                 self._writer.close()
             except OSError as exc:
                 if exc_info[0] is None:
-                    raise OodSegError(f'cannot finish bag {self.path}: {exc}') from None
+                    if self.atomic:
+                        shutil.rmtree(self.path, ignore_errors=True)
+                    raise OodSegError(f'cannot finish bag {self.final_path}: {exc}') from None
+        if not self.atomic:
+            return
+        if exc_info[0] is not None:
+            shutil.rmtree(self.path, ignore_errors=True)
+            return
+        try:
+            os.rename(self.path, self.final_path)
+        except OSError as exc:
+            shutil.rmtree(self.path, ignore_errors=True)
+            raise OodSegError(f'cannot move the finished bag to {self.final_path}: '
+                              f'{exc.strerror}') from None
 
 
 def write_image_bag(out_dir, frames: Iterable, rate_hz: float,
@@ -263,7 +289,7 @@ def write_image_bag(out_dir, frames: Iterable, rate_hz: float,
     n = 0
     names = []
     size = None
-    with BagWriter(out_dir, storage) as bag:
+    with BagWriter(out_dir, storage, atomic=True) as bag:
         bag.add_topic(topic, IMAGE_TYPE)
         if gt_iter is not None:
             bag.add_topic(gt_topic, IMAGE_TYPE)
@@ -335,8 +361,14 @@ def bag_info(path) -> dict:
         reader.close()
 
 
-def iter_raw_messages(path, topics=None) -> Iterator[tuple]:
-    """Yield (topic, msgtype, log time ns, raw CDR bytes) in log-time order."""
+def iter_raw_messages(path, topics=None, bad: Optional[list] = None) -> Iterator[tuple]:
+    """
+    Yield (topic, msgtype, log time ns, raw CDR bytes) in log-time order.
+
+    Corrupt storage (a truncated file) raises OodSegError, or, with a ``bad`` list, is
+    recorded there (``{'topic': None, 'reason': ...}``) and ends the iteration: the
+    messages read so far are kept.
+    """
     reader = _open_reader(path)
     try:
         conns = [c for c in reader.connections if topics is None or c.topic in topics]
@@ -349,23 +381,38 @@ def iter_raw_messages(path, topics=None) -> Iterator[tuple]:
             except StopIteration:
                 return
             except Exception as exc:  # noqa: B902 - truncated / corrupt storage
-                raise OodSegError(f'bag {path} is corrupt: {exc}') from None
+                if bad is None:
+                    raise OodSegError(f'bag {path} is corrupt: {exc}') from None
+                bad.append({'topic': None, 'stamp_ns': None,
+                            'reason': f'corrupt storage, reading stopped: {exc}'[:300]})
+                return
             conn, stamp, raw = item
             yield conn.topic, conn.msgtype, int(stamp), bytes(raw)
     finally:
         reader.close()
 
 
-def read_image_bag(path, topics=None) -> Iterator[BagMessage]:
+def read_image_bag(path, topics=None, bad: Optional[list] = None) -> Iterator[BagMessage]:
     """
     Yield every sensor_msgs/Image of a bag as BagMessage, in log-time order.
 
     ``topics`` optionally restricts the topics; messages of other types are skipped.
+    With a ``bad`` list, a message that does not decode (corrupt CDR) or a requested
+    topic of another type is recorded there and skipped instead of raising.
     """
-    for topic, msgtype, stamp, raw in iter_raw_messages(path, topics):
+    for topic, msgtype, stamp, raw in iter_raw_messages(path, topics, bad):
         if msgtype != IMAGE_TYPE:
+            if bad is not None and topics is not None:
+                bad.append({'topic': topic, 'stamp_ns': stamp,
+                            'reason': f'{msgtype} is not {IMAGE_TYPE}'})
             continue
-        header, image = decode_image_cdr(raw, f'bag {path}, topic {topic}')
+        try:
+            header, image = decode_image_cdr(raw, f'bag {path}, topic {topic}')
+        except OodSegError as exc:
+            if bad is None:
+                raise
+            bad.append({'topic': topic, 'stamp_ns': stamp, 'reason': str(exc)[:300]})
+            continue
         yield BagMessage(topic, stamp, header, image)
 
 

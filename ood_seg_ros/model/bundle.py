@@ -98,10 +98,14 @@ def read_bundle_json(path) -> dict:
         raise OodSegError(f'model bundle {path} has no {BUNDLE_JSON}') from None
     except (OSError, ValueError) as exc:
         raise OodSegError(f'{jpath} is not valid JSON: {exc}') from exc
+    if not isinstance(doc, dict):
+        raise OodSegError(f'{jpath}: expected a JSON object at the top level, got '
+                          f'{type(doc).__name__}')
     if doc.get('format_version') != FORMAT_VERSION:
         raise OodSegError(f'{jpath}: format_version {doc.get("format_version")!r}, '
                           f'this package reads {FORMAT_VERSION}')
-    return doc
+    from ..schema import validate_bundle
+    return validate_bundle(doc, str(jpath))
 
 
 def load_bundle(path, outputs=None, device='cpu') -> Bundle:
@@ -118,10 +122,22 @@ def load_bundle(path, outputs=None, device='cpu') -> Bundle:
     except Exception as exc:  # noqa: B902 - corrupt file of any kind
         raise OodSegError(f'cannot read {wpath}: {exc}') from exc
     check_state(model, state, str(wpath), 'does not match its config')
+    check_finite(state, wpath)
     model.load_state_dict({k: v.float() if v.is_floating_point() else v
                            for k, v in state.items()})
     model.eval().to(device)
     return Bundle(path, config, model, doc.get('runtime', {}), doc.get('info', {}))
+
+
+def check_finite(state: dict, where) -> None:
+    """Raise OodSegError naming the tensors of ``state`` that hold NaN or inf values."""
+    bad = [f'{k} ({int((~torch.isfinite(v)).sum())} of {v.numel()})'
+           for k, v in state.items()
+           if torch.is_tensor(v) and v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        more = f' and {len(bad) - 3} more' if len(bad) > 3 else ''
+        raise OodSegError(f'{where}: non-finite (NaN/inf) weights in {", ".join(bad[:3])}'
+                          f'{more}; the network would output garbage: retrain or restore it')
 
 
 def build_model(config: ModelConfig, imagenet: bool = True) -> OodSegNet:

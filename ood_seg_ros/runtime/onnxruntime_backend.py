@@ -2,8 +2,10 @@
 ONNX Runtime backend: CPU execution provider, CUDA EP when present.
 
 The ONNX graph is exported from the bundle on first use and cached in
-``<bundle>/derived/`` (re-exported when the bundle's weights or JSON are newer), or
-given explicitly with ``onnx_path``.
+``<bundle>/derived/`` (re-exported when the content hash of the bundle's weights, config
+and export options differs from the one recorded beside the graph), or given explicitly
+with ``onnx_path`` (then it must carry this bundle's hash in its metadata). The graph's
+input size must be the requested one, or the bundle's when none is requested.
 
 Session settings, measured on a shared 2-core x86 CPU at 360x480 (median ms per network
 run while other processes loaded the CPU): graph optimisation level ALL (500; EXTENDED
@@ -75,7 +77,26 @@ class OnnxRuntimeBackend(Backend):
         else:
             self.onnx_path = Path(onnx_path)
             self.session = self._open(self.onnx_path)
+            if self.bundle_path is not None:
+                self._check_provenance()
+        if input_size is None and self.bundle_path is not None:
+            from ..model.bundle import read_bundle_json
+            input_size = read_bundle_json(self.bundle_path)['config']['input_size']
         self._check_graph(outputs, input_size)
+
+    def _check_provenance(self) -> None:
+        """Refuse a given ONNX file that was not exported from this bundle's network."""
+        from ..export import bundle_sha256
+        meta = self.session.get_modelmeta().custom_metadata_map
+        got = meta.get('ood_seg.bundle_sha256')
+        if got is None:
+            raise OodSegError(f'{self.onnx_path} has no ood_seg provenance metadata: it was '
+                              f'not exported by ood-seg export; export it from '
+                              f'{self.bundle_path}')
+        if got != bundle_sha256(self.bundle_path):
+            raise OodSegError(f'{self.onnx_path} was exported from another network (bundle '
+                              f'hash {got[:12]}), not from {self.bundle_path}; export it '
+                              f'again from this bundle')
 
     # -- session ---------------------------------------------------------------------
     def session_options(self):
@@ -115,7 +136,7 @@ class OnnxRuntimeBackend(Backend):
         fixed = all(isinstance(d, int) for d in shape[2:])
         if fixed:
             size = (int(shape[2]), int(shape[3]))
-            if input_size is not None and tuple(input_size) != size:
+            if input_size is not None and tuple(int(v) for v in input_size) != size:
                 raise OodSegError(f'{self.onnx_path} has a fixed input size {size[0]}x'
                                   f'{size[1]}, but {tuple(input_size)} was requested')
         elif input_size is None:

@@ -384,10 +384,20 @@ class Trainer:
         save_bundle(path, self.model, runtime=runtime, info=info)
 
     def _save_checkpoint(self):
+        """
+        Write ``checkpoint.pt``: tensors and plain containers only.
+
+        Everything in it (model, optimiser, scaler and RNG state, counters, config,
+        history) loads with ``torch.load(weights_only=True)``, which runs no code from the
+        file: a crafted checkpoint in a run folder cannot execute anything on --resume.
+        """
+        rng = {'torch': torch.get_rng_state()}
+        if self.device.type == 'cuda':
+            rng['cuda'] = torch.cuda.get_rng_state(self.device)
         state = {'model': self.model.state_dict(), 'opt': self.opt.state_dict(),
                  'scaler': self.scaler.state_dict(), 'epoch': self.epoch,
                  'step': self.step, 'best': self.best, 'cfg': asdict(self.cfg),
-                 'history': self.history}
+                 'history': self.history, 'rng': rng}
         tmp = self.out / 'checkpoint.pt.tmp'
         torch.save(state, tmp)
         os.replace(tmp, self.out / 'checkpoint.pt')
@@ -396,7 +406,7 @@ class Trainer:
         path = self.out / 'checkpoint.pt'
         if not path.exists():
             raise OodSegError(f'cannot resume: {path} does not exist')
-        state = torch.load(path, map_location=self.device, weights_only=False)
+        state = load_checkpoint(path, self.device)
         if state['cfg'].get('stage') != self.cfg.stage:
             raise OodSegError(f'{path} is a {state["cfg"].get("stage")} checkpoint, '
                               f'not {self.cfg.stage}')
@@ -405,9 +415,35 @@ class Trainer:
         self.scaler.load_state_dict(state['scaler'])
         self.epoch, self.step, self.best = state['epoch'], state['step'], state['best']
         self.history = state.get('history', [])
+        rng = state.get('rng') or {}
+        if 'torch' in rng:
+            torch.set_rng_state(rng['torch'].cpu())
+        if 'cuda' in rng and self.device.type == 'cuda':
+            torch.cuda.set_rng_state(rng['cuda'].cpu(), self.device)
         if self.cfg.stage == 'probes':
             self.model.freeze_base_for_probes()
         self.log(f'resumed from {path} at epoch {self.epoch}, step {self.step}')
+
+
+def load_checkpoint(path, device='cpu') -> dict:
+    """
+    Read a training checkpoint with ``weights_only=True``: no code from the file runs.
+
+    A pickle that asks for anything but tensors and plain containers (a crafted payload,
+    or a checkpoint of an old version that stored arbitrary objects) is refused with one
+    line naming the file.
+    """
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+    except Exception as exc:  # noqa: B902 - UnpicklingError, RuntimeError, EOFError, ...
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise OodSegError(f'cannot resume from {path}: not a plain checkpoint of tensors '
+                          f'and containers (refused to unpickle it: {first[:200]})') from None
+    missing = [k for k in ('model', 'opt', 'scaler', 'epoch', 'step', 'best', 'cfg')
+               if not isinstance(state, dict) or k not in state]
+    if missing:
+        raise OodSegError(f'cannot resume from {path}: missing entries {missing}')
+    return state
 
 
 class TrainForward(torch.nn.Module):

@@ -1,0 +1,173 @@
+"""
+Soak benchmark of the live node, ``ood-seg bench --node --soak N``: leaks over many frames.
+
+Runs ``N`` frames through a running ``ood_node`` (own process, random ROS domain,
+discovery limited to this machine), one at a time (each waits for its heatmap), with a
+bad frame mixed in every ``bad_every`` frames (each waits until diagnostics count it),
+cycling through an unsupported encoding, a truncated buffer, a bad step and an empty
+image: they must be counted and survived.
+Every ``sample_every`` frames it reads the node's ``/proc/<pid>/status`` (VmRSS, VmHWM,
+Threads) and counts its open file descriptors.
+
+JSON keys: ``soak_frames``, ``soak_bad_frames``, ``frames_processed`` / ``frames_dropped``
+(no heatmap within the timeout), ``node_errors`` (the diagnostics error counters),
+``samples`` (one per ``sample_every`` frames), ``rss_growth_mb`` (VmRSS at the last
+sample minus at frame ``baseline_frame``, 200 by default: the first frames warm up
+allocator pools), ``fd_growth``, ``thread_growth``. No targets are asserted here: the
+figures are for the README and for comparing runs.
+"""
+
+import os
+from pathlib import Path
+import random
+import signal
+import subprocess
+import tempfile
+import time
+
+from .errors import OodSegError
+from .node_bench import _node_command, _spin_until, _tail, _value, READY_TIMEOUT_S
+
+FRAME_TIMEOUT_S = 30.0
+
+
+def proc_stats(pid: int) -> dict:
+    """Return VmRSS / VmHWM (MB), thread and open-fd counts of process ``pid`` (Linux /proc)."""
+    out = {}
+    try:
+        for line in Path(f'/proc/{pid}/status').read_text().splitlines():
+            key, _, value = line.partition(':')
+            if key in ('VmRSS', 'VmHWM'):
+                out[key.lower() + '_mb'] = round(int(value.split()[0]) / 1024, 2)
+            elif key == 'Threads':
+                out['threads'] = int(value)
+        out['fds'] = len(os.listdir(f'/proc/{pid}/fd'))
+    except (OSError, ValueError) as exc:
+        raise OodSegError(f'cannot read /proc/{pid} of the node: {exc}') from exc
+    return out
+
+
+def _bad_frames(image_cls, height, width):
+    """Malformed frames the node must count and survive (one per kind)."""
+    def make(**kw):
+        msg = image_cls(height=height, width=width, encoding='rgb8', step=width * 3)
+        msg.header.frame_id = 'soak_bad'
+        for k, v in kw.items():
+            setattr(msg, k, v)
+        return msg
+    return [make(encoding='32FC1', step=width * 4, data=bytes(width * height * 4)),
+            make(data=bytes(width * 3 * height // 2)),
+            make(step=width, data=bytes(width * height)),
+            make(height=0, width=0, step=0, data=b'')]
+
+
+def soak_node(bundle, height, width, frames, backend='auto', device='auto',
+              bad_every=97, sample_every=100, baseline_frame=200) -> dict:
+    """Run ``frames`` good frames (plus bad ones) through ood_node; memory/fd/thread figures."""
+    import numpy as np
+    if not bundle:
+        raise OodSegError('bench --node --soak needs a model bundle (--bundle)')
+    if frames < 1:
+        raise OodSegError(f'--soak needs a frame count >= 1, got {frames}')
+    try:
+        import rclpy
+        from rclpy.context import Context
+        from rclpy.executors import SingleThreadedExecutor
+        from rclpy.qos import QoSProfile, ReliabilityPolicy
+        from diagnostic_msgs.msg import DiagnosticArray
+        from sensor_msgs.msg import Image
+    except ImportError as exc:
+        raise OodSegError(f'bench --node --soak needs rclpy and sensor_msgs: {exc}') from exc
+    from .commands.bench import _sample_frame
+    rng = np.random.default_rng(0)
+    good = [_sample_frame(height, width, rng).tobytes() for _ in range(4)]
+    domain = random.randint(100, 200)
+    env = dict(os.environ, ROS_DOMAIN_ID=str(domain), ROS_AUTOMATIC_DISCOVERY_RANGE='LOCALHOST')
+    saved = {k: os.environ.get(k) for k in ('ROS_DOMAIN_ID', 'ROS_AUTOMATIC_DISCOVERY_RANGE')}
+    os.environ.update(ROS_DOMAIN_ID=str(domain), ROS_AUTOMATIC_DISCOVERY_RANGE='LOCALHOST')
+    log = tempfile.TemporaryFile(mode='w+')
+    proc = subprocess.Popen(_node_command(bundle, backend, device, height * width), env=env,
+                            stdout=log, stderr=subprocess.STDOUT)
+    context = Context()
+    rclpy.init(context=context, domain_id=domain)
+    node = rclpy.create_node('ood_soak_client', context=context)
+    executor = SingleThreadedExecutor(context=context)
+    executor.add_node(node)
+    got, diags, samples = set(), [], []
+    processed = dropped = bad_sent = 0
+    t_start = time.monotonic()
+    try:
+        reliable = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE)
+        pub = node.create_publisher(Image, '/ood_bench/image', reliable)
+        node.create_subscription(
+            Image, '/ood/heatmap',
+            lambda m: got.add((m.header.stamp.sec, m.header.stamp.nanosec)), reliable)
+        node.create_subscription(DiagnosticArray, '/diagnostics',
+                                 lambda m: diags.extend(m.status), 10)
+        ready = _spin_until(executor, lambda: pub.get_subscription_count() > 0,
+                            READY_TIMEOUT_S, proc)
+        if not ready:
+            raise OodSegError(f'ood_node did not start: {_tail(log)}')
+        bad = _bad_frames(Image, height, width)
+        msg = Image(height=height, width=width, encoding='rgb8', step=width * 3)
+        msg.header.frame_id = 'soak'
+        for i in range(1, frames + 1):
+            if bad_every and i % bad_every == 0:
+                # Wait until the node counted it (diagnostics), else the next good frame
+                # would replace it in the node's depth-1 queue before it is read.
+                pub.publish(bad[bad_sent % len(bad)])
+                bad_sent += 1
+                _spin_until(executor, lambda: any(
+                    _value(st, 'errors_total', 0) >= bad_sent for st in diags), 5.0, proc)
+                diags.clear()
+            msg.data = good[i % len(good)]
+            msg.header.stamp = node.get_clock().now().to_msg()
+            key = (msg.header.stamp.sec, msg.header.stamp.nanosec)
+            pub.publish(msg)
+            if _spin_until(executor, lambda: key in got, FRAME_TIMEOUT_S, proc):
+                processed += 1
+                got.discard(key)
+            elif proc.poll() is not None:
+                raise OodSegError(f'ood_node exited during the soak at frame {i}: '
+                                  + _tail(log))
+            else:
+                dropped += 1
+            if i % sample_every == 0 or i == frames:
+                samples.append({'frame': i, 't_s': round(time.monotonic() - t_start, 1),
+                                **proc_stats(proc.pid)})
+        diags.clear()
+        _spin_until(executor, lambda: bool(diags), 5.0, proc)
+        status = diags[-1] if diags else None
+    finally:
+        executor.shutdown()
+        node.destroy_node()
+        rclpy.try_shutdown(context=context)
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        log.close()
+    base = next((s for s in samples if s['frame'] >= baseline_frame), samples[0])
+    last = samples[-1]
+    errors = {}
+    if status is not None:
+        errors = {kv.key[len('errors_'):]: int(kv.value) for kv in status.values
+                  if kv.key.startswith('errors_')}
+    return {'soak_frames': frames, 'soak_bad_frames': bad_sent, 'height': height,
+            'width': width, 'frames_processed': processed, 'frames_dropped': dropped,
+            'node_frames_processed': int(_value(status, 'frames_processed', -1))
+            if status is not None else None,
+            'node_errors': errors, 'baseline_frame': base['frame'],
+            'rss_growth_mb': round(last['vmrss_mb'] - base['vmrss_mb'], 2),
+            'hwm_growth_mb': round(last['vmhwm_mb'] - base['vmhwm_mb'], 2),
+            'fd_growth': last['fds'] - base['fds'],
+            'thread_growth': last['threads'] - base['threads'],
+            'samples': samples}
