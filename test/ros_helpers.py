@@ -369,6 +369,8 @@ class Client:
         future = client.call_async(request)
         self.spin_until(future.done, timeout)
         self.node.destroy_client(client)
+        if not future.done():
+            raise RuntimeError(f'service {name}: no response within {timeout} s')
         return future.result()
 
     def set_parameters(self, **values):
@@ -389,12 +391,13 @@ class Client:
         return self.call(GetState, f'{self.ns}/ood_node/get_state',
                          GetState.Request()).current_state.label
 
-    def change_state(self, transition_id):
-        """Trigger a lifecycle transition; True on success."""
+    def change_state(self, transition_id, timeout=120.0):
+        """Trigger a lifecycle transition (activate loads the model); True on success."""
         from lifecycle_msgs.srv import ChangeState
         req = ChangeState.Request()
         req.transition.id = transition_id
-        return bool(self.call(ChangeState, f'{self.ns}/ood_node/change_state', req).success)
+        return bool(self.call(ChangeState, f'{self.ns}/ood_node/change_state', req,
+                              timeout).success)
 
     def get_parameters(self, *names):
         """Read node parameters as ``ros2 param get`` does: {name: value}."""

@@ -178,7 +178,8 @@ def runs(bundle, thresholds, share_prefix, tmp_path_factory):
 
 def _ok(res):
     """Fail with the node log when the scenario did not run through."""
-    assert res.get('ready'), f'node never became ready:\n{res["log"][-4000:]}'
+    assert res.get('ready'), (f'node never became ready ({res.get("driver_error")}):\n'
+                              f'{res["log"][-4000:]}')
     assert 'driver_error' not in res, f'{res["driver_error"]}\n{res["log"][-4000:]}'
     return res
 
