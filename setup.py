@@ -14,7 +14,7 @@ setup(
         ('share/ament_index/resource_index/packages', [f'resource/{PACKAGE}']),
         (f'share/{PACKAGE}', ['package.xml']),
         (f'share/{PACKAGE}/launch', glob('launch/*.launch.py')),
-        (f'share/{PACKAGE}/config', glob('config/*.yaml')),
+        (f'share/{PACKAGE}/config', glob('config/*.yaml') + glob('config/*.xml')),
         (f'share/{PACKAGE}/models/camvid_lite0', glob('models/camvid_lite0/*.*')),
     ],
     install_requires=['setuptools'],
@@ -24,7 +24,7 @@ setup(
     description='Out-of-distribution segmentation for ROS 2: DeepLabv3+ with MOoSe probes '
                 'and PGN scores, segment meta classification.',
     license='Apache-2.0',
-    tests_require=['pytest'],
+    extras_require={'test': ['pytest']},
     entry_points={
         'console_scripts': [
             'ood-seg = ood_seg_ros.cli:main',

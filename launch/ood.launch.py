@@ -4,43 +4,82 @@ Start ood_node: ``ros2 launch ood_seg_ros ood.launch.py image_topic:=/camera/ima
 Launch arguments:
 - ``params_file``: node parameters (default: the package's ``config/ood.yaml``);
 - ``image_topic``: camera topic remapped to the node's ``image`` (and
-  ``<image_topic>/compressed`` to ``image/compressed``);
+  ``<image_topic>/compressed`` to ``image/compressed``); a relative name resolves in
+  ``namespace``;
+- ``camera_info_topic``: remapped to the node's ``camera_info`` (empty: beside the image,
+  ``<folder of image_topic>/camera_info``, e.g. ``/camera/camera_info``);
+- ``namespace``: the node's namespace; its outputs follow (``/left/ood/heatmap``);
+- ``lifecycle``: true starts a launch_ros ``LifecycleNode`` (parameter ``lifecycle``);
+  ``autostart:=false`` then leaves it unconfigured for a lifecycle manager;
+- ``exit_on_error``: true makes the node exit (code 1) when the model cannot be loaded and
+  shuts the launch down (``Shutdown`` on exit); params-file default false: the node stays
+  up with ERROR diagnostics;
+- ``autostart``, ``exit_on_error``: empty keeps the params file's value;
 - ``model``, ``backend``, ``input_transport``: override the parameters file when not
   empty (model = ``model_path``, a bundle folder);
 - ``use_sim_time``: true when replaying a bag with ``--clock``.
+
+Fast DDS: unless ``FASTRTPS_DEFAULT_PROFILES_FILE`` or ``FASTDDS_DEFAULT_PROFILES_FILE``
+is set, the node runs with the package's ``config/fastdds.xml`` (32 MiB shared-memory
+segment: camera-size frames are not lost). Give the camera driver the same profile.
 """
 
 import os
+import posixpath
 
 from ament_index_python.packages import get_package_share_directory
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument, OpaqueFunction
+from launch.actions import DeclareLaunchArgument, OpaqueFunction, Shutdown
 from launch.substitutions import LaunchConfiguration
-from launch_ros.actions import Node
+from launch_ros.actions import LifecycleNode, Node
 
 PACKAGE = 'ood_seg_ros'
 # launch argument -> node parameter, set only when the argument is not empty
 OVERRIDES = {'model': 'model_path', 'backend': 'backend',
              'input_transport': 'input_transport'}
+DDS_PROFILE_VARS = ('FASTRTPS_DEFAULT_PROFILES_FILE', 'FASTDDS_DEFAULT_PROFILES_FILE')
+
+
+def _true(value):
+    return value.strip().lower() in ('true', '1', 'yes')
+
+
+def camera_info_topic(image_topic):
+    """Return the camera_info topic beside ``image_topic`` (ROS camera convention)."""
+    return posixpath.join(posixpath.dirname(image_topic.rstrip('/')), 'camera_info')
 
 
 def _node(context):
-    """Build the Node action from the evaluated launch arguments."""
+    """Build the Node (or LifecycleNode) action from the evaluated launch arguments."""
     def arg(name):
         return LaunchConfiguration(name).perform(context)
 
     overrides = {param: arg(name) for name, param in OVERRIDES.items() if arg(name)}
-    overrides['use_sim_time'] = arg('use_sim_time').lower() in ('true', '1', 'yes')
+    overrides['use_sim_time'] = _true(arg('use_sim_time'))
+    # lifecycle decides the action type, so it always sets the parameter
+    overrides['lifecycle'] = lifecycle = _true(arg('lifecycle'))
+    for name in ('autostart', 'exit_on_error'):
+        if arg(name):
+            overrides[name] = _true(arg(name))
     topic = arg('image_topic')
-    return [Node(
-        package=PACKAGE,
-        executable='ood_node',
-        name='ood_node',
-        output='screen',
-        emulate_tty=True,
-        parameters=[arg('params_file'), overrides],
-        remappings=[('image', topic), ('image/compressed', topic + '/compressed')],
-    )]
+    info = arg('camera_info_topic') or camera_info_topic(topic)
+    kwargs = {
+        'package': PACKAGE,
+        'executable': 'ood_node',
+        'name': 'ood_node',
+        'namespace': arg('namespace'),
+        'output': 'screen',
+        'emulate_tty': True,
+        'parameters': [arg('params_file'), overrides],
+        'remappings': [('image', topic), ('image/compressed', topic + '/compressed'),
+                       ('camera_info', info)],
+    }
+    if not any(os.environ.get(var) for var in DDS_PROFILE_VARS):
+        profile = os.path.join(get_package_share_directory(PACKAGE), 'config', 'fastdds.xml')
+        kwargs['additional_env'] = {var: profile for var in DDS_PROFILE_VARS}
+    if overrides.get('exit_on_error'):
+        kwargs['on_exit'] = Shutdown(reason='ood_node exited (exit_on_error)')
+    return [(LifecycleNode if lifecycle else Node)(**kwargs)]
 
 
 def generate_launch_description():
@@ -52,6 +91,11 @@ def generate_launch_description():
         DeclareLaunchArgument('image_topic', default_value='/camera/image_raw',
                               description='input image topic (compressed: '
                                           '<image_topic>/compressed)'),
+        DeclareLaunchArgument('camera_info_topic', default_value='',
+                              description='camera info topic (empty: camera_info beside '
+                                          'image_topic)'),
+        DeclareLaunchArgument('namespace', default_value='',
+                              description='node namespace; outputs are <namespace>/ood/...'),
         DeclareLaunchArgument('model', default_value='',
                               description='model bundle folder (empty: from params_file)'),
         DeclareLaunchArgument('backend', default_value='',
@@ -61,5 +105,15 @@ def generate_launch_description():
                               description='raw or compressed (empty: from params_file)'),
         DeclareLaunchArgument('use_sim_time', default_value='false',
                               description='use the /clock topic (bag replay)'),
+        DeclareLaunchArgument('lifecycle', default_value='false',
+                              description='true: a managed lifecycle node (LifecycleNode)'),
+        DeclareLaunchArgument('autostart', default_value='',
+                              description='lifecycle node: true configures and activates it '
+                                          'at start, false waits for a lifecycle manager '
+                                          '(empty: from params_file, default true)'),
+        DeclareLaunchArgument('exit_on_error', default_value='',
+                              description='true: exit (and shut the launch down) when the '
+                                          'model cannot be loaded (empty: from params_file, '
+                                          'default false)'),
         OpaqueFunction(function=_node),
     ])

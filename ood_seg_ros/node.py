@@ -12,26 +12,35 @@ Input (relative names, remap them in the launch file):
   QoS: best effort, KEEP_LAST 1 by default
   (``qos_reliability``, ``qos_depth``); best effort matches reliable and best-effort
   publishers, and depth 1 always processes the newest frame (no queueing lag).
+- ``camera_info`` ``sensor_msgs/CameraInfo`` (best effort, depth 10), republished
+  unchanged (header kept) on ``ood/camera_info``: the heatmap is at input size, so the
+  camera's CameraInfo describes it (rviz2, image_proc).
 
-Outputs (RELIABLE, KEEP_LAST 1, every one carries the input header unchanged; an output
-without subscribers is not computed or sent; images are serialised straight to CDR):
+Outputs are relative names, resolved in the node's namespace (``/left/ood/heatmap`` for a
+node under ``/left``; the names below are for the root namespace); ``/diagnostics`` is
+global. RELIABLE, KEEP_LAST 1, every one carries the input header unchanged; an output
+without subscribers is not computed or sent; images are serialised straight to CDR:
 
-- ``/ood/heatmap`` 32FC1 in [0, 1] at input size; ``/ood/semantic`` mono8 class ids;
-- ``/ood/segments/mask`` mono16 ids of the kept segments (0 = none);
-- ``/ood/segments`` ``vision_msgs/Detection2DArray``: one Detection2D per kept segment,
+- ``ood/heatmap`` 32FC1 in [0, 1] at input size; ``ood/semantic`` mono8 class ids;
+- ``ood/segments/mask`` mono16 ids of the kept segments (0 = none);
+- ``ood/camera_info``: the input camera's CameraInfo;
+- ``ood/segments`` ``vision_msgs/Detection2DArray``: one Detection2D per kept segment,
   ``id`` = its value in the mask, hypothesis ``class_id`` 'ood' with ``score`` = the
   meta classifier's P(true OoD), bbox in pixels (centre of the end-exclusive box
   (x0 + x1) / 2, size x1 - x0);
-- ``/ood/heatmap/color`` bgr8 overlay (``publish_color``);
-- ``/ood/label_info`` TRANSIENT_LOCAL: ``vision_msgs/LabelInfo`` (semantic class ids and
+- ``ood/heatmap/color`` bgr8 overlay (``publish_color``);
+- ``ood/label_info`` TRANSIENT_LOCAL: ``vision_msgs/LabelInfo`` (semantic class ids and
   names, threshold = segment threshold). Without vision_msgs the same topic carries a
-  ``std_msgs/String`` with the JSON of :func:`label_info_json` and ``/ood/segments`` is
+  ``std_msgs/String`` with the JSON of :func:`label_info_json` and ``ood/segments`` is
   not published; the node says so once at start-up.
 - ``/diagnostics`` every ``diagnostics_period`` s: backend, device, input and output
   rate, processing p50/p95, pipeline and ROS overhead (conversion + publishing) p50,
   latency (now - header.stamp), dropped frames (gaps in the publisher's sequence
   numbers), error counts per kind. ERROR while no model is loaded, WARN when the p95
   processing time exceeds ``processing_budget_ms`` or bad frames arrived in the period.
+
+``ros2 param get`` shows the score and threshold in use once the model is loaded; setting
+``heatmap_score`` to '' or ``segment_threshold`` to 0.0 resets it to the bundle's value.
 
 Heatmap score switching: the pipeline computes only the maps the configured score and
 the meta classifier need (``all_scores: false``, fastest). Switching ``heatmap_score`` at
@@ -42,12 +51,14 @@ cost.
 
 Bad frames (wrong encoding, empty, over ``max_frame_pixels``, step or size mismatch,
 corrupt compressed data) are logged in one line (the first of each kind at once, then
-at most once per ``log_throttle_sec``), counted per kind in diagnostics and skipped.
+at most once per ``log_throttle_sec`` per kind, with the number not logged since), counted
+per kind in diagnostics and skipped.
 """
 
 from collections import deque
 import json
 import os
+from pathlib import Path
 import struct
 import sys
 import time
@@ -61,13 +72,15 @@ from rcl_interfaces.msg import (FloatingPointRange, IntegerRange, ParameterDescr
 import rclpy
 from rclpy.clock import Clock, ClockType
 from rclpy.exceptions import ParameterException
-from rclpy.executors import ExternalShutdownException
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, TransitionCallbackReturn
 from rclpy.logging import get_logger
 from rclpy.node import Node
+from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.subscription import Subscription
-from sensor_msgs.msg import CompressedImage, Image
+from rclpy.task import Future
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_msgs.msg import String
 
 from .errors import OodSegError
@@ -84,6 +97,16 @@ RELIABILITIES = {'best_effort': ReliabilityPolicy.BEST_EFFORT,
                  'reliable': ReliabilityPolicy.RELIABLE}
 BACKEND_NAMES = ('auto', 'torch', 'onnxruntime', 'tensorrt')
 SEQ_UNSUPPORTED = (None, 0, 2 ** 64 - 1)
+# Outputs are relative names, resolved in the node's namespace (under /left:
+# /left/ood/heatmap); /diagnostics stays global as in every ROS node.
+TOPICS = {'heatmap': 'ood/heatmap', 'mask': 'ood/segments/mask', 'semantic': 'ood/semantic',
+          'color': 'ood/heatmap/color', 'segments': 'ood/segments',
+          'label_info': 'ood/label_info', 'camera_info': 'ood/camera_info'}
+DIAGNOSTICS_TOPIC = '/diagnostics'
+# Fast DDS profile with a large shared-memory segment (config/fastdds.xml), used unless
+# the user sets one of these.
+DDS_PROFILE_VARS = ('FASTRTPS_DEFAULT_PROFILES_FILE', 'FASTDDS_DEFAULT_PROFILES_FILE')
+DDS_PROFILE = 'fastdds.xml'
 STAT_WINDOW = 256
 # Subscription callbacks receive the message info (publication sequence numbers) where
 # rclpy supports it; otherwise dropped frames are not counted.
@@ -92,8 +115,12 @@ _WITH_INFO = hasattr(Subscription, 'CallbackType')
 _S, _B, _I, _F = 'string', 'bool', 'int', 'float'
 # name: (default, type, read_only, description). Defaults match config/ood.yaml.
 PARAMETERS = {
-    'lifecycle': (False, _B, True, 'run as a lifecycle node (main() configures and '
-                  'activates it)'),
+    'lifecycle': (False, _B, True, 'run as a lifecycle node (managed: configure, '
+                  'activate, deactivate, cleanup, shutdown)'),
+    'autostart': (True, _B, True, 'lifecycle node: main() configures and activates it; '
+                  'false: wait for a lifecycle manager'),
+    'exit_on_error': (False, _B, True, 'exit with code 1 when the model cannot be loaded '
+                      '(default: stay up with ERROR diagnostics)'),
     'model_path': ('', _S, True, 'model bundle folder; empty: the package default bundle'),
     'backend': ('auto', _S, True, 'auto, torch, onnxruntime or tensorrt'),
     'device': ('auto', _S, True, 'auto, cpu, cuda or cuda:N'),
@@ -102,17 +129,22 @@ PARAMETERS = {
     'force_engine_update': (False, _B, True, 'rebuild the TensorRT engine at start'),
     'cuda_graphs': (True, _B, True, 'torch backend on CUDA: replay a CUDA graph'),
     'threads': (0, _I, True, 'CPU threads for the torch backend; 0: library default'),
+    'input_size': ('', _S, True, 'network input HxW, e.g. 480x960 for a 2:1 camera; '
+                   'empty: the bundle input size'),
+    'geometry': ('letterbox', _S, True, 'letterbox (keep the frame aspect) or stretch'),
     'all_scores': (False, _B, True, 'compute every score so heatmap_score switches '
                    'instantly (slower per frame)'),
     'warmup_runs': (1, _I, True, 'frames run through the model before subscribing'),
-    'heatmap_score': ('', _S, False, 'score shown in the heatmap; empty: the bundle '
-                      'default (changeable at run time)'),
+    'heatmap_score': ('', _S, False, 'score shown in the heatmap; reads the score in '
+                      'use once the model is loaded; set empty: the bundle default '
+                      '(changeable at run time)'),
     'segment_threshold': (0.0, _F, False, 'segment threshold on the heatmap in (0, 1); '
-                          '0: the bundle default (changeable at run time)'),
+                          'reads the threshold in use once the model is loaded; set 0: the '
+                          'bundle default (changeable at run time)'),
     'input_transport': ('raw', _S, True, 'raw (image) or compressed (image/compressed)'),
     'qos_reliability': ('best_effort', _S, True, 'input QoS: best_effort or reliable'),
     'qos_depth': (1, _I, True, 'input queue depth (1: always the newest frame)'),
-    'publish_color': (True, _B, False, 'publish /ood/heatmap/color while subscribed'),
+    'publish_color': (True, _B, False, 'publish ood/heatmap/color while subscribed'),
     'max_frame_pixels': (DEFAULT_MAX_FRAME_PIXELS, _I, True,
                          'larger input frames are rejected (width x height)'),
     'diagnostics_period': (1.0, _F, True, 'seconds between /diagnostics messages'),
@@ -261,7 +293,7 @@ def detections_from_segments(header, segments, detection_array_cls, detection_cl
 
 
 def label_info_json(class_names, threshold: float, score: str) -> str:
-    """Class map as JSON (the /ood/label_info payload when vision_msgs is missing)."""
+    """Class map as JSON (the ood/label_info payload when vision_msgs is missing)."""
     return json.dumps({'class_map': {str(i): n for i, n in enumerate(class_names)},
                        'threshold': float(threshold), 'heatmap_score': score,
                        'segment_class_id': 'ood'})
@@ -318,6 +350,11 @@ def _validate(name: str, value) -> None:
     if name == 'segment_threshold' and not (value == 0.0 or 0.0 < value < 1.0):
         raise OodSegError(f'parameter segment_threshold: must be in (0, 1) or 0 for the '
                           f'bundle default, got {value}')
+    if name == 'input_size' and value:
+        from .pipeline import parse_size
+        parse_size(value)
+    if name == 'geometry' and value not in ('letterbox', 'stretch'):
+        raise OodSegError(f'parameter geometry: {value!r} is not letterbox or stretch')
     if name == 'heatmap_score' and value:
         from .scores import ALL_SCORES
         if value not in ALL_SCORES:
@@ -352,13 +389,27 @@ class _OodCore:
         self.model_error = 'model not loaded yet'
         self._pubs: Dict[str, object] = {}
         self._sub = None
+        self._info_sub = None
+        self._log_marks: Dict[str, Tuple[float, int]] = {}
         self._diag_pub = None
         self._diag_timer = None
         self._vision = load_vision_msgs()
         self._reset_stats()
+        self._syncing = False
+        self.exit_code: Optional[int] = None
+        self.finished = Future()
         for name in PARAMETERS:
             self.declare_parameter(name, PARAMETERS[name][0], _descriptor(name))
+        if hasattr(self, 'add_pre_set_parameters_callback'):     # rclpy >= Iron
+            self.add_pre_set_parameters_callback(self._on_pre_set_parameters)
         self.add_on_set_parameters_callback(self._on_set_parameters)
+
+    def _finish(self, code: int) -> None:
+        """Ask main() to end the process with ``code``."""
+        if self.exit_code is None:
+            self.exit_code = code
+        if not self.finished.done():
+            self.finished.set_result(code)
 
     def _reset_stats(self) -> None:
         self.received = self.processed = self.dropped = 0
@@ -394,23 +445,20 @@ class _OodCore:
                              reliability=ReliabilityPolicy.RELIABLE,
                              durability=DurabilityPolicy.TRANSIENT_LOCAL)
         make = self.create_lifecycle_publisher if self._lifecycle else self.create_publisher
-        self._pubs = {
-            'heatmap': make(Image, '/ood/heatmap', out_qos),
-            'mask': make(Image, '/ood/segments/mask', out_qos),
-            'semantic': make(Image, '/ood/semantic', out_qos),
-            'color': make(Image, '/ood/heatmap/color', out_qos),
-        }
+        self._pubs = {key: make(Image, TOPICS[key], out_qos)
+                      for key in ('heatmap', 'mask', 'semantic', 'color')}
+        self._pubs['camera_info'] = make(CameraInfo, TOPICS['camera_info'], out_qos)
         if self._vision is not None:
             v = self._vision
-            self._pubs['segments'] = make(v['Detection2DArray'], '/ood/segments', out_qos)
-            self._pubs['label_info'] = make(v['LabelInfo'], '/ood/label_info', latched)
+            self._pubs['segments'] = make(v['Detection2DArray'], TOPICS['segments'], out_qos)
+            self._pubs['label_info'] = make(v['LabelInfo'], TOPICS['label_info'], latched)
         else:
             self.get_logger().warning(
-                'vision_msgs is not installed: /ood/segments is not published and '
-                '/ood/label_info carries a std_msgs/String JSON; install '
+                'vision_msgs is not installed: ood/segments is not published and '
+                'ood/label_info carries a std_msgs/String JSON; install '
                 'ros-<distro>-vision-msgs for Detection2DArray and LabelInfo')
-            self._pubs['label_info'] = make(String, '/ood/label_info', latched)
-        self._diag_pub = self.create_publisher(DiagnosticArray, '/diagnostics', 10)
+            self._pubs['label_info'] = make(String, TOPICS['label_info'], latched)
+        self._diag_pub = self.create_publisher(DiagnosticArray, DIAGNOSTICS_TOPIC, 10)
         self._diag_timer = self.create_timer(self.cfg['diagnostics_period'],
                                              self._publish_diagnostics,
                                              clock=Clock(clock_type=ClockType.STEADY_TIME))
@@ -462,6 +510,8 @@ class _OodCore:
         pipe = Pipeline.from_bundle(self._resolve_bundle(), backend=backend,
                                     device=cfg['device'], fp16=cfg['fp16'], score=score,
                                     threshold=threshold, all_scores=cfg['all_scores'],
+                                    input_size=cfg['input_size'] or None,
+                                    geometry=cfg['geometry'],
                                     **options)
         pipe.max_pixels = cfg['max_frame_pixels']
         return pipe
@@ -477,13 +527,23 @@ class _OodCore:
         except Exception as exc:  # noqa: B902 - any failure means: no model
             self.pipeline = None
             self.model_error = f'cannot load model: {exc}'
-            self.get_logger().error(self.model_error)
+            if self.cfg['exit_on_error']:
+                self.get_logger().fatal(f'{self.model_error} (exit_on_error: exiting)')
+                self._finish(1)
+            else:
+                self.get_logger().error(self.model_error)
             return False
         self.pipeline = pipe
         self.model_error = ''
         if pipe.meta is None:
             self.get_logger().error('no meta.json in the bundle: meta classifier OFF, '
                                     'every segment is kept')
+        if not pipe.calibrated_size:
+            self.get_logger().warning(
+                f'the bundle is not calibrated at input {pipe.input_size}: heatmap '
+                f'normalisation and segment threshold come from another size (ood-seg eval '
+                f'--calibrate --input-size)')
+        self._show_effective_parameters()
         info = ', '.join(f'{k}={v}' for k, v in pipe.backend.describe().items())
         self.get_logger().info(
             f'model ready in {time.perf_counter() - t0:.1f} s: {info}, score '
@@ -512,13 +572,30 @@ class _OodCore:
             def callback(msg):
                 handler(msg, None)
         self._sub = self.create_subscription(msg_type, topic, callback, qos)
+        # camera_info beside the image (remapped with it); small messages: a deeper
+        # best-effort queue so none is dropped while a frame is processed.
+        info_qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10,
+                              reliability=ReliabilityPolicy.BEST_EFFORT,
+                              durability=DurabilityPolicy.VOLATILE)
+        self._info_sub = self.create_subscription(CameraInfo, 'camera_info',
+                                                  self._on_camera_info, info_qos)
         self.get_logger().info(f'subscribed to {self._sub.topic_name} '
-                               f'({cfg["qos_reliability"]}, depth {cfg["qos_depth"]})')
+                               f'({cfg["qos_reliability"]}, depth {cfg["qos_depth"]}) and '
+                               f'{self._info_sub.topic_name}')
 
     def _unsubscribe(self) -> None:
         if self._sub is not None:
             self.destroy_subscription(self._sub)
             self._sub = None
+        if self._info_sub is not None:
+            self.destroy_subscription(self._info_sub)
+            self._info_sub = None
+
+    def _on_camera_info(self, msg: CameraInfo) -> None:
+        """Republish the camera's CameraInfo unchanged (header kept) on ood/camera_info."""
+        pub = self._pubs.get('camera_info')
+        if pub is not None and pub.get_subscription_count():
+            pub.publish(msg)
 
     def _publish_label_info(self) -> None:
         pub = self._pubs.get('label_info')
@@ -539,8 +616,47 @@ class _OodCore:
         pub.publish(msg)
 
     # -- runtime parameters ----------------------------------------------------------
+    def _show_effective_parameters(self) -> None:
+        """Set heatmap_score and segment_threshold to the values in use (param get)."""
+        p = self.pipeline
+        self._syncing = True
+        try:
+            results = self.set_parameters([
+                Parameter('heatmap_score', value=p.score_name),
+                Parameter('segment_threshold', value=float(p.threshold))])
+        finally:
+            self._syncing = False
+        for res in results:
+            if not res.successful:
+                self.get_logger().warning(f'cannot show the effective parameter value: '
+                                          f'{res.reason}')
+
+    def _on_pre_set_parameters(self, params):
+        """
+        Turn the bundle-default values ('' and 0.0) into the bundle's own value.
+
+        ``ros2 param set /ood_node segment_threshold 0.0`` resets the threshold to the
+        bundle's and ``ros2 param get`` then reads that value, the one in use.
+        """
+        p = self.pipeline
+        if p is None or self._syncing:
+            return params
+        out = []
+        for param in params:
+            if param.name == 'heatmap_score' and param.value == '':
+                param = Parameter('heatmap_score', value=str(p.runtime['heatmap_score']))
+            elif param.name == 'segment_threshold' and param.value == 0.0:
+                param = Parameter('segment_threshold',
+                                  value=float(p.runtime['segment_threshold']))
+            out.append(param)
+        return out
+
     def _on_set_parameters(self, params) -> SetParametersResult:
         """Validate and apply run-time changes; reject bad values with the reason."""
+        if self._syncing:
+            for param in params:
+                self.cfg[param.name] = param.value
+            return SetParametersResult(successful=True)
         saved = self._parameter_state()
         try:
             for param in params:
@@ -621,13 +737,17 @@ class _OodCore:
         self._last_seq = seq    # a smaller number: another or a restarted publisher
 
     def _bad_frame(self, kind: str, message: str) -> None:
-        first = kind not in self.errors
+        """Count a bad frame; log one line, per kind at most once per log_throttle_sec."""
         self.errors[kind] = self.errors.get(kind, 0) + 1
-        text = f'bad input frame ({kind}): {message}'
-        if first:
-            self.get_logger().error(text)
-        else:
-            self.get_logger().error(text, throttle_duration_sec=self.cfg['log_throttle_sec'])
+        now = time.monotonic()
+        mark = self._log_marks.get(kind)
+        if mark is not None and now - mark[0] < self.cfg['log_throttle_sec']:
+            return
+        # the errors_<kind> count at this line tells how many were not logged since the last
+        skipped = self.errors[kind] - 1 - (mark[1] if mark is not None else 0)
+        more = f' ({skipped} more since the last report)' if skipped > 0 else ''
+        self.get_logger().error(f'bad input frame ({kind}): {message}{more}')
+        self._log_marks[kind] = (now, self.errors[kind])
 
     def _process(self, header, frame: np.ndarray, t0: float) -> None:
         p = self.pipeline
@@ -720,7 +840,9 @@ class _OodCore:
             level, message = DiagnosticStatus.WARN, f'{new_err} bad frames in the last period'
         else:
             level, message = DiagnosticStatus.OK, 'running'
-        status = DiagnosticStatus(level=level, name=f'{self.get_name()}: OoD segmentation',
+        # the node's full name without the leading slash: 'ood_node', 'left/ood_node'
+        name = self.get_fully_qualified_name().lstrip('/')
+        status = DiagnosticStatus(level=level, name=f'{name}: OoD segmentation',
                                   message=message, hardware_id=values['device'] or 'none')
         status.values = [KeyValue(key=k, value=str(v)) for k, v in values.items()]
         return status
@@ -749,7 +871,8 @@ class OodLifecycleNode(_OodCore, LifecycleNode):
     """
     Lifecycle variant: configure = parameters and publishers, activate = model + input.
 
-    Deactivate unsubscribes and frees the model (GPU memory); cleanup removes publishers.
+    Deactivate unsubscribes and frees the model (GPU memory); cleanup removes publishers;
+    shutdown releases everything and ends the process (``main()`` returns 0).
     """
 
     _lifecycle = True
@@ -792,47 +915,119 @@ class OodLifecycleNode(_OodCore, LifecycleNode):
         return super().on_cleanup(state)
 
     def on_shutdown(self, state) -> TransitionCallbackReturn:
-        """Release everything."""
+        """Release everything; the process then exits with code 0."""
         self._unsubscribe()
         self._unload_model()
         self._destroy_outputs()
+        self.get_logger().info('lifecycle shutdown: exiting')
+        self._finish(0)
         return super().on_shutdown(state)
 
 
-def _lifecycle_requested() -> bool:
-    """Read parameter ``lifecycle`` (command line or params file) with a short-lived node."""
+def dds_profile_path() -> Optional[Path]:
+    """
+    Return the package's Fast DDS profile ``config/fastdds.xml``, or None.
+
+    Looks in the source tree, else in the installed ``share/ood_seg_ros/config``.
+    """
+    here = Path(__file__).resolve().parents[1] / 'config' / DDS_PROFILE
+    if here.exists():
+        return here
+    try:
+        from ament_index_python.packages import get_package_share_directory
+        share = Path(get_package_share_directory('ood_seg_ros')) / 'config' / DDS_PROFILE
+        if share.exists():
+            return share
+    except (ImportError, LookupError, ValueError):
+        pass
+    return None
+
+
+def use_dds_profile(environ) -> Optional[str]:
+    """
+    Point Fast DDS at the package profile unless the user chose one; its path or None.
+
+    Sets ``FASTRTPS_DEFAULT_PROFILES_FILE`` (Fast DDS 2, Jazzy) and
+    ``FASTDDS_DEFAULT_PROFILES_FILE`` (Fast DDS 3) in ``environ`` when neither is set and
+    the RMW is Fast DDS (``RMW_IMPLEMENTATION`` unset or ``rmw_fastrtps_*``). Must run
+    before ``rclpy.init``: Fast DDS reads the profile when the participant is created.
+    """
+    if any(environ.get(var) for var in DDS_PROFILE_VARS):
+        return None
+    rmw = environ.get('RMW_IMPLEMENTATION', '')
+    if rmw and not rmw.startswith('rmw_fastrtps'):
+        return None
+    path = dds_profile_path()
+    if path is None:
+        return None
+    for var in DDS_PROFILE_VARS:
+        environ[var] = str(path)
+    return str(path)
+
+
+def _startup_parameters() -> Dict[str, bool]:
+    """Read lifecycle, autostart and exit_on_error with a short-lived node."""
     probe = rclpy.create_node(NODE_NAME, start_parameter_services=False, enable_rosout=False)
     try:
-        return bool(probe.declare_parameter(
-            'lifecycle', False, _descriptor('lifecycle')).value)
+        return {name: bool(probe.declare_parameter(
+            name, PARAMETERS[name][0], _descriptor(name)).value)
+            for name in ('lifecycle', 'autostart', 'exit_on_error')}
     finally:
         probe.destroy_node()
 
 
 def main(args=None) -> int:
     """
-    Console script ``ood_node``; exit code 0 on SIGINT/SIGTERM, 2 on bad parameters.
+    Console script ``ood_node``; exit code 0 on SIGINT/SIGTERM or lifecycle shutdown.
 
-    With Fast DDS the node publishes asynchronously unless RMW_FASTRTPS_PUBLICATION_MODE
-    is set: publish() then returns after copying the image into the writer queue (at
-    1024x2048, conversion + publishing went from 18.4 to 5.8 ms per frame on the 2-core
-    CPU) instead of blocking the image callback while DDS sends ~14 MB of outputs.
+    Exit code 2 on bad parameters, 1 when the model cannot be loaded and
+    ``exit_on_error`` is true (otherwise the node stays up with ERROR diagnostics).
+    A lifecycle node (``lifecycle: true``) configures and activates itself when
+    ``autostart`` is true; with ``autostart: false`` it waits, unconfigured, for
+    ``ros2 lifecycle set`` or a lifecycle manager.
+
+    Fast DDS: unless the user set a profile file, the package's ``config/fastdds.xml``
+    (32 MiB shared-memory segment) is used so camera-size messages are not lost; and the
+    node publishes asynchronously unless RMW_FASTRTPS_PUBLICATION_MODE is set: publish()
+    then returns after copying the image into the writer queue (at 1024x2048, conversion
+    + publishing went from 18.4 to 5.8 ms per frame on the 2-core CPU) instead of blocking
+    the image callback while DDS sends ~14 MB of outputs.
     """
     os.environ.setdefault('RMW_FASTRTPS_PUBLICATION_MODE', 'ASYNCHRONOUS')
+    profile = use_dds_profile(os.environ)
     rclpy.init(args=args)
     node = None
+    executor = None
     code = 0
     try:
-        if _lifecycle_requested():
+        if profile:
+            get_logger(NODE_NAME).info(f'Fast DDS profile {profile} (large shared-memory '
+                                       f'segment; set FASTRTPS_DEFAULT_PROFILES_FILE to '
+                                       f'use your own)')
+        mode = _startup_parameters()
+        if mode['lifecycle']:
             node = OodLifecycleNode()
-            if node.trigger_configure() != TransitionCallbackReturn.SUCCESS:
-                raise OodSegError('lifecycle configure failed (see the error above)')
-            if node.trigger_activate() != TransitionCallbackReturn.SUCCESS:
-                node.get_logger().error('activation failed; the node stays inactive '
-                                        '(diagnostics ERROR) until activated again')
+            if mode['autostart']:
+                if node.trigger_configure() != TransitionCallbackReturn.SUCCESS:
+                    raise OodSegError('lifecycle configure failed (see the error above)')
+                if (node.trigger_activate() != TransitionCallbackReturn.SUCCESS and
+                        node.exit_code is None):
+                    node.get_logger().error('activation failed; the node stays inactive '
+                                            '(diagnostics ERROR) until activated again')
+            else:
+                node.get_logger().info('autostart false: unconfigured, waiting for '
+                                       'lifecycle transitions (configure, activate)')
         else:
             node = OodNode()
-        rclpy.spin(node)
+        executor = SingleThreadedExecutor()
+        executor.add_node(node)
+        if node.exit_code is None:
+            executor.spin_until_future_complete(node.finished)
+        code = node.exit_code or 0
+        # let the reply to the shutdown transition leave before the node goes
+        end = time.monotonic() + 0.3
+        while code == 0 and time.monotonic() < end:
+            executor.spin_once(timeout_sec=0.05)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     except (OodSegError, ParameterException) as exc:
@@ -843,6 +1038,8 @@ def main(args=None) -> int:
         if rclpy.ok():
             raise
     finally:
+        if executor is not None:
+            executor.shutdown()
         if node is not None:
             try:
                 node.destroy_node()

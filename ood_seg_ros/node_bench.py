@@ -12,7 +12,14 @@ to) and waits for the ``/ood/heatmap`` with the same stamp.
   over the warm-up and timed frames);
 - ``ros_overhead_ms`` = node_latency_ms - node_pipeline_ms: DDS transport both ways,
   message conversion and publishing of every output;
-- ``node_conversion_publish_ms``: the part of it spent inside the node's callback.
+- ``node_conversion_publish_ms``: the part of it spent inside the node's callback;
+- ``delivered_input``, ``delivered_heatmap``, ``delivered_mask``, ``delivered_semantic``:
+  after the latency runs, ``delivery_frames`` frames are published like a camera, every
+  ``delivery_period_s`` (2 x the node's p95 processing time, at least 0.1 s, so
+  processing speed is not what drops frames) without waiting; the fraction of them the
+  node received (its ``frames_received`` in /diagnostics) and the fraction whose output
+  arrived at this reliable subscriber. ``dds_profile``: the Fast DDS profile both sides used (the
+  package's ``config/fastdds.xml`` unless FASTRTPS_DEFAULT_PROFILES_FILE is set).
 """
 
 import os
@@ -29,6 +36,10 @@ from .errors import OodSegError
 
 READY_TIMEOUT_S = 600.0     # a first TensorRT engine build takes minutes
 FRAME_TIMEOUT_S = 30.0
+RETRY_S = 5.0               # latency runs: publish a lost frame again after this
+SETTLE_S = 5.0              # delivery runs: wait this long for the last outputs
+OUTPUTS = {'heatmap': '/ood/heatmap', 'mask': '/ood/segments/mask',
+           'semantic': '/ood/semantic'}    # a typical consumer; color is not published
 
 
 def _node_command(bundle, backend, device, pixels):
@@ -67,11 +78,16 @@ def bench_node(bundle, height, width, runs, warmup, backend='auto', device='auto
     except ImportError as exc:
         raise OodSegError(f'bench --node needs rclpy and sensor_msgs: {exc}') from exc
     from .commands.bench import _sample_frame
+    from .node import DDS_PROFILE_VARS, use_dds_profile
     frame = _sample_frame(height, width, np.random.default_rng(0))
     domain = random.randint(100, 200)
     env = dict(os.environ, ROS_DOMAIN_ID=str(domain), ROS_AUTOMATIC_DISCOVERY_RANGE='LOCALHOST')
-    saved = {k: os.environ.get(k) for k in ('ROS_DOMAIN_ID', 'ROS_AUTOMATIC_DISCOVERY_RANGE')}
+    saved = {k: os.environ.get(k) for k in ('ROS_DOMAIN_ID', 'ROS_AUTOMATIC_DISCOVERY_RANGE')
+             + DDS_PROFILE_VARS}
     os.environ.update(ROS_DOMAIN_ID=str(domain), ROS_AUTOMATIC_DISCOVERY_RANGE='LOCALHOST')
+    # this process stands in for the camera driver: the same profile as the node
+    profile = use_dds_profile(os.environ) or next(
+        (os.environ[v] for v in DDS_PROFILE_VARS if os.environ.get(v)), None)
     log = tempfile.TemporaryFile(mode='w+')
     proc = subprocess.Popen(_node_command(bundle, backend, device, height * width), env=env,
                             stdout=log, stderr=subprocess.STDOUT)
@@ -80,16 +96,18 @@ def bench_node(bundle, height, width, runs, warmup, backend='auto', device='auto
     node = rclpy.create_node('ood_bench_client', context=context)
     executor = SingleThreadedExecutor(context=context)
     executor.add_node(node)
-    got, diags = {}, []
+    outs = {key: {} for key in OUTPUTS}
+    got = outs['heatmap']
+    diags = []
+
+    def recorder(seen):
+        return lambda m: seen.setdefault((m.header.stamp.sec, m.header.stamp.nanosec),
+                                         time.perf_counter())
     try:
         reliable = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE)
         pub = node.create_publisher(Image, '/ood_bench/image', reliable)
-        node.create_subscription(
-            Image, '/ood/heatmap',
-            lambda m: got.setdefault((m.header.stamp.sec, m.header.stamp.nanosec),
-                                     time.perf_counter()), reliable)
-        for topic in ('/ood/segments/mask', '/ood/semantic'):     # a typical consumer
-            node.create_subscription(Image, topic, lambda m: None, reliable)
+        for key, topic in OUTPUTS.items():
+            node.create_subscription(Image, topic, recorder(outs[key]), reliable)
         node.create_subscription(DiagnosticArray, '/diagnostics',
                                  lambda m: diags.extend(m.status), 10)
 
@@ -105,20 +123,38 @@ def bench_node(bundle, height, width, runs, warmup, backend='auto', device='auto
         msg.data = frame.tobytes()
         latencies = []
         for i in range(warmup + runs):
-            msg.header.stamp = node.get_clock().now().to_msg()
-            key = (msg.header.stamp.sec, msg.header.stamp.nanosec)
-            t0 = time.perf_counter()
-            pub.publish(msg)
-            if not _spin_until(executor, lambda: key in got, FRAME_TIMEOUT_S, proc):
-                raise OodSegError(f'no /ood/heatmap from ood_node within {FRAME_TIMEOUT_S} s: '
-                                  + _tail(log))
+            end = time.monotonic() + FRAME_TIMEOUT_S
+            while True:     # a lost frame is published again (new stamp) after RETRY_S
+                msg.header.stamp = node.get_clock().now().to_msg()
+                key = (msg.header.stamp.sec, msg.header.stamp.nanosec)
+                t0 = time.perf_counter()
+                pub.publish(msg)
+                if _spin_until(executor, lambda: key in got, RETRY_S, proc):
+                    break
+                if time.monotonic() > end or proc.poll() is not None:
+                    raise OodSegError(f'no /ood/heatmap from ood_node within '
+                                      f'{FRAME_TIMEOUT_S} s: ' + _tail(log))
             if i >= warmup:
                 latencies.append((got[key] - t0) * 1e3)
-        total = warmup + runs
-        diags.clear()
-        _spin_until(executor, lambda: any(
-            _value(s, 'frames_processed', 0) >= total for s in diags), 5.0, proc)
-        status = next((s for s in diags if _value(s, 'frames_processed', 0) >= total), None)
+        status = _fresh_status(executor, diags, proc)
+        # delivery: camera-like publishing at a rate the node's processing keeps up with
+        # (not the latency: late deliveries must not slow the camera down)
+        proc_ms = _value(status, 'processing_p95_ms', float('nan')) if status else float('nan')
+        if proc_ms != proc_ms:
+            proc_ms = float(np.percentile(latencies, 50))
+        period = max(0.1, 2.0 * proc_ms / 1e3)
+        received0 = _value(status, 'frames_received', 0) if status is not None else None
+        sent = []
+        for _ in range(runs):
+            msg.header.stamp = node.get_clock().now().to_msg()
+            sent.append((msg.header.stamp.sec, msg.header.stamp.nanosec))
+            pub.publish(msg)
+            _spin_until(executor, lambda: False, period, proc)
+        _spin_until(executor, lambda: all(k in o for k in sent for o in outs.values()),
+                    SETTLE_S, proc)
+        after = _fresh_status(executor, diags, proc)
+        if after is not None:
+            status = after
     finally:
         executor.shutdown()
         node.destroy_node()
@@ -150,7 +186,24 @@ def bench_node(bundle, height, width, runs, warmup, backend='auto', device='auto
                     'node_device': _value(status, 'device', '', str)})
     else:
         res['ros_overhead_ms'] = None
+    if received0 is not None and after is not None:
+        res['delivered_input'] = round(
+            (_value(after, 'frames_received', 0) - received0) / len(sent), 3)
+    else:
+        res['delivered_input'] = None
+    for key, seen in outs.items():
+        res[f'delivered_{key}'] = round(sum(k in seen for k in sent) / len(sent), 3)
+    res.update(delivery_frames=len(sent), delivery_period_s=round(period, 3),
+               dds_profile=profile or 'Fast DDS defaults')
     return res
+
+
+def _fresh_status(executor, diags, proc, timeout=5.0):
+    """Return the node's next /diagnostics status once its counters settled, or None."""
+    _spin_until(executor, lambda: False, 0.3, proc)
+    diags.clear()
+    _spin_until(executor, lambda: bool(diags), timeout, proc)
+    return diags[-1] if diags else None
 
 
 def _value(status, key, default, cast=float):

@@ -14,6 +14,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import types
 
@@ -128,6 +129,14 @@ class NodeAction(_Action):
     """Stand-in for launch_ros.actions.Node."""
 
 
+class LifecycleNodeAction(NodeAction):
+    """Stand-in for launch_ros.actions.LifecycleNode."""
+
+
+class Shutdown(_Action):
+    """Stand-in for launch.actions.Shutdown."""
+
+
 class LaunchContext:
     """Stand-in for launch.LaunchContext: only the evaluated launch arguments."""
 
@@ -150,8 +159,10 @@ def load_launch_file(path):
     mods['launch'].LaunchContext = LaunchContext
     mods['launch.actions'].DeclareLaunchArgument = DeclareLaunchArgument
     mods['launch.actions'].OpaqueFunction = OpaqueFunction
+    mods['launch.actions'].Shutdown = Shutdown
     mods['launch.substitutions'].LaunchConfiguration = LaunchConfiguration
     mods['launch_ros.actions'].Node = NodeAction
+    mods['launch_ros.actions'].LifecycleNode = LifecycleNodeAction
     saved = {name: sys.modules.get(name) for name in mods}
     sys.modules.update(mods)
     try:
@@ -194,11 +205,14 @@ def launch_ros_command(node, executable, tmpdir):
     cmd = [executable] + list(kw.get('arguments', [])) + ['--ros-args']
     if kw.get('name'):
         cmd += ['-r', f'__node:={kw["name"]}']
-    if kw.get('namespace'):
-        cmd += ['-r', f'__ns:={kw["namespace"]}']
+    if kw.get('namespace'):      # launch_ros makes a relative namespace absolute
+        cmd += ['-r', f'__ns:=/{kw["namespace"].lstrip("/")}']
     for i, params in enumerate(kw.get('parameters', [])):
         if isinstance(params, dict):
-            path = Path(tmpdir) / f'launch_params_{i}.yaml'
+            fd, name = tempfile.mkstemp(suffix='.yaml', prefix=f'launch_params_{i}_',
+                                        dir=str(tmpdir))
+            os.close(fd)        # one file per command: several nodes share tmpdir
+            path = Path(name)
             path.write_text(yaml.dump({'/**': {'ros__parameters': params}},
                                       default_flow_style=False))
             params = str(path)
@@ -208,19 +222,28 @@ def launch_ros_command(node, executable, tmpdir):
     return cmd
 
 
+def launch_ros_env(node, base=None):
+    """Environment launch_ros gives the Node action's process (``additional_env``)."""
+    env = dict(os.environ if base is None else base)
+    env.update(node.kwargs.get('additional_env') or {})
+    return env
+
+
 # -- driver (runs inside the network namespace) -----------------------------------------
 class Client:
     """An rclpy node that feeds frames to ood_node and records its outputs."""
 
-    def __init__(self):
+    def __init__(self, ns='', camera='/cam/image', node=None):
         import rclpy
         from diagnostic_msgs.msg import DiagnosticArray
         from rclpy.qos import (DurabilityPolicy, QoSProfile, qos_profile_sensor_data,
                                ReliabilityPolicy)
         from sensor_msgs.msg import CompressedImage, Image
         from std_msgs.msg import String
+        from sensor_msgs.msg import CameraInfo
         self.rclpy = rclpy
-        self.node = rclpy.create_node('ood_test_client')
+        self.ns = ns
+        self.node = node or rclpy.create_node('ood_test_client')
         self.keep = True
         self.got = {k: {} for k in OUTPUTS}
         self.count = 0
@@ -228,24 +251,33 @@ class Client:
         self.label_info = []
         self.diags = []
         out_qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
-        for key, topic in OUTPUTS.items():
+        self.topics = {key: ns + topic for key, topic in OUTPUTS.items()}
+        for key, topic in self.topics.items():
             self.node.create_subscription(Image, topic, self._recorder(key), out_qos)
+        self.camera_infos = {}
+        self.node.create_subscription(
+            CameraInfo, ns + '/ood/camera_info',
+            lambda m: self.camera_infos.setdefault(
+                (m.header.stamp.sec, m.header.stamp.nanosec), m), out_qos)
         latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
                              durability=DurabilityPolicy.TRANSIENT_LOCAL)
-        self.node.create_subscription(String, '/ood/label_info',
+        self.node.create_subscription(String, ns + '/ood/label_info',
                                       lambda m: self.label_info.append(json.loads(m.data)),
                                       latched)
         self.node.create_subscription(DiagnosticArray, '/diagnostics', self._on_diag, 10)
         reliable = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE)
         self.pubs = {
-            ('raw', True): self.node.create_publisher(Image, '/cam/image', reliable),
-            ('raw', False): self.node.create_publisher(Image, '/cam/image',
+            ('raw', True): self.node.create_publisher(Image, camera, reliable),
+            ('raw', False): self.node.create_publisher(Image, camera,
                                                        qos_profile_sensor_data),
             ('compressed', True): self.node.create_publisher(
-                CompressedImage, '/cam/image/compressed', reliable),
+                CompressedImage, camera + '/compressed', reliable),
             ('compressed', False): self.node.create_publisher(
-                CompressedImage, '/cam/image/compressed', qos_profile_sensor_data),
+                CompressedImage, camera + '/compressed', qos_profile_sensor_data),
         }
+        info_topic = camera.rsplit('/', 1)[0] + '/camera_info'
+        self.info_pub = self.node.create_publisher(CameraInfo, info_topic, reliable)
+        self.CameraInfo = CameraInfo
         self.Image, self.CompressedImage = Image, CompressedImage
         self._seq = 0
 
@@ -261,11 +293,13 @@ class Client:
 
     def _on_diag(self, msg):
         for status in msg.status:
-            if status.name.startswith('ood_node'):
+            if status.name.startswith(self.ns.lstrip('/') + '/ood_node' if self.ns
+                                      else 'ood_node'):
                 values = {kv.key: kv.value for kv in status.values}
                 self.diags.append({'level': int.from_bytes(status.level, 'little')
                                    if isinstance(status.level, bytes) else int(status.level),
                                    'message': status.message, 'values': values,
+                                   'name': status.name,
                                    't': time.monotonic()})
         del self.diags[:-20]
 
@@ -335,6 +369,8 @@ class Client:
         future = client.call_async(request)
         self.spin_until(future.done, timeout)
         self.node.destroy_client(client)
+        if not future.done():
+            raise RuntimeError(f'service {name}: no response within {timeout} s')
         return future.result()
 
     def set_parameters(self, **values):
@@ -345,21 +381,31 @@ class Client:
         for name, value in values.items():
             req = SetParameters.Request()
             req.parameters = [Parameter(name, value=value).to_parameter_msg()]
-            res = self.call(SetParameters, '/ood_node/set_parameters', req)
+            res = self.call(SetParameters, f'{self.ns}/ood_node/set_parameters', req)
             out.append([res.results[0].successful, res.results[0].reason])
         return out
 
     def lifecycle_state(self):
         """Label of the node's lifecycle state."""
         from lifecycle_msgs.srv import GetState
-        return self.call(GetState, '/ood_node/get_state', GetState.Request()).current_state.label
+        return self.call(GetState, f'{self.ns}/ood_node/get_state',
+                         GetState.Request()).current_state.label
 
-    def change_state(self, transition_id):
-        """Trigger a lifecycle transition; True on success."""
+    def change_state(self, transition_id, timeout=120.0):
+        """Trigger a lifecycle transition (activate loads the model); True on success."""
         from lifecycle_msgs.srv import ChangeState
         req = ChangeState.Request()
         req.transition.id = transition_id
-        return bool(self.call(ChangeState, '/ood_node/change_state', req).success)
+        return bool(self.call(ChangeState, f'{self.ns}/ood_node/change_state', req,
+                              timeout).success)
+
+    def get_parameters(self, *names):
+        """Read node parameters as ``ros2 param get`` does: {name: value}."""
+        from rcl_interfaces.srv import GetParameters
+        from rclpy.parameter import parameter_value_to_python
+        req = GetParameters.Request(names=list(names))
+        res = self.call(GetParameters, f'{self.ns}/ood_node/get_parameters', req)
+        return {n: parameter_value_to_python(v) for n, v in zip(names, res.values)}
 
     def wait_diag(self, pred, timeout=10.0):
         """Return the first diagnostics message from now on that satisfies ``pred``."""
@@ -378,7 +424,7 @@ class Client:
     def wait_ready(self, transport, timeout=90.0):
         """Wait until the node subscribed, its outputs matched and label info arrived."""
         pub = self.pubs[(transport, True)]
-        subs = [s for s in self.node.subscriptions if s.topic_name in OUTPUTS.values()]
+        subs = [s for s in self.node.subscriptions if s.topic_name in self.topics.values()]
         return self.spin_until(
             lambda: pub.get_subscription_count() > 0 and bool(self.label_info) and
             all(s.get_publisher_count() > 0 for s in subs), timeout)
@@ -539,41 +585,169 @@ def scenario_compressed(client, node, spec, result, arrays):
         client.compressed(client.header('reactivated'), good)) is not None
 
 
+LARGE_SIZES = [(480, 640), (720, 1280), (1080, 1920)]
+
+
+def camera_info_msg(client, header, size):
+    """Make a CameraInfo with the given header and (H, W), a plausible pinhole model."""
+    info = client.CameraInfo()
+    info.header = header
+    info.height, info.width = size
+    info.distortion_model = 'plumb_bob'
+    info.d = [0.1, -0.2, 0.0, 0.0, 0.0]
+    f = float(size[1])
+    info.k = [f, 0.0, size[1] / 2, 0.0, f, size[0] / 2, 0.0, 0.0, 1.0]
+    info.p = [f, 0.0, size[1] / 2, 0.0, 0.0, f, size[0] / 2, 0.0, 0.0, 0.0, 1.0, 0.0]
+    return info
+
+
+def scenario_multi(clients, nodes, spec, result, arrays):
+    """
+    Two cameras, two namespaced nodes: /left (plain) and /right (lifecycle, no autostart).
+
+    Left: camera-size frames published once each (reliable and best effort) with their
+    camera_info, one frame over max_frame_pixels. Right: configured and activated from
+    here, its parameters read back, reset to the bundle values, then shut down by a
+    lifecycle transition, after which its process must exit by itself.
+    """
+    left, right = clients['left'], clients['right']
+    # right: externally managed lifecycle node, unconfigured until told otherwise
+    result['right_state0'] = right.lifecycle_state()
+    result['right_configure'] = right.change_state(1)       # TRANSITION_CONFIGURE
+    result['right_state1'] = right.lifecycle_state()
+    result['right_activate'] = right.change_state(3)        # TRANSITION_ACTIVATE
+    result['right_state2'] = right.lifecycle_state()
+    result['ready'] = left.wait_ready('raw') and right.wait_ready('raw')
+    if not result['ready']:
+        return
+    names = ('heatmap_score', 'segment_threshold')
+    result['params_effective'] = right.get_parameters(*names)
+    result['params_set'] = right.set_parameters(segment_threshold=0.3,
+                                                heatmap_score='moose_mi')
+    result['params_after_set'] = right.get_parameters(*names)
+    result['params_reset'] = right.set_parameters(segment_threshold=0.0, heatmap_score='')
+    result['params_after_reset'] = right.get_parameters(*names)
+    result['label_info_after_reset'] = right.label_info[-1]
+
+    # camera-size frames to the left node, each published once; a frame to the right
+    # camera between them must not show up on the left outputs, nor the left ones there
+    frames = result['large'] = []
+    for i, size in enumerate(LARGE_SIZES):
+        for reliable in (True, False):
+            rgb = sample_frame(100 + i, size)
+            hdr = left.header(f'left_{size[1]}x{size[0]}_{"rel" if reliable else "be"}')
+            left.info_pub.publish(camera_info_msg(left, hdr, size))
+            t0 = time.monotonic()
+            outs = left.process(left.image(hdr, rgb, 'rgb8'), reliable,
+                                timeout=spec['large_timeout'], tries=1)
+            stamp = (hdr.stamp.sec, hdr.stamp.nanosec)
+            left.spin_until(lambda: stamp in left.camera_infos, 2.0)
+            info = left.camera_infos.get(stamp)
+            frames.append({'size': list(size), 'reliable': reliable, 'frame_id': hdr.frame_id,
+                           'delivered': outs is not None,
+                           'seconds': time.monotonic() - t0,
+                           'heatmap_hw': [outs['heatmap'].height, outs['heatmap'].width]
+                           if outs else None,
+                           'camera_info': [info.header.frame_id, info.header.stamp.sec,
+                                           info.header.stamp.nanosec, info.height,
+                                           info.width, list(info.k)] if info else None,
+                           'stamp': list(stamp)})
+            if outs and i == 0 and reliable:
+                _save_outputs(arrays, 'left_large', {'heatmap': outs['heatmap']})
+        hdr = right.header(f'right_{i}')
+        outs = right.process(right.image(hdr, sample_frame(200 + i), 'rgb8'))
+        result.setdefault('right_frames', []).append(
+            [hdr.frame_id, outs is not None and outs['heatmap'].header.frame_id])
+    # over max_frame_pixels: must arrive and be counted as too_large
+    big = np.zeros((spec['too_large'][0], spec['too_large'][1], 3), np.uint8)
+    left.publish(left.image(left.header('left_too_large'), big, 'rgb8'), True)
+    del big
+    result['diag_left'] = left.wait_diag(
+        lambda d: d['values'].get('errors_too_large') == '1', timeout=15)
+    result['diag_right'] = right.wait_diag(lambda d: True, timeout=5)
+    left.spin_until(lambda: False, 0.5)
+    result['left_output_ids'] = sorted({m.header.frame_id for k in left.got
+                                        for m in left.got[k].values()})
+    result['right_output_ids'] = sorted({m.header.frame_id for k in right.got
+                                         for m in right.got[k].values()})
+    # lifecycle shutdown from active: the right process ends by itself
+    result['right_shutdown'] = right.change_state(7)       # TRANSITION_ACTIVE_SHUTDOWN
+    try:
+        result['right_exit'] = nodes['right'].wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        result['right_exit'] = 'still running'
+
+
 def _die_with_parent():
     """In the child before exec: get SIGKILL when the driver dies (Linux prctl)."""
     import ctypes
     ctypes.CDLL(None).prctl(1, signal.SIGKILL)     # PR_SET_PDEATHSIG
 
 
+def node_env(extra=None):
+    """Environment of a node process: this one without a DDS profile, plus ``extra``."""
+    env = {k: v for k, v in os.environ.items() if k not in DDS_PROFILE_VARS}
+    env.update(extra or {})
+    return env
+
+
+DDS_PROFILE_VARS = ('FASTRTPS_DEFAULT_PROFILES_FILE', 'FASTDDS_DEFAULT_PROFILES_FILE')
+
+
 def drive(spec_path):
-    """Start the node, run the scenario named in the spec, stop the node, write results."""
+    """Start the node(s), run the scenario named in the spec, stop them, write results."""
     spec = json.loads(Path(spec_path).read_text())
     out = Path(spec['out'])
     out.mkdir(parents=True, exist_ok=True)
-    result, arrays = {'cmd': spec['cmd']}, {}
-    log = open(out / 'node.log', 'w')
-    node = subprocess.Popen(spec['cmd'], stdout=log, stderr=subprocess.STDOUT,
-                            preexec_fn=_die_with_parent)
+    cmds = spec.get('cmds') or {'main': spec['cmd']}
+    envs = spec.get('envs') or {}
+    result, arrays = {'cmd': spec.get('cmd'), 'cmds': cmds}, {}
+    logs, nodes = {}, {}
+    for name, cmd in cmds.items():
+        logs[name] = open(out / f'{name}.log', 'w')
+        # a node without a profile in its environment: main() must choose the package's
+        nodes[name] = subprocess.Popen(cmd, stdout=logs[name], stderr=subprocess.STDOUT,
+                                       env=node_env(envs.get(name)),
+                                       preexec_fn=_die_with_parent)
+    if spec.get('camera_profile'):      # the camera side, configured as the README says
+        for var in DDS_PROFILE_VARS:
+            os.environ[var] = spec['camera_profile']
     import rclpy
     rclpy.init()
-    client = Client()
+    if spec['scenario'] == 'multi':
+        shared = rclpy.create_node('ood_test_cameras')
+        clients = {name: Client(ns=f'/{name}', camera=f'/{name}/camera/image_raw',
+                                node=shared) for name in cmds}
+    else:
+        clients = {'main': Client()}
     try:
-        {'raw': scenario_raw, 'compressed': scenario_compressed}[spec['scenario']](
-            client, node, spec, result, arrays)
+        if spec['scenario'] == 'multi':
+            scenario_multi(clients, nodes, spec, result, arrays)
+        else:
+            {'raw': scenario_raw, 'compressed': scenario_compressed}[spec['scenario']](
+                clients['main'], nodes['main'], spec, result, arrays)
     except Exception as exc:  # noqa: B902 - report everything to the test
         result['driver_error'] = f'{type(exc).__name__}: {exc}'
     finally:
-        result['node_alive_before_signal'] = node.poll() is None
-        node.send_signal(getattr(signal, spec['signal']))
-        try:
-            result['returncode'] = node.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            node.kill()
-            result['returncode'] = 'timeout'
-        log.close()
-        client.node.destroy_node()
+        alive, codes = {}, {}
+        for name, node in nodes.items():
+            alive[name] = node.poll() is None
+            if alive[name]:
+                node.send_signal(getattr(signal, spec['signal']))
+            try:
+                codes[name] = node.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                node.kill()
+                codes[name] = 'timeout'
+            logs[name].close()
+        result['node_alive_before_signal'] = alive.get('main', all(alive.values()))
+        result['alive_before_signal'] = alive
+        result['returncode'] = codes.get('main')
+        result['returncodes'] = codes
+        next(iter(clients.values())).node.destroy_node()
         rclpy.try_shutdown()
-        result['log'] = (out / 'node.log').read_text()[-20000:]
+        result['logs'] = {name: (out / f'{name}.log').read_text()[-20000:] for name in cmds}
+        result['log'] = result['logs'].get('main', '\n'.join(result['logs'].values()))
         np.savez(out / 'frames.npz', **arrays)
         (out / 'result.json').write_text(json.dumps(result, default=str))
     return 0

@@ -10,7 +10,14 @@ namespace (module fixture ``runs``), next to ``bench_node`` (``ood-seg bench --n
   ``launch/ood.launch.py`` (a params file derived from ``config/ood.yaml``); stopped by
   SIGTERM;
 - B: compressed input, lifecycle node, ``config/ood.yaml`` plus ``-p`` overrides; stopped
-  by SIGINT.
+  by SIGINT;
+- C: two cameras, two nodes from the launch file under ``/left`` (plain) and ``/right``
+  (lifecycle, ``autostart:=false``, managed from the driver and shut down by a
+  transition); camera-size frames (640x480 to 1920x1080) and camera_info on the left.
+
+The nodes run without a DDS profile in their environment (C: with the launch file's), so
+``main()`` must pick the package's ``config/fastdds.xml``; the C driver, the camera, uses
+the same file as the README tells a camera driver to.
 
 Outputs are compared with the ROS-free Pipeline run in this process on the same frames.
 """
@@ -19,8 +26,10 @@ import json
 import os
 from pathlib import Path
 import random
+import signal
 import subprocess
 import sys
+import time
 
 import cv2
 import numpy as np
@@ -31,6 +40,8 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 LAUNCH = ROOT / 'launch' / 'ood.launch.py'
 CONFIG = ROOT / 'config' / 'ood.yaml'
+DDS_PROFILE = ROOT / 'config' / 'fastdds.xml'
+MAX_PIXELS_C = 1920 * 1080      # scenario C: 1920x1080 passes, 2560x1440 is too large
 MEM_FRAMES = 2000
 ENCODING_BPP = {'32FC1': 4, 'mono16': 2, 'mono8': 1, 'bgr8': 3}
 
@@ -65,6 +76,8 @@ def share_prefix(tmp_path_factory):
     marker.write_text('')
     (prefix / 'share' / 'ood_seg_ros' / 'config').mkdir(parents=True)
     (prefix / 'share' / 'ood_seg_ros' / 'config' / 'ood.yaml').write_text(CONFIG.read_text())
+    (prefix / 'share' / 'ood_seg_ros' / 'config' / 'fastdds.xml').write_text(
+        DDS_PROFILE.read_text())
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv('AMENT_PREFIX_PATH', str(prefix))
         yield prefix
@@ -103,12 +116,29 @@ def runs(bundle, thresholds, share_prefix, tmp_path_factory):
              '-r', 'image/compressed:=/cam/image/compressed', '-p', f'model_path:={bundle}',
              '-p', 'backend:=torch', '-p', 'input_transport:=compressed',
              '-p', 'lifecycle:=true', '-p', 'diagnostics_period:=0.25', '-p', 'threads:=1']
+    # C: namespaced nodes from the launch file, bundle-default threshold
+    params_c = yaml.safe_load(CONFIG.read_text())
+    params_c['/**']['ros__parameters'].update(
+        max_frame_pixels=MAX_PIXELS_C, diagnostics_period=0.5, log_throttle_sec=60.0,
+        processing_budget_ms=5000.0, threads=1)
+    params_file_c = tmp / 'params_c.yaml'
+    params_file_c.write_text(yaml.safe_dump(params_c))
+    cmds_c, envs_c = {}, {}
+    for ns, extra in (('left', {}), ('right', {'lifecycle': 'true', 'autostart': 'false'})):
+        _, (action,) = rh.evaluate_launch(LAUNCH, params_file=str(params_file_c), namespace=ns,
+                                          image_topic='camera/image_raw', model=str(bundle),
+                                          backend='torch', **extra)
+        cmds_c[ns] = rh.launch_ros_command(action, exe, tmp)
+        envs_c[ns] = action.kwargs.get('additional_env', {})
     specs = {
         'a': {'scenario': 'raw', 'cmd': cmd_a, 'signal': 'SIGTERM',
               'threshold2': thresholds[1], 'mem_warmup': 100, 'mem_frames': MEM_FRAMES},
         'b': {'scenario': 'compressed', 'cmd': cmd_b, 'signal': 'SIGINT'},
+        'c': {'scenario': 'multi', 'cmds': cmds_c, 'envs': envs_c, 'signal': 'SIGINT',
+              'camera_profile': str(DDS_PROFILE), 'large_timeout': 10.0,
+              'too_large': [1440, 2560]},
     }
-    domains = random.sample(range(1, 200), 2)
+    domains = random.sample(range(1, 200), 3)
     procs = {}
     for (name, spec), domain in zip(specs.items(), domains):
         spec['out'] = str(tmp / name)
@@ -148,7 +178,8 @@ def runs(bundle, thresholds, share_prefix, tmp_path_factory):
 
 def _ok(res):
     """Fail with the node log when the scenario did not run through."""
-    assert res.get('ready'), f'node never became ready:\n{res["log"][-4000:]}'
+    assert res.get('ready'), (f'node never became ready ({res.get("driver_error")}):\n'
+                              f'{res["log"][-4000:]}')
     assert 'driver_error' not in res, f'{res["driver_error"]}\n{res["log"][-4000:]}'
     return res
 
@@ -173,19 +204,31 @@ def _assert_matches(arrays, name, ref):
 
 
 # -- launch file (stand-in launch / launch_ros) ------------------------------------------
-def test_launch_file_declares_arguments_and_node(share_prefix):
+def test_launch_file_declares_arguments_and_node(share_prefix, monkeypatch):
+    for var in rh.DDS_PROFILE_VARS:
+        monkeypatch.delenv(var, raising=False)
     declared, nodes = rh.evaluate_launch(LAUNCH)
-    assert set(declared) == {'params_file', 'image_topic', 'model', 'backend',
-                             'input_transport', 'use_sim_time'}
+    assert set(declared) == {'params_file', 'image_topic', 'camera_info_topic', 'namespace',
+                             'model', 'backend', 'input_transport', 'use_sim_time',
+                             'lifecycle', 'autostart', 'exit_on_error'}
     default_params = declared['params_file'].kwargs['default_value']
-    assert Path(default_params) == share_prefix / 'share' / 'ood_seg_ros' / 'config' / 'ood.yaml'
+    share = share_prefix / 'share' / 'ood_seg_ros'
+    assert Path(default_params) == share / 'config' / 'ood.yaml'
     assert len(nodes) == 1
     kw = nodes[0].kwargs
-    assert (kw['package'], kw['executable']) == ('ood_seg_ros', 'ood_node')
-    # empty arguments keep the params file's values: only use_sim_time is overridden
-    assert kw['parameters'] == [default_params, {'use_sim_time': False}]
+    assert type(nodes[0]) is rh.NodeAction          # a plain Node unless lifecycle:=true
+    assert (kw['package'], kw['executable'], kw['namespace']) == ('ood_seg_ros', 'ood_node', '')
+    # empty arguments keep the params file's values
+    assert kw['parameters'] == [default_params, {'use_sim_time': False, 'lifecycle': False}]
     assert kw['remappings'] == [('image', '/camera/image_raw'),
-                                ('image/compressed', '/camera/image_raw/compressed')]
+                                ('image/compressed', '/camera/image_raw/compressed'),
+                                ('camera_info', '/camera/camera_info')]
+    # the package's Fast DDS profile for the node, unless the user has one
+    profile = str(share / 'config' / 'fastdds.xml')
+    assert kw['additional_env'] == {var: profile for var in rh.DDS_PROFILE_VARS}
+    assert 'on_exit' not in kw
+    monkeypatch.setenv('FASTDDS_DEFAULT_PROFILES_FILE', '/mine.xml')
+    assert 'additional_env' not in rh.evaluate_launch(LAUNCH)[1][0].kwargs
 
 
 def test_launch_file_overrides(share_prefix, tmp_path):
@@ -195,15 +238,73 @@ def test_launch_file_overrides(share_prefix, tmp_path):
     kw = nodes[0].kwargs
     assert kw['parameters'] == ['/p.yaml', {'model_path': '/m/bundle', 'backend': 'onnxruntime',
                                             'input_transport': 'compressed',
-                                            'use_sim_time': True}]
+                                            'use_sim_time': True, 'lifecycle': False}]
     assert ('image/compressed', '/front/rgb/compressed') in kw['remappings']
     cmd = rh.launch_ros_command(nodes[0], 'ood_node', tmp_path)
     assert cmd[:4] == ['ood_node', '--ros-args', '-r', '__node:=ood_node']
     assert cmd[4:6] == ['--params-file', '/p.yaml']
     written = yaml.safe_load(Path(cmd[7]).read_text())
     assert written == {'/**': {'ros__parameters': kw['parameters'][1]}}
-    assert cmd[-4:] == ['-r', 'image:=/front/rgb', '-r',
-                        'image/compressed:=/front/rgb/compressed']
+    assert cmd[-6:] == ['-r', 'image:=/front/rgb', '-r',
+                        'image/compressed:=/front/rgb/compressed',
+                        '-r', 'camera_info:=/front/camera_info']
+
+
+def test_launch_file_namespace_lifecycle_and_exit_on_error(share_prefix, tmp_path):
+    _, (node,) = rh.evaluate_launch(LAUNCH, namespace='left', image_topic='camera/image_raw',
+                                    lifecycle='true', autostart='false',
+                                    exit_on_error='true')
+    assert type(node) is rh.LifecycleNodeAction
+    kw = node.kwargs
+    assert (kw['name'], kw['namespace']) == ('ood_node', 'left')
+    assert kw['parameters'][1] == {'use_sim_time': False, 'lifecycle': True,
+                                   'autostart': False, 'exit_on_error': True}
+    # relative topics resolve in the namespace; camera_info sits beside the image
+    assert ('camera_info', 'camera/camera_info') in kw['remappings']
+    assert isinstance(kw['on_exit'], rh.Shutdown)
+    cmd = rh.launch_ros_command(node, 'ood_node', tmp_path)
+    assert cmd[2:6] == ['-r', '__node:=ood_node', '-r', '__ns:=/left']
+    _, (node,) = rh.evaluate_launch(LAUNCH, camera_info_topic='/cam/info', image_topic='img')
+    assert ('camera_info', '/cam/info') in node.kwargs['remappings']
+    assert rh.load_launch_file(LAUNCH).camera_info_topic('img') == 'camera_info'
+
+
+def test_dds_profile_is_large_shm_plus_udp():
+    import xml.etree.ElementTree as ET
+    root = ET.parse(DDS_PROFILE).getroot()
+
+    def local(tag):
+        return tag.rsplit('}', 1)[-1]
+    nodes = {local(e.tag): e for e in root.iter()}
+    descriptors = {}
+    for d in root.iter():
+        if local(d.tag) == 'transport_descriptor':
+            fields = {local(c.tag): c.text for c in d}
+            descriptors[fields['transport_id']] = fields
+    kinds = {f['type'] for f in descriptors.values()}
+    assert kinds == {'SHM', 'UDPv4'}
+    shm = next(f for f in descriptors.values() if f['type'] == 'SHM')
+    # a 1080p rgb8 frame (6.2 MB) and the 14 MB of 1024x2048 outputs fit
+    assert int(shm['segment_size']) >= 16 * 1024 * 1024
+    participant = nodes['participant']
+    assert participant.get('is_default_profile') == 'true'
+    assert nodes['useBuiltinTransports'].text == 'false'
+    used = [e.text for e in participant.iter() if local(e.tag) == 'transport_id']
+    assert sorted(used) == sorted(descriptors)
+
+
+def test_use_dds_profile_respects_the_user():
+    node = pytest.importorskip('ood_seg_ros.node')
+    env = {}
+    path = node.use_dds_profile(env)
+    assert Path(path) == DDS_PROFILE and Path(path).exists()
+    assert env == {var: path for var in node.DDS_PROFILE_VARS}
+    for var in node.DDS_PROFILE_VARS:
+        env = {var: '/mine.xml'}
+        assert node.use_dds_profile(env) is None and env == {var: '/mine.xml'}
+    env = {'RMW_IMPLEMENTATION': 'rmw_cyclonedds_cpp'}
+    assert node.use_dds_profile(env) is None and len(env) == 1
+    assert node.use_dds_profile({'RMW_IMPLEMENTATION': 'rmw_fastrtps_dynamic_cpp'})
 
 
 def test_config_declares_every_node_parameter():
@@ -425,9 +526,10 @@ def test_bad_raw_frames_survived_logged_and_counted(runs):
         assert values.get(f'errors_{kind}') == str(n), (kind, values)
     assert values['errors_total'] == '7'
     log = res['log']
-    assert "unsupported image encoding '16UC1'" in log
-    assert "'bayer_rggb8'" in log           # second encoding error: first throttled line
-    assert "'yuv422'" not in log            # third within log_throttle_sec: suppressed
+    assert log.count("unsupported image encoding '16UC1'") == 1
+    # the second and third of a kind within log_throttle_sec: not logged
+    assert "'bayer_rggb8'" not in log and "'yuv422'" not in log
+    assert log.count('bad input frame (encoding)') == 1
     for kind in ('empty', 'step', 'truncated', 'too_large'):
         assert f'bad input frame ({kind})' in log
 
@@ -479,6 +581,11 @@ def test_bench_node_reports_latency_and_overhead(runs):
     assert res['ros_overhead_ms'] == pytest.approx(
         res['node_latency_ms'] - res['node_pipeline_ms'], abs=2e-3)
     assert 0 < res['node_conversion_publish_ms'] < res['node_latency_ms']
+    # delivered fractions: inputs the node counted, outputs this subscriber got
+    assert res['delivery_frames'] == 8 and res['delivery_period_s'] >= 0.1
+    for key in ('input', 'heatmap', 'mask', 'semantic'):
+        assert 0.75 <= res[f'delivered_{key}'] <= 1.0, (key, res)
+    assert res['dds_profile'].endswith('fastdds.xml')
 
 
 def test_memory_does_not_grow(runs):
@@ -488,3 +595,129 @@ def test_memory_does_not_grow(runs):
     assert rss1 - rss0 < 8 * 1024, f'node RSS grew {rss0} -> {rss1} kB over {MEM_FRAMES} frames'
     diag = res['diag_final']['values']
     assert int(diag['frames_processed']) >= MEM_FRAMES + 100
+
+
+# -- scenario C: namespaces, lifecycle management, camera-size frames, camera_info --------
+def test_nodes_use_the_package_dds_profile(runs):
+    """main() (A, B: no profile in the environment) and the launch file (C) choose it."""
+    for res in (runs['a'], runs['b']):
+        assert f'Fast DDS profile {DDS_PROFILE}' in res['log'], res['log'][-2000:]
+    for ns, log in runs['c']['logs'].items():
+        assert 'Fast DDS profile' not in log, ns   # the launch file's additional_env set it
+    for ns, cmd in runs['c']['cmds'].items():
+        assert f'__ns:=/{ns}' in cmd
+
+
+def test_two_cameras_two_namespaces_separate_outputs(runs):
+    res = _ok(runs['c'])
+    left_ids = {f['frame_id'] for f in res['large']}
+    right_ids = {fid for fid, _ in res['right_frames']}
+    assert [got for _, got in res['right_frames']] == [fid for fid, _ in res['right_frames']]
+    # each node's outputs carry only its own camera's frames
+    assert set(res['left_output_ids']) == left_ids
+    assert set(res['right_output_ids']) == right_ids
+    assert res['diag_left']['name'] == 'left/ood_node: OoD segmentation'
+    assert res['diag_right']['name'] == 'right/ood_node: OoD segmentation'
+    assert 'subscribed to /left/camera/image_raw' in res['logs']['left']
+    assert 'and /left/camera/camera_info' in res['logs']['left']
+
+
+def test_camera_size_frames_delivered_and_too_large_counted(runs):
+    """640x480 .. 1920x1080, reliable and best effort, each published once: all processed."""
+    res = _ok(runs['c'])
+    sizes = [(f['size'], f['reliable']) for f in res['large']]
+    assert len(sizes) == len(rh.LARGE_SIZES) * 2
+    lost = [f['frame_id'] for f in res['large'] if not f['delivered']]
+    assert not lost, f'frames lost: {lost}'
+    for f in res['large']:
+        assert f['heatmap_hw'] == f['size']
+    values = res['diag_left']['values']
+    assert values['errors_too_large'] == '1', values
+    # every frame sent reached the node: the six above, the too-large one
+    assert values['frames_received'] == str(len(res['large']) + 1)
+    assert values['frames_processed'] == str(len(res['large']))
+    assert 'bad input frame (too_large): image of 2560x1440' in res['logs']['left']
+
+
+def test_camera_info_republished_with_header_kept(runs):
+    res = _ok(runs['c'])
+    for f in res['large']:
+        assert f['camera_info'] is not None, f['frame_id']
+        frame_id, sec, nsec, height, width, k = f['camera_info']
+        assert [frame_id, sec, nsec] == [f['frame_id']] + f['stamp']
+        assert [height, width] == f['size'] == f['heatmap_hw']
+        assert k[0] == float(f['size'][1])
+
+
+def test_lifecycle_managed_from_outside_and_shutdown_exits(runs):
+    res = runs['c']
+    assert res['right_state0'] == 'unconfigured', res['logs']['right'][-3000:]
+    assert res['right_configure'] and res['right_state1'] == 'inactive'
+    assert res['right_activate'] and res['right_state2'] == 'active'
+    assert 'autostart false: unconfigured' in res['logs']['right']
+    _ok(res)
+    assert res['right_shutdown']
+    assert res['right_exit'] == 0, res['logs']['right'][-3000:]
+    assert not res['alive_before_signal']['right']
+    assert res['returncodes'] == {'left': 0, 'right': 0}
+    assert 'Traceback' not in res['logs']['left'] + res['logs']['right']
+
+
+def test_param_get_shows_effective_values_and_reset(runs, bundle):
+    res = _ok(runs['c'])
+    from ood_seg_ros.model.bundle import read_bundle_json
+    from ood_seg_ros.pipeline import Pipeline
+    pipe = Pipeline.from_bundle(bundle, backend='torch', device='cpu')
+    want = {'heatmap_score': read_bundle_json(bundle)['runtime']['heatmap_score'],
+            'segment_threshold': pipe.runtime['segment_threshold']}
+    assert want['heatmap_score'] == 'moose_entropy' and 0 < want['segment_threshold'] < 1
+    # the params file says '' and 0.0 (bundle default); param get shows what is in use
+    assert res['params_effective'] == pytest.approx(want)
+    assert res['params_set'] == [[True, ''], [True, '']]
+    assert res['params_after_set'] == pytest.approx(
+        {'heatmap_score': 'moose_mi', 'segment_threshold': 0.3})
+    assert res['params_reset'] == [[True, ''], [True, '']]
+    assert res['params_after_reset'] == pytest.approx(want)
+    assert res['label_info_after_reset']['threshold'] == pytest.approx(
+        want['segment_threshold'])
+    assert res['label_info_after_reset']['heatmap_score'] == 'moose_entropy'
+    assert res['diag_right']['values']['heatmap_score'] == 'moose_entropy'
+
+
+@pytest.mark.parametrize('exit_on_error', ['true', ''])
+def test_model_failure_exit_on_error_or_stay_up(exit_on_error, share_prefix, tmp_path):
+    """exit_on_error:=true: exit code 1 (the launch's Shutdown); default: stays up."""
+    pytest.importorskip('rclpy')
+    reason = rh.netns_problem()
+    exe = rh.node_executable()
+    if reason or exe is None:
+        pytest.skip(reason or 'the ood_node console script is not installed')
+    _, (action,) = rh.evaluate_launch(LAUNCH, params_file=str(CONFIG),
+                                      model=str(tmp_path / 'no_such_bundle'),
+                                      exit_on_error=exit_on_error)
+    assert ('on_exit' in action.kwargs) == bool(exit_on_error)
+    cmd = rh.launch_ros_command(action, exe, tmp_path)
+    log = tmp_path / 'node.log'
+    with open(log, 'w') as out:
+        proc = subprocess.Popen(rh.NETNS + cmd, stdout=out, stderr=subprocess.STDOUT,
+                                env=rh.launch_ros_env(action))
+        try:
+            if exit_on_error:
+                assert proc.wait(timeout=90) == 1, log.read_text()
+            else:
+                end = time.monotonic() + 90
+                while 'cannot load model' not in log.read_text() and time.monotonic() < end:
+                    assert proc.poll() is None, log.read_text()
+                    time.sleep(0.2)
+                time.sleep(2.0)
+                assert proc.poll() is None, log.read_text()
+                proc.send_signal(signal.SIGINT)
+                assert proc.wait(timeout=30) == 0, log.read_text()
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    text = log.read_text()
+    assert 'cannot load model' in text
+    assert ('exit_on_error: exiting' in text) == bool(exit_on_error)
+    assert 'Traceback' not in text

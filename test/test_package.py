@@ -11,6 +11,17 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
+# rosdep keys package.xml may use, written down from ros/rosdistro (the test does not
+# fetch it). ROS packages released in jazzy/distribution.yaml: rclpy, rcl_interfaces,
+# common_interfaces (sensor_msgs, std_msgs, diagnostic_msgs, std_srvs), lifecycle_msgs,
+# vision_msgs, ament_index, launch, launch_ros, ament_lint (ament_flake8, ament_pep257).
+ROS_PACKAGE_KEYS = {'rclpy', 'sensor_msgs', 'std_msgs', 'diagnostic_msgs', 'lifecycle_msgs',
+                    'rcl_interfaces', 'std_srvs', 'vision_msgs', 'ament_index_python',
+                    'launch', 'launch_ros', 'ament_flake8', 'ament_pep257'}
+# System keys from rosdep/python.yaml.
+ROSDEP_PYTHON_KEYS = {'python3-numpy', 'python3-scipy', 'python3-opencv', 'python3-yaml',
+                      'python3-tqdm', 'python3-sklearn', 'python3-matplotlib',
+                      'python3-pytest'}
 
 
 def _setup_py_version() -> str:
@@ -31,6 +42,30 @@ def test_package_xml_is_valid_format3_ament_python():
     for dep in ('rclpy', 'sensor_msgs', 'std_msgs', 'diagnostic_msgs', 'vision_msgs',
                 'launch', 'launch_ros', 'ament_index_python'):
         assert dep in exec_deps, dep
+
+
+def test_every_dependency_is_a_known_rosdep_key():
+    """``rosdep install --from-paths . -y`` must resolve: no invented ``*-pip`` keys."""
+    pkg = parse_package(str(ROOT / 'package.xml'))
+    deps = {d.name for d in pkg.build_depends + pkg.buildtool_depends + pkg.exec_depends +
+            pkg.test_depends + pkg.build_export_depends}
+    unknown = deps - ROS_PACKAGE_KEYS - ROSDEP_PYTHON_KEYS
+    assert not unknown, f'not checked rosdep keys: {sorted(unknown)}'
+    # rosdep's pip key pulls CUDA torch + torchvision; torch comes from requirements.txt
+    assert 'python3-pytorch-pip' not in deps
+    requirements = (ROOT / 'requirements.txt').read_text()
+    for pip_only in ('torch==', 'onnx>=', 'onnxruntime>=', 'rosbags>=', 'efficientnet-lite0'):
+        assert pip_only in requirements, pip_only
+    readme = (ROOT / 'README.md').read_text()
+    assert 'rosdep install --from-paths . -y' in readme and 'requirements.txt' in readme
+
+
+def test_setup_py_has_no_unknown_options():
+    proc = subprocess.run([sys.executable, 'setup.py', '--name'], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == 'ood_seg_ros'
+    assert 'Unknown distribution option' not in proc.stderr, proc.stderr
 
 
 def test_versions_agree():
@@ -68,6 +103,10 @@ def test_colcon_build_installs_the_ros_layout(tmp_path):
     assert (share / 'package.xml').exists()
     assert (share / 'launch' / 'ood.launch.py').exists()
     assert (share / 'config' / 'ood.yaml').exists()
+    assert (share / 'config' / 'fastdds.xml').exists()
+    # colcon-bash: the workspace can be sourced
+    assert (tmp_path / 'install' / 'setup.bash').exists()
+    assert (inst / 'share' / 'ood_seg_ros' / 'package.bash').exists()
     assert (inst / 'share' / 'ament_index' / 'resource_index' / 'packages' /
             'ood_seg_ros').exists()
     bundle = ROOT / 'models' / 'camvid_lite0'
