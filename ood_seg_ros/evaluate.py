@@ -17,7 +17,8 @@ import numpy as np
 
 from . import metrics as M
 from .errors import OodSegError
-from .pipeline import normalise, Pipeline, size_key, upsample_map, usable_score
+from .pipeline import (normalise, parse_size, Pipeline, runtime_for_size, size_key,
+                       upsample_map, usable_score)
 from .scores import ALL_SCORES
 
 # Pixel-metric bins: enough for |AP_binned - AP_exact| < 1e-3 (see metrics.py).
@@ -76,7 +77,7 @@ def id_false_detections(bundle_path, camvid_root, split='test', device='cpu', li
     from .data.camvid import list_pairs, read_rgb
     pipe = Pipeline.from_bundle(bundle_path, backend='torch', device=device,
                                 input_size=input_size, geometry=geometry,
-                                **_score_kw(bundle_path))
+                                **_score_kw(bundle_path, input_size))
     pairs = list_pairs(camvid_root, split)
     if limit:
         pairs = pairs[:limit]
@@ -275,19 +276,21 @@ def calibration_update(runtime: dict, cal: Dict, bundle_size) -> Dict:
     """
     Runtime updates for ``bundle.json`` from a :func:`calibrate` result.
 
-    The heatmap score is one per bundle. Normalisation and segment threshold are stored
-    per input size under ``sizes``; at the bundle's own input size they are also the
-    top-level settings.
+    Heatmap score, normalisation and segment threshold are stored per input size under
+    ``sizes`` (a score chosen at 480x960 need not be the best at 360x480); at the
+    bundle's own input size they are also the top-level settings.
     """
     size = cal['calibrated_size']
     sizes = dict((runtime or {}).get('sizes') or {})
-    sizes[size] = {'normalisation': cal['normalisation'],
+    sizes[size] = {'heatmap_score': cal['heatmap_score'],
+                   'normalisation': cal['normalisation'],
                    'segment_threshold': cal['segment_threshold'],
                    'calibration': cal['calibration']}
-    upd = {'heatmap_score': cal['heatmap_score'], 'sizes': sizes}
+    upd = {'sizes': sizes}
     if size == size_key(bundle_size):
-        upd.update({k: cal[k] for k in ('normalisation', 'segment_threshold',
-                                        'calibrated_size', 'calibration')})
+        upd.update({k: cal[k] for k in ('heatmap_score', 'normalisation',
+                                        'segment_threshold', 'calibrated_size',
+                                        'calibration')})
     return upd
 
 
@@ -410,7 +413,7 @@ def evaluate_bundle(bundle_path, ood_root=None, camvid_root=None, split='test',
         raise OodSegError(f'OoD sets need distinct folder names, got {names}')
     pipe = Pipeline.from_bundle(bundle_path, backend='torch', device=device,
                                 all_scores=True, input_size=input_size, geometry=geometry,
-                                **_score_kw(bundle_path))
+                                **_score_kw(bundle_path, input_size))
     evs = {set_name(r): OodEvaluation(pipe, OodDataset(r), limit, progress) for r in roots}
     if calibrate_only:
         return {'calibration': calibrate(evs)}
@@ -418,7 +421,8 @@ def evaluate_bundle(bundle_path, ood_root=None, camvid_root=None, split='test',
     if entropy_bundle:
         epipe = Pipeline.from_bundle(entropy_bundle, backend='torch', device=device,
                                      all_scores=True, input_size=input_size,
-                                     geometry=geometry, **_score_kw(entropy_bundle))
+                                     geometry=geometry,
+                                     **_score_kw(entropy_bundle, input_size))
     per_set = {}
     for root in roots:
         name = set_name(root)
@@ -491,10 +495,16 @@ def _write_metrics(result: Dict, out_dir) -> None:
         (Path(out_dir) / 'metrics.json').write_text(to_json(result) + '\n')
 
 
-def _score_kw(bundle_path) -> Dict:
-    """Keyword arguments choosing a score the bundle can normalise (see usable_score)."""
+def _score_kw(bundle_path, input_size=None) -> Dict:
+    """
+    Keyword arguments choosing a score the bundle can normalise (see usable_score).
+
+    The bundle's settings for ``input_size`` (default: its own size) are used.
+    """
     from .model.bundle import read_bundle_json
-    return {'score': usable_score(read_bundle_json(bundle_path).get('runtime', {}))}
+    doc = read_bundle_json(bundle_path)
+    size = parse_size(input_size) if input_size else doc['config']['input_size']
+    return {'score': usable_score(runtime_for_size(doc.get('runtime', {}), size)[0])}
 
 
 def update_bundle_runtime(bundle_path, updates: Dict) -> None:
@@ -550,7 +560,7 @@ def load_meta_dataset(bundle_path, ood_root, device='cpu', limit=0, progress=Non
     roots = [ood_root] if isinstance(ood_root, (str, Path)) else list(ood_root)
     pipe = pipeline or Pipeline.from_bundle(bundle_path, backend='torch', device=device,
                                             input_size=input_size, geometry=geometry,
-                                            **_score_kw(bundle_path))
+                                            **_score_kw(bundle_path, input_size))
     feats, is_fp, iou, groups, sets = [], [], [], [], []
     offset = 0
     for root in roots:
