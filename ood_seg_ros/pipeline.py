@@ -177,8 +177,8 @@ def runtime_for_size(runtime: dict, input_size) -> Tuple[dict, bool]:
     Runtime settings for a network input size, and whether they were calibrated there.
 
     ``runtime.sizes['HxW']`` (heatmap score, normalisation, segment threshold) overrides
-    the top-level settings, which hold for the bundle's own input size (``runtime.calibrated_size``,
-    default: the size the calibration ran at).
+    the top-level settings, which hold for the bundle's own input size
+    (``runtime.calibrated_size``; bundles without it count as calibrated at any size).
     """
     rt = {**DEFAULT_RUNTIME, **(runtime or {})}
     sizes = rt.get('sizes') or {}

@@ -160,7 +160,7 @@ def train_probes_cached(cfg: TrainConfig, scales: Sequence[float] = (0.75, 1.0, 
                             'feature_cache': {'scales': list(scales), 'flip': 'random'},
                             'history': history}
     info['trained_splits'] = sorted(trained_splits(info))
-    runtime = {k: v for k, v in b.runtime.items()}
+    runtime = dict(b.runtime)
     final = out / 'bundle'
     model.eval()
     save_bundle(final, model, runtime=runtime, info=info)
