@@ -552,9 +552,10 @@ def load_meta_dataset(bundle_path, ood_root, device='cpu', limit=0, progress=Non
     """
     Segment features / targets on one or several OoD sets for meta classifier training.
 
-    Returns (pipeline, features, is_fp, iou, groups, set_of_segment): ``groups`` are image
-    ids unique across the sets (for grouped cross-validation), ``set_of_segment`` the set
-    name of every segment.
+    Returns (pipeline, features, is_fp, iou, groups, set_of_segment, frames_per_set):
+    ``groups`` are image ids unique across the sets (for grouped cross-validation),
+    ``set_of_segment`` the set name of every segment, ``frames_per_set`` the number of
+    frames read from each set (frames without segments count too).
     """
     from .data.ood_sets import OodDataset
     roots = [ood_root] if isinstance(ood_root, (str, Path)) else list(ood_root)
@@ -562,6 +563,7 @@ def load_meta_dataset(bundle_path, ood_root, device='cpu', limit=0, progress=Non
                                             input_size=input_size, geometry=geometry,
                                             **_score_kw(bundle_path, input_size))
     feats, is_fp, iou, groups, sets = [], [], [], [], []
+    frames = {}
     offset = 0
     for root in roots:
         ev = OodEvaluation(pipe, OodDataset(root), limit, progress)
@@ -571,6 +573,7 @@ def load_meta_dataset(bundle_path, ood_root, device='cpu', limit=0, progress=Non
         iou.append(io)
         groups.append(g + offset)
         sets.append(np.full(len(fp), set_name(root), dtype=object))
+        frames[set_name(root)] = ev.n
         offset += ev.n
     return (pipe, np.concatenate(feats), np.concatenate(is_fp), np.concatenate(iou),
-            np.concatenate(groups), np.concatenate(sets))
+            np.concatenate(groups), np.concatenate(sets), frames)

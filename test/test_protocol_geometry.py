@@ -261,3 +261,23 @@ def test_train_meta_on_several_sets(tmp_path, bundle, capsys):
     assert len(pipe.meta_columns) == len(meta['feature_names'])
     res = pipe.process(np.random.default_rng(8).integers(0, 255, (H, W, 3), dtype=np.uint8))
     assert all(0.0 <= s.meta_score <= 1.0 for s in res.segments)
+
+
+def test_fp_rate_threshold_bounds_false_detections_on_every_set():
+    from ood_seg_ros.commands.train_meta import fp_rate_threshold
+    rng = np.random.default_rng(9)
+    p = rng.random(200)
+    is_fp = rng.random(200) < 0.7
+    sets = np.where(np.arange(200) < 150, 'a', 'b').astype(object)
+    frames = {'a': 30, 'b': 10}
+    for target in (0.2, 0.5, 1.5):
+        t = fp_rate_threshold(p, is_fp, sets, frames, target)
+        for name, n in frames.items():
+            kept_fp = ((p <= t) & is_fp & (sets == name)).sum()
+            assert kept_fp / n <= target
+        # Brute force: no larger candidate threshold satisfies every set.
+        larger = sorted(v for v in p if v > t)
+        if larger:
+            u = larger[0]
+            assert any(((p <= u) & is_fp & (sets == name)).sum() / n > target
+                       for name, n in frames.items())

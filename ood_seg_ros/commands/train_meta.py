@@ -16,6 +16,10 @@ def add_arguments(parser):
     parser.add_argument('--target-tp-kept', type=float, default=0.9,
                         help='instead choose the threshold that keeps this share of true '
                              'segments in grouped cross-validation (0: use --threshold)')
+    parser.add_argument('--max-fp-per-frame', type=float, default=0.0,
+                        help='instead choose the largest threshold that keeps at most this '
+                             'many false detections per frame on every set (out-of-fold); '
+                             'overrides --target-tp-kept')
     parser.add_argument('--features', default='auto', choices=['auto', 'all', 'transfer'],
                         help='feature set: all, transfer (without class / position '
                              'features) or auto (the better leave-one-set-out AUROC)')
@@ -47,6 +51,25 @@ def choose_config(feats, is_fp, sets, names, feature_sets, cs):
     return best, table
 
 
+def fp_rate_threshold(p_oof, is_fp, sets, frames, target):
+    """
+    Largest P(false positive) threshold with <= ``target`` kept false segments per frame.
+
+    Checked on every set separately (out-of-fold probabilities); a segment is kept when
+    its probability is <= the threshold.
+    """
+    import numpy as np
+    cands = np.unique(np.concatenate([[0.0], p_oof]))
+    best = 0.0
+    for t in cands:
+        ok = all(((p_oof <= t) & is_fp & (sets == name)).sum() / n <= target
+                 for name, n in frames.items() if n)
+        if not ok:
+            break
+        best = float(t)
+    return best
+
+
 def run(args) -> int:
     """Extract segments on the sets, choose features, fit, store meta.json in the bundle."""
     from pathlib import Path
@@ -57,7 +80,7 @@ def run(args) -> int:
     from ..protocol import check_held_out
     check_held_out(read_bundle_json(args.bundle).get('info', {}), args.ood_set,
                    'fit the meta classifier')
-    pipe, feats, is_fp, iou, groups, sets = load_meta_dataset(
+    pipe, feats, is_fp, iou, groups, sets, frames = load_meta_dataset(
         args.bundle, args.ood_set, device=args.device, limit=args.limit,
         input_size=args.input_size)
     if len(is_fp) < 10:
@@ -75,6 +98,14 @@ def run(args) -> int:
                            target_tp_kept=args.target_tp_kept or None, C=choice['C'],
                            return_oof=True)
     p_oof = report.pop('p_oof')
+    if args.max_fp_per_frame and p_oof is not None:
+        thr = fp_rate_threshold(p_oof, is_fp, sets, frames, args.max_fp_per_frame)
+        clf.threshold = report['threshold'] = thr
+        report['threshold_rule'] = (f'<= {args.max_fp_per_frame:g} false detections per '
+                                    f'frame on every set')
+        drop = p_oof > thr
+        report['fp_removed'] = float(drop[is_fp].mean()) if is_fp.any() else None
+        report['tp_kept'] = float((~drop[~is_fp]).mean()) if (~is_fp).any() else None
     per_set = {}
     for name in sorted(set(sets.tolist())):
         m = sets == name
@@ -84,6 +115,8 @@ def run(args) -> int:
             fp = is_fp[m]
             entry['fp_removed'] = float(drop[fp].mean()) if fp.any() else None
             entry['tp_kept'] = float((~drop[~fp]).mean()) if (~fp).any() else None
+            entry['false_detections_per_frame'] = float((~drop[fp]).sum() / frames[name])
+        entry['frames'] = frames[name]
         per_set[name] = entry
     report.update({'features': choice['features'], 'selection': table, 'per_set': per_set})
     clf.info['cv'] = report
