@@ -259,10 +259,12 @@ def run(args) -> int:
         if bundle is None:
             raise OodSegError('post-processing and end-to-end benchmarks need a bundle')
         from ..model.bundle import read_bundle_json
-        from ..pipeline import usable_score
-        score = usable_score(read_bundle_json(bundle).get('runtime', {}))
+        from ..pipeline import runtime_for_size, usable_score
+        doc = read_bundle_json(bundle)
+        size = doc['config']['input_size']
         if args.model_input == 'frame':
-            opts['input_size'] = (args.height, args.width)
+            opts['input_size'] = size = (args.height, args.width)
+        score = usable_score(runtime_for_size(doc.get('runtime', {}), size)[0])
         pipe = Pipeline.from_bundle(bundle, backend=be, device=args.device, fp16=args.fp16,
                                     score=score, **opts)
         res['heatmap_score'] = score
