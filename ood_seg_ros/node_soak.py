@@ -15,6 +15,13 @@ JSON keys: ``soak_frames``, ``soak_bad_frames``, ``frames_processed`` / ``frames
 sample minus at frame ``baseline_frame``, 200 by default: the first frames warm up
 allocator pools), ``fd_growth``, ``thread_growth``. No targets are asserted here: the
 figures are for the README and for comparing runs.
+
+Large-frame phase (``large_frames`` > 0, ``--soak-large K``): after the soak, ``K`` frames
+of ``large_size`` (default 4320 x 7680, 8K; the node's ``max_frame_pixels`` is raised to
+allow them) are sent one at a time. ``large_frame_rss_first_mb`` / ``_last_mb`` are VmRSS
+after the first / last large heatmap arrived, ``large_frame_rss_before_mb`` before the
+first; ``large_frame_rss_growth_mb`` = last - first: a reused buffer shows ~0, growth per
+frame shows (K - 1) x the frame's footprint.
 """
 
 import os
@@ -62,13 +69,19 @@ def _bad_frames(image_cls, height, width):
 
 
 def soak_node(bundle, height, width, frames, backend='auto', device='auto',
-              bad_every=97, sample_every=100, baseline_frame=200) -> dict:
+              bad_every=97, sample_every=100, baseline_frame=200, large_frames=0,
+              large_size=(4320, 7680)) -> dict:
     """Run ``frames`` good frames (plus bad ones) through ood_node; memory/fd/thread figures."""
     import numpy as np
     if not bundle:
         raise OodSegError('bench --node --soak needs a model bundle (--bundle)')
     if frames < 1:
         raise OodSegError(f'--soak needs a frame count >= 1, got {frames}')
+    large_h, large_w = (int(v) for v in large_size)
+    if large_frames < 0 or (large_frames and min(large_h, large_w) < 1):
+        raise OodSegError(f'large frames: need a count >= 0 and a size >= 1x1, got '
+                          f'{large_frames} of {large_h}x{large_w}')
+    max_pixels = max(height * width, large_h * large_w if large_frames else 0)
     try:
         import rclpy
         from rclpy.context import Context
@@ -86,14 +99,14 @@ def soak_node(bundle, height, width, frames, backend='auto', device='auto',
     saved = {k: os.environ.get(k) for k in ('ROS_DOMAIN_ID', 'ROS_AUTOMATIC_DISCOVERY_RANGE')}
     os.environ.update(ROS_DOMAIN_ID=str(domain), ROS_AUTOMATIC_DISCOVERY_RANGE='LOCALHOST')
     log = tempfile.TemporaryFile(mode='w+')
-    proc = subprocess.Popen(_node_command(bundle, backend, device, height * width), env=env,
+    proc = subprocess.Popen(_node_command(bundle, backend, device, max_pixels), env=env,
                             stdout=log, stderr=subprocess.STDOUT)
     context = Context()
     rclpy.init(context=context, domain_id=domain)
     node = rclpy.create_node('ood_soak_client', context=context)
     executor = SingleThreadedExecutor(context=context)
     executor.add_node(node)
-    got, diags, samples = set(), [], []
+    got, diags, samples, large = set(), [], [], {}
     processed = dropped = bad_sent = 0
     t_start = time.monotonic()
     try:
@@ -135,6 +148,9 @@ def soak_node(bundle, height, width, frames, backend='auto', device='auto',
             if i % sample_every == 0 or i == frames:
                 samples.append({'frame': i, 't_s': round(time.monotonic() - t_start, 1),
                                 **proc_stats(proc.pid)})
+        if large_frames:
+            large = _large_phase(executor, node, pub, got, proc, log, Image, large_frames,
+                                 large_h, large_w, rng)
         diags.clear()
         _spin_until(executor, lambda: bool(diags), 5.0, proc)
         status = diags[-1] if diags else None
@@ -170,4 +186,31 @@ def soak_node(bundle, height, width, frames, backend='auto', device='auto',
             'hwm_growth_mb': round(last['vmhwm_mb'] - base['vmhwm_mb'], 2),
             'fd_growth': last['fds'] - base['fds'],
             'thread_growth': last['threads'] - base['threads'],
-            'samples': samples}
+            'samples': samples, **large}
+
+
+def _large_phase(executor, node, pub, got, proc, log, image_cls, count, height, width,
+                 rng) -> dict:
+    """Send ``count`` large frames one at a time; VmRSS before, after the first and last."""
+    import numpy as np
+    msg = image_cls(height=height, width=width, encoding='rgb8', step=width * 3)
+    msg.header.frame_id = 'soak_large'
+    msg.data = rng.integers(0, 256, (height, width, 3), dtype=np.uint8).tobytes()
+    before = proc_stats(proc.pid)['vmrss_mb']
+    rss, processed = [], 0
+    for i in range(count):
+        msg.header.stamp = node.get_clock().now().to_msg()
+        key = (msg.header.stamp.sec, msg.header.stamp.nanosec)
+        pub.publish(msg)
+        if _spin_until(executor, lambda: key in got, max(FRAME_TIMEOUT_S, 120.0), proc):
+            processed += 1
+            got.discard(key)
+        elif proc.poll() is not None:
+            raise OodSegError(f'ood_node exited at large frame {i + 1}: ' + _tail(log))
+        rss.append(proc_stats(proc.pid)['vmrss_mb'])
+    return {'large_frames': count, 'large_frames_processed': processed,
+            'large_height': height, 'large_width': width,
+            'large_frame_rss_before_mb': before, 'large_frame_rss_first_mb': rss[0],
+            'large_frame_rss_last_mb': rss[-1],
+            'large_frame_rss_growth_mb': round(rss[-1] - rss[0], 2),
+            'large_frame_rss_mb': rss}

@@ -21,6 +21,12 @@ that arrive while the node is busy). ``timed`` publishes at the bag's log times 
 ``rate_scale``) like ``ros2 bag play``; frames the node cannot keep up with are dropped and
 counted.
 
+Bad input: a message that is not a decodable Image (corrupt CDR, another type) is not
+published; it is skipped and listed in the report (``bad_messages``), as offline bag-eval
+counts it. Interrupts: Ctrl-C / SIGTERM of bag-eval is forwarded to the child as SIGINT
+(:func:`interrupt_child`); the child stops between callbacks, stops the node and closes
+the output bag (metadata.yaml written), then exits 130.
+
 Times: publish and receive times are taken with ``time.monotonic_ns`` in the one player
 process; latency of a frame = arrival of its last image output - its publish time.
 """
@@ -139,14 +145,23 @@ def run_live(bag, out_bag, report_path, image_topic: str, node_params: Dict[str,
         cmd += ['--limit', str(int(limit))]
     if node_log:
         cmd += ['--node-log', str(node_log)]
-    try:
-        proc = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True)
-    except OSError as exc:
-        raise OodSegError(f'cannot start the replay process: {exc}') from None
-    if proc.returncode != 0:
-        tail = '\n'.join((proc.stderr or proc.stdout).strip().splitlines()[-15:])
-        raise OodSegError(f'live replay failed (exit code {proc.returncode}): {tail}')
+    import tempfile
+    with tempfile.TemporaryFile(mode='w+') as log:
+        try:
+            proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                    text=True)
+        except OSError as exc:
+            raise OodSegError(f'cannot start the replay process: {exc}') from None
+        try:
+            code = proc.wait()
+        except KeyboardInterrupt:   # Ctrl-C, or SIGTERM turned into it by the CLI
+            interrupt_child(proc)
+            raise
+        log.seek(0)
+        output = log.read()
+    if code != 0:
+        tail = '\n'.join(output.strip().splitlines()[-15:])
+        raise OodSegError(f'live replay failed (exit code {code}): {tail}')
     try:
         report = json.loads(Path(report_path).read_text())
     except (OSError, ValueError) as exc:
@@ -154,6 +169,24 @@ def run_live(bag, out_bag, report_path, image_topic: str, node_params: Dict[str,
             from None
     report['isolation'] = description
     return report
+
+
+def interrupt_child(proc, timeout: float = 60.0) -> Optional[int]:
+    """
+    Forward an interrupt to the replay child: SIGINT, wait ``timeout`` s, then SIGKILL.
+
+    The child stops the node and closes its output bag (metadata written) on SIGINT;
+    a second interrupt here while waiting kills it at once.
+    """
+    if proc.poll() is not None:
+        return proc.returncode
+    try:
+        proc.send_signal(signal.SIGINT)
+        return proc.wait(timeout)
+    except (subprocess.TimeoutExpired, KeyboardInterrupt):
+        proc.kill()
+        proc.wait()
+        return None
 
 
 # ---------------------------------------------------------------------------------------
@@ -200,6 +233,14 @@ def timing_summary(frames: List[dict], required=IMAGE_OUTPUTS) -> dict:
 # Child side: player and recorder (runs inside the namespace)
 # ---------------------------------------------------------------------------------------
 
+_INTERRUPTED = []
+
+
+def _on_interrupt(signum, frame) -> None:
+    """Note SIGINT / SIGTERM; the player stops at its next spin (never mid-write)."""
+    _INTERRUPTED.append(signum)
+
+
 class _Player:
     """Publishes a bag's frames, records the node's outputs; rclpy must be initialised."""
 
@@ -225,11 +266,17 @@ class _Player:
         self.n_received = {}
         self.n_unmatched = 0
 
+    def spin_once(self, timeout: float) -> None:
+        """Process callbacks for at most ``timeout`` s; KeyboardInterrupt once interrupted."""
+        if _INTERRUPTED:
+            raise KeyboardInterrupt
+        self.executor.spin_once(timeout_sec=timeout)
+
     def spin(self, seconds: float) -> None:
         """Process callbacks for about ``seconds``."""
         end = time.monotonic() + max(seconds, 0.0)
         while True:
-            self.executor.spin_once(timeout_sec=max(min(end - time.monotonic(), 0.05), 0.0))
+            self.spin_once(max(min(end - time.monotonic(), 0.05), 0.0))
             if time.monotonic() >= end:
                 return
 
@@ -322,25 +369,39 @@ def _log_tail(log_path, lines: int = 12) -> str:
 
 
 def _play(args, player: _Player, proc, required) -> List[dict]:
-    """Publish the frames (lockstep or timed) and collect the per-frame records."""
-    from .data.bags import iter_raw_messages, raw_header_stamp_ns
-    records = []
+    """
+    Publish the frames (lockstep or timed); return (per-frame records, bad messages).
+
+    A message that is not a decodable sensor_msgs/Image (corrupt CDR, another type,
+    inconsistent size) is not published: it is recorded in the bad list (as offline
+    bag-eval does) and skipped; corrupt storage ends the replay with the frames so far.
+    """
+    from .data.bags import (decode_image_cdr, IMAGE_TYPE, iter_raw_messages,
+                            raw_header_stamp_ns)
+    records, bad = [], []
     t0_wall = t0_bag = None
     last_activity = time.monotonic()
-    for topic, _, log_ns, raw in iter_raw_messages(args.bag, [args.image_topic]):
+    for topic, msgtype, log_ns, raw in iter_raw_messages(args.bag, [args.image_topic], bad):
         if args.limit is not None and len(records) >= args.limit:
             break
         if proc.poll() is not None:
             raise OodSegError(f'the node exited with code {proc.returncode} during replay'
                               f'{_log_tail(args.node_log)}')
-        stamp = raw_header_stamp_ns(raw)
+        try:
+            if msgtype != IMAGE_TYPE:
+                raise OodSegError(f'{msgtype} is not {IMAGE_TYPE}')
+            decode_image_cdr(raw, f'bag {args.bag}, topic {topic}')
+            stamp = raw_header_stamp_ns(raw)
+        except OodSegError as exc:
+            bad.append({'topic': topic, 'stamp_ns': log_ns, 'reason': str(exc)[:300]})
+            continue
         if not args.timed:
             frame = player.publish(stamp, raw)
             first = not records
             timeout = args.startup_timeout if first else args.frame_timeout
             end = time.monotonic() + timeout
             while time.monotonic() < end and not all(t in frame['recv_ns'] for t in required):
-                player.executor.spin_once(timeout_sec=0.05)
+                player.spin_once(0.05)
                 if proc.poll() is not None:
                     break
         else:
@@ -348,8 +409,7 @@ def _play(args, player: _Player, proc, required) -> List[dict]:
                 t0_wall, t0_bag = time.monotonic(), log_ns
             due = t0_wall + (log_ns - t0_bag) / 1e9 / args.rate_scale
             while time.monotonic() < due:
-                player.executor.spin_once(timeout_sec=max(min(due - time.monotonic(), 0.05),
-                                                          0.0))
+                player.spin_once(max(min(due - time.monotonic(), 0.05), 0.0))
             frame = player.publish(stamp, raw)
             last_activity = time.monotonic()
         records.append(frame)
@@ -371,9 +431,9 @@ def _play(args, player: _Player, proc, required) -> List[dict]:
                     idle = max(2.0, 3.0 * worst)
                 else:
                     idle = args.frame_timeout
-            player.executor.spin_once(timeout_sec=0.05)
+            player.spin_once(0.05)
     player.spin(0.3)   # trailing diagnostics / late outputs
-    return records
+    return records, bad
 
 
 def _die_with_parent() -> None:
@@ -428,7 +488,12 @@ def main(argv=None) -> int:
     params = json.loads(args.node_params)
     cmd = node_command(args.image_topic, params, args.params_file)
     log_path = args.node_log or os.devnull
-    rclpy.init(args=None)
+    from rclpy.signals import SignalHandlerOptions
+    # SIGINT / SIGTERM only set a flag: the player stops between callbacks, stops the node
+    # and closes the output bag (rclpy's handler would shut the context down mid-replay).
+    rclpy.init(args=None, signal_handler_options=SignalHandlerOptions.NO)
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, _on_interrupt)
     player = proc = None
     exit_code = None
     t_start = time.monotonic()
@@ -440,7 +505,7 @@ def main(argv=None) -> int:
             try:
                 required = _wait_ready(player, proc, args.startup_timeout, args.node_log)
                 t_ready = time.monotonic()
-                records = _play(args, player, proc, required)
+                records, bad = _play(args, player, proc, required)
             finally:
                 exit_code = _stop(proc)
         report = {
@@ -450,12 +515,15 @@ def main(argv=None) -> int:
             'startup_s': t_ready - t_start,
             'required_topics': required,
             'received': player.n_received, 'unmatched_outputs': player.n_unmatched,
-            'frames': records,
+            'frames': records, 'bad_messages': bad,
         }
         Path(args.report).write_text(json.dumps(report, indent=1))
     except OodSegError as exc:
         print(f'error: {exc}', file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print('interrupted: node stopped, output bag closed', file=sys.stderr)
+        return 130
     finally:
         if player is not None:
             player.close()

@@ -3,7 +3,8 @@ A tiny soak of the live node (``ood-seg bench --node --soak``): JSON keys and co
 
 No memory target is asserted (that figure is a benchmark, in the README); this checks
 that the soak runs, the bad frames mixed in are counted by the node under their kinds
-and survived, and every sample carries VmRSS/VmHWM, fds and threads.
+and survived, every sample carries VmRSS/VmHWM, fds and threads, and the large-frame
+phase reports VmRSS after its first and last frame.
 """
 
 import json
@@ -31,7 +32,7 @@ def test_soak_of_40_frames_reports_counters(tmp_path):
     code = ('import json; from ood_seg_ros.node_soak import soak_node; '
             f'print("SOAK " + json.dumps(soak_node({str(bundle)!r}, 60, 80, 40, '
             'backend="torch", device="cpu", bad_every=5, sample_every=10, '
-            'baseline_frame=20)))')
+            'baseline_frame=20, large_frames=3, large_size=(120, 160))))')
     proc = subprocess.run(rh.NETNS + [sys.executable, '-c', code], capture_output=True,
                           text=True, timeout=240)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith('SOAK ')]
@@ -49,3 +50,11 @@ def test_soak_of_40_frames_reports_counters(tmp_path):
     assert res['baseline_frame'] == 20
     for key in ('rss_growth_mb', 'hwm_growth_mb', 'fd_growth', 'thread_growth'):
         assert isinstance(res[key], (int, float))
+    # large-frame phase: 3 frames of 120 x 160 (above the soak size), all processed
+    assert (res['large_frames'], res['large_height'], res['large_width']) == (3, 120, 160)
+    assert res['large_frames_processed'] == 3 and len(res['large_frame_rss_mb']) == 3
+    assert res['large_frame_rss_first_mb'] == res['large_frame_rss_mb'][0] > 0
+    assert res['large_frame_rss_last_mb'] == res['large_frame_rss_mb'][-1] > 0
+    assert res['large_frame_rss_growth_mb'] == pytest.approx(
+        res['large_frame_rss_last_mb'] - res['large_frame_rss_first_mb'], abs=0.02)
+    assert res['node_frames_processed'] >= 38 + 3

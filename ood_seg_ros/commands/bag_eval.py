@@ -13,6 +13,9 @@ Both modes write the same artefacts into ``--out``:
 * ``overlay_<i>.png``: heatmap overlays of a few frames (GT outline green, kept segments
   magenta); live mode also ``node.log`` and ``replay.json`` (per-frame times).
 
+Bad messages (corrupt CDR, wrong type) are skipped and counted in both modes
+(``bad_messages``, ``bad_message_list``); Ctrl-C / SIGTERM leaves a readable output bag.
+
 Live mode pacing defaults to lockstep (frame i + 1 is published once all outputs of
 frame i arrived) so that every frame is evaluated; ``--pacing timed`` plays at the bag's
 rate and measures drops.
@@ -392,6 +395,14 @@ def run(args) -> int:
                           frame_timeout=args.frame_timeout, node_log=out / NODE_LOG,
                           isolation_mode=args.isolation)
         timing = timing_summary(report['frames'], report['required_topics'])
+        bad = report.get('bad_messages', [])   # skipped by the player, as offline
+        timing.update({'frames_in': timing['frames_in'] + len(bad),
+                       'bad_messages': len(bad), 'bad_message_list': bad[:20]})
+        if bad:
+            import logging
+            logging.getLogger(__name__).error('bag-eval: skipped %d bad messages of %s '
+                                              '(first: %s)', len(bad), bag,
+                                              bad[0]['reason'])
         diag = last_diagnostics(out_bag)
         if diag.get('backend'):
             doc['backend'] = {k: diag[k] for k in ('backend', 'device', 'precision')

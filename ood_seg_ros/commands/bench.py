@@ -55,6 +55,9 @@ def add_arguments(parser):
     parser.add_argument('--soak', type=int, default=0, metavar='N',
                         help='with --node: soak N frames (bad frames mixed in); report '
                              'VmRSS/VmHWM, fds and threads every 100 frames')
+    parser.add_argument('--soak-large', type=int, default=5, metavar='K',
+                        help='with --soak: then K frames of 4320x7680 (8K); report VmRSS '
+                             'after the first and the last (default: 5; 0: none)')
     parser.add_argument('--json', action='store_true', help='print one JSON object')
 
 
@@ -281,7 +284,8 @@ def run(args) -> int:
     if args.node and args.soak:
         from ..node_soak import soak_node
         res.update(soak_node(bundle, args.height, args.width, args.soak,
-                             backend=args.backend or 'auto', device=args.device))
+                             backend=args.backend or 'auto', device=args.device,
+                             large_frames=args.soak_large))
     elif args.node:
         from ..node_bench import bench_node
         res.update(bench_node(bundle, args.height, args.width, args.runs, args.warmup))
