@@ -20,5 +20,5 @@ b=$out/probes/bundle
 ood sml-stats --bundle "$b" --camvid "$camvid" --split train
 ood eval --bundle "$b" $real --calibrate
 ood eval --bundle "$b" $real --calibrate --input-size 480x960
-ood train-meta --bundle "$b" $real --target-tp-kept 0.9
+ood train-meta --bundle "$b" $real --max-fp-per-frame 0.5
 echo "refreshed bundle: $b"

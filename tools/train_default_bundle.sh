@@ -34,5 +34,5 @@ ood eval --bundle "$out/probes/bundle" --ood-set "$out/ood_val" $real --calibrat
 ood eval --bundle "$out/probes/bundle" --ood-set "$out/ood_val" $real --calibrate \
     --input-size 480x960
 ood train-meta --bundle "$out/probes/bundle" --ood-set "$out/ood_val" $real \
-    --target-tp-kept 0.9
+    --max-fp-per-frame 0.5
 echo "default bundle: $out/probes/bundle; entropy-maximisation bundle: $out/entropy/bundle"
