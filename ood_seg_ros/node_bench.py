@@ -22,6 +22,8 @@ to) and waits for the ``/ood/heatmap`` with the same stamp.
   package's ``config/fastdds.xml`` unless FASTRTPS_DEFAULT_PROFILES_FILE is set).
 """
 
+import contextlib
+from dataclasses import dataclass
 import os
 from pathlib import Path
 import random
@@ -52,6 +54,69 @@ def _node_command(bundle, backend, device, pixels):
                   '-p', f'max_frame_pixels:={max(pixels, 1)}', '-p', 'warmup_runs:=3']
 
 
+@dataclass
+class NodeSession:
+    """A running ood_node process and this process's client node on a private domain."""
+
+    proc: subprocess.Popen
+    log: object                 # the node's stdout + stderr (temporary file)
+    node: object                # rclpy client node
+    executor: object
+    dds_profile: object         # Fast DDS profile this process uses, or None
+
+
+@contextlib.contextmanager
+def node_session(bundle, backend, device, max_pixels, client_name, dds_profile=True):
+    """
+    Start ``ood_node`` on a random ROS domain (this machine only) plus a client node here.
+
+    ``dds_profile``: this process stands in for a camera driver and uses the same Fast DDS
+    profile as the node. On exit the client is shut down, the environment restored and
+    the node stopped with SIGINT (killed after 30 s).
+    """
+    import rclpy
+    from rclpy.context import Context
+    from rclpy.executors import SingleThreadedExecutor
+    from .node import DDS_PROFILE_VARS, use_dds_profile
+    domain = random.randint(100, 200)
+    env = dict(os.environ, ROS_DOMAIN_ID=str(domain), ROS_AUTOMATIC_DISCOVERY_RANGE='LOCALHOST')
+    keys = ('ROS_DOMAIN_ID', 'ROS_AUTOMATIC_DISCOVERY_RANGE') + (
+        tuple(DDS_PROFILE_VARS) if dds_profile else ())
+    saved = {k: os.environ.get(k) for k in keys}
+    os.environ.update(ROS_DOMAIN_ID=str(domain), ROS_AUTOMATIC_DISCOVERY_RANGE='LOCALHOST')
+    profile = None
+    if dds_profile:
+        profile = use_dds_profile(os.environ) or next(
+            (os.environ[v] for v in DDS_PROFILE_VARS if os.environ.get(v)), None)
+    log = tempfile.TemporaryFile(mode='w+')
+    proc = subprocess.Popen(_node_command(bundle, backend, device, max_pixels), env=env,
+                            stdout=log, stderr=subprocess.STDOUT)
+    context = Context()
+    rclpy.init(context=context, domain_id=domain)
+    node = rclpy.create_node(client_name, context=context)
+    executor = SingleThreadedExecutor(context=context)
+    executor.add_node(node)
+    try:
+        yield NodeSession(proc, log, node, executor, profile)
+    finally:
+        executor.shutdown()
+        node.destroy_node()
+        rclpy.try_shutdown(context=context)
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        log.close()
+
+
 def _spin_until(executor, cond, timeout, proc=None):
     end = time.monotonic() + timeout
     while not cond():
@@ -69,33 +134,13 @@ def bench_node(bundle, height, width, runs, warmup, backend='auto', device='auto
     if not bundle:
         raise OodSegError('bench --node needs a model bundle (--bundle)')
     try:
-        import rclpy
-        from rclpy.context import Context
-        from rclpy.executors import SingleThreadedExecutor
         from rclpy.qos import QoSProfile, ReliabilityPolicy
         from diagnostic_msgs.msg import DiagnosticArray
         from sensor_msgs.msg import Image
     except ImportError as exc:
         raise OodSegError(f'bench --node needs rclpy and sensor_msgs: {exc}') from exc
     from .commands.bench import _sample_frame
-    from .node import DDS_PROFILE_VARS, use_dds_profile
     frame = _sample_frame(height, width, np.random.default_rng(0))
-    domain = random.randint(100, 200)
-    env = dict(os.environ, ROS_DOMAIN_ID=str(domain), ROS_AUTOMATIC_DISCOVERY_RANGE='LOCALHOST')
-    saved = {k: os.environ.get(k) for k in ('ROS_DOMAIN_ID', 'ROS_AUTOMATIC_DISCOVERY_RANGE')
-             + DDS_PROFILE_VARS}
-    os.environ.update(ROS_DOMAIN_ID=str(domain), ROS_AUTOMATIC_DISCOVERY_RANGE='LOCALHOST')
-    # this process stands in for the camera driver: the same profile as the node
-    profile = use_dds_profile(os.environ) or next(
-        (os.environ[v] for v in DDS_PROFILE_VARS if os.environ.get(v)), None)
-    log = tempfile.TemporaryFile(mode='w+')
-    proc = subprocess.Popen(_node_command(bundle, backend, device, height * width), env=env,
-                            stdout=log, stderr=subprocess.STDOUT)
-    context = Context()
-    rclpy.init(context=context, domain_id=domain)
-    node = rclpy.create_node('ood_bench_client', context=context)
-    executor = SingleThreadedExecutor(context=context)
-    executor.add_node(node)
     outs = {key: {} for key in OUTPUTS}
     got = outs['heatmap']
     diags = []
@@ -103,7 +148,10 @@ def bench_node(bundle, height, width, runs, warmup, backend='auto', device='auto
     def recorder(seen):
         return lambda m: seen.setdefault((m.header.stamp.sec, m.header.stamp.nanosec),
                                          time.perf_counter())
-    try:
+    # this process stands in for the camera driver: the same DDS profile as the node
+    with node_session(bundle, backend, device, height * width, 'ood_bench_client') as ses:
+        proc, log, node, executor = ses.proc, ses.log, ses.node, ses.executor
+        profile = ses.dds_profile
         reliable = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE)
         pub = node.create_publisher(Image, '/ood_bench/image', reliable)
         for key, topic in OUTPUTS.items():
@@ -155,23 +203,6 @@ def bench_node(bundle, height, width, runs, warmup, backend='auto', device='auto
         after = _fresh_status(executor, diags, proc)
         if after is not None:
             status = after
-    finally:
-        executor.shutdown()
-        node.destroy_node()
-        rclpy.try_shutdown(context=context)
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        log.close()
     lat = statistics.median(latencies)
     res = {'node_latency_ms': round(lat, 3),
            'node_latency_p95_ms': round(float(np.percentile(latencies, 95)), 3),

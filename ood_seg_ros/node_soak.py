@@ -26,14 +26,10 @@ frame shows (K - 1) x the frame's footprint.
 
 import os
 from pathlib import Path
-import random
-import signal
-import subprocess
-import tempfile
 import time
 
 from .errors import OodSegError
-from .node_bench import _node_command, _spin_until, _tail, _value, READY_TIMEOUT_S
+from .node_bench import _spin_until, _tail, _value, node_session, READY_TIMEOUT_S
 
 FRAME_TIMEOUT_S = 30.0
 
@@ -83,9 +79,6 @@ def soak_node(bundle, height, width, frames, backend='auto', device='auto',
                           f'{large_frames} of {large_h}x{large_w}')
     max_pixels = max(height * width, large_h * large_w if large_frames else 0)
     try:
-        import rclpy
-        from rclpy.context import Context
-        from rclpy.executors import SingleThreadedExecutor
         from rclpy.qos import QoSProfile, ReliabilityPolicy
         from diagnostic_msgs.msg import DiagnosticArray
         from sensor_msgs.msg import Image
@@ -94,22 +87,12 @@ def soak_node(bundle, height, width, frames, backend='auto', device='auto',
     from .commands.bench import _sample_frame
     rng = np.random.default_rng(0)
     good = [_sample_frame(height, width, rng).tobytes() for _ in range(4)]
-    domain = random.randint(100, 200)
-    env = dict(os.environ, ROS_DOMAIN_ID=str(domain), ROS_AUTOMATIC_DISCOVERY_RANGE='LOCALHOST')
-    saved = {k: os.environ.get(k) for k in ('ROS_DOMAIN_ID', 'ROS_AUTOMATIC_DISCOVERY_RANGE')}
-    os.environ.update(ROS_DOMAIN_ID=str(domain), ROS_AUTOMATIC_DISCOVERY_RANGE='LOCALHOST')
-    log = tempfile.TemporaryFile(mode='w+')
-    proc = subprocess.Popen(_node_command(bundle, backend, device, max_pixels), env=env,
-                            stdout=log, stderr=subprocess.STDOUT)
-    context = Context()
-    rclpy.init(context=context, domain_id=domain)
-    node = rclpy.create_node('ood_soak_client', context=context)
-    executor = SingleThreadedExecutor(context=context)
-    executor.add_node(node)
     got, diags, samples, large = set(), [], [], {}
     processed = dropped = bad_sent = 0
     t_start = time.monotonic()
-    try:
+    with node_session(bundle, backend, device, max_pixels, 'ood_soak_client',
+                      dds_profile=False) as ses:
+        proc, log, node, executor = ses.proc, ses.log, ses.node, ses.executor
         reliable = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE)
         pub = node.create_publisher(Image, '/ood_bench/image', reliable)
         node.create_subscription(
@@ -154,23 +137,6 @@ def soak_node(bundle, height, width, frames, backend='auto', device='auto',
         diags.clear()
         _spin_until(executor, lambda: bool(diags), 5.0, proc)
         status = diags[-1] if diags else None
-    finally:
-        executor.shutdown()
-        node.destroy_node()
-        rclpy.try_shutdown(context=context)
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        log.close()
     base = next((s for s in samples if s['frame'] >= baseline_frame), samples[0])
     last = samples[-1]
     errors = {}
