@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Optional, Sequence, Set, Tuple
 
 from .errors import OodSegError
+from .pipeline import parse_size
 
 LOG = logging.getLogger(__name__)
 INPUT_NAME = 'image'
@@ -155,16 +156,6 @@ def onnx_mismatch(path, expected_source: str) -> Optional[str]:
     return None
 
 
-def _check_size(input_size) -> Tuple[int, int]:
-    try:
-        h, w = (int(v) for v in input_size)
-    except (TypeError, ValueError):
-        raise OodSegError(f'input size must be (height, width), got {input_size!r}') from None
-    if h < 64 or w < 64:
-        raise OodSegError(f'input size {h}x{w} must be at least 64 x 64')
-    return h, w
-
-
 @contextlib.contextmanager
 def _shape_following_upsample():
     """
@@ -209,7 +200,7 @@ def export_onnx(bundle_path, outputs: Optional[Sequence[str]] = None, out_path=N
     bundle = load_bundle(bundle_path, outputs=outputs)
     model = bundle.model.eval()
     outs = canonical_outputs(model.outputs)
-    h, w = _check_size(input_size or bundle.config.input_size)
+    h, w = parse_size(input_size or bundle.config.input_size)
     source = source_sha256(bundle_path, outs, (h, w), fp16, opset, dynamic)
     path = Path(out_path) if out_path else default_onnx_path(
         bundle_path, outs, (h, w), fp16, opset, dynamic)
