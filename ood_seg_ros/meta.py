@@ -390,3 +390,36 @@ def transfer_auroc(features, is_false_positive, sets, C=1.0):
         clf = MetaClassifier([f'f{i}' for i in range(X.shape[1])], *params)
         out[held] = float(roc_auc_score(y[te], clf.predict_fp_proba(X[te])))
     return out
+
+
+def choose_config(feats, is_fp, sets, names, feature_sets, cs):
+    """Pick (feature set, C) by the worst leave-one-set-out AUROC; return choice + table."""
+    table = []
+    for fs in feature_sets:
+        idx, _ = select_features(names, fs)
+        for c in cs:
+            per = transfer_auroc(feats[:, idx], is_fp, sets, c)
+            vals = [v for v in per.values() if v is not None]
+            table.append({'features': fs, 'C': c, 'transfer_auroc': per,
+                          'worst': float(min(vals)) if vals else float('nan')})
+    scored = [t for t in table if np.isfinite(t['worst'])]
+    best = max(scored, key=lambda t: t['worst']) if scored else table[0]
+    return best, table
+
+
+def fp_rate_threshold(p_oof, is_fp, sets, frames, target):
+    """
+    Largest P(false positive) threshold with <= ``target`` kept false segments per frame.
+
+    Checked on every set separately (out-of-fold probabilities); a segment is kept when
+    its probability is <= the threshold.
+    """
+    cands = np.unique(np.concatenate([[0.0], p_oof]))
+    best = 0.0
+    for t in cands:
+        ok = all(((p_oof <= t) & is_fp & (sets == name)).sum() / n <= target
+                 for name, n in frames.items() if n)
+        if not ok:
+            break
+        best = float(t)
+    return best

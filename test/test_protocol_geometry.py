@@ -4,13 +4,14 @@ import json
 import shutil
 
 import cv2
+from model_helpers import save_tiny_bundle
 import numpy as np
 from ood_seg_ros import cli
 from ood_seg_ros.data.ood_sets import OodDataset
 from ood_seg_ros.errors import OodSegError
 from ood_seg_ros.evaluate import (calibrate, calibration_update, choose_score,
                                   evaluate_bundle, id_false_detections, OodEvaluation)
-from ood_seg_ros.model import load_bundle, ModelConfig, OodSegNet, save_bundle
+from ood_seg_ros.model import load_bundle, ModelConfig, OodSegNet
 from ood_seg_ros.model.config import SML_MEMBERS
 from ood_seg_ros.model.deeplab import upsample
 from ood_seg_ros.pipeline import Letterbox, Pipeline, runtime_for_size
@@ -24,18 +25,8 @@ H, W = 96, 128
 
 @pytest.fixture(scope='module')
 def bundle(tmp_path_factory):
-    torch.manual_seed(0)
-    model = OodSegNet(ModelConfig(input_size=(H, W), aspp_channels=32, decoder_channels=32,
-                                  low_level_project=16, probe_channels=16))
-    for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_var.uniform_(0.5, 2.0)
-            m.weight.data.uniform_(0.5, 2.0)
-    path = tmp_path_factory.mktemp('bundle') / 'b'
     info = {'train_base': {'config': {'train_splits': ['train', 'val']}}}
-    save_bundle(path, model.eval(), runtime={'heatmap_score': 'moose_entropy'}, info=info,
-                half=False)
-    return path
+    return save_tiny_bundle(tmp_path_factory.mktemp('bundle') / 'b', (H, W), info)
 
 
 def _make_set(root, n=4, seed=0, split=None, size=(H, W)):
@@ -264,7 +255,7 @@ def test_train_meta_on_several_sets(tmp_path, bundle, capsys):
 
 
 def test_fp_rate_threshold_bounds_false_detections_on_every_set():
-    from ood_seg_ros.commands.train_meta import fp_rate_threshold
+    from ood_seg_ros.meta import fp_rate_threshold
     rng = np.random.default_rng(9)
     p = rng.random(200)
     is_fp = rng.random(200) < 0.7

@@ -34,48 +34,12 @@ def add_arguments(parser):
     parser.add_argument('--json', action='store_true')
 
 
-def choose_config(feats, is_fp, sets, names, feature_sets, cs):
-    """Pick (feature set, C) by the worst leave-one-set-out AUROC; return choice + table."""
-    import numpy as np
-    from ..meta import select_features, transfer_auroc
-    table = []
-    for fs in feature_sets:
-        idx, _ = select_features(names, fs)
-        for c in cs:
-            per = transfer_auroc(feats[:, idx], is_fp, sets, c)
-            vals = [v for v in per.values() if v is not None]
-            table.append({'features': fs, 'C': c, 'transfer_auroc': per,
-                          'worst': float(min(vals)) if vals else float('nan')})
-    scored = [t for t in table if np.isfinite(t['worst'])]
-    best = max(scored, key=lambda t: t['worst']) if scored else table[0]
-    return best, table
-
-
-def fp_rate_threshold(p_oof, is_fp, sets, frames, target):
-    """
-    Largest P(false positive) threshold with <= ``target`` kept false segments per frame.
-
-    Checked on every set separately (out-of-fold probabilities); a segment is kept when
-    its probability is <= the threshold.
-    """
-    import numpy as np
-    cands = np.unique(np.concatenate([[0.0], p_oof]))
-    best = 0.0
-    for t in cands:
-        ok = all(((p_oof <= t) & is_fp & (sets == name)).sum() / n <= target
-                 for name, n in frames.items() if n)
-        if not ok:
-            break
-        best = float(t)
-    return best
-
-
 def run(args) -> int:
     """Extract segments on the sets, choose features, fit, store meta.json in the bundle."""
     from pathlib import Path
     from ..errors import OodSegError
     from ..evaluate import load_meta_dataset, to_json
-    from ..meta import fit_meta, select_features
+    from ..meta import choose_config, fit_meta, fp_rate_threshold, select_features
     from ..model.bundle import read_bundle_json
     from ..protocol import check_held_out
     check_held_out(read_bundle_json(args.bundle).get('info', {}), args.ood_set,
