@@ -143,19 +143,18 @@ class OodEvaluation:
                      'best_f1_threshold': thr}
             if 'undefined' in pix:
                 entry['undefined'] = pix['undefined']
-            if not components:
-                pass
-            elif np.isfinite(thr):
-                comp = M.component_metrics(
-                    (self.score_map(i, name) for i in range(self.n)),
-                    iter(self.labels[:self.n]), thr, track='anomaly')
-                entry.update({'siou': comp['siou'], 'ppv': comp['ppv'],
-                              'f1_mean': comp['f1_mean']})
-            else:
-                entry.update({'siou': float('nan'), 'ppv': float('nan'),
-                              'f1_mean': float('nan')})
+            if components:
+                entry.update(self._components(name, thr))
             table[name] = entry
         return table
+
+    def _components(self, name: str, thr: float) -> Dict[str, float]:
+        """Component sIoU / PPV / mean F1 of score ``name`` at threshold ``thr`` (NaN: none)."""
+        if not np.isfinite(thr):
+            return {'siou': float('nan'), 'ppv': float('nan'), 'f1_mean': float('nan')}
+        comp = M.component_metrics((self.score_map(i, name) for i in range(self.n)),
+                                   iter(self.labels[:self.n]), thr, track='anomaly')
+        return {k: comp[k] for k in ('siou', 'ppv', 'f1_mean')}
 
     def segment_records(self):
         """

@@ -249,7 +249,8 @@ class OodSegNet(nn.Module):
         global_fn, moose_fn, pgn_fn = self._score_fns
         names = [n for n in S.GLOBAL_SCORES if n in base]
         # SML statistics per member: rows 0-3 the probes, row 4 the global head.
-        sml = [(self.sml_mean[i], self.sml_std[i]) for i in range(self.sml_mean.shape[0])]
+        sml = [(self.sml_mean[i], self.sml_std[i]) for i in range(self.sml_mean.shape[0])
+               ] if base & set(S.SML_SCORES) else []
         if names:
             out.update(global_fn(logits_low, names, sml[-1] if sml else None))
         if moose:
