@@ -30,3 +30,22 @@ def sml_stats(n_classes, seed=0):
         std = (0.5 + torch.rand(n_classes, generator=g)).tolist()
         members[m] = {'mean': mean, 'std': std}
     return {'split': 'train', 'frames': 1, 'members': members}
+
+
+def save_tiny_bundle(path, size, info=None):
+    """
+    Save a small untrained bundle (input ``size`` (H, W)) with random BN statistics.
+
+    Random BN statistics give the untrained network varied, O(1) activations; the
+    heatmap score is moose_entropy (natural bounds, no calibration needed).
+    """
+    from ood_seg_ros.model import ModelConfig, OodSegNet, save_bundle
+    torch.manual_seed(0)
+    model = OodSegNet(ModelConfig(input_size=size, aspp_channels=32, decoder_channels=32,
+                                  low_level_project=16, probe_channels=16))
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 2.0)
+    return save_bundle(path, model.eval(), runtime={'heatmap_score': 'moose_entropy'},
+                       info=info, half=False)

@@ -3,31 +3,20 @@
 import json
 
 import cv2
+from model_helpers import save_tiny_bundle
 import numpy as np
 from ood_seg_ros.data.ood_sets import OodDataset
 from ood_seg_ros.errors import OodSegError
 from ood_seg_ros.evaluate import calibrate, evaluate_bundle, OodEvaluation, to_json
-from ood_seg_ros.model import ModelConfig, OodSegNet, save_bundle
 from ood_seg_ros.pipeline import FrameResult, Pipeline
 import pytest
-import torch
 
 H, W = 96, 128
 
 
 @pytest.fixture(scope='module')
 def bundle(tmp_path_factory):
-    torch.manual_seed(0)
-    model = OodSegNet(ModelConfig(input_size=(H, W), aspp_channels=32, decoder_channels=32,
-                                  low_level_project=16, probe_channels=16))
-    # Random BN statistics so the untrained network gives varied, O(1) activations.
-    for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_var.uniform_(0.5, 2.0)
-            m.weight.data.uniform_(0.5, 2.0)
-    path = tmp_path_factory.mktemp('bundle') / 'b'
-    save_bundle(path, model.eval(), runtime={'heatmap_score': 'moose_entropy'}, half=False)
-    return path
+    return save_tiny_bundle(tmp_path_factory.mktemp('bundle') / 'b', (H, W))
 
 
 @pytest.fixture(scope='module')
