@@ -128,6 +128,22 @@ def _class_weights(labels: torch.Tensor, n: int, mode: str, device) -> Optional[
     return w.float().to(device)
 
 
+def stage_provenance(info: dict, cfg: 'TrainConfig', device, extra: dict) -> dict:
+    """
+    Bundle ``info`` with this stage's record added: ``train_<stage>`` and ``trained_splits``.
+
+    The record holds the training config (folder names, no machine paths), the device and
+    ``extra`` (epochs, best validation mIoU, ...).
+    """
+    info = dict(info)
+    c = asdict(cfg)
+    for key in ('camvid', 'out', 'init_bundle', 'ood_proxy'):  # no machine paths
+        c[key] = Path(c[key]).name if c[key] else ''
+    info[f'train_{cfg.stage}'] = {'config': c, 'device': _device_name(device), **extra}
+    info['trained_splits'] = sorted(trained_splits(info))
+    return info
+
+
 class Trainer:
     """One training run of the stage named in ``cfg.stage``."""
 
@@ -373,13 +389,7 @@ class Trainer:
                 'best_val_miou': self.best, 'epochs': self.epoch, 'steps': self.step}
 
     def _save_bundle(self, path: Path, extra: dict):
-        info = dict(self.provenance)
-        cfg = asdict(self.cfg)
-        for key in ('camvid', 'out', 'init_bundle', 'ood_proxy'):  # no machine paths
-            cfg[key] = Path(cfg[key]).name if cfg[key] else ''
-        info[f'train_{self.cfg.stage}'] = {
-            'config': cfg, 'device': _device_name(self.device), **extra}
-        info['trained_splits'] = sorted(trained_splits(info))
+        info = stage_provenance(self.provenance, self.cfg, self.device, extra)
         runtime = getattr(self, 'init_runtime', {})
         save_bundle(path, self.model, runtime=runtime, info=info)
 

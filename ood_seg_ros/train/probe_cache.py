@@ -10,7 +10,6 @@ per-probe cross-entropies at label resolution); the augmentation is limited to t
 scales and flips.
 """
 
-from dataclasses import asdict
 import math
 from pathlib import Path
 import time
@@ -21,12 +20,11 @@ import torch
 import torch.nn.functional as F
 
 from .augment import IGNORE
-from .loop import _class_weights, _device_name, evaluate_miou, TrainConfig
+from .loop import _class_weights, evaluate_miou, stage_provenance, TrainConfig
 from ..data.camvid import load_split
 from ..errors import OodSegError
 from ..model import load_bundle, save_bundle
 from ..model.deeplab import upsample
-from ..protocol import trained_splits
 
 
 @torch.no_grad()
@@ -151,15 +149,9 @@ def train_probes_cached(cfg: TrainConfig, scales: Sequence[float] = (0.75, 1.0, 
         log(rec)
     if best_state is not None:
         model.probes.load_state_dict(best_state)
-    info = dict(b.info)
-    c = asdict(cfg)
-    for key in ('camvid', 'out', 'init_bundle', 'ood_proxy'):   # no machine paths
-        c[key] = Path(c[key]).name if c[key] else ''
-    info['train_probes'] = {'config': c, 'device': _device_name(torch.device('cpu')),
-                            'epoch': epoch, 'steps': step, 'best_val_miou': best,
-                            'feature_cache': {'scales': list(scales), 'flip': 'random'},
-                            'history': history}
-    info['trained_splits'] = sorted(trained_splits(info))
+    info = stage_provenance(b.info, cfg, torch.device('cpu'), {
+        'epoch': epoch, 'steps': step, 'best_val_miou': best,
+        'feature_cache': {'scales': list(scales), 'flip': 'random'}, 'history': history})
     runtime = dict(b.runtime)
     final = out / 'bundle'
     model.eval()
