@@ -88,14 +88,14 @@ from .image_headers import check_compressed, CompressedFrameError
 from .image_headers import compressed_size  # noqa: F401 - public name of this module
 from .node_checks import command_line_parameter_problems, MAX_DIAGNOSTICS_PERIOD, \
     MIN_DIAGNOSTICS_PERIOD, unknown_parameters
+from .pipeline import MAX_FRAME_PIXELS
+from .runtime import BACKENDS
 
 NODE_NAME = 'ood_node'
 ENCODING_CHANNELS = {'rgb8': 3, 'bgr8': 3, 'mono8': 1}
-DEFAULT_MAX_FRAME_PIXELS = 4096 * 4096
 TRANSPORTS = ('raw', 'compressed')
 RELIABILITIES = {'best_effort': ReliabilityPolicy.BEST_EFFORT,
                  'reliable': ReliabilityPolicy.RELIABLE}
-BACKEND_NAMES = ('auto', 'torch', 'onnxruntime', 'tensorrt')
 SEQ_UNSUPPORTED = (None, 0, 2 ** 64 - 1)
 # Outputs are relative names, resolved in the node's namespace (under /left:
 # /left/ood/heatmap); /diagnostics stays global as in every ROS node.
@@ -145,7 +145,7 @@ PARAMETERS = {
     'qos_reliability': ('best_effort', _S, True, 'input QoS: best_effort or reliable'),
     'qos_depth': (1, _I, True, 'input queue depth (1: always the newest frame)'),
     'publish_color': (True, _B, False, 'publish ood/heatmap/color while subscribed'),
-    'max_frame_pixels': (DEFAULT_MAX_FRAME_PIXELS, _I, True,
+    'max_frame_pixels': (MAX_FRAME_PIXELS, _I, True,
                          'larger input frames are rejected (width x height)'),
     'diagnostics_period': (1.0, _F, True, 'seconds between /diagnostics messages'),
     'processing_budget_ms': (200.0, _F, False, 'diagnostics WARN when the p95 '
@@ -164,7 +164,7 @@ class FrameError(OodSegError):
 
 # -- message conversion (numpy only, no ROS objects) ------------------------------------
 def image_to_rgb(encoding: str, height: int, width: int, step: int, data,
-                 max_pixels: int = DEFAULT_MAX_FRAME_PIXELS) -> np.ndarray:
+                 max_pixels: int = MAX_FRAME_PIXELS) -> np.ndarray:
     """
     Convert raw Image fields to an RGB uint8 (height, width, 3) array.
 
@@ -198,7 +198,7 @@ def image_to_rgb(encoding: str, height: int, width: int, step: int, data,
     return cv2.cvtColor(arr, cv2.COLOR_GRAY2RGB)
 
 
-def compressed_to_rgb(data, max_pixels: int = DEFAULT_MAX_FRAME_PIXELS,
+def compressed_to_rgb(data, max_pixels: int = MAX_FRAME_PIXELS,
                       fmt: str = '') -> np.ndarray:
     """
     Decode PNG/JPEG/WebP bytes to RGB uint8 (H, W, 3); FrameError on bad input.
@@ -321,9 +321,9 @@ def _fmt(x: float) -> str:
 
 def _validate(name: str, value) -> None:
     """Raise OodSegError with a clear message when a parameter value is invalid."""
-    if name == 'backend' and value not in BACKEND_NAMES:
+    if name == 'backend' and value not in BACKENDS:
         raise OodSegError(f'parameter backend: {value!r} is not one of '
-                          f'{", ".join(BACKEND_NAMES)}')
+                          f'{", ".join(BACKENDS)}')
     if name == 'device' and not (value in ('auto', 'cpu', 'cuda') or
                                  (value.startswith('cuda:') and value[5:].isdigit())):
         raise OodSegError(f'parameter device: {value!r} is not auto, cpu, cuda or cuda:N')
@@ -373,7 +373,7 @@ def _descriptor(name: str) -> ParameterDescriptor:
         desc.integer_range = [IntegerRange(from_value=1, to_value=1000, step=1)]
     elif name in ('backend', 'input_transport', 'qos_reliability'):
         desc.additional_constraints = 'one of: ' + ', '.join(
-            {'backend': BACKEND_NAMES, 'input_transport': TRANSPORTS,
+            {'backend': BACKENDS, 'input_transport': TRANSPORTS,
              'qos_reliability': tuple(RELIABILITIES)}[name])
     return desc
 
@@ -490,11 +490,11 @@ class _OodCore:
     def _build_pipeline(self, score: Optional[str]):
         """Pipeline.from_bundle with the node's backend parameters."""
         from .pipeline import Pipeline
-        from .runtime.base import _auto_backend
+        from .runtime import auto_backend
         cfg = self.cfg
         backend = cfg['backend']
         if backend == 'auto':
-            backend = _auto_backend(cfg['device'])
+            backend = auto_backend(cfg['device'])
         options = {}
         if backend == 'torch':
             options = {'cuda_graphs': cfg['cuda_graphs'], 'threads': cfg['threads']}

@@ -306,12 +306,12 @@ def resolve_settings(bundle, score, threshold, backend: str, device: str) -> tup
     """Return (heatmap score, segment threshold, backend name) as Pipeline would pick them."""
     from ..model.bundle import read_bundle_json
     from ..pipeline import DEFAULT_RUNTIME
-    from ..runtime.base import _auto_backend
+    from ..runtime import auto_backend
     runtime = {**DEFAULT_RUNTIME, **read_bundle_json(bundle).get('runtime', {})}
     score = score or runtime['heatmap_score']
     threshold = float(runtime['segment_threshold'] if threshold is None else threshold)
     if backend == 'auto':
-        backend = _auto_backend(device)
+        backend = auto_backend(device)
     return score, threshold, backend
 
 

@@ -4,11 +4,10 @@ from dataclasses import asdict, dataclass, field, fields
 import math
 from typing import List, Optional, Tuple
 
+from ..data.camvid import CAMVID_CLASSES
 from ..errors import OodSegError
 from ..scores import ALL_SCORES, EXTRA_OUTPUTS, SML_SCORES, split_spatial
 
-CAMVID_CLASSES = ('Sky', 'Building', 'Pole', 'Road', 'Pavement', 'Tree', 'SignSymbol',
-                  'Fence', 'Car', 'Pedestrian', 'Bicyclist')
 # Heads with their own SML statistics, in the MOoSe member order of the forward pass.
 SML_MEMBERS = ('probe0', 'probe1', 'probe2', 'probe3', 'global')
 

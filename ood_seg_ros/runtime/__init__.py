@@ -1,5 +1,5 @@
 """Inference backends behind one small interface (see :mod:`.base`)."""
 
-from .base import Backend, make_backend
+from .base import auto_backend, Backend, BACKENDS, make_backend
 
-__all__ = ['Backend', 'make_backend']
+__all__ = ['auto_backend', 'Backend', 'BACKENDS', 'make_backend']

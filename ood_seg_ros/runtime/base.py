@@ -56,7 +56,7 @@ def make_backend(name: str, bundle_path, outputs: Sequence[str], device: str = '
     if name not in BACKENDS:
         raise OodSegError(f'unknown backend {name!r}; choose one of {", ".join(BACKENDS)}')
     if name == 'auto':
-        name = _auto_backend(device)
+        name = auto_backend(device)
     if name == 'torch':
         from .torch_backend import TorchBackend
         return TorchBackend(bundle_path, outputs, device=device, fp16=fp16, **options)
@@ -67,7 +67,8 @@ def make_backend(name: str, bundle_path, outputs: Sequence[str], device: str = '
     return TensorRTBackend(bundle_path, outputs, fp16=fp16, **options)
 
 
-def _auto_backend(device: str) -> str:
+def auto_backend(device: str) -> str:
+    """Return the backend ``auto`` stands for on this machine: TensorRT, CUDA torch, ORT, torch."""
     import importlib.util
     if device in ('auto', 'cuda'):
         if importlib.util.find_spec('tensorrt') is not None and _cuda_available():
