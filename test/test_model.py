@@ -8,7 +8,8 @@ import numpy as np
 from ood_seg_ros import scores as S
 from ood_seg_ros.errors import OodSegError
 from ood_seg_ros.model import load_bundle, ModelConfig, OodSegNet, save_bundle
-from ood_seg_ros.model.backbone import (
+from ood_seg_ros.model.backbones import Backbone, backbone_names, build_backbone
+from ood_seg_ros.model.backbones.efficientnet_lite import (
     EfficientNetLite, imagenet_weights_path, load_imagenet_weights)
 from ood_seg_ros.model.bundle import BUNDLE_JSON, WEIGHTS
 from ood_seg_ros.model.config import SML_MEMBERS
@@ -142,6 +143,30 @@ def test_backbone_feature_shapes():
         low, high = net8(torch.zeros(1, 3, 64, 96))
     assert low.shape == (1, 24, 16, 24)
     assert high.shape == (1, 352, 8, 12)
+
+
+@pytest.mark.parametrize('name', backbone_names())
+def test_registered_backbone_keeps_the_channel_contract(name):
+    """Every registered backbone states the channels its forward really returns."""
+    net = build_backbone(name, 16).eval()
+    assert isinstance(net, Backbone)
+    with torch.no_grad():
+        low, high = net(torch.zeros(1, 3, 64, 96))
+    assert low.shape == (1, net.low_level_channels, 16, 24)
+    assert high.shape == (1, net.out_channels, 4, 6)
+    cfg = ModelConfig(input_size=(64, 96), backbone=name, aspp_channels=16,
+                      decoder_channels=16, probe_channels=16, low_level_project=8,
+                      outputs=['probs', 'msp'])
+    with torch.no_grad():
+        out = OodSegNet(cfg).eval()(torch.rand(1, 3, 64, 96))
+    assert out['probs'].shape == (1, 11, 16, 24)
+
+
+def test_unknown_backbone_is_one_clear_error():
+    with pytest.raises(OodSegError, match="unknown backbone 'resnet50'; choose one of lite0"):
+        build_backbone('resnet50')
+    with pytest.raises(OodSegError, match='backbone must be one of lite0'):
+        ModelConfig(input_size=SIZE, backbone='resnet50').validate()
 
 
 # Expected ImageNet classes for COCO sample images (zebra, elephants, bear).

@@ -39,7 +39,9 @@ def add_arguments(parser, name):
                             help="the reference code's all-pixel mean instead of "
                                  'separately normalised in/out means')
     if name == 'train-base':
-        parser.add_argument('--backbone', default='lite0', choices=['lite0', 'lite1', 'lite2'])
+        # lazy: the registry imports torch, which `ood-seg --help` should not wait for
+        from ..model.backbones import backbone_names
+        parser.add_argument('--backbone', default='lite0', choices=backbone_names())
         parser.add_argument('--output-stride', type=int, default=16, choices=[8, 16])
         parser.add_argument('--probe-depth', type=int, default=1)
         parser.add_argument('--probe-channels', type=int, default=256)

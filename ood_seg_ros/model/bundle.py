@@ -18,7 +18,7 @@ from typing import Optional
 
 import torch
 
-from .backbone import check_state
+from .backbones import check_state, load_imagenet
 from .config import ModelConfig
 from .deeplab import OodSegNet
 from ..errors import OodSegError
@@ -142,10 +142,9 @@ def check_finite(state: dict, where) -> None:
 
 def build_model(config: ModelConfig, imagenet: bool = True) -> OodSegNet:
     """Build a fresh network; the backbone ImageNet-initialised when ``imagenet``."""
-    from .backbone import load_imagenet_weights
     model = OodSegNet(config)
     if imagenet:
-        load_imagenet_weights(model.backbone)
+        load_imagenet(model.backbone, config.backbone)
     return model
 
 

@@ -4,6 +4,7 @@ from dataclasses import asdict, dataclass, field, fields
 import math
 from typing import List, Optional, Tuple
 
+from .backbones import backbone_names
 from ..data.camvid import CAMVID_CLASSES
 from ..errors import OodSegError
 from ..scores import ALL_SCORES, EXTRA_OUTPUTS, SML_SCORES, split_spatial
@@ -66,9 +67,9 @@ class ModelConfig:
 
     def validate(self) -> 'ModelConfig':
         """Check values; raise OodSegError naming the first bad field."""
-        if self.backbone not in ('lite0', 'lite1', 'lite2'):
-            raise OodSegError(f'model config: backbone must be lite0, lite1 or lite2, '
-                              f'got {self.backbone!r}')
+        if self.backbone not in backbone_names():
+            raise OodSegError(f'model config: backbone must be one of '
+                              f'{", ".join(backbone_names())}, got {self.backbone!r}')
         if self.output_stride not in (8, 16):
             raise OodSegError(f'model config: output_stride must be 8 or 16, '
                               f'got {self.output_stride}')

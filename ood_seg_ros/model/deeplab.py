@@ -12,10 +12,12 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from .backbone import BN_EPS, EfficientNetLite
+from .backbones import build_backbone
 from .config import ModelConfig, SML_MEMBERS
 from .. import scores as S
 from ..errors import OodSegError
+
+BN_EPS = 1e-3  # of the decoder, ASPP and probe BatchNorms
 
 
 def conv_bn_relu(cin: int, cout: int, kernel: int = 1, dilation: int = 1,
@@ -124,7 +126,7 @@ class OodSegNet(nn.Module):
         super().__init__()
         self.config = config.validate()
         c = config
-        self.backbone = EfficientNetLite(c.backbone, c.output_stride)
+        self.backbone = build_backbone(c.backbone, c.output_stride)
         self.aspp = ASPP(self.backbone.out_channels, c.aspp_channels, c.aspp_rates,
                          c.separable)
         self.low_project = conv_bn_relu(self.backbone.low_level_channels,

