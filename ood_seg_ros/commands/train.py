@@ -42,6 +42,9 @@ def add_arguments(parser, name):
         # lazy: the registry imports torch, which `ood-seg --help` should not wait for
         from ..model.backbones import backbone_names
         parser.add_argument('--backbone', default='lite0', choices=backbone_names())
+        parser.add_argument('--no-imagenet', dest='imagenet', action='store_false',
+                            help='start the backbone from random weights (a backbone '
+                                 'without installable ImageNet weights needs it)')
         parser.add_argument('--output-stride', type=int, default=16, choices=[8, 16])
         parser.add_argument('--probe-depth', type=int, default=1)
         parser.add_argument('--probe-channels', type=int, default=256)
@@ -99,6 +102,7 @@ def run(args) -> int:
         reference_loss=getattr(args, 'reference_loss', False),
         patience=getattr(args, 'patience', 0))
     if stage == 'base':
+        cfg.imagenet = args.imagenet
         cfg.model = {'backbone': args.backbone, 'output_stride': args.output_stride,
                      'probe_depth': args.probe_depth, 'probe_channels': args.probe_channels,
                      'probe_separable': args.probe_separable}

@@ -58,6 +58,7 @@ class TrainConfig:
     time_limit_min: float = 0.0         # fit the schedule into this many minutes
     val_every: int = 1                  # validate every N epochs (and at the end)
     model: Dict = field(default_factory=dict)   # ModelConfig overrides / probe shape
+    imagenet: bool = True               # base: start from the backbone's ImageNet weights
 
 
 def pick_device(name: str) -> torch.device:
@@ -212,7 +213,7 @@ class Trainer:
         cfg = self.cfg
         if cfg.stage == 'base':
             mcfg = ModelConfig(**{**cfg.model}) if cfg.model else ModelConfig()
-            self.model = build_model(mcfg.validate(), imagenet=True)
+            self.model = build_model(mcfg.validate(), imagenet=cfg.imagenet)
             self.provenance = {}
         else:
             if not cfg.init_bundle:
