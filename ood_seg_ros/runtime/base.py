@@ -1,5 +1,5 @@
 """
-The backend interface and backend selection.
+The backend interface (the factory, ``make_backend``, is in the package ``__init__``).
 
 A backend runs the network graph on one frame already resized to the model's input size
 and returns its named outputs as numpy arrays without the batch dimension:
@@ -14,8 +14,6 @@ from typing import Dict, Sequence, Tuple
 import numpy as np
 
 from ..errors import OodSegError
-
-BACKENDS = ('auto', 'torch', 'onnxruntime', 'tensorrt')
 
 
 class Backend(ABC):
@@ -43,46 +41,3 @@ class Backend(ABC):
     def describe(self) -> dict:
         """Backend name, device and precision for logs and diagnostics."""
         return {'backend': self.name, 'device': self.device}
-
-
-def make_backend(name: str, bundle_path, outputs: Sequence[str], device: str = 'auto',
-                 fp16: bool = False, **options) -> Backend:
-    """
-    Build a backend by name; ``auto`` picks TensorRT, else CUDA PyTorch, else ORT/CPU.
-
-    ``auto`` on a machine without CUDA uses ONNX Runtime when it is installed (fastest
-    measured CPU backend), otherwise PyTorch.
-    """
-    if name not in BACKENDS:
-        raise OodSegError(f'unknown backend {name!r}; choose one of {", ".join(BACKENDS)}')
-    if name == 'auto':
-        name = auto_backend(device)
-    if name == 'torch':
-        from .torch_backend import TorchBackend
-        return TorchBackend(bundle_path, outputs, device=device, fp16=fp16, **options)
-    if name == 'onnxruntime':
-        from .onnxruntime_backend import OnnxRuntimeBackend
-        return OnnxRuntimeBackend(bundle_path, outputs, device=device, fp16=fp16, **options)
-    from .tensorrt_backend import TensorRTBackend
-    return TensorRTBackend(bundle_path, outputs, fp16=fp16, **options)
-
-
-def auto_backend(device: str) -> str:
-    """Return the backend ``auto`` stands for on this machine: TensorRT, CUDA torch, ORT, torch."""
-    import importlib.util
-    if device in ('auto', 'cuda'):
-        if importlib.util.find_spec('tensorrt') is not None and _cuda_available():
-            return 'tensorrt'
-        if _cuda_available():
-            return 'torch'
-    if importlib.util.find_spec('onnxruntime') is not None:
-        return 'onnxruntime'
-    return 'torch'
-
-
-def _cuda_available() -> bool:
-    try:
-        import torch
-        return torch.cuda.is_available()
-    except ImportError:
-        return False
