@@ -14,12 +14,18 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
+import torch
 
 from . import metrics as M
+from .data.camvid import CAMVID_CLASSES, list_pairs, load_split, read_rgb
+from .data.ood_sets import OodDataset
 from .errors import OodSegError
+from .model import load_bundle
+from .model.bundle import read_bundle_json
 from .pipeline import (normalise, parse_size, Pipeline, runtime_for_size, size_key,
                        upsample_map, usable_score)
 from .scores import ALL_SCORES
+from .train.loop import evaluate_miou
 
 # Pixel-metric bins: enough for |AP_binned - AP_exact| < 1e-3 (see metrics.py).
 N_BINS = 65536
@@ -45,10 +51,6 @@ def to_json(obj) -> str:
 def camvid_miou(bundle_path, camvid_root, split: str = 'test', device: str = 'cpu',
                 limit: int = 0) -> Dict:
     """Compute mIoU and per-class IoU of the global head and each probe on a CamVid split."""
-    import torch
-    from .data.camvid import CAMVID_CLASSES, load_split
-    from .model import load_bundle
-    from .train.loop import evaluate_miou
     bundle = load_bundle(bundle_path, device=device)
     imgs, labs, _ = load_split(camvid_root, [split])
     if limit:
@@ -74,7 +76,6 @@ def id_false_detections(bundle_path, camvid_root, split='test', device='cpu', li
 
     CamVid holds no anomaly, so every segment the node would publish is a false detection.
     """
-    from .data.camvid import list_pairs, read_rgb
     pipe = Pipeline.from_bundle(bundle_path, backend='torch', device=device,
                                 input_size=input_size, geometry=geometry,
                                 **_score_kw(bundle_path, input_size))
@@ -392,7 +393,6 @@ def evaluate_bundle(bundle_path, ood_root=None, camvid_root=None, split='test',
     one such object per set under ``sets`` (by folder name), and ``heatmap_score``.
     ``calibrate_only``: return ``{'calibration': ...}`` chosen over all the sets.
     """
-    from .data.ood_sets import OodDataset
     result: Dict = {'bundle': str(bundle_path)}
     roots = [] if not ood_root else ([ood_root] if isinstance(ood_root, (str, Path))
                                      else list(ood_root))
@@ -458,7 +458,6 @@ def _evaluate_set(ev: OodEvaluation, root, pipe: Pipeline, epipe: Optional[Pipel
     res['heatmap_score'] = pipe.score_name
     res['at_segment_threshold'] = threshold_rates(ev)
     if epipe is not None:
-        from .data.ood_sets import OodDataset
         eev = OodEvaluation(epipe, OodDataset(root), limit, progress)
         for k, v in eev.pixel_and_component().items():
             res['scores'][f'entmax_{k}'] = v
@@ -500,7 +499,6 @@ def _score_kw(bundle_path, input_size=None) -> Dict:
 
     The bundle's settings for ``input_size`` (default: its own size) are used.
     """
-    from .model.bundle import read_bundle_json
     doc = read_bundle_json(bundle_path)
     size = parse_size(input_size) if input_size else doc['config']['input_size']
     return {'score': usable_score(runtime_for_size(doc.get('runtime', {}), size)[0])}
@@ -556,7 +554,6 @@ def load_meta_dataset(bundle_path, ood_root, device='cpu', limit=0, progress=Non
     ``set_of_segment`` the set name of every segment, ``frames_per_set`` the number of
     frames read from each set (frames without segments count too).
     """
-    from .data.ood_sets import OodDataset
     roots = [ood_root] if isinstance(ood_root, (str, Path)) else list(ood_root)
     pipe = pipeline or Pipeline.from_bundle(bundle_path, backend='torch', device=device,
                                             input_size=input_size, geometry=geometry,

@@ -23,6 +23,7 @@ from typing import Annotated, Any, Dict, List, Optional, Union
 from pydantic import (BaseModel, ConfigDict, Field, field_validator, StrictBool, StrictFloat,
                       StrictInt, StrictStr, ValidationError)
 
+from . import scores
 from .errors import OodSegError
 
 Number = Union[StrictInt, StrictFloat]
@@ -32,8 +33,7 @@ Size = Annotated[List[StrictInt], Field(min_length=2, max_length=2)]
 
 
 def _check_scores(names, what: str):
-    from .scores import ALL_SCORES
-    unknown = [n for n in names if n not in ALL_SCORES]
+    unknown = [n for n in names if n not in scores.ALL_SCORES]
     if unknown:
         raise ValueError(f'unknown {what} {", ".join(map(repr, unknown))}')
     return names

@@ -12,7 +12,9 @@ Layout::
 """
 
 from dataclasses import dataclass, field
+import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Optional
 
@@ -22,6 +24,7 @@ from .backbones import check_state, load_imagenet
 from .config import ModelConfig
 from .deeplab import OodSegNet
 from ..errors import OodSegError
+from ..schema import validate_bundle
 
 FORMAT_VERSION = 1
 BUNDLE_JSON = 'bundle.json'
@@ -61,8 +64,6 @@ def derived_dir(bundle_path) -> Path:
     read-only, e.g. under /opt/ros) a per-user cache:
     ``$XDG_CACHE_HOME/ood_seg_ros/<bundle name>-<hash of its path>/derived``.
     """
-    import hashlib
-    import os
     bundle_path = Path(bundle_path).resolve()
     local = bundle_path / 'derived'
     if os.access(local if local.exists() else bundle_path, os.W_OK):
@@ -104,7 +105,6 @@ def read_bundle_json(path) -> dict:
     if doc.get('format_version') != FORMAT_VERSION:
         raise OodSegError(f'{jpath}: format_version {doc.get("format_version")!r}, '
                           f'this package reads {FORMAT_VERSION}')
-    from ..schema import validate_bundle
     return validate_bundle(doc, str(jpath))
 
 

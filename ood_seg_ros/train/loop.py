@@ -12,6 +12,7 @@ import json
 import math
 import os
 from pathlib import Path
+import platform
 import time
 from typing import Dict, List, Optional
 
@@ -21,6 +22,8 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from .augment import augment_batch, IGNORE, to_input
+from ..data.camvid import load_split
+from ..data.ood_sets import OodDataset
 from ..errors import OodSegError
 from ..metrics import miou
 from ..model import build_model, load_bundle, ModelConfig, save_bundle
@@ -168,7 +171,6 @@ class Trainer:
 
     # -- set-up ----------------------------------------------------------------------
     def _load_data(self):
-        from ..data.camvid import load_split
         cfg = self.cfg
         if not cfg.camvid:
             raise OodSegError('no CamVid folder given (--camvid DIR)')
@@ -188,7 +190,6 @@ class Trainer:
             self._load_proxy()
 
     def _load_proxy(self):
-        from ..data.ood_sets import OodDataset
         cfg = self.cfg
         if not cfg.ood_proxy:
             raise OodSegError('entropy maximisation needs --ood-proxy DIR '
@@ -492,5 +493,4 @@ def entropy_max_loss(logits: torch.Tensor, y: torch.Tensor, ood: torch.Tensor,
 def _device_name(device: torch.device) -> str:
     if device.type == 'cuda':
         return torch.cuda.get_device_name(device)
-    import platform
     return f'cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)'
