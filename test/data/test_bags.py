@@ -9,10 +9,9 @@ from ood_seg_ros.cli import main as cli_main
 from ood_seg_ros.data import bags
 from ood_seg_ros.errors import OodSegError
 import pytest
+from repo_paths import ROOT, SAMPLE_BAG
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
-SAMPLE_BAG = ROOT / 'test' / 'data' / 'sample.bag'
 DEFAULT_BUNDLE = ROOT / 'models' / 'camvid_lite0'
 START = 1_700_000_000_250_000_000
 

@@ -9,10 +9,7 @@ import numpy as np
 from ood_seg_ros.data import camvid, coco_objects
 from ood_seg_ros.errors import OodSegError
 import pytest
-
-DATA = Path(__file__).resolve().parents[2] / 'shared' / 'data'
-CAMVID = DATA / 'camvid'
-COCO = DATA / 'coco128_seg'
+from repo_paths import CAMVID, COCO
 
 
 @pytest.fixture
@@ -59,6 +56,7 @@ def test_class_table():
     assert camvid.VOID == 255
 
 
+@pytest.mark.data
 def test_real_split_counts(camvid_root):
     counts = {s: len(camvid.list_pairs(camvid_root, s)) for s in ('train', 'val', 'test')}
     assert counts == {'train': 367, 'val': 101, 'test': 233}
@@ -69,6 +67,7 @@ def test_real_split_counts(camvid_root):
     assert all(img.stem == lab.stem for img, lab in pairs)
 
 
+@pytest.mark.data
 def test_real_frames_load(camvid_root):
     ds = camvid.CamVidDataset(camvid_root, 'val')
     assert len(ds) == 101
@@ -194,6 +193,7 @@ def test_coco_class_table():
         'toothbrush'
 
 
+@pytest.mark.data
 def test_image_groups_rule(coco_root):
     groups = coco_objects.image_groups(coco_root)
     ids = sorted(os.path.splitext(f)[0] for f in os.listdir(coco_root / 'images'))
@@ -205,6 +205,7 @@ def test_image_groups_rule(coco_root):
         assert image_id in groups[expected]
 
 
+@pytest.mark.data
 def test_groups_disjoint_and_cover(coco_root, real_groups):
     keys = {g: {o.key for o in objs} for g, objs in real_groups.items()}
     assert not keys['a'] & keys['b'] and not keys['a'] & keys['c']
@@ -239,6 +240,7 @@ def test_groups_disjoint_and_cover(coco_root, real_groups):
     assert all(len(keys[g]) > 60 for g in 'abc')
 
 
+@pytest.mark.data
 def test_real_objects_are_valid(real_groups):
     for objs in real_groups.values():
         for o in objs:

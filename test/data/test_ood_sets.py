@@ -10,10 +10,8 @@ from ood_seg_ros.data import camvid, coco_objects, ood_sets
 from ood_seg_ros.data.coco_objects import CocoObject
 from ood_seg_ros.errors import OodSegError
 import pytest
+from repo_paths import CAMVID, COCO, SHARED_DATA
 
-DATA = Path(__file__).resolve().parents[2] / 'shared' / 'data'
-CAMVID = DATA / 'camvid'
-COCO = DATA / 'coco128_seg'
 
 GRAY = 100
 RED = (255, 0, 0)
@@ -22,7 +20,7 @@ RED = (255, 0, 0)
 @pytest.fixture(scope='module')
 def real_data():
     if not (CAMVID / 'val' / 'images').is_dir() or not (COCO / 'images').is_dir():
-        pytest.skip(f'shared data (camvid, coco128_seg) not found at ../shared/data ({DATA})')
+        pytest.skip(f'shared data (camvid, coco128_seg) not found in {SHARED_DATA}')
     return CAMVID, COCO
 
 
@@ -58,6 +56,7 @@ def _flat_frame(h=90, w=120, road=True):
 # --------------------------------------------------------------------------- paste
 
 
+@pytest.mark.data
 def test_paste_is_deterministic(real_frame, real_objects):
     rgb, label = real_frame
     a = ood_sets.paste_objects(rgb, label, real_objects, np.random.default_rng(7))
@@ -95,6 +94,7 @@ def test_pasted_pixels_labelled_on_flat_frame():
         assert ((alpha > 0.05) & (alpha < 0.95)).sum() > 0
 
 
+@pytest.mark.data
 def test_pasted_labels_match_alpha_on_real_frame(real_frame, real_objects):
     rgb, label = real_frame
     res = ood_sets.compose_ood_frame(rgb, label, real_objects, np.random.default_rng(3),
@@ -170,6 +170,7 @@ def test_paste_bad_arguments():
 # --------------------------------------------------------------------------- make_ood_set
 
 
+@pytest.mark.data
 def test_make_ood_set_round_trip(real_data, real_objects, tmp_path):
     camvid_root, coco_root = real_data
     out = tmp_path / 'set'
@@ -205,6 +206,7 @@ def test_make_ood_set_round_trip(real_data, real_objects, tmp_path):
     np.testing.assert_array_equal(ds1[0].ood_label, ds[0].ood_label)
 
 
+@pytest.mark.data
 def test_cli_make_ood_set(real_data, tmp_path, capsys):
     camvid_root, coco_root = real_data
     argv = ['make-ood-set', '--camvid', str(camvid_root), '--coco', str(coco_root),

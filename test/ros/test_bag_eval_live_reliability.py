@@ -8,7 +8,6 @@ test_bags.py does.
 
 import json
 import os
-from pathlib import Path
 import signal
 import subprocess
 import sys
@@ -17,10 +16,11 @@ import time
 from ood_seg_ros.cli import main as cli_main
 from ood_seg_ros.data import bags
 import pytest
+from repo_paths import SAMPLE_BAG
 import ros_helpers as rh
 from test_bag_eval_bad_input import _bag
 
-SAMPLE_BAG = Path(__file__).resolve().parent / 'data' / 'sample.bag'
+pytestmark = pytest.mark.dds
 
 
 def _live_skip():

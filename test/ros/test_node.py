@@ -34,10 +34,10 @@ import time
 import cv2
 import numpy as np
 import pytest
+from repo_paths import ROOT
 import ros_helpers as rh
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
 LAUNCH = ROOT / 'launch' / 'ood.launch.py'
 CONFIG = ROOT / 'config' / 'ood.yaml'
 DDS_PROFILE = ROOT / 'config' / 'fastdds.xml'
@@ -437,6 +437,7 @@ def test_detections_with_stand_in_messages(offline):
 
 
 # -- the running nodes --------------------------------------------------------------------
+@pytest.mark.dds
 def test_every_output_for_each_input_with_same_header(runs):
     for scenario in ('a', 'b'):
         res = _ok(runs[scenario])
@@ -450,6 +451,7 @@ def test_every_output_for_each_input_with_same_header(runs):
                 'heatmap': '32FC1', 'mask': 'mono16', 'semantic': 'mono8', 'color': 'bgr8'}
 
 
+@pytest.mark.dds
 def test_raw_outputs_equal_offline_pipeline(runs, offline, thresholds):
     """rgb8 (reliable), bgr8 (best effort), mono8 and padded rows; YAML threshold."""
     res = _ok(runs['a'])
@@ -460,6 +462,7 @@ def test_raw_outputs_equal_offline_pipeline(runs, offline, thresholds):
     assert runs['a']['arrays']['rgb/mask'].max() >= 2       # the test has segments
 
 
+@pytest.mark.dds
 def test_color_overlay_is_blend_of_frame_and_heatmap(runs, offline, thresholds):
     res = _ok(runs['a'])
     frame = res['frames']['rgb']
@@ -480,6 +483,7 @@ def test_color_overlay_is_blend_of_frame_and_heatmap(runs, offline, thresholds):
     assert np.all(got[border] == 255)
 
 
+@pytest.mark.dds
 def test_compressed_outputs_equal_offline_pipeline(runs, offline):
     res = _ok(runs['b'])
     for name in ('jpeg', 'png'):
@@ -488,6 +492,7 @@ def test_compressed_outputs_equal_offline_pipeline(runs, offline):
         _assert_matches(res['arrays'], name, offline(np.ascontiguousarray(rgb)))
 
 
+@pytest.mark.dds
 def test_yaml_parameters_apply(runs, thresholds):
     res = _ok(runs['a'])
     assert f'-r __node:=ood_node --params-file {res["params_file"]}' in ' '.join(res['cmd'])
@@ -499,6 +504,7 @@ def test_yaml_parameters_apply(runs, thresholds):
     assert diag['backend'] == 'torch' and diag['device'] == 'cpu'
 
 
+@pytest.mark.dds
 def test_runtime_parameter_change(runs, offline, thresholds):
     res = _ok(runs['a'])
     assert res['param_ok'] == [[True, ''], [True, '']]
@@ -515,6 +521,7 @@ def test_runtime_parameter_change(runs, offline, thresholds):
     assert res['diag_final']['values']['heatmap_score'] == 'moose_mi'
 
 
+@pytest.mark.dds
 def test_bad_raw_frames_survived_logged_and_counted(runs):
     res = _ok(runs['a'])
     assert res['recovered'] == len(res['bad_kinds']) == 7
@@ -534,6 +541,7 @@ def test_bad_raw_frames_survived_logged_and_counted(runs):
         assert f'bad input frame ({kind})' in log
 
 
+@pytest.mark.dds
 def test_bad_compressed_frames_and_lifecycle(runs):
     res = _ok(runs['b'])
     assert res['state'] == 'active'
@@ -548,6 +556,7 @@ def test_bad_compressed_frames_and_lifecycle(runs):
     assert res['activate'] and res['active_output']
 
 
+@pytest.mark.dds
 def test_sigterm_and_sigint_exit_zero(runs):
     for scenario in ('a', 'b'):
         res = runs[scenario]
@@ -556,6 +565,7 @@ def test_sigterm_and_sigint_exit_zero(runs):
         assert 'Traceback' not in res['log']
 
 
+@pytest.mark.dds
 @pytest.mark.parametrize('lifecycle', ['false', 'true'])
 def test_bad_parameter_value_exits_2_with_message(lifecycle):
     pytest.importorskip('rclpy')
@@ -571,6 +581,7 @@ def test_bad_parameter_value_exits_2_with_message(lifecycle):
     assert "parameter backend: 'tensorflow' is not one of auto, torch" in proc.stderr
 
 
+@pytest.mark.dds
 def test_bench_node_reports_latency_and_overhead(runs):
     proc = runs['bench']
     assert proc['returncode'] == 0, proc['output'][-3000:]
@@ -588,6 +599,7 @@ def test_bench_node_reports_latency_and_overhead(runs):
     assert res['dds_profile'].endswith('fastdds.xml')
 
 
+@pytest.mark.dds
 def test_memory_does_not_grow(runs):
     res = _ok(runs['a'])
     assert res['mem_frames'] == MEM_FRAMES
@@ -598,6 +610,7 @@ def test_memory_does_not_grow(runs):
 
 
 # -- scenario C: namespaces, lifecycle management, camera-size frames, camera_info --------
+@pytest.mark.dds
 def test_nodes_use_the_package_dds_profile(runs):
     """main() (A, B: no profile in the environment) and the launch file (C) choose it."""
     for res in (runs['a'], runs['b']):
@@ -608,6 +621,7 @@ def test_nodes_use_the_package_dds_profile(runs):
         assert f'__ns:=/{ns}' in cmd
 
 
+@pytest.mark.dds
 def test_two_cameras_two_namespaces_separate_outputs(runs):
     res = _ok(runs['c'])
     left_ids = {f['frame_id'] for f in res['large']}
@@ -622,6 +636,7 @@ def test_two_cameras_two_namespaces_separate_outputs(runs):
     assert 'and /left/camera/camera_info' in res['logs']['left']
 
 
+@pytest.mark.dds
 def test_camera_size_frames_delivered_and_too_large_counted(runs):
     """640x480 .. 1920x1080, reliable and best effort, each published once: all processed."""
     res = _ok(runs['c'])
@@ -639,6 +654,7 @@ def test_camera_size_frames_delivered_and_too_large_counted(runs):
     assert 'bad input frame (too_large): image of 2560x1440' in res['logs']['left']
 
 
+@pytest.mark.dds
 def test_camera_info_republished_with_header_kept(runs):
     res = _ok(runs['c'])
     for f in res['large']:
@@ -649,6 +665,7 @@ def test_camera_info_republished_with_header_kept(runs):
         assert k[0] == float(f['size'][1])
 
 
+@pytest.mark.dds
 def test_lifecycle_managed_from_outside_and_shutdown_exits(runs):
     res = runs['c']
     assert res['right_state0'] == 'unconfigured', res['logs']['right'][-3000:]
@@ -663,6 +680,7 @@ def test_lifecycle_managed_from_outside_and_shutdown_exits(runs):
     assert 'Traceback' not in res['logs']['left'] + res['logs']['right']
 
 
+@pytest.mark.dds
 def test_param_get_shows_effective_values_and_reset(runs, bundle):
     res = _ok(runs['c'])
     from ood_seg_ros.model.bundle import read_bundle_json
@@ -684,6 +702,7 @@ def test_param_get_shows_effective_values_and_reset(runs, bundle):
     assert res['diag_right']['values']['heatmap_score'] == 'moose_entropy'
 
 
+@pytest.mark.dds
 @pytest.mark.parametrize('exit_on_error', ['true', ''])
 def test_model_failure_exit_on_error_or_stay_up(exit_on_error, share_prefix, tmp_path):
     """exit_on_error:=true: exit code 1 (the launch's Shutdown); default: stays up."""

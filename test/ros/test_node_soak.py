@@ -15,6 +15,8 @@ from ood_seg_ros.node_soak import proc_stats
 import pytest
 import ros_helpers as rh
 
+pytestmark = pytest.mark.dds
+
 
 def test_proc_stats_of_this_process():
     import os

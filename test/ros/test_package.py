@@ -8,8 +8,8 @@ import sys
 
 from catkin_pkg.package import parse_package
 import pytest
+from repo_paths import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 # rosdep keys package.xml may use, written down from ros/rosdistro (the test does not
 # fetch it). ROS packages released in jazzy/distribution.yaml: rclpy, rcl_interfaces,

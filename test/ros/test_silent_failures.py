@@ -14,9 +14,9 @@ import numpy as np
 from ood_seg_ros.errors import OodSegError
 from ood_seg_ros.node_checks import unknown_parameters
 import pytest
+from repo_paths import ROOT
 import ros_helpers as rh
 
-ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / 'config' / 'ood.yaml'
 
 
@@ -109,6 +109,7 @@ def _node_env():
     ('segment_threshold:=abc', "parameter segment_threshold: 'abc' is not a float"),
     ('warmup_runs:=abc', "parameter warmup_runs: 'abc' is not an int"),
 ])
+@pytest.mark.dds
 def test_bad_start_parameters_are_refused(bundle, param, message):
     exe = _node_env()
     proc = subprocess.run(rh.NETNS + [exe, '--ros-args', '--params-file', str(CONFIG),
@@ -120,6 +121,7 @@ def test_bad_start_parameters_are_refused(bundle, param, message):
     assert 'model ready' not in proc.stderr
 
 
+@pytest.mark.dds
 def test_unknown_name_in_params_file_is_refused(bundle, tmp_path):
     exe = _node_env()
     params = tmp_path / 'p.yaml'
@@ -179,6 +181,7 @@ def node_run(bundle):
     return json.loads(lines[-1][7:]), proc.stderr
 
 
+@pytest.mark.dds
 def test_atomic_parameter_set_applies_all_or_nothing(node_run):
     res, _ = node_run
     assert not res['ok'] and 'rebuild failed' in res['reason']
@@ -187,6 +190,7 @@ def test_atomic_parameter_set_applies_all_or_nothing(node_run):
     assert res['cfg_threshold'] == 0.5 and res['param_threshold'] == 0.5
 
 
+@pytest.mark.dds
 def test_nan_output_is_an_error_in_diagnostics_and_log(node_run):
     res, log = node_run
     assert res['level'] == 2, res['message']
@@ -194,6 +198,7 @@ def test_nan_output_is_an_error_in_diagnostics_and_log(node_run):
     assert 'bad input frame (nonfinite)' in log
 
 
+@pytest.mark.dds
 def test_missing_meta_classifier_in_log_and_diagnostics(node_run):
     res, log = node_run
     assert res['diag_meta'].startswith('OFF (no meta.json)')

@@ -24,10 +24,10 @@ from ood_seg_ros.runtime import make_backend
 from ood_seg_ros.runtime.onnxruntime_backend import OnnxRuntimeBackend
 from ood_seg_ros.runtime.torch_backend import TorchBackend
 import pytest
+from repo_paths import CAMVID
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-CAMVID = ROOT.parent / 'shared' / 'data' / 'camvid' / 'test' / 'images'
+CAMVID_TEST = CAMVID / 'test' / 'images'
 SIZE = (96, 128)
 SMALL = {'input_size': SIZE, 'sml_stats': sml_stats(11), 'aspp_channels': 64,
          'decoder_channels': 64,
@@ -42,14 +42,14 @@ HAS_TRT = importlib.util.find_spec('tensorrt') is not None
 def frame(size, index=0):
     """Return a uint8 RGB frame at ``size`` = (H, W): a CamVid test frame, else seeded noise."""
     h, w = size
-    files = sorted(CAMVID.glob('*.jpg')) if CAMVID.is_dir() else []
+    files = sorted(CAMVID_TEST.glob('*.jpg')) if CAMVID_TEST.is_dir() else []
     if files:
         img = cv2.imread(str(files[(index * 57) % len(files)]))[:, :, ::-1]
         return np.ascontiguousarray(cv2.resize(img, (w, h)))
     return np.random.default_rng(index).integers(0, 256, (h, w, 3), dtype=np.uint8)
 
 
-pytestmark = pytest.mark.usefixtures('one_torch_thread')
+pytestmark = pytest.mark.usefixtures('torch_threads')
 
 
 @pytest.fixture(scope='module')

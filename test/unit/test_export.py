@@ -27,10 +27,10 @@ from ood_seg_ros.errors import OodSegError
 from ood_seg_ros.model import ModelConfig, OodSegNet, save_bundle
 from ood_seg_ros.scores import ALL_SCORES
 import pytest
+from repo_paths import CAMVID, ROOT
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-CAMVID = ROOT.parent / 'shared' / 'data' / 'camvid' / 'test' / 'images'
+CAMVID_TEST = CAMVID / 'test' / 'images'
 TRAINED = ROOT / 'models' / 'camvid_lite0'
 SIZE = (96, 128)
 # narrow heads keep the graph small (fast export); the backbone is the real lite0
@@ -53,7 +53,7 @@ def tolerance(name):
 def frames(size, n=2):
     """``n`` uint8 RGB frames at ``size``: CamVid test frames, else seeded noise."""
     h, w = size
-    files = sorted(CAMVID.glob('*.jpg'))[::60][:n] if CAMVID.is_dir() else []
+    files = sorted(CAMVID_TEST.glob('*.jpg'))[::60][:n] if CAMVID_TEST.is_dir() else []
     if files:
         return [np.ascontiguousarray(cv2.resize(cv2.imread(str(f))[:, :, ::-1], (w, h)))
                 for f in files]
@@ -66,7 +66,7 @@ def to_tensor(img):
     return torch.from_numpy(img).permute(2, 0, 1).unsqueeze(0).float() / 255.0
 
 
-pytestmark = pytest.mark.usefixtures('one_torch_thread')
+pytestmark = pytest.mark.usefixtures('torch_threads')
 
 
 @pytest.fixture(scope='module')
@@ -197,7 +197,7 @@ def test_ort_matches_torch_on_real_frames(onnx_all, torch_model):
 
 @pytest.mark.skipif(not (TRAINED / 'bundle.json').exists(),
                     reason='trained bundle models/camvid_lite0 is absent')
-@pytest.mark.skipif(not CAMVID.is_dir(), reason='CamVid data (../shared/data) is absent')
+@pytest.mark.data
 def test_trained_bundle_ort_matches_torch(tmp_path):
     from ood_seg_ros.model import load_bundle
     from ood_seg_ros.pipeline import Pipeline

@@ -1,7 +1,6 @@
 """Tests of the EfficientNet-Lite backbone, DeepLabv3+ with probes, and the model bundle."""
 
 import json
-from pathlib import Path
 
 from model_helpers import sml_stats
 import numpy as np
@@ -14,21 +13,15 @@ from ood_seg_ros.model.backbones.efficientnet_lite import (
 from ood_seg_ros.model.bundle import BUNDLE_JSON, WEIGHTS
 from ood_seg_ros.model.config import SML_MEMBERS
 import pytest
+from repo_paths import COCO
 import torch
 from torch import nn
 import torch.nn.functional as F
 
-DATA = Path(__file__).resolve().parents[2] / 'shared' / 'data'
 SIZE = (96, 128)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Run every test single-threaded (the machine is small and shared)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures('torch_threads')  # one thread: small, shared CPU
 
 
 def _cfg(**kw):
@@ -179,9 +172,10 @@ IMAGENET_CASES = {
 }
 
 
+@pytest.mark.data
 @pytest.mark.parametrize('output_stride', [16, 32])
 def test_lite0_imagenet_top5_on_coco_animals(output_stride):
-    images = DATA / 'coco128_seg' / 'images'
+    images = COCO / 'images'
     if not images.is_dir():
         pytest.skip(f'shared data not found at {images} (needs ../shared/data)')
     import cv2

@@ -7,7 +7,6 @@ CLI tools (export, bench, eval) exit 2 with it instead of a traceback.
 
 import copy
 import json
-from pathlib import Path
 import shutil
 import subprocess
 import sys
@@ -17,8 +16,8 @@ from ood_seg_ros.meta import MetaClassifier
 from ood_seg_ros.model.bundle import read_bundle_json
 from ood_seg_ros.schema import validate_bundle, validate_meta
 import pytest
+from repo_paths import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 DEFAULT = ROOT / 'models' / 'camvid_lite0'
 GOOD = json.loads((DEFAULT / 'bundle.json').read_text())
 GOOD_META = json.loads((DEFAULT / 'meta.json').read_text())

@@ -18,13 +18,7 @@ GLOBAL_NO_SML = tuple(n for n in S.GLOBAL_SCORES if n not in S.SML_SCORES)
 MOOSE_NO_SML = tuple(n for n in S.MOOSE_SCORES if n not in S.SML_SCORES)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Run every test single-threaded (the machine is small and shared)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures('torch_threads')  # one thread: small, shared CPU
 
 
 def _tiny_setup(seed=0, scale=3.0):

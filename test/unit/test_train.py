@@ -9,22 +9,15 @@ from ood_seg_ros.model import load_bundle
 from ood_seg_ros.train.augment import augment_batch
 from ood_seg_ros.train.loop import entropy_max_loss, TrainConfig, Trainer
 import pytest
+from repo_paths import CAMVID
 import torch
 
-DATA = Path(__file__).resolve().parents[2] / 'shared' / 'data'
-CAMVID = DATA / 'camvid'
-needs_data = pytest.mark.skipif(not CAMVID.exists(),
-                                reason='../shared/data/camvid is not present')
+needs_data = pytest.mark.data
 SMALL = {'output_stride': 16, 'input_size': (96, 128), 'aspp_channels': 32,
          'decoder_channels': 32, 'low_level_project': 16, 'probe_channels': 16}
 
 
-@pytest.fixture(autouse=True)
-def _two_threads():
-    prev = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(prev)
+pytestmark = [pytest.mark.usefixtures('torch_threads'), pytest.mark.torch_threads(2)]
 
 
 def _cfg(tmp_path, stage='base', **kw):

@@ -5,17 +5,16 @@ Every payload below, if unpickled with ``weights_only=False``, creates a marker 
 tests check both the error and that the marker was never created.
 """
 
-from pathlib import Path
 
 from ood_seg_ros.errors import OodSegError
 from ood_seg_ros.model import load_bundle, ModelConfig, OodSegNet, save_bundle
 from ood_seg_ros.train.loop import load_checkpoint
 import pytest
+from repo_paths import CAMVID
 import torch
 
 SMALL = {'input_size': (64, 64), 'aspp_channels': 16, 'decoder_channels': 16,
          'low_level_project': 8, 'probe_channels': 16}
-DATA = Path(__file__).resolve().parents[2] / 'shared' / 'data'
 
 
 class Payload:
@@ -69,14 +68,14 @@ def test_checkpoint_of_plain_state_loads(tmp_path):
         load_checkpoint(path)
 
 
-@pytest.mark.skipif(not (DATA / 'camvid').exists(), reason='../shared/data/camvid missing')
+@pytest.mark.data
 def test_train_resume_refuses_a_crafted_checkpoint(tmp_path):
     from ood_seg_ros.train.loop import TrainConfig, Trainer
     out = tmp_path / 'run'
     out.mkdir()
     marker = tmp_path / 'pwned'
     _save_payload(out / 'checkpoint.pt', marker)
-    cfg = TrainConfig(stage='base', camvid=str(DATA / 'camvid'), train_splits=['train'],
+    cfg = TrainConfig(stage='base', camvid=str(CAMVID), train_splits=['train'],
                       val_split='val', out=str(out), epochs=1, batch_size=2, crop=[64, 64],
                       subset=2, device='cpu', amp=False, model={'output_stride': 16})
     with pytest.raises(OodSegError, match='refused to unpickle'):
