@@ -7,7 +7,7 @@ Both modes write the same artefacts into ``--out``:
   ``/ood/segments/mask`` (mono16) and ``/ood/semantic`` (mono8), each carrying its input
   frame's header (live mode: also ``/diagnostics``, log time = receive time);
 * ``metrics.json``: frames in / out / dropped, latency p50 / p95 (offline: processing time
-  per frame; live: output arrival - input publish, see :mod:`ood_seg_ros.replay`),
+  per frame; live: output arrival - input publish, see :mod:`ood_seg_ros.bagtools.live`),
   throughput, and, when the bag has a ground-truth topic, pixel metrics (AP, FPR95, AUROC
   of the heatmaps, binned over [0, 1]) and SMIYC component metrics;
 * ``overlay_<i>.png``: heatmap overlays of a few frames (GT outline green, kept segments
@@ -161,7 +161,7 @@ def run_offline(pipeline, bag, image_topic: str, out_bag, limit=None) -> dict:
 
     from ..data.bags import BagWriter, IMAGE_TYPE, image_cdr, read_image_bag, to_rgb
     from ..errors import OodSegError
-    from ..replay import HEATMAP_TOPIC, MASK_TOPIC, percentile, SEMANTIC_TOPIC
+    from ..bagtools.live import HEATMAP_TOPIC, MASK_TOPIC, percentile, SEMANTIC_TOPIC
     import numpy as np
     times, bad = [], []
     pipeline.process(np.zeros(tuple(pipeline.input_size) + (3,), np.uint8))   # warm-up
@@ -223,7 +223,7 @@ def ood_metrics(out_bag, gt: dict, threshold=None, track: str = 'anomaly') -> di
     from .. import metrics as M
     from ..data.bags import read_image_bag
     from ..errors import OodSegError
-    from ..replay import HEATMAP_TOPIC
+    from ..bagtools.live import HEATMAP_TOPIC
 
     def pairs():
         seen = set()
@@ -262,7 +262,7 @@ def write_overlays(in_bag, out_bag, image_topic, gt: dict, out_dir, count: int) 
     import numpy as np
 
     from ..data.bags import read_image_bag, to_rgb
-    from ..replay import HEATMAP_TOPIC, MASK_TOPIC
+    from ..bagtools.live import HEATMAP_TOPIC, MASK_TOPIC
     if count <= 0:
         return []
     heat = _first_per_stamp(out_bag, HEATMAP_TOPIC)
@@ -377,7 +377,7 @@ def run(args) -> int:
                'heatmap_score': pipeline.score_name, 'segment_threshold': pipeline.threshold}
         timing = run_offline(pipeline, bag, image_topic, out_bag, args.limit)
     else:
-        from ..replay import run_live, timing_summary
+        from ..bagtools.live import run_live, timing_summary
         # The node gets the score, threshold and backend the offline path would use (bundle
         # defaults unless given), resolved here without loading the model.
         score, threshold, backend = resolve_settings(bundle, args.score, args.threshold,

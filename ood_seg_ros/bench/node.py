@@ -34,7 +34,7 @@ import sys
 import tempfile
 import time
 
-from .errors import OodSegError
+from ..errors import OodSegError
 
 READY_TIMEOUT_S = 600.0     # a first TensorRT engine build takes minutes
 FRAME_TIMEOUT_S = 30.0
@@ -77,7 +77,7 @@ def node_session(bundle, backend, device, max_pixels, client_name, dds_profile=T
     import rclpy
     from rclpy.context import Context
     from rclpy.executors import SingleThreadedExecutor
-    from .node import DDS_PROFILE_VARS, use_dds_profile
+    from ..node import DDS_PROFILE_VARS, use_dds_profile
     domain = random.randint(100, 200)
     env = dict(os.environ, ROS_DOMAIN_ID=str(domain), ROS_AUTOMATIC_DISCOVERY_RANGE='LOCALHOST')
     keys = ('ROS_DOMAIN_ID', 'ROS_AUTOMATIC_DISCOVERY_RANGE') + (
@@ -139,7 +139,7 @@ def bench_node(bundle, height, width, runs, warmup, backend='auto', device='auto
         from sensor_msgs.msg import Image
     except ImportError as exc:
         raise OodSegError(f'bench --node needs rclpy and sensor_msgs: {exc}') from exc
-    from .commands.bench import _sample_frame
+    from ..commands.bench import _sample_frame
     frame = _sample_frame(height, width, np.random.default_rng(0))
     outs = {key: {} for key in OUTPUTS}
     got = outs['heatmap']

@@ -28,8 +28,8 @@ import os
 from pathlib import Path
 import time
 
-from .errors import OodSegError
-from .node_bench import _spin_until, _tail, _value, node_session, READY_TIMEOUT_S
+from .node import _spin_until, _tail, _value, node_session, READY_TIMEOUT_S
+from ..errors import OodSegError
 
 FRAME_TIMEOUT_S = 30.0
 
@@ -84,7 +84,7 @@ def soak_node(bundle, height, width, frames, backend='auto', device='auto',
         from sensor_msgs.msg import Image
     except ImportError as exc:
         raise OodSegError(f'bench --node --soak needs rclpy and sensor_msgs: {exc}') from exc
-    from .commands.bench import _sample_frame
+    from ..commands.bench import _sample_frame
     rng = np.random.default_rng(0)
     good = [_sample_frame(height, width, rng).tobytes() for _ in range(4)]
     got, diags, samples, large = set(), [], [], {}

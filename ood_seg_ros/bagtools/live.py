@@ -43,7 +43,7 @@ import sys
 import time
 from typing import Dict, List, Optional
 
-from .errors import OodSegError
+from ..errors import OodSegError
 
 HEATMAP_TOPIC = '/ood/heatmap'
 MASK_TOPIC = '/ood/segments/mask'
@@ -127,11 +127,11 @@ def run_live(bag, out_bag, report_path, image_topic: str, node_params: Dict[str,
     publish / receive times, node command and exit code); see the module docstring.
     """
     prefix, env_extra, description = isolation(isolation_mode)
-    pkg_root = str(Path(__file__).resolve().parents[1])
+    pkg_root = str(Path(__file__).resolve().parents[2])
     env = dict(os.environ, **env_extra)
     env['PYTHONPATH'] = pkg_root + (os.pathsep + env['PYTHONPATH']
                                     if env.get('PYTHONPATH') else '')
-    cmd = prefix + [sys.executable, '-m', 'ood_seg_ros.replay', '--bag', str(bag),
+    cmd = prefix + [sys.executable, '-m', 'ood_seg_ros.bagtools.live', '--bag', str(bag),
                     '--out-bag', str(out_bag), '--report', str(report_path),
                     '--image-topic', image_topic, '--node-params', json.dumps(node_params),
                     '--frame-timeout', str(frame_timeout),
@@ -250,7 +250,7 @@ class _Player:
         from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
         from sensor_msgs.msg import Image
 
-        from .data.bags import BagWriter
+        from ..data.bags import BagWriter
         self.rclpy = rclpy
         self.node = rclpy.create_node('ood_bag_player')
         self.executor = SingleThreadedExecutor()
@@ -296,7 +296,7 @@ class _Player:
         from rclpy.qos import HistoryPolicy, QoSProfile
         from sensor_msgs.msg import Image
 
-        from .data.bags import DIAGNOSTICS_TYPE, IMAGE_TYPE
+        from ..data.bags import DIAGNOSTICS_TYPE, IMAGE_TYPE
         msg_cls, msgtype = (DiagnosticArray, DIAGNOSTICS_TYPE) if topic == DIAGNOSTICS_TOPIC \
             else (Image, IMAGE_TYPE)
         qos = QoSProfile(depth=100, history=HistoryPolicy.KEEP_LAST,
@@ -307,7 +307,7 @@ class _Player:
             msg_cls, topic, lambda raw, t=topic: self._on_output(t, raw), qos, raw=True)
 
     def _on_output(self, topic: str, raw: bytes) -> None:
-        from .data.bags import raw_header_stamp_ns
+        from ..data.bags import raw_header_stamp_ns
         mono = time.monotonic_ns()
         self.writer.write(topic, time.time_ns(), raw)
         self.n_received[topic] += 1
@@ -376,8 +376,8 @@ def _play(args, player: _Player, proc, required) -> List[dict]:
     inconsistent size) is not published: it is recorded in the bad list (as offline
     bag-eval does) and skipped; corrupt storage ends the replay with the frames so far.
     """
-    from .data.bags import (decode_image_cdr, IMAGE_TYPE, iter_raw_messages,
-                            raw_header_stamp_ns)
+    from ..data.bags import (decode_image_cdr, IMAGE_TYPE, iter_raw_messages,
+                             raw_header_stamp_ns)
     records, bad = [], []
     t0_wall = t0_bag = None
     last_activity = time.monotonic()
@@ -461,7 +461,7 @@ def _stop(proc, timeout: float = 20.0) -> Optional[int]:
 
 
 def _parse_args(argv):
-    p = argparse.ArgumentParser(prog='python -m ood_seg_ros.replay',
+    p = argparse.ArgumentParser(prog='python -m ood_seg_ros.bagtools.live',
                                 description='Play a bag into ood_node and record it.')
     p.add_argument('--bag', required=True)
     p.add_argument('--out-bag', required=True)
