@@ -12,7 +12,8 @@ The one way of starting and stopping an ``ood_node`` process.
   tail (:meth:`~NodeProcess.check`), stop with SIGINT as launch does, escalating
   (:meth:`~NodeProcess.stop`, :func:`stop_process`); the node gets a signal when the
   thread that started it dies, so no node outlives its driver;
-* :func:`output_topic`: the absolute name of one of the node's outputs.
+* :func:`output_topic`: the absolute name of one of the node's outputs
+  (:data:`IMAGE_OUTPUTS`: the ones a frame's evaluation waits for).
 
 No rclpy here: the live player, the node benchmark and the tests bring their own client.
 """
@@ -35,6 +36,8 @@ from ..errors import OodSegError
 NETNS = ['unshare', '-n', 'sh', '-c', 'ip link set lo up && exec "$@"', 'sh']
 # launch's way of stopping a node: SIGINT, then SIGTERM; SIGKILL after the last wait (s)
 STOP_SIGNALS = ((signal.SIGINT, 20.0), (signal.SIGTERM, 5.0))
+# the image outputs a consumer records (node.TOPICS keys; color is published on demand)
+IMAGE_OUTPUTS = ('heatmap', 'mask', 'semantic')
 
 
 def output_topic(key: str, namespace: str = '') -> str:

@@ -11,7 +11,7 @@ import time
 
 import numpy as np
 
-from .node_process import output_topic
+from .node_process import IMAGE_OUTPUTS, output_topic
 from .report import bad_message_fields, latency_summary
 from ..data.bags import BagWriter, image_cdr, image_topics, IMAGE_TYPE, read_image_bag, to_rgb
 from ..errors import OodSegError
@@ -43,7 +43,7 @@ def run_offline(pipeline, bag, image_topic: str, out_bag, limit=None) -> dict:
     out, latency = per-frame processing time in ms, throughput = frames / total
     processing time) like the live report.
     """
-    topics = {key: output_topic(key) for key in ('heatmap', 'mask', 'semantic')}
+    topics = {key: output_topic(key) for key in IMAGE_OUTPUTS}
     times, bad = [], []
     pipeline.process(np.zeros(tuple(pipeline.input_size) + (3,), np.uint8))   # warm-up
     with BagWriter(out_bag) as out:

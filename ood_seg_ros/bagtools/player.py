@@ -28,13 +28,10 @@ from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.signals import SignalHandlerOptions
 from sensor_msgs.msg import Image
 
-from .node_process import node_command, NodeProcess, output_topic
+from .node_process import IMAGE_OUTPUTS, node_command, NodeProcess, output_topic
 from ..data.bags import (BagWriter, decode_image_cdr, DIAGNOSTICS_TYPE, IMAGE_TYPE,
                          iter_raw_messages, raw_header_stamp_ns)
 from ..errors import OodSegError
-
-# the node's outputs whose arrival completes a frame (root namespace, as recorded)
-IMAGE_OUTPUTS = ('heatmap', 'mask', 'semantic')
 
 _INTERRUPTED = []
 

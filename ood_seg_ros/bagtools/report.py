@@ -16,7 +16,7 @@ from typing import List, Optional
 import cv2
 import numpy as np
 
-from .node_process import output_topic
+from .node_process import IMAGE_OUTPUTS, output_topic
 from .. import metrics as M
 from ..data.bags import (bag_info, DIAGNOSTICS_TYPE, iter_raw_messages, read_image_bag,
                          to_rgb, typestore)
@@ -69,7 +69,7 @@ def timing_summary(frames: List[dict], required=None) -> dict:
     arrival - first publish).
     """
     if required is None:
-        required = [output_topic(k) for k in ('heatmap', 'mask', 'semantic')]
+        required = [output_topic(k) for k in IMAGE_OUTPUTS]
     lat, ends = [], []
     n_out = 0
     for f in frames:

@@ -31,14 +31,14 @@ import time
 
 import numpy as np
 
-from ..bagtools.node_process import localhost_env, node_command, NodeProcess, output_topic
+from ..bagtools.node_process import IMAGE_OUTPUTS, localhost_env, node_command, NodeProcess
+from ..bagtools.node_process import output_topic
 from ..errors import OodSegError
 
 READY_TIMEOUT_S = 600.0     # a first TensorRT engine build takes minutes
 FRAME_TIMEOUT_S = 30.0
 RETRY_S = 5.0               # latency runs: publish a lost frame again after this
 SETTLE_S = 5.0              # delivery runs: wait this long for the last outputs
-OUTPUTS = ('heatmap', 'mask', 'semantic')    # a typical consumer; color is not published
 IMAGE_TOPIC = '/ood_bench/image'
 
 
@@ -124,7 +124,7 @@ def bench_node(bundle, height, width, runs, warmup, backend='auto', device='auto
         raise OodSegError(f'bench --node needs rclpy and sensor_msgs: {exc}') from exc
     from ..commands.bench import _sample_frame     # lazy: commands.bench imports this module
     frame = _sample_frame(height, width, np.random.default_rng(0))
-    outs = {key: {} for key in OUTPUTS}
+    outs = {key: {} for key in IMAGE_OUTPUTS}    # a typical consumer
     got = outs['heatmap']
     diags = []
 
@@ -136,7 +136,7 @@ def bench_node(bundle, height, width, runs, warmup, backend='auto', device='auto
         node, profile = ses.node, ses.dds_profile
         reliable = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE)
         pub = node.create_publisher(Image, IMAGE_TOPIC, reliable)
-        for key in OUTPUTS:
+        for key in IMAGE_OUTPUTS:
             node.create_subscription(Image, output_topic(key), recorder(outs[key]), reliable)
         node.create_subscription(DiagnosticArray, output_topic('diagnostics'),
                                  lambda m: diags.extend(m.status), 10)
