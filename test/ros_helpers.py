@@ -10,7 +10,6 @@ import importlib.util
 import json
 import os
 from pathlib import Path
-import shutil
 import signal
 import subprocess
 import sys
@@ -19,33 +18,16 @@ import time
 import types
 
 import numpy as np
+# node_executable, NETNS and netns_problem are used by the tests through this module
+from ood_seg_ros.bagtools.node_process import console_script as node_executable  # noqa: F401
+from ood_seg_ros.bagtools.node_process import NETNS, netns_problem  # noqa: F401
+from ood_seg_ros.bagtools.node_process import node_env, NodeProcess, output_topic
 
-NETNS = ['unshare', '-n', 'sh', '-c', 'ip link set lo up && exec "$@"', 'sh']
-OUTPUTS = {'heatmap': '/ood/heatmap', 'mask': '/ood/segments/mask',
-           'semantic': '/ood/semantic', 'color': '/ood/heatmap/color'}
+OUTPUTS = ('heatmap', 'mask', 'semantic', 'color')     # keys of the node's TOPICS
 FRAME_SIZE = (60, 80)      # (H, W) of the test frames; the test model runs at 64 x 64
 
 
-# -- environment ------------------------------------------------------------------------
-def netns_problem():
-    """None when ``unshare -n`` with loopback works here, else the reason."""
-    if shutil.which('unshare') is None or shutil.which('ip') is None:
-        return 'unshare or ip is not installed'
-    try:
-        proc = subprocess.run(NETNS + ['true'], capture_output=True, text=True, timeout=20)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        return f'unshare -n failed: {exc}'
-    if proc.returncode != 0:
-        return f'unshare -n failed (needs root / CAP_SYS_ADMIN): {proc.stderr.strip()}'
-    return None
-
-
-def node_executable():
-    """Return the ``ood_node`` console script next to the interpreter, or None."""
-    path = Path(sys.executable).parent / 'ood_node'
-    return str(path) if path.exists() else None
-
-
+# -- test data --------------------------------------------------------------------------
 def make_test_bundle(path):
     """
     Save a small random-init bundle (64 x 64 input) with calibrated BN statistics.
@@ -251,20 +233,21 @@ class Client:
         self.label_info = []
         self.diags = []
         out_qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
-        self.topics = {key: ns + topic for key, topic in OUTPUTS.items()}
+        self.topics = {key: output_topic(key, ns) for key in OUTPUTS}
         for key, topic in self.topics.items():
             self.node.create_subscription(Image, topic, self._recorder(key), out_qos)
         self.camera_infos = {}
         self.node.create_subscription(
-            CameraInfo, ns + '/ood/camera_info',
+            CameraInfo, output_topic('camera_info', ns),
             lambda m: self.camera_infos.setdefault(
                 (m.header.stamp.sec, m.header.stamp.nanosec), m), out_qos)
         latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
                              durability=DurabilityPolicy.TRANSIENT_LOCAL)
-        self.node.create_subscription(String, ns + '/ood/label_info',
+        self.node.create_subscription(String, output_topic('label_info', ns),
                                       lambda m: self.label_info.append(json.loads(m.data)),
                                       latched)
-        self.node.create_subscription(DiagnosticArray, '/diagnostics', self._on_diag, 10)
+        self.node.create_subscription(DiagnosticArray, output_topic('diagnostics'),
+                                      self._on_diag, 10)
         reliable = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE)
         self.pubs = {
             ('raw', True): self.node.create_publisher(Image, camera, reliable),
@@ -352,7 +335,7 @@ class Client:
         kind = 'compressed' if isinstance(msg, self.CompressedImage) else 'raw'
         self.pubs[(kind, reliable)].publish(msg)
 
-    def process(self, msg, reliable=True, outputs=tuple(OUTPUTS), timeout=4.0, tries=3):
+    def process(self, msg, reliable=True, outputs=OUTPUTS, timeout=4.0, tries=3):
         """Publish ``msg`` until every output with its stamp arrived; the outputs or None."""
         stamp = (msg.header.stamp.sec, msg.header.stamp.nanosec)
         for _ in range(tries):
@@ -673,22 +656,9 @@ def scenario_multi(clients, nodes, spec, result, arrays):
     # lifecycle shutdown from active: the right process ends by itself
     result['right_shutdown'] = right.change_state(7)       # TRANSITION_ACTIVE_SHUTDOWN
     try:
-        result['right_exit'] = nodes['right'].wait(timeout=20)
+        result['right_exit'] = nodes['right'].proc.wait(timeout=20)
     except subprocess.TimeoutExpired:
         result['right_exit'] = 'still running'
-
-
-def _die_with_parent():
-    """In the child before exec: get SIGKILL when the driver dies (Linux prctl)."""
-    import ctypes
-    ctypes.CDLL(None).prctl(1, signal.SIGKILL)     # PR_SET_PDEATHSIG
-
-
-def node_env(extra=None):
-    """Environment of a node process: this one without a DDS profile, plus ``extra``."""
-    env = {k: v for k, v in os.environ.items() if k not in DDS_PROFILE_VARS}
-    env.update(extra or {})
-    return env
 
 
 DDS_PROFILE_VARS = ('FASTRTPS_DEFAULT_PROFILES_FILE', 'FASTDDS_DEFAULT_PROFILES_FILE')
@@ -702,13 +672,13 @@ def drive(spec_path):
     cmds = spec.get('cmds') or {'main': spec['cmd']}
     envs = spec.get('envs') or {}
     result, arrays = {'cmd': spec.get('cmd'), 'cmds': cmds}, {}
-    logs, nodes = {}, {}
+    nodes = {}
     for name, cmd in cmds.items():
-        logs[name] = open(out / f'{name}.log', 'w')
-        # a node without a profile in its environment: main() must choose the package's
-        nodes[name] = subprocess.Popen(cmd, stdout=logs[name], stderr=subprocess.STDOUT,
-                                       env=node_env(envs.get(name)),
-                                       preexec_fn=_die_with_parent)
+        # a node without a profile in its environment: main() must choose the package's;
+        # it gets SIGKILL when this driver dies
+        nodes[name] = NodeProcess(cmd, log=out / f'{name}.log',
+                                  env=node_env(envs.get(name), unset=DDS_PROFILE_VARS),
+                                  parent_death=signal.SIGKILL)
     if spec.get('camera_profile'):      # the camera side, configured as the README says
         for var in DDS_PROFILE_VARS:
             os.environ[var] = spec['camera_profile']
@@ -731,15 +701,9 @@ def drive(spec_path):
     finally:
         alive, codes = {}, {}
         for name, node in nodes.items():
-            alive[name] = node.poll() is None
-            if alive[name]:
-                node.send_signal(getattr(signal, spec['signal']))
-            try:
-                codes[name] = node.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                node.kill()
-                codes[name] = 'timeout'
-            logs[name].close()
+            alive[name] = node.running()
+            code = node.stop(((getattr(signal, spec['signal']), 30.0),))
+            codes[name] = 'timeout' if code is None else code
         result['node_alive_before_signal'] = alive.get('main', all(alive.values()))
         result['alive_before_signal'] = alive
         result['returncode'] = codes.get('main')

@@ -282,12 +282,12 @@ def run(args) -> int:
     if args.soak and not args.node:
         raise OodSegError('--soak needs --node')
     if args.node and args.soak:
-        from ..node_soak import soak_node
+        from ..bench.soak import soak_node
         res.update(soak_node(bundle, args.height, args.width, args.soak,
                              backend=args.backend or 'auto', device=args.device,
                              large_frames=args.soak_large))
     elif args.node:
-        from ..node_bench import bench_node
+        from ..bench.node import bench_node
         res.update(bench_node(bundle, args.height, args.width, args.runs, args.warmup))
     res['peak_rss_mb'] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     if args.json:

@@ -213,7 +213,7 @@ def test_write_rejects_bad_input(tmp_path):
 
 
 def test_timing_summary_hand_worked():
-    from ood_seg_ros.replay import timing_summary
+    from ood_seg_ros.bagtools.report import timing_summary
     req = ('/h', '/m')
     frames = [{'publish_ns': 0, 'recv_ns': {'/h': 10_000_000, '/m': 30_000_000}},
               {'publish_ns': 100_000_000, 'recv_ns': {'/h': 150_000_000}},     # dropped
@@ -339,7 +339,7 @@ def _live_skip_reason():
         return 'ood_seg_ros.node does not exist yet'
     if importlib.util.find_spec('rclpy') is None:
         return 'rclpy is not installed'
-    from ood_seg_ros.replay import namespace_available
+    from ood_seg_ros.bagtools.node_process import namespace_available
     if not namespace_available():
         return 'cannot create a private network namespace (unshare -n needs root)'
     return None

@@ -25,7 +25,7 @@ pytestmark = pytest.mark.dds
 
 def _live_skip():
     pytest.importorskip('rclpy')
-    from ood_seg_ros.replay import namespace_available
+    from ood_seg_ros.bagtools.node_process import namespace_available
     if not namespace_available():
         pytest.skip('cannot create a private network namespace (unshare -n needs root)')
 

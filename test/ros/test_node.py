@@ -148,7 +148,7 @@ def runs(bundle, thresholds, share_prefix, tmp_path_factory):
         procs[name] = subprocess.Popen(
             rh.NETNS + [sys.executable, str(Path(rh.__file__)), str(path)], env=env,
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    code = ('import json; from ood_seg_ros.node_bench import bench_node; '
+    code = ('import json; from ood_seg_ros.bench.node import bench_node; '
             f'print(json.dumps(bench_node({str(bundle)!r}, 60, 80, 8, 2, backend="torch")))')
     bench = subprocess.Popen(rh.NETNS + [sys.executable, '-c', code], stdout=subprocess.PIPE,
                              stderr=subprocess.STDOUT, text=True)

@@ -25,44 +25,47 @@ to) and waits for the ``/ood/heatmap`` with the same stamp.
 import contextlib
 from dataclasses import dataclass
 import os
-from pathlib import Path
-import random
 import signal
 import statistics
-import subprocess
-import sys
-import tempfile
 import time
 
-from .errors import OodSegError
+import numpy as np
+
+from ..bagtools.node_process import IMAGE_OUTPUTS, localhost_env, node_command, NodeProcess
+from ..bagtools.node_process import output_topic
+from ..errors import OodSegError
 
 READY_TIMEOUT_S = 600.0     # a first TensorRT engine build takes minutes
 FRAME_TIMEOUT_S = 30.0
 RETRY_S = 5.0               # latency runs: publish a lost frame again after this
 SETTLE_S = 5.0              # delivery runs: wait this long for the last outputs
-OUTPUTS = {'heatmap': '/ood/heatmap', 'mask': '/ood/segments/mask',
-           'semantic': '/ood/semantic'}    # a typical consumer; color is not published
+IMAGE_TOPIC = '/ood_bench/image'
 
 
 def _node_command(bundle, backend, device, pixels):
-    exe = Path(sys.executable).parent / 'ood_node'
-    cmd = [str(exe)] if exe.exists() else [sys.executable, '-m', 'ood_seg_ros.node']
-    return cmd + ['--ros-args', '-r', 'image:=/ood_bench/image',
-                  '-p', f'model_path:={bundle}', '-p', f'backend:={backend}',
-                  '-p', f'device:={device}', '-p', 'qos_reliability:=reliable',
-                  '-p', 'publish_color:=false', '-p', 'diagnostics_period:=0.5',
-                  '-p', f'max_frame_pixels:={max(pixels, 1)}', '-p', 'warmup_runs:=3']
+    return node_command(IMAGE_TOPIC, {
+        'model_path': bundle, 'backend': backend, 'device': device,
+        'qos_reliability': 'reliable', 'publish_color': False, 'diagnostics_period': 0.5,
+        'max_frame_pixels': max(pixels, 1), 'warmup_runs': 3})
 
 
 @dataclass
 class NodeSession:
     """A running ood_node process and this process's client node on a private domain."""
 
-    proc: subprocess.Popen
-    log: object                 # the node's stdout + stderr (temporary file)
+    process: NodeProcess        # the node, with its log
     node: object                # rclpy client node
     executor: object
     dds_profile: object         # Fast DDS profile this process uses, or None
+
+    def spin_until(self, cond, timeout) -> bool:
+        """Spin the client until ``cond()``; False at ``timeout`` s or when the node exited."""
+        return self.process.wait_until(cond, timeout,
+                                       lambda: self.executor.spin_once(timeout_sec=0.01))
+
+    def tail(self) -> str:
+        """Return the end of the node's log, for error messages."""
+        return self.process.log_tail(8)
 
 
 @contextlib.contextmanager
@@ -74,30 +77,29 @@ def node_session(bundle, backend, device, max_pixels, client_name, dds_profile=T
     profile as the node. On exit the client is shut down, the environment restored and
     the node stopped with SIGINT (killed after 30 s).
     """
+    # Lazy: without ROS, bench_node reports one clear error before this runs.
     import rclpy
     from rclpy.context import Context
     from rclpy.executors import SingleThreadedExecutor
-    from .node import DDS_PROFILE_VARS, use_dds_profile
-    domain = random.randint(100, 200)
-    env = dict(os.environ, ROS_DOMAIN_ID=str(domain), ROS_AUTOMATIC_DISCOVERY_RANGE='LOCALHOST')
-    keys = ('ROS_DOMAIN_ID', 'ROS_AUTOMATIC_DISCOVERY_RANGE') + (
-        tuple(DDS_PROFILE_VARS) if dds_profile else ())
+
+    from ..node import DDS_PROFILE_VARS, use_dds_profile
+    isolated = localhost_env()
+    keys = tuple(isolated) + (tuple(DDS_PROFILE_VARS) if dds_profile else ())
     saved = {k: os.environ.get(k) for k in keys}
-    os.environ.update(ROS_DOMAIN_ID=str(domain), ROS_AUTOMATIC_DISCOVERY_RANGE='LOCALHOST')
+    env = dict(os.environ, **isolated)
+    os.environ.update(isolated)
     profile = None
     if dds_profile:
         profile = use_dds_profile(os.environ) or next(
             (os.environ[v] for v in DDS_PROFILE_VARS if os.environ.get(v)), None)
-    log = tempfile.TemporaryFile(mode='w+')
-    proc = subprocess.Popen(_node_command(bundle, backend, device, max_pixels), env=env,
-                            stdout=log, stderr=subprocess.STDOUT)
+    process = NodeProcess(_node_command(bundle, backend, device, max_pixels), env=env)
     context = Context()
-    rclpy.init(context=context, domain_id=domain)
+    rclpy.init(context=context, domain_id=int(isolated['ROS_DOMAIN_ID']))
     node = rclpy.create_node(client_name, context=context)
     executor = SingleThreadedExecutor(context=context)
     executor.add_node(node)
     try:
-        yield NodeSession(proc, log, node, executor, profile)
+        yield NodeSession(process, node, executor, profile)
     finally:
         executor.shutdown()
         node.destroy_node()
@@ -107,41 +109,22 @@ def node_session(bundle, backend, device, max_pixels, client_name, dds_profile=T
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        log.close()
-
-
-def _spin_until(executor, cond, timeout, proc=None):
-    end = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > end:
-            return False
-        if proc is not None and proc.poll() is not None:
-            return False
-        executor.spin_once(timeout_sec=0.01)
-    return True
+        process.stop(((signal.SIGINT, 30.0),))
 
 
 def bench_node(bundle, height, width, runs, warmup, backend='auto', device='auto') -> dict:
     """Median / p95 input -> heatmap latency (ms) of ood_node on (height, width) frames."""
-    import numpy as np
     if not bundle:
         raise OodSegError('bench --node needs a model bundle (--bundle)')
-    try:
+    try:    # lazy: without ROS this is one clear error
         from rclpy.qos import QoSProfile, ReliabilityPolicy
         from diagnostic_msgs.msg import DiagnosticArray
         from sensor_msgs.msg import Image
     except ImportError as exc:
         raise OodSegError(f'bench --node needs rclpy and sensor_msgs: {exc}') from exc
-    from .commands.bench import _sample_frame
+    from ..commands.bench import _sample_frame     # lazy: commands.bench imports this module
     frame = _sample_frame(height, width, np.random.default_rng(0))
-    outs = {key: {} for key in OUTPUTS}
+    outs = {key: {} for key in IMAGE_OUTPUTS}    # a typical consumer
     got = outs['heatmap']
     diags = []
 
@@ -150,22 +133,21 @@ def bench_node(bundle, height, width, runs, warmup, backend='auto', device='auto
                                          time.perf_counter())
     # this process stands in for the camera driver: the same DDS profile as the node
     with node_session(bundle, backend, device, height * width, 'ood_bench_client') as ses:
-        proc, log, node, executor = ses.proc, ses.log, ses.node, ses.executor
-        profile = ses.dds_profile
+        node, profile = ses.node, ses.dds_profile
         reliable = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE)
-        pub = node.create_publisher(Image, '/ood_bench/image', reliable)
-        for key, topic in OUTPUTS.items():
-            node.create_subscription(Image, topic, recorder(outs[key]), reliable)
-        node.create_subscription(DiagnosticArray, '/diagnostics',
+        pub = node.create_publisher(Image, IMAGE_TOPIC, reliable)
+        for key in IMAGE_OUTPUTS:
+            node.create_subscription(Image, output_topic(key), recorder(outs[key]), reliable)
+        node.create_subscription(DiagnosticArray, output_topic('diagnostics'),
                                  lambda m: diags.extend(m.status), 10)
 
         def failed():
             return next((s.message for s in diags if s.message.startswith('no model: cannot')),
                         None)
-        ready = _spin_until(executor, lambda: pub.get_subscription_count() > 0 or failed(),
-                            READY_TIMEOUT_S, proc)
+        ready = ses.spin_until(lambda: pub.get_subscription_count() > 0 or failed(),
+                               READY_TIMEOUT_S)
         if not ready or failed():
-            raise OodSegError(f'ood_node did not start: {failed() or _tail(log)}')
+            raise OodSegError(f'ood_node did not start: {failed() or ses.tail()}')
         msg = Image(height=height, width=width, encoding='rgb8', step=width * 3)
         msg.header.frame_id = 'bench'
         msg.data = frame.tobytes()
@@ -177,14 +159,14 @@ def bench_node(bundle, height, width, runs, warmup, backend='auto', device='auto
                 key = (msg.header.stamp.sec, msg.header.stamp.nanosec)
                 t0 = time.perf_counter()
                 pub.publish(msg)
-                if _spin_until(executor, lambda: key in got, RETRY_S, proc):
+                if ses.spin_until(lambda: key in got, RETRY_S):
                     break
-                if time.monotonic() > end or proc.poll() is not None:
-                    raise OodSegError(f'no /ood/heatmap from ood_node within '
-                                      f'{FRAME_TIMEOUT_S} s: ' + _tail(log))
+                if time.monotonic() > end or not ses.process.running():
+                    raise OodSegError(f'no {output_topic("heatmap")} from ood_node within '
+                                      f'{FRAME_TIMEOUT_S} s: ' + ses.tail())
             if i >= warmup:
                 latencies.append((got[key] - t0) * 1e3)
-        status = _fresh_status(executor, diags, proc)
+        status = _fresh_status(ses, diags)
         # delivery: camera-like publishing at a rate the node's processing keeps up with
         # (not the latency: late deliveries must not slow the camera down)
         proc_ms = _value(status, 'processing_p95_ms', float('nan')) if status else float('nan')
@@ -197,10 +179,9 @@ def bench_node(bundle, height, width, runs, warmup, backend='auto', device='auto
             msg.header.stamp = node.get_clock().now().to_msg()
             sent.append((msg.header.stamp.sec, msg.header.stamp.nanosec))
             pub.publish(msg)
-            _spin_until(executor, lambda: False, period, proc)
-        _spin_until(executor, lambda: all(k in o for k in sent for o in outs.values()),
-                    SETTLE_S, proc)
-        after = _fresh_status(executor, diags, proc)
+            ses.spin_until(lambda: False, period)
+        ses.spin_until(lambda: all(k in o for k in sent for o in outs.values()), SETTLE_S)
+        after = _fresh_status(ses, diags)
         if after is not None:
             status = after
     lat = statistics.median(latencies)
@@ -229,11 +210,11 @@ def bench_node(bundle, height, width, runs, warmup, backend='auto', device='auto
     return res
 
 
-def _fresh_status(executor, diags, proc, timeout=5.0):
+def _fresh_status(ses: NodeSession, diags, timeout=5.0):
     """Return the node's next /diagnostics status once its counters settled, or None."""
-    _spin_until(executor, lambda: False, 0.3, proc)
+    ses.spin_until(lambda: False, 0.3)
     diags.clear()
-    _spin_until(executor, lambda: bool(diags), timeout, proc)
+    ses.spin_until(lambda: bool(diags), timeout)
     return diags[-1] if diags else None
 
 
@@ -245,9 +226,3 @@ def _value(status, key, default, cast=float):
             except ValueError:
                 return default
     return default
-
-
-def _tail(log, n=2000):
-    log.flush()
-    log.seek(0)
-    return ' | '.join(log.read()[-n:].splitlines()[-8:])

@@ -28,8 +28,11 @@ import os
 from pathlib import Path
 import time
 
-from .errors import OodSegError
-from .node_bench import _spin_until, _tail, _value, node_session, READY_TIMEOUT_S
+import numpy as np
+
+from .node import _value, IMAGE_TOPIC, node_session, READY_TIMEOUT_S
+from ..bagtools.node_process import output_topic
+from ..errors import OodSegError
 
 FRAME_TIMEOUT_S = 30.0
 
@@ -68,7 +71,6 @@ def soak_node(bundle, height, width, frames, backend='auto', device='auto',
               bad_every=97, sample_every=100, baseline_frame=200, large_frames=0,
               large_size=(4320, 7680)) -> dict:
     """Run ``frames`` good frames (plus bad ones) through ood_node; memory/fd/thread figures."""
-    import numpy as np
     if not bundle:
         raise OodSegError('bench --node --soak needs a model bundle (--bundle)')
     if frames < 1:
@@ -78,13 +80,13 @@ def soak_node(bundle, height, width, frames, backend='auto', device='auto',
         raise OodSegError(f'large frames: need a count >= 0 and a size >= 1x1, got '
                           f'{large_frames} of {large_h}x{large_w}')
     max_pixels = max(height * width, large_h * large_w if large_frames else 0)
-    try:
+    try:    # lazy: without ROS this is one clear error
         from rclpy.qos import QoSProfile, ReliabilityPolicy
         from diagnostic_msgs.msg import DiagnosticArray
         from sensor_msgs.msg import Image
     except ImportError as exc:
         raise OodSegError(f'bench --node --soak needs rclpy and sensor_msgs: {exc}') from exc
-    from .commands.bench import _sample_frame
+    from ..commands.bench import _sample_frame     # lazy: commands.bench imports this module
     rng = np.random.default_rng(0)
     good = [_sample_frame(height, width, rng).tobytes() for _ in range(4)]
     got, diags, samples, large = set(), [], [], {}
@@ -92,18 +94,17 @@ def soak_node(bundle, height, width, frames, backend='auto', device='auto',
     t_start = time.monotonic()
     with node_session(bundle, backend, device, max_pixels, 'ood_soak_client',
                       dds_profile=False) as ses:
-        proc, log, node, executor = ses.proc, ses.log, ses.node, ses.executor
+        node, pid = ses.node, ses.process.pid
         reliable = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE)
-        pub = node.create_publisher(Image, '/ood_bench/image', reliable)
+        pub = node.create_publisher(Image, IMAGE_TOPIC, reliable)
         node.create_subscription(
-            Image, '/ood/heatmap',
+            Image, output_topic('heatmap'),
             lambda m: got.add((m.header.stamp.sec, m.header.stamp.nanosec)), reliable)
-        node.create_subscription(DiagnosticArray, '/diagnostics',
+        node.create_subscription(DiagnosticArray, output_topic('diagnostics'),
                                  lambda m: diags.extend(m.status), 10)
-        ready = _spin_until(executor, lambda: pub.get_subscription_count() > 0,
-                            READY_TIMEOUT_S, proc)
+        ready = ses.spin_until(lambda: pub.get_subscription_count() > 0, READY_TIMEOUT_S)
         if not ready:
-            raise OodSegError(f'ood_node did not start: {_tail(log)}')
+            raise OodSegError(f'ood_node did not start: {ses.tail()}')
         bad = _bad_frames(Image, height, width)
         msg = Image(height=height, width=width, encoding='rgb8', step=width * 3)
         msg.header.frame_id = 'soak'
@@ -113,29 +114,28 @@ def soak_node(bundle, height, width, frames, backend='auto', device='auto',
                 # would replace it in the node's depth-1 queue before it is read.
                 pub.publish(bad[bad_sent % len(bad)])
                 bad_sent += 1
-                _spin_until(executor, lambda: any(
-                    _value(st, 'errors_total', 0) >= bad_sent for st in diags), 5.0, proc)
+                ses.spin_until(lambda: any(
+                    _value(st, 'errors_total', 0) >= bad_sent for st in diags), 5.0)
                 diags.clear()
             msg.data = good[i % len(good)]
             msg.header.stamp = node.get_clock().now().to_msg()
             key = (msg.header.stamp.sec, msg.header.stamp.nanosec)
             pub.publish(msg)
-            if _spin_until(executor, lambda: key in got, FRAME_TIMEOUT_S, proc):
+            if ses.spin_until(lambda: key in got, FRAME_TIMEOUT_S):
                 processed += 1
                 got.discard(key)
-            elif proc.poll() is not None:
+            elif not ses.process.running():
                 raise OodSegError(f'ood_node exited during the soak at frame {i}: '
-                                  + _tail(log))
+                                  + ses.tail())
             else:
                 dropped += 1
             if i % sample_every == 0 or i == frames:
                 samples.append({'frame': i, 't_s': round(time.monotonic() - t_start, 1),
-                                **proc_stats(proc.pid)})
+                                **proc_stats(pid)})
         if large_frames:
-            large = _large_phase(executor, node, pub, got, proc, log, Image, large_frames,
-                                 large_h, large_w, rng)
+            large = _large_phase(ses, pub, got, Image, large_frames, large_h, large_w, rng)
         diags.clear()
-        _spin_until(executor, lambda: bool(diags), 5.0, proc)
+        ses.spin_until(lambda: bool(diags), 5.0)
         status = diags[-1] if diags else None
     base = next((s for s in samples if s['frame'] >= baseline_frame), samples[0])
     last = samples[-1]
@@ -155,25 +155,24 @@ def soak_node(bundle, height, width, frames, backend='auto', device='auto',
             'samples': samples, **large}
 
 
-def _large_phase(executor, node, pub, got, proc, log, image_cls, count, height, width,
-                 rng) -> dict:
+def _large_phase(ses, pub, got, image_cls, count, height, width, rng) -> dict:
     """Send ``count`` large frames one at a time; VmRSS before, after the first and last."""
-    import numpy as np
+    node, pid = ses.node, ses.process.pid
     msg = image_cls(height=height, width=width, encoding='rgb8', step=width * 3)
     msg.header.frame_id = 'soak_large'
     msg.data = rng.integers(0, 256, (height, width, 3), dtype=np.uint8).tobytes()
-    before = proc_stats(proc.pid)['vmrss_mb']
+    before = proc_stats(pid)['vmrss_mb']
     rss, processed = [], 0
     for i in range(count):
         msg.header.stamp = node.get_clock().now().to_msg()
         key = (msg.header.stamp.sec, msg.header.stamp.nanosec)
         pub.publish(msg)
-        if _spin_until(executor, lambda: key in got, max(FRAME_TIMEOUT_S, 120.0), proc):
+        if ses.spin_until(lambda: key in got, max(FRAME_TIMEOUT_S, 120.0)):
             processed += 1
             got.discard(key)
-        elif proc.poll() is not None:
-            raise OodSegError(f'ood_node exited at large frame {i + 1}: ' + _tail(log))
-        rss.append(proc_stats(proc.pid)['vmrss_mb'])
+        elif not ses.process.running():
+            raise OodSegError(f'ood_node exited at large frame {i + 1}: ' + ses.tail())
+        rss.append(proc_stats(pid)['vmrss_mb'])
     return {'large_frames': count, 'large_frames_processed': processed,
             'large_height': height, 'large_width': width,
             'large_frame_rss_before_mb': before, 'large_frame_rss_first_mb': rss[0],

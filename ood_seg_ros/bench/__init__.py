@@ -1,0 +1,1 @@
+"""Benchmarks behind ``ood-seg bench``: the live node's latency and its soak run."""
