@@ -336,8 +336,8 @@ def test_bag_eval_offline(offline_eval, bundle):
 
 def _live_skip_reason():
     import importlib.util
-    if importlib.util.find_spec('ood_seg_ros.node') is None:
-        return 'ood_seg_ros.node does not exist yet'
+    if importlib.util.find_spec('ood_seg_ros.ros.node') is None:
+        return 'ood_seg_ros.ros.node does not exist yet'
     if importlib.util.find_spec('rclpy') is None:
         return 'rclpy is not installed'
     from ood_seg_ros.replay import namespace_available

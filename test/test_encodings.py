@@ -8,7 +8,7 @@ issue 11 (large messages) and are tested there once it is merged.
 import numpy as np
 import pytest
 
-node = pytest.importorskip('ood_seg_ros.node')
+node = pytest.importorskip('ood_seg_ros.ros.node')
 
 ENCODINGS = ['32FC1', '16UC1', 'bayer_rggb8', 'bayer_bggr16', 'yuv422', 'yuv422_yuy2',
              'rgba8', 'bgra8', 'mono16', '8UC3', 'x' * 10240, '']

@@ -294,7 +294,7 @@ def test_dds_profile_is_large_shm_plus_udp():
 
 
 def test_use_dds_profile_respects_the_user():
-    node = pytest.importorskip('ood_seg_ros.node')
+    node = pytest.importorskip('ood_seg_ros.ros.node')
     env = {}
     path = node.use_dds_profile(env)
     assert Path(path) == DDS_PROFILE and Path(path).exists()
@@ -308,7 +308,7 @@ def test_use_dds_profile_respects_the_user():
 
 
 def test_config_declares_every_node_parameter():
-    node = pytest.importorskip('ood_seg_ros.node')
+    node = pytest.importorskip('ood_seg_ros.ros.node')
     params = yaml.safe_load(CONFIG.read_text())['/**']['ros__parameters']
     assert set(params) == set(node.PARAMETERS)
     for name, value in params.items():
@@ -318,7 +318,7 @@ def test_config_declares_every_node_parameter():
 
 # -- conversion and message construction (no DDS) ----------------------------------------
 def test_image_conversion_against_numpy():
-    node = pytest.importorskip('ood_seg_ros.node')
+    node = pytest.importorskip('ood_seg_ros.ros.node')
     rgb = rh.sample_frame(3, (5, 7))
     assert np.array_equal(node.image_to_rgb('rgb8', 5, 7, 21, rgb.tobytes()), rgb)
     assert np.array_equal(node.image_to_rgb('bgr8', 5, 7, 21, rgb[:, :, ::-1].tobytes()), rgb)
@@ -341,7 +341,7 @@ def test_image_conversion_against_numpy():
 
 
 def test_compressed_conversion():
-    node = pytest.importorskip('ood_seg_ros.node')
+    node = pytest.importorskip('ood_seg_ros.ros.node')
     rgb = rh.sample_frame(4)
     png = cv2.imencode('.png', rgb[:, :, ::-1])[1].tobytes()
     assert np.array_equal(node.compressed_to_rgb(png), rgb)
@@ -359,7 +359,7 @@ def test_compressed_conversion():
 
 def test_image_cdr_deserialises_with_rclpy():
     pytest.importorskip('rclpy')
-    node = pytest.importorskip('ood_seg_ros.node')
+    node = pytest.importorskip('ood_seg_ros.ros.node')
     from rclpy.serialization import deserialize_message
     from sensor_msgs.msg import Image
     from std_msgs.msg import Header
@@ -411,7 +411,7 @@ Detection2DArray = _msg('Detection2DArray', header=object, detections=list)
 
 
 def test_detections_with_stand_in_messages(offline):
-    node = pytest.importorskip('ood_seg_ros.node')
+    node = pytest.importorskip('ood_seg_ros.ros.node')
     frame = rh.sample_frame(5, (128, 128))      # integer scale to the 32 x 32 decoder maps
     heat = offline(frame).heatmap
     res = offline(frame, threshold=float(np.percentile(heat, 60)))

@@ -1,7 +1,7 @@
 """
 Start-up and per-frame checks of the node that need no ROS objects.
 
-Kept apart from :mod:`ood_seg_ros.node` so they are testable without a ROS graph.
+Kept apart from :mod:`ood_seg_ros.ros.node` so they are testable without a ROS graph.
 """
 
 from typing import Iterable, List

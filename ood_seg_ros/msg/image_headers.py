@@ -14,7 +14,7 @@ ROS-free; the node turns :class:`CompressedFrameError` into its per-kind counter
 
 from typing import Optional, Tuple
 
-from .errors import OodSegError
+from ..errors import OodSegError
 
 ACCEPTED = ('jpeg', 'png', 'webp')
 _ALIASES = {'jpg': 'jpeg', 'jpeg': 'jpeg', 'png': 'png', 'webp': 'webp'}

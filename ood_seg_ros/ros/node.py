@@ -83,13 +83,13 @@ from rclpy.task import Future
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_msgs.msg import String
 
-from .errors import OodSegError
-from .image_headers import check_compressed, CompressedFrameError
-from .image_headers import compressed_size  # noqa: F401 - public name of this module
-from .node_checks import command_line_parameter_problems, MAX_DIAGNOSTICS_PERIOD, \
+from .params import command_line_parameter_problems, MAX_DIAGNOSTICS_PERIOD, \
     MIN_DIAGNOSTICS_PERIOD, unknown_parameters
-from .pipeline import MAX_FRAME_PIXELS
-from .runtime import BACKENDS
+from ..errors import OodSegError
+from ..msg.image_headers import check_compressed, CompressedFrameError
+from ..msg.image_headers import compressed_size  # noqa: F401 - public name of this module
+from ..pipeline import MAX_FRAME_PIXELS
+from ..runtime import BACKENDS
 
 NODE_NAME = 'ood_node'
 ENCODING_CHANNELS = {'rgb8': 3, 'bgr8': 3, 'mono8': 1}
@@ -203,7 +203,7 @@ def compressed_to_rgb(data, max_pixels: int = MAX_FRAME_PIXELS,
     """
     Decode PNG/JPEG/WebP bytes to RGB uint8 (H, W, 3); FrameError on bad input.
 
-    The header is checked first (:func:`ood_seg_ros.image_headers.check_compressed`:
+    The header is checked first (:func:`ood_seg_ros.msg.image_headers.check_compressed`:
     accepted codec, ``fmt`` = CompressedImage.format, declared size) so nothing
     oversized or of another codec reaches the decoder.
     """
@@ -351,12 +351,12 @@ def _validate(name: str, value) -> None:
         raise OodSegError(f'parameter segment_threshold: must be in (0, 1) or 0 for the '
                           f'bundle default, got {value}')
     if name == 'input_size' and value:
-        from .pipeline import parse_size
+        from ..pipeline import parse_size
         parse_size(value)
     if name == 'geometry' and value not in ('letterbox', 'stretch'):
         raise OodSegError(f'parameter geometry: {value!r} is not letterbox or stretch')
     if name == 'heatmap_score' and value:
-        from .scores import ALL_SCORES
+        from ..scores import ALL_SCORES
         if value not in ALL_SCORES:
             raise OodSegError(f'parameter heatmap_score: unknown score {value!r}; known: '
                               f'{", ".join(ALL_SCORES)}')
@@ -480,7 +480,7 @@ class _OodCore:
     def _resolve_bundle(self):
         if self.cfg['model_path']:
             return self.cfg['model_path']
-        from .model.bundle import default_bundle_path
+        from ..model.bundle import default_bundle_path
         path = default_bundle_path()
         if path is None:
             raise OodSegError('model_path is empty and the package default bundle '
@@ -489,8 +489,8 @@ class _OodCore:
 
     def _build_pipeline(self, score: Optional[str]):
         """Pipeline.from_bundle with the node's backend parameters."""
-        from .pipeline import Pipeline
-        from .runtime import auto_backend
+        from ..pipeline import Pipeline
+        from ..runtime import auto_backend
         cfg = self.cfg
         backend = cfg['backend']
         if backend == 'auto':
@@ -930,7 +930,7 @@ def dds_profile_path() -> Optional[Path]:
 
     Looks in the source tree, else in the installed ``share/ood_seg_ros/config``.
     """
-    here = Path(__file__).resolve().parents[1] / 'config' / DDS_PROFILE
+    here = Path(__file__).resolve().parents[2] / 'config' / DDS_PROFILE
     if here.exists():
         return here
     try:

@@ -1,0 +1,1 @@
+"""Message edge, ROS-free: image encodings and CDR, compressed headers, topic names."""
