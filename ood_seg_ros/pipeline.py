@@ -26,10 +26,10 @@ import numpy as np
 
 from .errors import OodSegError
 from .meta import MetaClassifier
+from .msg import MAX_FRAME_PIXELS
 from .scores import ALL_SCORES
 from .segments import find_segments, segment_boxes, SegmentFeatureExtractor
 
-MAX_FRAME_PIXELS = 4096 * 4096
 DECODER_STRIDE = 4     # score maps are at 1/4 of the network input (DeepLabv3+ decoder)
 GEOMETRIES = ('letterbox', 'stretch')
 DEFAULT_RUNTIME = {

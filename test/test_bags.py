@@ -8,6 +8,7 @@ import numpy as np
 from ood_seg_ros.cli import main as cli_main
 from ood_seg_ros.data import bags
 from ood_seg_ros.errors import OodSegError
+from ood_seg_ros.msg.image_codec import array_to_rgb
 import pytest
 import yaml
 
@@ -158,7 +159,7 @@ def test_reads_messages_serialised_by_rclpy(tmp_path):
         assert (m.header.encoding, m.header.step, m.header.stamp_ns) == (enc, step,
                                                                          12 * 10 ** 9 + 345)
         assert m.image.dtype == arr.dtype and np.array_equal(m.image, arr)
-    rgb = bags.to_rgb(got['/a'].image, 'bgr8')
+    rgb = array_to_rgb(got['/a'].image, 'bgr8')
     assert np.array_equal(rgb, bgr[..., ::-1])
 
 

@@ -59,7 +59,6 @@ from collections import deque
 import json
 import os
 from pathlib import Path
-import struct
 import sys
 import time
 from typing import Dict, Optional, Tuple
@@ -86,13 +85,11 @@ from std_msgs.msg import String
 from .params import command_line_parameter_problems, MAX_DIAGNOSTICS_PERIOD, \
     MIN_DIAGNOSTICS_PERIOD, unknown_parameters
 from ..errors import OodSegError
-from ..msg.image_headers import check_compressed, CompressedFrameError
-from ..msg.image_headers import compressed_size  # noqa: F401 - public name of this module
-from ..pipeline import MAX_FRAME_PIXELS
+from ..msg import MAX_FRAME_PIXELS
+from ..msg.image_codec import compressed_to_rgb, FrameError, image_cdr, image_to_rgb
 from ..runtime import BACKENDS
 
 NODE_NAME = 'ood_node'
-ENCODING_CHANNELS = {'rgb8': 3, 'bgr8': 3, 'mono8': 1}
 TRANSPORTS = ('raw', 'compressed')
 RELIABILITIES = {'best_effort': ReliabilityPolicy.BEST_EFFORT,
                  'reliable': ReliabilityPolicy.RELIABLE}
@@ -152,98 +149,6 @@ PARAMETERS = {
                              'processing time exceeds this (ms)'),
     'log_throttle_sec': (5.0, _F, True, 'minimum seconds between repeated error logs'),
 }
-
-
-class FrameError(OodSegError):
-    """A frame that cannot be processed; ``kind`` names the diagnostics counter."""
-
-    def __init__(self, kind: str, message: str):
-        super().__init__(message)
-        self.kind = kind
-
-
-# -- message conversion (numpy only, no ROS objects) ------------------------------------
-def image_to_rgb(encoding: str, height: int, width: int, step: int, data,
-                 max_pixels: int = MAX_FRAME_PIXELS) -> np.ndarray:
-    """
-    Convert raw Image fields to an RGB uint8 (height, width, 3) array.
-
-    Rows may be padded (``step`` > width x channels). Raises :class:`FrameError` with
-    kind encoding, empty, too_large, step, truncated or data_size.
-    """
-    channels = ENCODING_CHANNELS.get(encoding)
-    if channels is None:
-        shown = repr(encoding) if len(encoding) <= 40 else \
-            f'{encoding[:40]!r}... ({len(encoding)} characters)'
-        raise FrameError('encoding', f'unsupported image encoding {shown} '
-                         f'(use rgb8, bgr8 or mono8)')
-    if height == 0 or width == 0:
-        raise FrameError('empty', f'empty image ({width}x{height})')
-    if height * width > max_pixels:
-        raise FrameError('too_large', f'image of {width}x{height} exceeds max_frame_pixels '
-                         f'= {max_pixels}')
-    row = width * channels
-    if step < row:
-        raise FrameError('step', f'image step {step} is less than width x channels = {row}')
-    buf = np.frombuffer(data, np.uint8)
-    if buf.size != step * height:
-        kind = 'truncated' if buf.size < step * height else 'data_size'
-        raise FrameError(kind, f'image data has {buf.size} bytes, step x height = '
-                         f'{step * height} ({width}x{height} {encoding})')
-    arr = buf.reshape(height, step)[:, :row].reshape(height, width, channels)
-    if encoding == 'rgb8':
-        return arr
-    if encoding == 'bgr8':
-        return cv2.cvtColor(arr, cv2.COLOR_BGR2RGB)
-    return cv2.cvtColor(arr, cv2.COLOR_GRAY2RGB)
-
-
-def compressed_to_rgb(data, max_pixels: int = MAX_FRAME_PIXELS,
-                      fmt: str = '') -> np.ndarray:
-    """
-    Decode PNG/JPEG/WebP bytes to RGB uint8 (H, W, 3); FrameError on bad input.
-
-    The header is checked first (:func:`ood_seg_ros.msg.image_headers.check_compressed`:
-    accepted codec, ``fmt`` = CompressedImage.format, declared size) so nothing
-    oversized or of another codec reaches the decoder.
-    """
-    raw = bytes(data)
-    try:
-        check_compressed(raw, fmt, max_pixels)
-    except CompressedFrameError as exc:
-        raise FrameError(exc.kind, str(exc)) from None
-    img = cv2.imdecode(np.frombuffer(raw, np.uint8), cv2.IMREAD_COLOR)
-    if img is None or img.size == 0:
-        raise FrameError('decode', f'cannot decode compressed image ({len(raw)} bytes)')
-    if img.shape[0] * img.shape[1] > max_pixels:
-        raise FrameError('too_large', f'image of {img.shape[1]}x{img.shape[0]} exceeds '
-                         f'max_frame_pixels = {max_pixels}')
-    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
-
-
-def image_cdr(header, array: np.ndarray, encoding: str) -> bytes:
-    """
-    Serialise a sensor_msgs/Image of a (H, W) or (H, W, C) array to CDR bytes.
-
-    Little-endian CDR as rmw writes it, for ``publisher.publish(bytes)``: the pixel data
-    is copied once (no Python message, no second serialisation). ``step`` = width x bytes
-    per pixel, ``is_bigendian`` 0, the header copied unchanged.
-    """
-    array = np.ascontiguousarray(array)
-    if array.dtype.byteorder == '>' or (array.dtype.byteorder == '=' and sys.byteorder == 'big'):
-        array = array.astype(array.dtype.newbyteorder('<'))
-    h, w = array.shape[:2]
-    step = w * array.itemsize * (array.shape[2] if array.ndim == 3 else 1)
-    frame_id = header.frame_id.encode() + b'\0'
-    enc = encoding.encode() + b'\0'
-    head = bytearray(b'\x00\x01\x00\x00')           # CDR_LE encapsulation
-    head += struct.pack('<iII', header.stamp.sec, header.stamp.nanosec, len(frame_id))
-    head += frame_id
-    head += bytes(-(len(head) - 4) % 4)               # alignment counts after the 4 bytes
-    head += struct.pack('<III', h, w, len(enc)) + enc + b'\0'   # ..., is_bigendian = 0
-    head += bytes(-(len(head) - 4) % 4)
-    head += struct.pack('<II', step, array.nbytes)
-    return b''.join((head, memoryview(array).cast('B')))
 
 
 def overlay_bgr(frame_rgb: np.ndarray, heatmap: np.ndarray, segments,
