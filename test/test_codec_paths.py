@@ -19,10 +19,12 @@ REFERENCE = {
     'rgb8': lambda a: a,
     '8UC3': lambda a: a,
     'bgr8': lambda a: a[..., ::-1],
+    'rgba8': lambda a: a[..., :3],
+    'bgra8': lambda a: a[..., 2::-1],
     'mono8': lambda a: np.stack([a] * 3, -1),
     '8UC1': lambda a: np.stack([a] * 3, -1),
 }
-NOT_FRAMES = ('rgba8', 'bgra8', 'mono16', '16UC1', '32FC1')
+NOT_FRAMES = ('mono16', '16UC1', '32FC1')
 
 
 def _pixels(encoding, rng):

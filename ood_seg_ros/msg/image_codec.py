@@ -39,8 +39,8 @@ ENCODINGS = {
     'rgb8': Encoding(np.uint8, 3, RGB),
     'bgr8': Encoding(np.uint8, 3, cv2.COLOR_BGR2RGB),
     'mono8': Encoding(np.uint8, 1, cv2.COLOR_GRAY2RGB),
-    'rgba8': Encoding(np.uint8, 4, None),
-    'bgra8': Encoding(np.uint8, 4, None),
+    'rgba8': Encoding(np.uint8, 4, cv2.COLOR_RGBA2RGB),
+    'bgra8': Encoding(np.uint8, 4, cv2.COLOR_BGRA2RGB),
     '8UC1': Encoding(np.uint8, 1, cv2.COLOR_GRAY2RGB),
     '8UC3': Encoding(np.uint8, 3, RGB),            # channel order read as RGB
     'mono16': Encoding(np.uint16, 1, None),          # instance masks
