@@ -46,7 +46,7 @@ OUTPUTS = {'heatmap': '/ood/heatmap', 'mask': '/ood/segments/mask',
 
 def _node_command(bundle, backend, device, pixels):
     exe = Path(sys.executable).parent / 'ood_node'
-    cmd = [str(exe)] if exe.exists() else [sys.executable, '-m', 'ood_seg_ros.ros.node']
+    cmd = [str(exe)] if exe.exists() else [sys.executable, '-m', 'ood_seg_ros.ros.main']
     return cmd + ['--ros-args', '-r', 'image:=/ood_bench/image',
                   '-p', f'model_path:={bundle}', '-p', f'backend:={backend}',
                   '-p', f'device:={device}', '-p', 'qos_reliability:=reliable',
@@ -77,7 +77,7 @@ def node_session(bundle, backend, device, max_pixels, client_name, dds_profile=T
     import rclpy
     from rclpy.context import Context
     from rclpy.executors import SingleThreadedExecutor
-    from .ros.node import DDS_PROFILE_VARS, use_dds_profile
+    from .ros.main import DDS_PROFILE_VARS, use_dds_profile
     domain = random.randint(100, 200)
     env = dict(os.environ, ROS_DOMAIN_ID=str(domain), ROS_AUTOMATIC_DISCOVERY_RANGE='LOCALHOST')
     keys = ('ROS_DOMAIN_ID', 'ROS_AUTOMATIC_DISCOVERY_RANGE') + (

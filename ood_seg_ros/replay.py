@@ -66,7 +66,7 @@ def node_executable() -> List[str]:
     found = shutil.which('ood_node')
     if found:
         return [found]
-    return [sys.executable, '-c', 'import sys; from ood_seg_ros.ros.node import main; '
+    return [sys.executable, '-c', 'import sys; from ood_seg_ros.ros.main import main; '
             'sys.exit(main())']
 
 

@@ -295,7 +295,7 @@ def test_dds_profile_is_large_shm_plus_udp():
 
 
 def test_use_dds_profile_respects_the_user():
-    node = pytest.importorskip('ood_seg_ros.ros.node')
+    node = pytest.importorskip('ood_seg_ros.ros.main')
     env = {}
     path = node.use_dds_profile(env)
     assert Path(path) == DDS_PROFILE and Path(path).exists()
@@ -309,7 +309,7 @@ def test_use_dds_profile_respects_the_user():
 
 
 def test_config_declares_every_node_parameter():
-    node = pytest.importorskip('ood_seg_ros.ros.node')
+    node = pytest.importorskip('ood_seg_ros.ros.params')
     params = yaml.safe_load(CONFIG.read_text())['/**']['ros__parameters']
     assert set(params) == set(node.PARAMETERS)
     for name, value in params.items():
@@ -412,7 +412,7 @@ Detection2DArray = _msg('Detection2DArray', header=object, detections=list)
 
 
 def test_detections_with_stand_in_messages(offline):
-    node = pytest.importorskip('ood_seg_ros.ros.node')
+    node = pytest.importorskip('ood_seg_ros.ros.outputs')
     frame = rh.sample_frame(5, (128, 128))      # integer scale to the 32 x 32 decoder maps
     heat = offline(frame).heatmap
     res = offline(frame, threshold=float(np.percentile(heat, 60)))

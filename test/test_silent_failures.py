@@ -78,7 +78,7 @@ def test_unknown_parameter_names():
 
 
 def test_command_line_parameter_types():
-    from ood_seg_ros.ros.node import PARAMETERS
+    from ood_seg_ros.ros.params import PARAMETERS
     from ood_seg_ros.ros.params import command_line_parameter_problems as check
     argv = ['ood_node', '-p', 'x:=1', '--ros-args', '-p', 'segment_threshold:=0.3', '-p',
             'warmup_runs:=2', '--param', 'fp16:=true', '-p', 'backend:=torch', '-r', 'a:=b',

@@ -261,12 +261,14 @@ def write_overlays(in_bag, out_bag, image_topic, gt: dict, out_dir, count: int) 
     import cv2
     import numpy as np
 
-    from ..data.bags import read_image_bag, to_rgb
-    from ..replay import HEATMAP_TOPIC, MASK_TOPIC
+    from ..data.bags import read_image_bag
+    from ..msg import topics
+    from ..msg.image_codec import array_to_rgb
+    from ..viz import instance_boxes, overlay
     if count <= 0:
         return []
-    heat = _first_per_stamp(out_bag, HEATMAP_TOPIC)
-    masks = _first_per_stamp(out_bag, MASK_TOPIC)
+    heat = _first_per_stamp(out_bag, topics.absolute(topics.HEATMAP))
+    masks = _first_per_stamp(out_bag, topics.absolute(topics.MASK))
     frames = [m for m in read_image_bag(in_bag, [image_topic], bad=[])
               if m.header.stamp_ns in heat]
     if not frames:
@@ -277,23 +279,14 @@ def write_overlays(in_bag, out_bag, image_topic, gt: dict, out_dir, count: int) 
     for i in picks:
         msg = frames[i]
         stamp = msg.header.stamp_ns
-        rgb = to_rgb(msg.image, msg.header.encoding)
-        hm = heat[stamp]
-        if hm.shape != rgb.shape[:2]:
-            hm = cv2.resize(hm, (rgb.shape[1], rgb.shape[0]))
-        color = cv2.applyColorMap(np.clip(hm * 255, 0, 255).astype(np.uint8),
-                                  cv2.COLORMAP_JET)
-        bgr = cv2.addWeighted(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), 0.5, color, 0.5, 0)
-        outlines = []
-        if stamp in gt and gt[stamp].shape == rgb.shape[:2]:
-            outlines.append(((gt[stamp] == 1).astype(np.uint8), (0, 255, 0)))
-        if stamp in masks and masks[stamp].shape == rgb.shape[:2]:
-            outlines.append(((masks[stamp] > 0).astype(np.uint8), (255, 0, 255)))
-        for mask, colour in outlines:
-            contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-            cv2.drawContours(bgr, contours, -1, colour, 1)
+        rgb = array_to_rgb(msg.image, msg.header.encoding)
+        mask = masks.get(stamp)
+        boxes = instance_boxes(mask) if mask is not None and mask.shape == rgb.shape[:2] \
+            else ()
+        image = overlay(rgb, heat[stamp], boxes, gt=gt.get(stamp), colour_bar=True,
+                        label='heatmap')
         path = Path(out_dir) / f'overlay_{i}.png'
-        cv2.imwrite(str(path), bgr)
+        cv2.imwrite(str(path), image)
         paths.append(str(path))
     return paths
 
@@ -301,19 +294,6 @@ def write_overlays(in_bag, out_bag, image_topic, gt: dict, out_dir, count: int) 
 # ---------------------------------------------------------------------------------------
 # Command
 # ---------------------------------------------------------------------------------------
-
-def resolve_settings(bundle, score, threshold, backend: str, device: str) -> tuple:
-    """Return (heatmap score, segment threshold, backend name) as Pipeline would pick them."""
-    from ..model.bundle import read_bundle_json
-    from ..pipeline import DEFAULT_RUNTIME
-    from ..runtime import auto_backend
-    runtime = {**DEFAULT_RUNTIME, **read_bundle_json(bundle).get('runtime', {})}
-    score = score or runtime['heatmap_score']
-    threshold = float(runtime['segment_threshold'] if threshold is None else threshold)
-    if backend == 'auto':
-        backend = auto_backend(device)
-    return score, threshold, backend
-
 
 def last_diagnostics(out_bag) -> dict:
     """Return the key/value pairs of the last /diagnostics status in ``out_bag`` (or {})."""
@@ -333,27 +313,12 @@ def last_diagnostics(out_bag) -> dict:
     return out
 
 
-def node_parameters(bundle, backend: str, device: str, score, threshold,
-                    lockstep: bool = True) -> dict:
-    """
-    Return the ``-p`` parameters that make the node run like the offline pipeline.
-
-    Lockstep replay also asks for a reliable input (no frame lost in transport); timed
-    replay keeps the node's configured input QoS (default: best effort, depth 1).
-    """
-    params = {'model_path': str(Path(bundle).resolve()), 'backend': backend,
-              'device': device, 'heatmap_score': score, 'segment_threshold': float(threshold)}
-    if lockstep:
-        params.update({'qos_reliability': 'reliable', 'qos_depth': 10})
-    return params
-
-
 def run(args) -> int:
     """Evaluate the bag, write the artefacts and print a summary; return the exit status."""
     from ..data.bags import bag_info, read_image_bag
     from ..errors import OodSegError
     from ..model.bundle import default_bundle_path
-    from ..pipeline import Pipeline
+    from ..pipeline import Pipeline, PipelineSettings
 
     bag = Path(args.bag)
     bag_info(bag)   # readable bag, else OodSegError naming it
@@ -369,26 +334,29 @@ def run(args) -> int:
     _prepare_out(out)
     out_bag = out / OUTPUT_BAG
 
+    settings = PipelineSettings(bundle=str(bundle.resolve()), backend=args.backend,
+                                device=args.device, score=args.score,
+                                threshold=args.threshold)
     if args.mode == 'offline':
-        pipeline = Pipeline.from_bundle(bundle, backend=args.backend, device=args.device,
-                                        score=args.score, threshold=args.threshold)
+        pipeline = Pipeline.from_settings(settings)
         doc = {'mode': args.mode, 'bag': str(bag), 'bundle': str(bundle),
                'image_topic': image_topic, 'backend': pipeline.backend.describe(),
                'heatmap_score': pipeline.score_name, 'segment_threshold': pipeline.threshold}
         timing = run_offline(pipeline, bag, image_topic, out_bag, args.limit)
     else:
         from ..replay import run_live, timing_summary
+        from ..ros.params import node_parameters
         # The node gets the score, threshold and backend the offline path would use (bundle
         # defaults unless given), resolved here without loading the model.
-        score, threshold, backend = resolve_settings(bundle, args.score, args.threshold,
-                                                     args.backend, args.device)
+        settings = settings.resolved()
         doc = {'mode': args.mode, 'bag': str(bag), 'bundle': str(bundle),
-               'image_topic': image_topic, 'backend': {'backend': backend,
+               'image_topic': image_topic, 'backend': {'backend': settings.backend,
                                                        'device': args.device},
-               'heatmap_score': score, 'segment_threshold': threshold}
+               'heatmap_score': settings.score, 'segment_threshold': settings.threshold}
         params_file = args.params_file or default_params_file()
-        params = node_parameters(bundle, backend, args.device, score, threshold,
-                                 lockstep=args.pacing == 'lockstep')
+        params = node_parameters(settings)
+        if args.pacing == 'lockstep':   # and a reliable input: no frame lost in transport
+            params.update({'qos_reliability': 'reliable', 'qos_depth': 10})
         report = run_live(bag, out_bag, out / REPLAY_JSON, image_topic, params,
                           params_file=params_file, lockstep=args.pacing == 'lockstep',
                           rate_scale=args.rate_scale, limit=args.limit,
