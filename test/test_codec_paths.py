@@ -36,14 +36,14 @@ def _pixels(encoding, rng):
 
 
 def _live(encoding, arr, pad=3):
-    """The node's path: raw Image fields with padded rows."""
+    """Convert as the node does: raw Image fields with padded rows."""
     rows = arr.reshape(H, -1).view(np.uint8)
     data = np.concatenate([rows, np.full((H, pad), 7, np.uint8)], 1)
     return codec.image_to_rgb(encoding, H, W, rows.shape[1] + pad, data.tobytes())
 
 
 def _offline(encoding, arr, tmp_path):
-    """The bag path: write an Image to a bag, read it back, convert as bag-eval does."""
+    """Write an Image to a bag, read it back and convert it as bag-eval does."""
     path = tmp_path / encoding
     with bags.BagWriter(path) as writer:
         writer.add_topic('/cam', bags.IMAGE_TYPE)
