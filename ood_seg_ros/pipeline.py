@@ -19,7 +19,7 @@ Steps (one implementation, shared by the node, the evaluator and bag replay):
 
 from dataclasses import dataclass, field, replace
 import time
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import cv2
 import numpy as np
@@ -210,9 +210,10 @@ class PipelineSettings:
     How to build a Pipeline: bundle, backend and its options, score, threshold, geometry.
 
     The node's parameters and the tools' flags map onto these fields; ``None`` score or
-    threshold means the bundle's value for the input size, ``None`` input size the
-    bundle's own. ``cuda_graphs``, ``threads`` and ``compile_scores`` apply to the torch
-    backend, ``engine_path`` and ``force_engine_update`` to TensorRT.
+    threshold means the bundle's value for the input size; ``input_size`` is 'HxW' or an
+    (H, W) pair, ``None`` the bundle's own. ``cuda_graphs``, ``threads`` and
+    ``compile_scores`` apply to the torch backend, ``engine_path`` and
+    ``force_engine_update`` to TensorRT.
     """
 
     bundle: str
@@ -222,7 +223,7 @@ class PipelineSettings:
     score: Optional[str] = None
     threshold: Optional[float] = None
     all_scores: bool = False
-    input_size: Optional[str] = None
+    input_size: Optional[Union[str, Tuple[int, int]]] = None
     geometry: str = 'letterbox'
     cuda_graphs: bool = False
     threads: int = 0
