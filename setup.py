@@ -28,7 +28,7 @@ setup(
     entry_points={
         'console_scripts': [
             'ood-seg = ood_seg_ros.cli:main',
-            'ood_node = ood_seg_ros.node:main',
+            'ood_node = ood_seg_ros.ros.main:main',
         ],
     },
 )

@@ -13,6 +13,7 @@ import math
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
+import cv2
 import numpy as np
 import torch
 
@@ -26,6 +27,7 @@ from .pipeline import (normalise, parse_size, Pipeline, runtime_for_size, size_k
                        upsample_map, usable_score)
 from .scores import ALL_SCORES
 from .train.loop import evaluate_miou
+from .viz import overlay
 
 # Pixel-metric bins: enough for |AP_binned - AP_exact| < 1e-3 (see metrics.py).
 N_BINS = 65536
@@ -358,22 +360,14 @@ def write_plots(evaluation: OodEvaluation, table: Dict, out_dir: Path, top: int 
     fig.savefig(out_dir / 'pr_curve.png', dpi=110)
     plt.close(fig)
     files.append('pr_curve.png')
-    name = evaluation.pipeline.score_name
+    name, norm = evaluation.pipeline.score_name, evaluation.pipeline.norm
     for i, rgb in enumerate(evaluation.frames):
-        heat = normalise(evaluation.low_maps[i][name], *evaluation.pipeline.norm)
-        heat = upsample_map(heat, rgb.shape[:2])
-        files.append(overlay_png(rgb, heat, out_dir / f'overlay_{i}.png'))
+        heat = upsample_map(normalise(evaluation.low_maps[i][name], *norm), rgb.shape[:2])
+        image = overlay(rgb, heat, gt=evaluation.labels[i], colour_bar=True, scale=norm,
+                        label=name)
+        cv2.imwrite(str(out_dir / f'overlay_{i}.png'), image)
+        files.append(f'overlay_{i}.png')
     return files
-
-
-def overlay_png(rgb: np.ndarray, heat: np.ndarray, path: Path) -> str:
-    """Write an RGB frame with the [0, 1] heatmap blended as a colour map; return name."""
-    import cv2
-    color = cv2.applyColorMap((np.clip(heat, 0, 1) * 255).astype(np.uint8),
-                              cv2.COLORMAP_JET)
-    blend = cv2.addWeighted(np.ascontiguousarray(rgb[:, :, ::-1]), 0.55, color, 0.45, 0)
-    cv2.imwrite(str(path), blend)
-    return Path(path).name
 
 
 def set_name(root) -> str:

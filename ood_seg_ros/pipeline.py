@@ -17,19 +17,21 @@ Steps (one implementation, shared by the node, the evaluator and bag replay):
    dropped; kept segments get consecutive ids in the frame-size instance mask.
 """
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 import time
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import cv2
 import numpy as np
 
 from .errors import OodSegError
 from .meta import MetaClassifier
+from .model.bundle import read_bundle_json
+from .msg import MAX_FRAME_PIXELS
+from .runtime import auto_backend
 from .scores import ALL_SCORES
 from .segments import find_segments, segment_boxes, SegmentFeatureExtractor
 
-MAX_FRAME_PIXELS = 4096 * 4096
 DECODER_STRIDE = 4     # score maps are at 1/4 of the network input (DeepLabv3+ decoder)
 GEOMETRIES = ('letterbox', 'stretch')
 DEFAULT_RUNTIME = {
@@ -202,6 +204,70 @@ def usable_score(runtime: dict) -> str:
     return 'moose_entropy'
 
 
+@dataclass(frozen=True)
+class PipelineSettings:
+    """
+    How to build a Pipeline: bundle, backend and its options, score, threshold, geometry.
+
+    The node's parameters and the tools' flags map onto these fields; ``None`` score or
+    threshold means the bundle's value for the input size; ``input_size`` is 'HxW' or an
+    (H, W) pair, ``None`` the bundle's own. ``cuda_graphs``, ``threads`` and
+    ``compile_scores`` apply to the torch backend, ``engine_path`` and
+    ``force_engine_update`` to TensorRT.
+    """
+
+    bundle: str
+    backend: str = 'auto'
+    device: str = 'auto'
+    fp16: bool = False
+    score: Optional[str] = None
+    threshold: Optional[float] = None
+    all_scores: bool = False
+    input_size: Optional[Union[str, Tuple[int, int]]] = None
+    geometry: str = 'letterbox'
+    cuda_graphs: bool = False
+    threads: int = 0
+    compile_scores: bool = False
+    engine_path: str = ''
+    force_engine_update: bool = False
+    max_pixels: int = MAX_FRAME_PIXELS
+
+    def backend_name(self) -> str:
+        """Return the backend to build: ``auto`` resolved for this machine and device."""
+        return auto_backend(self.device) if self.backend == 'auto' else self.backend
+
+    def backend_options(self) -> dict:
+        """Keyword options of :func:`ood_seg_ros.runtime.make_backend` for that backend."""
+        name = self.backend_name()
+        if name == 'torch':
+            options = {'cuda_graphs': self.cuda_graphs, 'threads': self.threads}
+            if self.compile_scores:
+                options['compile_scores'] = True
+            return options
+        if name == 'tensorrt':
+            options = {'engine_path': self.engine_path} if self.engine_path else {}
+            if self.force_engine_update:
+                options['force_engine_update'] = True
+            return options
+        return {}
+
+    def resolved(self) -> 'PipelineSettings':
+        """
+        Return these settings with backend, score and threshold as the pipeline picks them.
+
+        Reads only ``bundle.json`` (no model is loaded): the bundle's heatmap score and
+        segment threshold for the input size where none is given.
+        """
+        doc = read_bundle_json(self.bundle)
+        size = parse_size(self.input_size) if self.input_size else \
+            doc['config']['input_size']
+        runtime, _ = runtime_for_size(doc.get('runtime', {}), size)
+        return replace(self, backend=self.backend_name(),
+                       score=self.score or runtime['heatmap_score'],
+                       threshold=float(runtime['segment_threshold'] if self.threshold is None
+                                       else self.threshold))
+
+
 class NonFiniteOutput(OodSegError):
     """The network returned NaN/inf in the heatmap score: the frame gives no result."""
 
@@ -271,7 +337,6 @@ class Pipeline:
         480x960 for a 2:1 camera); the bundle's settings for that size are used when it
         has them (``runtime.sizes``, written by ``ood-seg eval --calibrate --input-size``).
         """
-        from .model.bundle import read_bundle_json
         from .model.config import ModelConfig
         from .runtime import make_backend
         from pathlib import Path
@@ -296,16 +361,31 @@ class Pipeline:
         return cls(be, doc['config']['class_names'], runtime, meta, score, threshold,
                    geometry=geometry)
 
+    @classmethod
+    def from_settings(cls, settings: PipelineSettings) -> 'Pipeline':
+        """Build the pipeline that ``settings`` describe (see :meth:`from_bundle`)."""
+        s = settings
+        pipe = cls.from_bundle(s.bundle, backend=s.backend_name(), device=s.device,
+                               fp16=s.fp16, score=s.score, threshold=s.threshold,
+                               all_scores=s.all_scores, input_size=s.input_size,
+                               geometry=s.geometry, **s.backend_options())
+        pipe.max_pixels = s.max_pixels
+        return pipe
+
     # -- settings --------------------------------------------------------------------
     def set_score(self, name: str) -> None:
         """Choose the heatmap score; it must be a backend output with normalisation."""
+        self.norm = self.score_normalisation(name)
+        self.score_name = name
+
+    def score_normalisation(self, name: str) -> Tuple[float, float]:
+        """Return (lo, hi) of score ``name``; OodSegError where set_score would refuse it."""
         if name not in ALL_SCORES:
             raise OodSegError(f'unknown heatmap score {name!r}')
         if name not in self.backend.output_names:
             raise OodSegError(f'heatmap score {name!r} is not computed by this backend '
                               f'(outputs: {", ".join(self.backend.output_names)})')
-        self.norm = self._normalisation(name)
-        self.score_name = name
+        return self._normalisation(name)
 
     def _normalisation(self, name: str):
         table = self.runtime.get('normalisation', {})

@@ -43,10 +43,11 @@ import tempfile
 from typing import Dict, Optional
 
 from .node_process import isolation, stop_process
-from .offline import node_parameters, resolve_settings
 from .report import bad_message_fields, last_diagnostics, NODE_LOG, OUTPUT_BAG, REPLAY_JSON
 from .report import timing_summary
 from ..errors import OodSegError
+from ..pipeline import PipelineSettings
+from ..ros.params import node_parameters
 
 
 def default_params_file():
@@ -122,10 +123,10 @@ def run_live(bag, out_bag, report_path, image_topic: str, node_params: Dict[str,
     return report
 
 
-def evaluate_live(bag, bundle, image_topic: str, out: Path, backend: str = 'auto',
-                  device: str = 'auto', score=None, threshold=None, params_file=None,
-                  pacing: str = 'lockstep', rate_scale: float = 1.0, limit=None,
-                  frame_timeout: float = 60.0, isolation_mode: str = 'auto') -> dict:
+def evaluate_live(bag, settings: PipelineSettings, image_topic: str, out: Path,
+                  params_file=None, pacing: str = 'lockstep', rate_scale: float = 1.0,
+                  limit=None, frame_timeout: float = 60.0,
+                  isolation_mode: str = 'auto') -> dict:
     """
     Replay ``bag`` through a fresh node; return the metrics document of this mode.
 
@@ -133,13 +134,16 @@ def evaluate_live(bag, bundle, image_topic: str, out: Path, backend: str = 'auto
     defaults unless given), resolved here without loading the model. Writes
     ``output.bag``, ``replay.json`` and ``node.log`` into ``out``.
     """
-    score, threshold, backend = resolve_settings(bundle, score, threshold, backend, device)
-    doc = {'mode': 'live', 'bag': str(bag), 'bundle': str(bundle),
-           'image_topic': image_topic, 'backend': {'backend': backend, 'device': device},
-           'heatmap_score': score, 'segment_threshold': threshold}
+    settings = settings.resolved()
+    doc = {'mode': 'live', 'bag': str(bag), 'bundle': settings.bundle,
+           'image_topic': image_topic,
+           'backend': {'backend': settings.backend, 'device': settings.device},
+           'heatmap_score': settings.score, 'segment_threshold': settings.threshold}
     params_file = params_file or default_params_file()
     lockstep = pacing == 'lockstep'
-    params = node_parameters(bundle, backend, device, score, threshold, lockstep=lockstep)
+    params = node_parameters(settings)
+    if lockstep:    # and a reliable input: no frame lost in transport
+        params.update({'qos_reliability': 'reliable', 'qos_depth': 10})
     out_bag = out / OUTPUT_BAG
     report = run_live(bag, out_bag, out / REPLAY_JSON, image_topic, params,
                       params_file=params_file, lockstep=lockstep, rate_scale=rate_scale,

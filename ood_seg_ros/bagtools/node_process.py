@@ -36,18 +36,6 @@ from ..errors import OodSegError
 NETNS = ['unshare', '-n', 'sh', '-c', 'ip link set lo up && exec "$@"', 'sh']
 # launch's way of stopping a node: SIGINT, then SIGTERM; SIGKILL after the last wait (s)
 STOP_SIGNALS = ((signal.SIGINT, 20.0), (signal.SIGTERM, 5.0))
-# the image outputs a consumer records (node.TOPICS keys; color is published on demand)
-IMAGE_OUTPUTS = ('heatmap', 'mask', 'semantic')
-
-
-def output_topic(key: str, namespace: str = '') -> str:
-    """Return the absolute topic of the node output ``key`` (a key of ``node.TOPICS``)."""
-    # Lazy: ood_seg_ros.node imports rclpy and torch, and this module must import without
-    # them (ood-seg builds every subcommand at start, test helpers import it).
-    from ..node import DIAGNOSTICS_TOPIC, TOPICS
-    if key == 'diagnostics':
-        return DIAGNOSTICS_TOPIC        # global, whatever the node's namespace
-    return f'{namespace.rstrip("/")}/{TOPICS[key]}'
 
 
 def console_script() -> Optional[str]:
@@ -61,7 +49,7 @@ def node_executable() -> List[str]:
     found = console_script() or shutil.which('ood_node')
     if found:
         return [found]
-    return [sys.executable, '-c', 'import sys; from ood_seg_ros.node import main; '
+    return [sys.executable, '-c', 'import sys; from ood_seg_ros.ros.main import main; '
             'sys.exit(main())']
 
 

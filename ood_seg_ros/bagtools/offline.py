@@ -3,21 +3,19 @@ Offline engine of bag-eval: the Pipeline over a bag's frames in this process.
 
 The output bag holds ``/ood/heatmap`` (32FC1), ``/ood/segments/mask`` (mono16) and
 ``/ood/semantic`` (mono8), each with its input frame's header; latency is the processing
-time per frame. Also the settings the live node needs to run like this engine.
+time per frame.
 """
 
-from pathlib import Path
 import time
 
 import numpy as np
 
-from .node_process import IMAGE_OUTPUTS, output_topic
 from .report import bad_message_fields, latency_summary
-from ..data.bags import BagWriter, image_cdr, image_topics, IMAGE_TYPE, read_image_bag, to_rgb
+from ..data.bags import BagWriter, image_cdr, image_topics, IMAGE_TYPE, read_image_bag
 from ..errors import OodSegError
-from ..model.bundle import read_bundle_json
-from ..pipeline import DEFAULT_RUNTIME, Pipeline
-from ..runtime import auto_backend
+from ..msg.image_codec import array_to_rgb
+from ..msg.topics import IMAGE_OUTPUTS, output_topic
+from ..pipeline import Pipeline, PipelineSettings
 
 
 def choose_image_topic(bag, gt_topic: str, wanted=None) -> str:
@@ -55,7 +53,7 @@ def run_offline(pipeline, bag, image_topic: str, out_bag, limit=None) -> dict:
             h = msg.header
             t0 = time.perf_counter()
             try:    # a bad frame is skipped and counted, as the node does
-                res = pipeline.process(to_rgb(msg.image, h.encoding))
+                res = pipeline.process(array_to_rgb(msg.image, h.encoding))
             except OodSegError as exc:
                 bad.append({'topic': image_topic, 'stamp_ns': msg.stamp_ns,
                             'reason': str(exc)[:300]})
@@ -72,42 +70,12 @@ def run_offline(pipeline, bag, image_topic: str, out_bag, limit=None) -> dict:
             'throughput_fps': len(times) / sum(times) if times and sum(times) > 0 else None}
 
 
-def evaluate_offline(bag, bundle, image_topic: str, out_bag, backend: str = 'auto',
-                     device: str = 'auto', score=None, threshold=None, limit=None) -> dict:
+def evaluate_offline(bag, settings: PipelineSettings, image_topic: str, out_bag,
+                     limit=None) -> dict:
     """Run the offline engine; return the metrics document of this mode (no OoD metrics)."""
-    pipeline = Pipeline.from_bundle(bundle, backend=backend, device=device, score=score,
-                                    threshold=threshold)
-    doc = {'mode': 'offline', 'bag': str(bag), 'bundle': str(bundle),
+    pipeline = Pipeline.from_settings(settings)
+    doc = {'mode': 'offline', 'bag': str(bag), 'bundle': settings.bundle,
            'image_topic': image_topic, 'backend': pipeline.backend.describe(),
            'heatmap_score': pipeline.score_name, 'segment_threshold': pipeline.threshold}
     doc.update(run_offline(pipeline, bag, image_topic, out_bag, limit))
     return doc
-
-
-# ---------------------------------------------------------------------------------------
-# The settings the live node gets, as this engine would pick them
-# ---------------------------------------------------------------------------------------
-
-def resolve_settings(bundle, score, threshold, backend: str, device: str) -> tuple:
-    """Return (heatmap score, segment threshold, backend name) as Pipeline would pick them."""
-    runtime = {**DEFAULT_RUNTIME, **read_bundle_json(bundle).get('runtime', {})}
-    score = score or runtime['heatmap_score']
-    threshold = float(runtime['segment_threshold'] if threshold is None else threshold)
-    if backend == 'auto':
-        backend = auto_backend(device)
-    return score, threshold, backend
-
-
-def node_parameters(bundle, backend: str, device: str, score, threshold,
-                    lockstep: bool = True) -> dict:
-    """
-    Return the ``-p`` parameters that make the node run like the offline pipeline.
-
-    Lockstep replay also asks for a reliable input (no frame lost in transport); timed
-    replay keeps the node's configured input QoS (default: best effort, depth 1).
-    """
-    params = {'model_path': str(Path(bundle).resolve()), 'backend': backend,
-              'device': device, 'heatmap_score': score, 'segment_threshold': float(threshold)}
-    if lockstep:
-        params.update({'qos_reliability': 'reliable', 'qos_depth': 10})
-    return params

@@ -28,10 +28,11 @@ from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.signals import SignalHandlerOptions
 from sensor_msgs.msg import Image
 
-from .node_process import IMAGE_OUTPUTS, node_command, NodeProcess, output_topic
+from .node_process import node_command, NodeProcess
 from ..data.bags import (BagWriter, decode_image_cdr, DIAGNOSTICS_TYPE, IMAGE_TYPE,
                          iter_raw_messages, raw_header_stamp_ns)
 from ..errors import OodSegError
+from ..msg.topics import IMAGE_OUTPUTS, output_topic
 
 _INTERRUPTED = []
 

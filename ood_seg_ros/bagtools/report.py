@@ -16,11 +16,12 @@ from typing import List, Optional
 import cv2
 import numpy as np
 
-from .node_process import IMAGE_OUTPUTS, output_topic
 from .. import metrics as M
-from ..data.bags import (bag_info, DIAGNOSTICS_TYPE, iter_raw_messages, read_image_bag,
-                         to_rgb, typestore)
+from ..data.bags import bag_info, DIAGNOSTICS_TYPE, iter_raw_messages, read_image_bag, typestore
 from ..errors import OodSegError
+from ..msg.image_codec import array_to_rgb
+from ..msg.topics import IMAGE_OUTPUTS, output_topic
+from ..viz import instance_boxes, overlay
 
 OUTPUT_BAG = 'output.bag'
 METRICS_JSON = 'metrics.json'
@@ -187,23 +188,14 @@ def write_overlays(in_bag, out_bag, image_topic, gt: dict, out_dir, count: int) 
     for i in picks:
         msg = frames[i]
         stamp = msg.header.stamp_ns
-        rgb = to_rgb(msg.image, msg.header.encoding)
-        hm = heat[stamp]
-        if hm.shape != rgb.shape[:2]:
-            hm = cv2.resize(hm, (rgb.shape[1], rgb.shape[0]))
-        color = cv2.applyColorMap(np.clip(hm * 255, 0, 255).astype(np.uint8),
-                                  cv2.COLORMAP_JET)
-        bgr = cv2.addWeighted(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), 0.5, color, 0.5, 0)
-        outlines = []
-        if stamp in gt and gt[stamp].shape == rgb.shape[:2]:
-            outlines.append(((gt[stamp] == 1).astype(np.uint8), (0, 255, 0)))
-        if stamp in masks and masks[stamp].shape == rgb.shape[:2]:
-            outlines.append(((masks[stamp] > 0).astype(np.uint8), (255, 0, 255)))
-        for mask, colour in outlines:
-            contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-            cv2.drawContours(bgr, contours, -1, colour, 1)
+        rgb = array_to_rgb(msg.image, msg.header.encoding)
+        mask = masks.get(stamp)
+        boxes = instance_boxes(mask) if mask is not None and mask.shape == rgb.shape[:2] \
+            else ()
+        image = overlay(rgb, heat[stamp], boxes, gt=gt.get(stamp), colour_bar=True,
+                        label='heatmap')
         path = Path(out_dir) / f'overlay_{i}.png'
-        cv2.imwrite(str(path), bgr)
+        cv2.imwrite(str(path), image)
         paths.append(str(path))
     return paths
 

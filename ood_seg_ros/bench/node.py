@@ -31,9 +31,9 @@ import time
 
 import numpy as np
 
-from ..bagtools.node_process import IMAGE_OUTPUTS, localhost_env, node_command, NodeProcess
-from ..bagtools.node_process import output_topic
+from ..bagtools.node_process import localhost_env, node_command, NodeProcess
 from ..errors import OodSegError
+from ..msg.topics import IMAGE_OUTPUTS, output_topic
 
 READY_TIMEOUT_S = 600.0     # a first TensorRT engine build takes minutes
 FRAME_TIMEOUT_S = 30.0
@@ -82,7 +82,7 @@ def node_session(bundle, backend, device, max_pixels, client_name, dds_profile=T
     from rclpy.context import Context
     from rclpy.executors import SingleThreadedExecutor
 
-    from ..node import DDS_PROFILE_VARS, use_dds_profile
+    from ..ros.main import DDS_PROFILE_VARS, use_dds_profile
     isolated = localhost_env()
     keys = tuple(isolated) + (tuple(DDS_PROFILE_VARS) if dds_profile else ())
     saved = {k: os.environ.get(k) for k in keys}

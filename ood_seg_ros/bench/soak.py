@@ -31,8 +31,8 @@ import time
 import numpy as np
 
 from .node import _value, IMAGE_TOPIC, node_session, READY_TIMEOUT_S
-from ..bagtools.node_process import output_topic
 from ..errors import OodSegError
+from ..msg.topics import output_topic
 
 FRAME_TIMEOUT_S = 30.0
 

@@ -80,6 +80,7 @@ def run(args) -> int:
     from ..bagtools import live, offline, report
     from ..data.bags import bag_info
     from ..model.bundle import default_bundle_path
+    from ..pipeline import PipelineSettings
     bag = Path(args.bag)
     bag_info(bag)   # readable bag, else OodSegError naming it
     bundle = Path(args.bundle) if args.bundle else default_bundle_path()
@@ -92,16 +93,17 @@ def run(args) -> int:
     image_topic = offline.choose_image_topic(bag, args.gt_topic, args.image_topic)
     out = Path(args.out)
     report.prepare_out(out)
-    settings = {'backend': args.backend, 'device': args.device, 'score': args.score,
-                'threshold': args.threshold, 'limit': args.limit}
+    settings = PipelineSettings(bundle=str(bundle.resolve()), backend=args.backend,
+                                device=args.device, score=args.score,
+                                threshold=args.threshold)
     if args.mode == 'offline':
-        doc = offline.evaluate_offline(bag, bundle, image_topic, out / report.OUTPUT_BAG,
-                                       **settings)
+        doc = offline.evaluate_offline(bag, settings, image_topic, out / report.OUTPUT_BAG,
+                                       limit=args.limit)
     else:
-        doc = live.evaluate_live(bag, bundle, image_topic, out, params_file=args.params_file,
+        doc = live.evaluate_live(bag, settings, image_topic, out, params_file=args.params_file,
                                  pacing=args.pacing, rate_scale=args.rate_scale,
-                                 frame_timeout=args.frame_timeout,
-                                 isolation_mode=args.isolation, **settings)
+                                 limit=args.limit, frame_timeout=args.frame_timeout,
+                                 isolation_mode=args.isolation)
     doc = report.finish(doc, bag, out, image_topic, args.gt_topic, args.component_threshold,
                         args.track, args.overlays)
     if args.json:

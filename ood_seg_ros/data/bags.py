@@ -4,26 +4,30 @@ rosbag2 files of image streams, written and read with ``rosbags`` (pure Python, 
 Bags are written with metadata version 8 (ROS 2 Humble's reader cannot parse version 9's
 QoS field; Jazzy reads 4 to 9), MCAP (default) or sqlite3 storage. Images are
 ``sensor_msgs/msg/Image`` messages with ``step = width * bytes per pixel`` and
-``is_bigendian = 0``; an optional ground-truth OoD mask stream (mono8, 0 in-distribution,
-1 OoD, 255 void) carries the same header stamps as the frames it labels.
+``is_bigendian = 0``, in the encodings of :data:`ood_seg_ros.msg.image_codec.ENCODINGS`
+(serialised and read by that module); an optional ground-truth OoD mask stream (mono8,
+0 in-distribution, 1 OoD, 255 void) carries the same header stamps as the frames it
+labels.
 
 Reading accepts a bag folder (``metadata.yaml`` + storage files) or a bare ``.mcap`` /
 ``.db3`` file; any unreadable, missing or corrupt input raises :class:`OodSegError` naming
 the path.
 """
 
-from dataclasses import dataclass
 import functools
 import os
 from pathlib import Path
 import shutil
 import struct
 import time
+from types import SimpleNamespace
 from typing import Iterable, Iterator, NamedTuple, Optional
 
 import numpy as np
 
 from ..errors import OodSegError
+from ..msg.image_codec import deserialize_image, encoding_of, ImageHeader, raw_to_array
+from ..msg.image_codec import image_cdr as _image_cdr
 
 IMAGE_TYPE = 'sensor_msgs/msg/Image'
 DIAGNOSTICS_TYPE = 'diagnostic_msgs/msg/DiagnosticArray'
@@ -31,13 +35,6 @@ DEFAULT_IMAGE_TOPIC = '/camera/image'
 DEFAULT_GT_TOPIC = '/camera/ood_gt'
 BAG_VERSION = 8
 STORAGES = ('mcap', 'sqlite3')
-# encoding -> (numpy dtype, channels)
-ENCODINGS = {
-    'rgb8': (np.uint8, 3), 'bgr8': (np.uint8, 3), 'rgba8': (np.uint8, 4),
-    'bgra8': (np.uint8, 4), 'mono8': (np.uint8, 1), '8UC1': (np.uint8, 1),
-    '8UC3': (np.uint8, 3), 'mono16': (np.uint16, 1), '16UC1': (np.uint16, 1),
-    '32FC1': (np.float32, 1),
-}
 
 
 @functools.lru_cache(maxsize=1)
@@ -51,25 +48,6 @@ def ns_to_stamp(stamp_ns: int) -> tuple:
     """Split nanoseconds since the epoch into (sec, nanosec)."""
     stamp_ns = int(stamp_ns)
     return stamp_ns // 1_000_000_000, stamp_ns % 1_000_000_000
-
-
-@dataclass(frozen=True)
-class ImageHeader:
-    """The std_msgs/Header of an Image (stamp, frame_id) plus its layout fields."""
-
-    sec: int
-    nanosec: int
-    frame_id: str
-    encoding: str
-    height: int
-    width: int
-    step: int
-    is_bigendian: int
-
-    @property
-    def stamp_ns(self) -> int:
-        """Return the header stamp in nanoseconds since the epoch."""
-        return self.sec * 1_000_000_000 + self.nanosec
 
 
 class BagMessage(NamedTuple):
@@ -90,87 +68,29 @@ class BagMessage(NamedTuple):
 # Message conversion
 # ---------------------------------------------------------------------------------------
 
-def image_message(image: np.ndarray, encoding: str, stamp_ns: int, frame_id: str):
-    """Build a rosbags ``sensor_msgs/msg/Image`` from a (H, W) or (H, W, C) array."""
-    if encoding not in ENCODINGS:
-        raise OodSegError(f'unsupported image encoding {encoding!r}; use one of '
-                          f'{", ".join(ENCODINGS)}')
-    dtype, channels = ENCODINGS[encoding]
-    image = np.asarray(image)
-    shape_ok = (image.ndim == 2 and channels == 1) or (
-        image.ndim == 3 and image.shape[2] == channels)
-    if image.dtype != dtype or not shape_ok:
-        raise OodSegError(f'image of dtype {image.dtype} and shape {image.shape} does not '
-                          f'fit encoding {encoding} ({np.dtype(dtype).name}, {channels} '
-                          f'channel(s))')
-    ts = typestore()
-    Header = ts.types['std_msgs/msg/Header']
-    Time = ts.types['builtin_interfaces/msg/Time']
-    Image = ts.types[IMAGE_TYPE]
-    sec, nanosec = ns_to_stamp(stamp_ns)
-    h, w = image.shape[:2]
-    data = np.ascontiguousarray(image).astype(np.dtype(dtype).newbyteorder('<'), copy=False)
-    return Image(header=Header(stamp=Time(sec=sec, nanosec=nanosec), frame_id=frame_id),
-                 height=h, width=w, encoding=encoding, is_bigendian=0,
-                 step=w * channels * np.dtype(dtype).itemsize,
-                 data=np.frombuffer(data.tobytes(), np.uint8))
-
-
 def image_cdr(image: np.ndarray, encoding: str, stamp_ns: int, frame_id: str) -> bytes:
-    """Serialise an image array to CDR bytes of a ``sensor_msgs/msg/Image``."""
-    msg = image_message(image, encoding, stamp_ns, frame_id)
-    return bytes(typestore().serialize_cdr(msg, IMAGE_TYPE))
-
-
-def message_to_array(msg, source: str = 'message') -> np.ndarray:
-    """Return the pixels of a rosbags Image message as a numpy array (see BagMessage)."""
-    enc = msg.encoding
-    if enc not in ENCODINGS:
-        raise OodSegError(f'{source}: unsupported image encoding {enc!r}')
-    dtype, channels = ENCODINGS[enc]
-    itemsize = np.dtype(dtype).itemsize
-    h, w, step = int(msg.height), int(msg.width), int(msg.step)
-    row = w * channels * itemsize
-    data = np.asarray(msg.data, dtype=np.uint8)
-    if step < row or data.size < step * h:
-        raise OodSegError(f'{source}: {enc} image of {w}x{h} with step {step} needs '
-                          f'{max(step, row) * h} bytes, got {data.size}')
-    rows = data[:step * h].reshape(h, step)[:, :row]
-    order = '>' if msg.is_bigendian else '<'
-    arr = np.ascontiguousarray(rows).view(np.dtype(dtype).newbyteorder(order))
-    arr = arr.astype(dtype, copy=False).reshape((h, w) if channels == 1 else (h, w, channels))
-    return arr
-
-
-def to_rgb(image: np.ndarray, encoding: str) -> np.ndarray:
-    """Convert an 8-bit rgb8 / bgr8 / rgba8 / bgra8 / mono8 image to RGB uint8 (H, W, 3)."""
-    import cv2
-    if encoding in ('rgb8', '8UC3'):
-        return image
-    if encoding == 'bgr8':
-        return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
-    if encoding == 'rgba8':
-        return np.ascontiguousarray(image[..., :3])
-    if encoding == 'bgra8':
-        return cv2.cvtColor(image, cv2.COLOR_BGRA2RGB)
-    if encoding in ('mono8', '8UC1'):
-        return cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)
-    raise OodSegError(f'cannot convert a {encoding} image to RGB')
-
-
-def _header_of(msg) -> ImageHeader:
-    return ImageHeader(int(msg.header.stamp.sec), int(msg.header.stamp.nanosec),
-                       str(msg.header.frame_id), str(msg.encoding), int(msg.height),
-                       int(msg.width), int(msg.step), int(msg.is_bigendian))
+    """CDR bytes of a ``sensor_msgs/msg/Image`` of an array (bag writing; stamp in ns)."""
+    enc = encoding_of(encoding)
+    image = np.asarray(image)
+    shape_ok = (image.ndim == 2 and enc.channels == 1) or (
+        image.ndim == 3 and image.shape[2] == enc.channels)
+    if image.dtype != enc.dtype or not shape_ok:
+        raise OodSegError(f'image of dtype {image.dtype} and shape {image.shape} does not '
+                          f'fit encoding {encoding} ({np.dtype(enc.dtype).name}, '
+                          f'{enc.channels} channel(s))')
+    sec, nanosec = ns_to_stamp(stamp_ns)
+    header = SimpleNamespace(stamp=SimpleNamespace(sec=sec, nanosec=nanosec),
+                             frame_id=frame_id)
+    return _image_cdr(header, image, encoding)
 
 
 def decode_image_cdr(raw: bytes, source: str = 'message') -> tuple:
-    """Deserialise CDR bytes of an Image: (ImageHeader, numpy array)."""
+    """Deserialise CDR bytes of an Image: (ImageHeader, numpy array as BagMessage.image)."""
     try:
-        msg = typestore().deserialize_cdr(raw, IMAGE_TYPE)
-    except Exception as exc:  # noqa: B902 - any malformed buffer
-        raise OodSegError(f'{source}: cannot deserialise {IMAGE_TYPE}: {exc}') from None
-    return _header_of(msg), message_to_array(msg, source)
+        h, data = deserialize_image(raw)
+        return h, raw_to_array(h.encoding, h.height, h.width, h.step, data, h.is_bigendian)
+    except OodSegError as exc:
+        raise OodSegError(f'{source}: cannot read {IMAGE_TYPE}: {exc}') from None
 
 
 def raw_header_stamp_ns(raw: bytes) -> int:

@@ -8,6 +8,7 @@ import numpy as np
 from ood_seg_ros.cli import main as cli_main
 from ood_seg_ros.data import bags
 from ood_seg_ros.errors import OodSegError
+from ood_seg_ros.msg.image_codec import array_to_rgb
 import pytest
 from repo_paths import ROOT, SAMPLE_BAG
 import yaml
@@ -157,7 +158,7 @@ def test_reads_messages_serialised_by_rclpy(tmp_path):
         assert (m.header.encoding, m.header.step, m.header.stamp_ns) == (enc, step,
                                                                          12 * 10 ** 9 + 345)
         assert m.image.dtype == arr.dtype and np.array_equal(m.image, arr)
-    rgb = bags.to_rgb(got['/a'].image, 'bgr8')
+    rgb = array_to_rgb(got['/a'].image, 'bgr8')
     assert np.array_equal(rgb, bgr[..., ::-1])
 
 
@@ -335,8 +336,8 @@ def test_bag_eval_offline(offline_eval, bundle):
 
 def _live_skip_reason():
     import importlib.util
-    if importlib.util.find_spec('ood_seg_ros.node') is None:
-        return 'ood_seg_ros.node does not exist yet'
+    if importlib.util.find_spec('ood_seg_ros.ros.node') is None:
+        return 'ood_seg_ros.ros.node does not exist yet'
     if importlib.util.find_spec('rclpy') is None:
         return 'rclpy is not installed'
     from ood_seg_ros.bagtools.node_process import namespace_available

@@ -33,6 +33,7 @@ import time
 
 import cv2
 import numpy as np
+from ood_seg_ros.msg.image_headers import compressed_size
 import pytest
 from repo_paths import ROOT
 import ros_helpers as rh
@@ -294,7 +295,7 @@ def test_dds_profile_is_large_shm_plus_udp():
 
 
 def test_use_dds_profile_respects_the_user():
-    node = pytest.importorskip('ood_seg_ros.node')
+    node = pytest.importorskip('ood_seg_ros.ros.main')
     env = {}
     path = node.use_dds_profile(env)
     assert Path(path) == DDS_PROFILE and Path(path).exists()
@@ -308,7 +309,7 @@ def test_use_dds_profile_respects_the_user():
 
 
 def test_config_declares_every_node_parameter():
-    node = pytest.importorskip('ood_seg_ros.node')
+    node = pytest.importorskip('ood_seg_ros.ros.params')
     params = yaml.safe_load(CONFIG.read_text())['/**']['ros__parameters']
     assert set(params) == set(node.PARAMETERS)
     for name, value in params.items():
@@ -318,15 +319,15 @@ def test_config_declares_every_node_parameter():
 
 # -- conversion and message construction (no DDS) ----------------------------------------
 def test_image_conversion_against_numpy():
-    node = pytest.importorskip('ood_seg_ros.node')
+    codec = pytest.importorskip('ood_seg_ros.msg.image_codec')
     rgb = rh.sample_frame(3, (5, 7))
-    assert np.array_equal(node.image_to_rgb('rgb8', 5, 7, 21, rgb.tobytes()), rgb)
-    assert np.array_equal(node.image_to_rgb('bgr8', 5, 7, 21, rgb[:, :, ::-1].tobytes()), rgb)
+    assert np.array_equal(codec.image_to_rgb('rgb8', 5, 7, 21, rgb.tobytes()), rgb)
+    assert np.array_equal(codec.image_to_rgb('bgr8', 5, 7, 21, rgb[:, :, ::-1].tobytes()), rgb)
     gray = rgb[:, :, 1].copy()
-    out = node.image_to_rgb('mono8', 5, 7, 7, gray.tobytes())
+    out = codec.image_to_rgb('mono8', 5, 7, 7, gray.tobytes())
     assert np.array_equal(out, np.stack([gray] * 3, -1))
     padded = np.concatenate([rgb.reshape(5, 21), np.full((5, 3), 255, np.uint8)], 1)
-    assert np.array_equal(node.image_to_rgb('rgb8', 5, 7, 24, padded.tobytes()), rgb)
+    assert np.array_equal(codec.image_to_rgb('rgb8', 5, 7, 24, padded.tobytes()), rgb)
     cases = [(('16UC1', 5, 7, 14, bytes(70)), 'encoding'),
              (('yuv422', 5, 7, 14, bytes(70)), 'encoding'),
              (('rgb8', 0, 0, 0, b''), 'empty'),
@@ -335,31 +336,31 @@ def test_image_conversion_against_numpy():
              (('rgb8', 5, 7, 21, bytes(106)), 'data_size'),
              (('mono8', 4320, 7680, 7680, b''), 'too_large')]
     for args, kind in cases:
-        with pytest.raises(node.FrameError) as info:
-            node.image_to_rgb(*args)
+        with pytest.raises(codec.FrameError) as info:
+            codec.image_to_rgb(*args)
         assert info.value.kind == kind, args
 
 
 def test_compressed_conversion():
-    node = pytest.importorskip('ood_seg_ros.node')
+    codec = pytest.importorskip('ood_seg_ros.msg.image_codec')
     rgb = rh.sample_frame(4)
     png = cv2.imencode('.png', rgb[:, :, ::-1])[1].tobytes()
-    assert np.array_equal(node.compressed_to_rgb(png), rgb)
+    assert np.array_equal(codec.compressed_to_rgb(png), rgb)
     jpg = cv2.imencode('.jpg', rgb[:, :, ::-1])[1].tobytes()
-    assert node.compressed_size(jpg) == (80, 60) and node.compressed_size(png) == (80, 60)
-    assert np.array_equal(node.compressed_to_rgb(jpg), cv2.imdecode(
+    assert compressed_size(jpg) == (80, 60) and compressed_size(png) == (80, 60)
+    assert np.array_equal(codec.compressed_to_rgb(jpg), cv2.imdecode(
         np.frombuffer(jpg, np.uint8), cv2.IMREAD_COLOR)[:, :, ::-1])
-    with pytest.raises(node.FrameError, match='exceeds'):
-        node.compressed_to_rgb(png, max_pixels=80 * 60 - 1)
+    with pytest.raises(codec.FrameError, match='exceeds'):
+        codec.compressed_to_rgb(png, max_pixels=80 * 60 - 1)
     for data, kind in [(jpg[:len(jpg) // 2], 'decode'), (b'', 'empty'), (b'abc' * 50, 'decode')]:
-        with pytest.raises(node.FrameError) as info:
-            node.compressed_to_rgb(data)
+        with pytest.raises(codec.FrameError) as info:
+            codec.compressed_to_rgb(data)
         assert info.value.kind == kind
 
 
 def test_image_cdr_deserialises_with_rclpy():
     pytest.importorskip('rclpy')
-    node = pytest.importorskip('ood_seg_ros.node')
+    codec = pytest.importorskip('ood_seg_ros.msg.image_codec')
     from rclpy.serialization import deserialize_message
     from sensor_msgs.msg import Image
     from std_msgs.msg import Header
@@ -372,7 +373,7 @@ def test_image_cdr_deserialises_with_rclpy():
         for arr, enc in arrays:
             header = Header(frame_id=frame_id)
             header.stamp.sec, header.stamp.nanosec = -3, 999_999_999
-            msg = deserialize_message(node.image_cdr(header, arr, enc), Image)
+            msg = deserialize_message(codec.image_cdr(header, arr, enc), Image)
             assert msg.header == header
             assert (msg.height, msg.width, msg.encoding, msg.is_bigendian) == (
                 arr.shape[0], arr.shape[1], enc, 0)
@@ -411,7 +412,7 @@ Detection2DArray = _msg('Detection2DArray', header=object, detections=list)
 
 
 def test_detections_with_stand_in_messages(offline):
-    node = pytest.importorskip('ood_seg_ros.node')
+    node = pytest.importorskip('ood_seg_ros.ros.outputs')
     frame = rh.sample_frame(5, (128, 128))      # integer scale to the 32 x 32 decoder maps
     heat = offline(frame).heatmap
     res = offline(frame, threshold=float(np.percentile(heat, 60)))

@@ -12,6 +12,7 @@ import time
 
 from ood_seg_ros.bagtools import node_process as npr
 from ood_seg_ros.errors import OodSegError
+from ood_seg_ros.msg.topics import output_topic
 import pytest
 
 # a stand-in node: says 'ready' once its signal handlers are installed, then sleeps
@@ -67,9 +68,9 @@ def test_node_env_drops_and_adds(monkeypatch):
 
 
 def test_output_topics_in_a_namespace():
-    assert npr.output_topic('heatmap') == '/ood/heatmap'
-    assert npr.output_topic('mask', '/left') == '/left/ood/segments/mask'
-    assert npr.output_topic('diagnostics', '/left') == '/diagnostics'
+    assert output_topic('heatmap') == '/ood/heatmap'
+    assert output_topic('mask', '/left') == '/left/ood/segments/mask'
+    assert output_topic('diagnostics', '/left') == '/diagnostics'
 
 
 def test_stop_sigint_then_sigterm_then_kill(tmp_path):

@@ -12,7 +12,7 @@ import sys
 
 import numpy as np
 from ood_seg_ros.errors import OodSegError
-from ood_seg_ros.node_checks import unknown_parameters
+from ood_seg_ros.ros.params import unknown_parameters
 import pytest
 from repo_paths import ROOT
 import ros_helpers as rh
@@ -78,8 +78,8 @@ def test_unknown_parameter_names():
 
 
 def test_command_line_parameter_types():
-    from ood_seg_ros.node import PARAMETERS
-    from ood_seg_ros.node_checks import command_line_parameter_problems as check
+    from ood_seg_ros.ros.params import PARAMETERS
+    from ood_seg_ros.ros.params import command_line_parameter_problems as check
     argv = ['ood_node', '-p', 'x:=1', '--ros-args', '-p', 'segment_threshold:=0.3', '-p',
             'warmup_runs:=2', '--param', 'fp16:=true', '-p', 'backend:=torch', '-r', 'a:=b',
             '-p', 'segment_threshold:=1', '--', '-p', 'ignored:=1']
@@ -138,7 +138,7 @@ import numpy as np
 import rclpy
 from rclpy.parameter import Parameter
 from std_msgs.msg import Header
-from ood_seg_ros.node import OodNode
+from ood_seg_ros.ros.node import OodNode
 rclpy.init()
 node = OodNode(parameter_overrides=[Parameter('model_path', value=sys.argv[1]),
                                     Parameter('backend', value='torch'),

@@ -14,7 +14,8 @@ ROS-free; the node turns :class:`CompressedFrameError` into its per-kind counter
 
 from typing import Optional, Tuple
 
-from .errors import OodSegError
+from . import MAX_FRAME_PIXELS
+from ..errors import OodSegError
 
 ACCEPTED = ('jpeg', 'png', 'webp')
 _ALIASES = {'jpg': 'jpeg', 'jpeg': 'jpeg', 'png': 'png', 'webp': 'webp'}
@@ -114,7 +115,7 @@ def compressed_size(data: bytes) -> Optional[Tuple[int, int]]:
     return None
 
 
-def check_compressed(data: bytes, fmt: str = '', max_pixels: int = 4096 * 4096
+def check_compressed(data: bytes, fmt: str = '', max_pixels: int = MAX_FRAME_PIXELS
                      ) -> Tuple[str, Tuple[int, int]]:
     """
     Return (codec, (width, height)) of a payload that is safe to decode; else raise.

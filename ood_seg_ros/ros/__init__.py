@@ -1,0 +1,1 @@
+"""The rclpy node ``ood_node``: parameters, outputs, diagnostics and the node itself."""

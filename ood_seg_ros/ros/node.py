@@ -1,0 +1,299 @@
+"""
+The ROS 2 node ``ood_node``: camera frames in, OoD heatmap, segments and diagnostics out.
+
+A thin layer over :class:`ood_seg_ros.pipeline.Pipeline`: inputs (``image`` or
+``image/compressed``, ``camera_info``; relative names) in :mod:`.inputs`, parameters in
+:mod:`.params`, outputs in :mod:`.outputs`, ``/diagnostics`` and the rate-limited
+bad-frame log in :mod:`.diagnostics`. Bad frames are counted, logged and skipped.
+"""
+
+import sys
+import time
+from typing import Optional
+
+import numpy as np
+from rcl_interfaces.msg import SetParametersResult
+from rclpy.lifecycle import LifecycleNode, TransitionCallbackReturn
+from rclpy.node import Node
+from rclpy.parameter import Parameter
+from rclpy.task import Future
+
+from .diagnostics import DiagnosticsPublisher, FrameStats
+from .inputs import Inputs
+from .outputs import load_vision_msgs, Outputs
+from .params import apply_set, check_set, descriptor, NODE_NAME, PARAMETERS, \
+    pipeline_settings, read_config, RUNTIME, with_bundle_defaults
+from ..errors import OodSegError
+from ..msg.image_codec import FrameError
+from ..pipeline import Pipeline
+
+
+class _OodCore:
+    """Parameters, model, subscription, publishing and diagnostics of both node kinds."""
+
+    _lifecycle = False
+
+    def _declare(self) -> None:
+        self.pipeline = None
+        self.model_error = 'model not loaded yet'
+        self.outputs = self._diagnostics = self.inputs = None
+        self._vision = load_vision_msgs()
+        self.stats = FrameStats()
+        self._syncing = False
+        self._pending: Optional[Pipeline] = None
+        self.exit_code: Optional[int] = None
+        self.finished = Future()
+        self.add_pre_set_parameters_callback(self._on_pre_set_parameters)
+        self.add_on_set_parameters_callback(self._on_set_parameters)
+        self.add_post_set_parameters_callback(self._on_post_set_parameters)
+        for name in PARAMETERS:
+            self.declare_parameter(name, PARAMETERS[name][0], descriptor(name))
+
+    def _finish(self, code: int) -> None:
+        """Ask main() to end the process with ``code``."""
+        if self.exit_code is None:
+            self.exit_code = code
+        if not self.finished.done():
+            self.finished.set_result(code)
+
+    def _read_config(self) -> None:
+        """Read and validate every parameter; raise OodSegError naming the bad one."""
+        self.cfg = read_config({n: self.get_parameter(n).value for n in PARAMETERS},
+                               getattr(self, '_parameter_overrides', {}), sys.argv)
+
+    def _create_outputs(self) -> None:
+        self.outputs = Outputs(self, self._lifecycle, self._vision)
+        self._diagnostics = DiagnosticsPublisher(self, self.cfg['diagnostics_period'],
+                                                 self.diagnostics_status)
+
+    def _destroy_outputs(self) -> None:
+        for part in (self.outputs, self._diagnostics):
+            if part is not None:
+                part.destroy()
+        self.outputs = self._diagnostics = None
+
+    def _build_pipeline(self, score: Optional[str]) -> Pipeline:
+        """Build the pipeline of the node's parameters, with ``score`` as heatmap."""
+        settings = pipeline_settings(self.cfg, score)
+        if settings.backend_name() == 'tensorrt':
+            self.get_logger().warning(
+                'TensorRT backend: loading or BUILDING the engine now; a first build can '
+                'take several minutes (Jetson: over ten); the node subscribes when done')
+        return Pipeline.from_settings(settings)
+
+    def _load_model(self) -> bool:
+        """Build and warm up the pipeline; on failure keep running with ERROR diagnostics."""
+        t0 = time.perf_counter()
+        try:
+            pipe = self._build_pipeline(self.cfg['heatmap_score'] or None)
+            frame = np.zeros(tuple(pipe.input_size) + (3,), np.uint8)
+            for _ in range(self.cfg['warmup_runs']):
+                pipe.process(frame)
+        except Exception as exc:  # noqa: B902 - any failure means: no model
+            self.pipeline = None
+            self.model_error = f'cannot load model: {exc}'
+            if self.cfg['exit_on_error']:
+                self.get_logger().fatal(f'{self.model_error} (exit_on_error: exiting)')
+                self._finish(1)
+            else:
+                self.get_logger().error(self.model_error)
+            return False
+        self.pipeline, self.model_error = pipe, ''
+        if pipe.meta is None:
+            self.get_logger().error('no meta.json in the bundle: meta classifier OFF, '
+                                    'every segment is kept')
+        if not pipe.calibrated_size:
+            self.get_logger().warning(
+                f'the bundle is not calibrated at input {pipe.input_size}: heatmap '
+                f'normalisation and segment threshold come from another size (ood-seg eval '
+                f'--calibrate --input-size)')
+        self._show_effective_parameters()
+        info = ', '.join(f'{k}={v}' for k, v in pipe.backend.describe().items())
+        self.get_logger().info(
+            f'model ready in {time.perf_counter() - t0:.1f} s: {info}, score '
+            f'{pipe.score_name}, threshold {pipe.threshold:g}, input {pipe.input_size}')
+        return True
+
+    def _unload_model(self) -> None:
+        self.pipeline = None
+        self.model_error = 'model unloaded (node inactive)'
+        torch = sys.modules.get('torch')     # loaded by the backend, if at all
+        if torch is not None and torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+    def _subscribe(self) -> None:
+        self.inputs = Inputs(self, self.cfg, self._on_frame, self.outputs.camera_info)
+
+    def _unsubscribe(self) -> None:
+        if self.inputs is not None:
+            self.inputs.destroy()
+            self.inputs = None
+
+    def _publish_label_info(self) -> None:
+        if self.outputs is not None:
+            self.outputs.label_info(self.pipeline, self.get_clock().now().to_msg())
+
+    # -- run-time parameters: pre-set resets, set validates, post-set applies ---------
+    def _show_effective_parameters(self) -> None:
+        """Set heatmap_score and segment_threshold to the values in use (param get)."""
+        p = self.pipeline
+        self._syncing = True
+        try:
+            results = self.set_parameters([
+                Parameter('heatmap_score', value=p.score_name),
+                Parameter('segment_threshold', value=float(p.threshold))])
+        finally:
+            self._syncing = False
+        for res in results:
+            if not res.successful:
+                self.get_logger().warning(f'cannot show the effective parameter value: '
+                                          f'{res.reason}')
+
+    def _on_pre_set_parameters(self, params):
+        p = self.pipeline
+        return params if p is None or self._syncing else with_bundle_defaults(params, p)
+
+    def _on_set_parameters(self, params) -> SetParametersResult:
+        """Accept a set or refuse it whole with the reason; nothing is applied here."""
+        self._pending = None
+        if self._syncing:
+            return SetParametersResult(successful=True)
+        try:
+            self._pending = check_set(params, self.pipeline, self._rebuild)
+        except Exception as exc:  # noqa: B902 - e.g. a failed pipeline rebuild
+            reason = str(exc) if isinstance(exc, OodSegError) else \
+                f'{type(exc).__name__}: {exc}'
+            return SetParametersResult(successful=False, reason=reason)
+        return SetParametersResult(successful=True)
+
+    def _rebuild(self, score: str) -> Pipeline:
+        self.get_logger().info(f'heatmap_score {score}: not computed by the running '
+                               f'backend, rebuilding the pipeline')
+        return self._build_pipeline(score)
+
+    def _on_post_set_parameters(self, params) -> None:
+        """Apply an accepted set (the values in use: heatmap score, then threshold)."""
+        new, self._pending = self._pending, None
+        if not hasattr(self, 'cfg'):
+            return      # declaration time: _read_config reads the values
+        before = self.pipeline
+        if self._syncing:
+            self.cfg.update({q.name: q.value for q in params})
+            return
+        self.pipeline = apply_set(self.cfg, params, before, new)
+        if before is not None and any(q.name in RUNTIME for q in params):
+            self._publish_label_info()
+
+    # -- per frame -------------------------------------------------------------------
+    def _on_frame(self, msg, info, convert) -> None:
+        """Convert a received frame (``convert``), process and publish it."""
+        t0 = time.perf_counter()
+        self.stats.count_input(info)
+        try:
+            frame = convert(msg)
+        except FrameError as exc:
+            self._bad_frame(exc.kind, str(exc))
+            return
+        self._process(msg.header, frame, t0)
+
+    def _bad_frame(self, kind: str, message: str) -> None:
+        """Count a bad frame; log one line, per kind at most once per log_throttle_sec."""
+        line = self.stats.bad_frame(kind, message, self.cfg['log_throttle_sec'])
+        if line is not None:
+            self.get_logger().error(line)
+
+    def _process(self, header, frame: np.ndarray, t0: float) -> None:
+        p = self.pipeline
+        if p is None:
+            self._bad_frame('no_model', self.model_error)
+            return
+        try:
+            res = p.process(frame)
+        except OodSegError as exc:
+            self._bad_frame(getattr(exc, 'kind', 'pipeline'), str(exc))
+            return
+        except Exception as exc:  # noqa: B902 - keep the node alive, count and log it
+            self._bad_frame('internal', f'{type(exc).__name__}: {exc}')
+            return
+        self.outputs.result(header, frame, res, self.cfg['publish_color'])
+        total = (time.perf_counter() - t0) * 1e3
+        stamp_ns = header.stamp.sec * 1_000_000_000 + header.stamp.nanosec
+        latency = ((self.get_clock().now().nanoseconds - stamp_ns) / 1e6
+                   if stamp_ns > 0 else None)
+        self.stats.add_processed(total, res.timings.get('total_ms', total), latency)
+
+    def diagnostics_status(self):
+        """Return the node's DiagnosticStatus (see :meth:`FrameStats.status`)."""
+        # the node's full name without the leading slash: 'ood_node', 'left/ood_node'
+        return self.stats.status(self.get_fully_qualified_name().lstrip('/'),
+                                 self.pipeline, self.model_error, self.cfg)
+
+
+class OodNode(_OodCore, Node):
+    """The OoD segmentation node: loads the model and subscribes at construction."""
+
+    def __init__(self, node_name: str = NODE_NAME, **kwargs):
+        Node.__init__(self, node_name, **kwargs)
+        self._declare()
+        self._read_config()
+        self._create_outputs()
+        if self._load_model():
+            self._publish_label_info()
+            self._subscribe()
+
+
+class OodLifecycleNode(_OodCore, LifecycleNode):
+    """
+    Lifecycle variant: configure = parameters and publishers, activate = model + input.
+
+    Deactivate unsubscribes and frees the model (GPU memory); cleanup removes publishers;
+    shutdown releases everything and ends the process (``main()`` returns 0).
+    """
+
+    _lifecycle = True
+
+    def __init__(self, node_name: str = NODE_NAME, **kwargs):
+        LifecycleNode.__init__(self, node_name, **kwargs)
+        self._declare()
+        self.model_error = 'node not configured'
+
+    def on_configure(self, state) -> TransitionCallbackReturn:
+        """Read and validate parameters, create publishers and the diagnostics timer."""
+        try:
+            self._read_config()
+        except OodSegError as exc:
+            self.get_logger().error(str(exc))
+            return TransitionCallbackReturn.FAILURE
+        self._create_outputs()
+        self.model_error = 'node inactive'
+        return super().on_configure(state)
+
+    def on_activate(self, state) -> TransitionCallbackReturn:
+        """Load and warm up the model, then subscribe to the input."""
+        if not self._load_model():
+            return TransitionCallbackReturn.FAILURE
+        ret = super().on_activate(state)
+        self._publish_label_info()
+        self._subscribe()
+        return ret
+
+    def on_deactivate(self, state) -> TransitionCallbackReturn:
+        """Unsubscribe and free the model."""
+        self._unsubscribe()
+        self._unload_model()
+        return super().on_deactivate(state)
+
+    def on_cleanup(self, state) -> TransitionCallbackReturn:
+        """Remove publishers and the diagnostics timer."""
+        self._destroy_outputs()
+        self.model_error = 'node not configured'
+        return super().on_cleanup(state)
+
+    def on_shutdown(self, state) -> TransitionCallbackReturn:
+        """Release everything; the process then exits with code 0."""
+        self._unsubscribe()
+        self._unload_model()
+        self._destroy_outputs()
+        self.get_logger().info('lifecycle shutdown: exiting')
+        self._finish(0)
+        return super().on_shutdown(state)
