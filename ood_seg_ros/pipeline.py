@@ -384,6 +384,43 @@ class Pipeline:
         """P(false positive) of segments from the full feature rows (n, F)."""
         return self.meta.predict_fp_proba(feats[:, self.meta_columns])
 
+    def classify_segments(self, labels: np.ndarray, n: int, low: np.ndarray,
+                          feats: np.ndarray, frame_size):
+        """
+        Meta classification and the segment records of the n segments.
+
+        ``labels`` (h, w) int32 at decoder resolution, ``low`` the normalised heatmap
+        there, ``feats`` (n, F). Returns (segments in label order, kept-instance ids
+        (h, w) uint16 with kept segments renumbered 1..k).
+        """
+        lh, lw = low.shape
+        if not n:
+            return [], np.zeros((lh, lw), np.uint16)
+        fh, fw = frame_size
+        if self.meta is not None:
+            p_fp = self.meta_fp_proba(feats)
+            keep = p_fp <= self.meta.threshold
+        else:
+            p_fp = np.zeros(n)
+            keep = np.ones(n, bool)
+        boxes = segment_boxes(labels, n)
+        areas = np.bincount(labels.ravel(), minlength=n + 1)[1:]
+        sums = np.bincount(labels.ravel(), weights=low.ravel(), minlength=n + 1)[1:]
+        new_ids = np.zeros(n + 1, np.uint16)
+        new_ids[1:][keep] = np.arange(1, int(keep.sum()) + 1)
+        sy, sx = fh / lh, fw / lw
+        segments = []
+        for i in range(n):
+            x0, y0, x1, y1 = boxes[i]
+            segments.append(Segment(
+                id=int(new_ids[i + 1]),
+                bbox=(int(np.floor(x0 * sx)), int(np.floor(y0 * sy)),
+                      min(fw, int(np.ceil(x1 * sx))), min(fh, int(np.ceil(y1 * sy)))),
+                area=int(round(areas[i] * sx * sy)),
+                score=float(sums[i] / max(areas[i], 1)),
+                meta_score=float(1.0 - p_fp[i]), kept=bool(keep[i])))
+        return segments, new_ids[labels]
+
     def postprocess(self, out: Dict[str, np.ndarray], frame_size) -> FrameResult:
         """Heatmap, semantic, segments and meta classification from network outputs."""
         fh, fw = frame_size
@@ -393,32 +430,7 @@ class Pipeline:
         heatmap = upsample_map(low, (fh, fw))
         semantic = upsample_map(out['semantic'].astype(np.uint8), (fh, fw), linear=False)
         t2 = time.perf_counter()
-        lh, lw = low.shape
-        segments: List[Segment] = []
-        instances_low = np.zeros((lh, lw), np.uint16)
-        if n:
-            if self.meta is not None:
-                p_fp = self.meta_fp_proba(feats)
-                keep = p_fp <= self.meta.threshold
-            else:
-                p_fp = np.zeros(n)
-                keep = np.ones(n, bool)
-            boxes = segment_boxes(labels, n)
-            areas = np.bincount(labels.ravel(), minlength=n + 1)[1:]
-            sums = np.bincount(labels.ravel(), weights=low.ravel(), minlength=n + 1)[1:]
-            new_ids = np.zeros(n + 1, np.uint16)
-            new_ids[1:][keep] = np.arange(1, int(keep.sum()) + 1)
-            instances_low = new_ids[labels]
-            sy, sx = fh / lh, fw / lw
-            for i in range(n):
-                x0, y0, x1, y1 = boxes[i]
-                segments.append(Segment(
-                    id=int(new_ids[i + 1]),
-                    bbox=(int(np.floor(x0 * sx)), int(np.floor(y0 * sy)),
-                          min(fw, int(np.ceil(x1 * sx))), min(fh, int(np.ceil(y1 * sy)))),
-                    area=int(round(areas[i] * sx * sy)),
-                    score=float(sums[i] / max(areas[i], 1)),
-                    meta_score=float(1.0 - p_fp[i]), kept=bool(keep[i])))
+        segments, instances_low = self.classify_segments(labels, n, low, feats, (fh, fw))
         t3 = time.perf_counter()
         instances = upsample_map(instances_low, (fh, fw), linear=False)
         t4 = time.perf_counter()

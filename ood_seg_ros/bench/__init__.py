@@ -1,0 +1,1 @@
+"""Benchmarks behind ``ood-seg bench``: network (model), pipeline and frames."""
