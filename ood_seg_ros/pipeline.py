@@ -26,8 +26,8 @@ import numpy as np
 
 from .errors import OodSegError
 from .meta import MetaClassifier
-from .scores import ALL_SCORES
-from .segments import find_segments, segment_boxes, SegmentFeatureExtractor
+from .scores import ALL_SCORES, natural_range, SCORES
+from .segments import find_segments, MOOSE_NAMES, segment_boxes, SegmentFeatureExtractor
 
 MAX_FRAME_PIXELS = 4096 * 4096
 DECODER_STRIDE = 4     # score maps are at 1/4 of the network input (DeepLabv3+ decoder)
@@ -254,9 +254,8 @@ class Pipeline:
         rt = {**DEFAULT_RUNTIME, **(runtime or {})}
         if all_scores:
             return ['probs'] + list(ALL_SCORES if available is None else available)
-        names = {'probs', score or rt['heatmap_score'], 'moose_mi', 'moose_entropy'}
-        names.update(rt['meta_pgn_names'])
-        return ['probs'] + [n for n in ALL_SCORES if n in names]
+        names = {score or rt['heatmap_score'], *MOOSE_NAMES, *rt['meta_pgn_names']}
+        return ['probs'] + [n for n in SCORES if n in names]
 
     @classmethod
     def from_bundle(cls, bundle_path, backend: str = 'auto', device: str = 'auto',
@@ -312,13 +311,9 @@ class Pipeline:
         if name in table:
             lo, hi = table[name]
             return float(lo), float(hi)
-        c = len(self.class_names)
-        natural = {'msp': (0.0, 1.0 - 1.0 / c), 'moose_msp': (0.0, 1.0 - 1.0 / c),
-                   'entropy': (0.0, float(np.log(c))),
-                   'moose_entropy': (0.0, float(np.log(c))),
-                   'moose_mi': (0.0, float(np.log(c)))}
-        if name in natural:
-            return natural[name]
+        natural = natural_range(name, len(self.class_names))
+        if natural is not None:
+            return natural
         raise OodSegError(f'the bundle has no normalisation for score {name!r}; '
                           f'calibrate it with ood-seg eval --calibrate')
 

@@ -27,9 +27,8 @@ import numpy as np
 from scipy import ndimage
 
 from .errors import OodSegError
+from .scores import ALL_PGN_SCORES, PGN_MODES, PGN_PS as PGN_P_VALUES, pgn_name  # noqa: F401
 
-PGN_P_VALUES = (0.1, 0.3, 0.5, 1, 2)
-PGN_MODES = ('oh', 'uni')
 MOOSE_NAMES = ('moose_mi', 'moose_entropy')
 DISPERSION_NAMES = ('entropy', 'margin', 'variation_ratio')
 # Per-map statistics, in stored order: mean over segment / inner / boundary, relative
@@ -47,15 +46,16 @@ def pgn_map_name(mode, p):
     """
     Return the score-map name of PGN with label mode ``'oh'``/``'uni'`` and norm ``p``.
 
-    ``p`` is written with ``%g``: ``pgn_map_name('uni', 0.5) == 'pgn_uni_p0.5'``,
-    ``pgn_map_name('oh', 1) == 'pgn_oh_p1'``.
+    The one naming rule is :func:`ood_seg_ros.scores.pgn_name` (``p`` written with
+    ``%g``): ``pgn_map_name('uni', 0.5) == 'pgn_uni_p0.5'``.
     """
-    if mode not in PGN_MODES:
-        raise OodSegError(f'PGN label mode {mode!r} is not one of {PGN_MODES}')
-    return f'pgn_{mode}_p{float(p):g}'
+    try:
+        return pgn_name(mode, p)
+    except ValueError as exc:
+        raise OodSegError(str(exc)) from None
 
 
-ALL_PGN_NAMES = tuple(pgn_map_name(m, p) for m in PGN_MODES for p in PGN_P_VALUES)
+ALL_PGN_NAMES = ALL_PGN_SCORES
 # Default PGN maps for meta classification: the paper finds p = 1-2 best for error
 # detection / meta classification and p = 0.3-0.5 best for OoD; one of each family.
 DEFAULT_PGN_NAMES = ('pgn_uni_p0.5', 'pgn_oh_p1', 'pgn_uni_p1', 'pgn_uni_p2')

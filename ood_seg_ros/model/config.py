@@ -6,7 +6,7 @@ from typing import List, Optional, Tuple
 
 from ..data.camvid import CAMVID_CLASSES
 from ..errors import OodSegError
-from ..scores import ALL_SCORES, EXTRA_OUTPUTS, SML_SCORES, split_spatial
+from ..scores import ALL_SCORES, EXTRA_OUTPUTS, needs, NEEDS_SML
 
 # Heads with their own SML statistics, in the MOoSe member order of the forward pass.
 SML_MEMBERS = ('probe0', 'probe1', 'probe2', 'probe3', 'global')
@@ -14,7 +14,7 @@ SML_MEMBERS = ('probe0', 'probe1', 'probe2', 'probe3', 'global')
 
 def needs_sml(name: str) -> bool:
     """Tell whether score ``name`` (or its spatial variant) needs SML statistics."""
-    return split_spatial(name)[0] in SML_SCORES
+    return NEEDS_SML in needs([name])
 
 
 def default_outputs() -> List[str]:
