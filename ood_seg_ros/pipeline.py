@@ -382,7 +382,7 @@ class Pipeline:
     def classify_segments(self, labels: np.ndarray, n: int, low: np.ndarray,
                           feats: np.ndarray, frame_size):
         """
-        Meta classification and the segment records of the n segments.
+        Meta classification and segment records, vectorised over the n segments.
 
         ``labels`` (h, w) int32 at decoder resolution, ``low`` the normalised heatmap
         there, ``feats`` (n, F). Returns (segments in label order, kept-instance ids
@@ -398,22 +398,22 @@ class Pipeline:
         else:
             p_fp = np.zeros(n)
             keep = np.ones(n, bool)
-        boxes = segment_boxes(labels, n)
-        areas = np.bincount(labels.ravel(), minlength=n + 1)[1:]
-        sums = np.bincount(labels.ravel(), weights=low.ravel(), minlength=n + 1)[1:]
+        flat = labels.ravel()
+        areas = np.bincount(flat, minlength=n + 1)[1:]
+        sums = np.bincount(flat, weights=low.ravel(), minlength=n + 1)[1:]
         new_ids = np.zeros(n + 1, np.uint16)
         new_ids[1:][keep] = np.arange(1, int(keep.sum()) + 1)
         sy, sx = fh / lh, fw / lw
-        segments = []
-        for i in range(n):
-            x0, y0, x1, y1 = boxes[i]
-            segments.append(Segment(
-                id=int(new_ids[i + 1]),
-                bbox=(int(np.floor(x0 * sx)), int(np.floor(y0 * sy)),
-                      min(fw, int(np.ceil(x1 * sx))), min(fh, int(np.ceil(y1 * sy)))),
-                area=int(round(areas[i] * sx * sy)),
-                score=float(sums[i] / max(areas[i], 1)),
-                meta_score=float(1.0 - p_fp[i]), kept=bool(keep[i])))
+        x0, y0, x1, y1 = segment_boxes(labels, n).T
+        columns = zip(new_ids[1:].tolist(), np.floor(x0 * sx).astype(int).tolist(),
+                      np.floor(y0 * sy).astype(int).tolist(),
+                      np.minimum(fw, np.ceil(x1 * sx)).astype(int).tolist(),
+                      np.minimum(fh, np.ceil(y1 * sy)).astype(int).tolist(),
+                      np.round(areas * (sx * sy)).astype(int).tolist(),
+                      (sums / np.maximum(areas, 1)).tolist(), (1.0 - p_fp).tolist(),
+                      keep.tolist())
+        segments = [Segment(i, (a, b, c, d), area, score, meta, k)
+                    for i, a, b, c, d, area, score, meta, k in columns]
         return segments, new_ids[labels]
 
     def postprocess(self, out: Dict[str, np.ndarray], frame_size) -> FrameResult:

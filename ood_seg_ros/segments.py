@@ -27,7 +27,7 @@ import numpy as np
 from scipy import ndimage
 
 from .errors import OodSegError
-from .scores import ALL_PGN_SCORES, PGN_MODES, PGN_PS as PGN_P_VALUES, pgn_name  # noqa: F401
+from .scores import ALL_PGN_SCORES, PGN_MODES, pgn_name, PGN_PS as PGN_P_VALUES  # noqa: F401
 
 MOOSE_NAMES = ('moose_mi', 'moose_entropy')
 DISPERSION_NAMES = ('entropy', 'margin', 'variation_ratio')

@@ -8,7 +8,7 @@ them alike and the ratios hold on a shared CPU where absolute times do not.
 - ``plain``: ``semantic`` only (what a segmentation-only network computes);
 - ``node``: the outputs the node requests (:func:`node_outputs`: heatmap score, the
   segment feature maps, ``probs``); ``overhead_<backend>`` = node / plain;
-- ``full`` (torch): every score of the graph; ``overhead`` = full / plain.
+- ``full`` (torch): every score the bundle can compute; ``overhead`` = full / plain.
 """
 
 import statistics
@@ -64,7 +64,6 @@ def bench_torch(bundle_path, device, height, width, fp16, runs, warmup,
     """
     import torch
     from ..model import load_bundle, ModelConfig, OodSegNet
-    from ..scores import ALL_SCORES
     if bundle_path:
         model = load_bundle(bundle_path).model
         node = node_outputs(bundle_path, (height, width))
@@ -77,7 +76,7 @@ def bench_torch(bundle_path, device, height, width, fp16, runs, warmup,
         model.compile_scores()
     x = torch.rand(1, 3, height, width, device=device, dtype=dtype)
     variants = {'plain': list(HOST_OUTPUTS), 'node': node,
-                'full': ['probs'] + list(ALL_SCORES)}
+                'full': ['probs'] + list(model.config.available_scores())}
     fn = torch.compile(model) if compile_model else model
     graphs = cuda_graphs and device == 'cuda'
     with torch.inference_mode():
