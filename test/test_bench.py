@@ -146,3 +146,24 @@ def test_sample_frame_from_the_bag_or_synthetic(monkeypatch, tmp_path):
     assert synth.shape == (45, 70, 3) and synth.std() > 0
     assert np.array_equal(FR.synthetic_frame(30, 40, np.random.default_rng(1)),
                           FR.synthetic_frame(30, 40, np.random.default_rng(1)))
+
+
+USER_POLICY = {'OMP_WAIT_POLICY': 'ACTIVE'}
+
+
+@pytest.mark.parametrize('env, expected', [({}, 'PASSIVE'), (USER_POLICY, 'ACTIVE')])
+def test_package_makes_openmp_wait_passively_before_torch(env, expected):
+    """Importing the package sets OMP_WAIT_POLICY (unless set) before torch reads it."""
+    import os
+    import subprocess
+    import sys
+    code = ('import ood_seg_ros, os, sys; import torch; '
+            'print(os.environ["OMP_WAIT_POLICY"], ood_seg_ros.TORCH_IMPORTED_FIRST)')
+    base = {k: v for k, v in os.environ.items() if k != 'OMP_WAIT_POLICY'}
+    out = subprocess.run([sys.executable, '-c', code], env={**base, **env},
+                         capture_output=True, text=True, check=True).stdout.split()
+    assert out == [expected, 'False']
+    late = subprocess.run([sys.executable, '-c', 'import torch, ood_seg_ros; '
+                           'print(ood_seg_ros.TORCH_IMPORTED_FIRST)'], env=base,
+                          capture_output=True, text=True, check=True).stdout.strip()
+    assert late == 'True'
