@@ -121,19 +121,20 @@ def bench_growth(bundle_path, sizes, runs, warmup, backend='torch', **options) -
     """
     Network (node outputs) time at each input size (H, W); cost per pixel vs the first.
 
-    ``growth[i]`` = (ms_i / ms_0) / (pixels_i / pixels_0): 1.0 is linear growth. Sizes
-    are timed one after the other (not interleaved: each is a separate backend).
+    ``growth[i]`` = (ms_i / ms_0) / (pixels_i / pixels_0): 1.0 is linear growth. One
+    backend per size, all built first and then run interleaved, so that load changes
+    during the run do not show up as growth.
     """
     from ..runtime import make_backend
     from .model import node_outputs
-    rows = []
+    fns = {}
     for h, w in sizes:
         be = make_backend(backend, bundle_path, node_outputs(bundle_path, (h, w)),
                           device='cpu', input_size=(h, w), **options)
         img = sample_frame(h, w, np.random.default_rng(0))
-        ms = interleaved({'net': lambda b=be, x=img: b.infer(x)}, runs, warmup)['net']
-        rows.append({'size': f'{h}x{w}', 'ms': ms, 'pixels': h * w})
-        del be
+        fns[f'{h}x{w}'] = lambda b=be, x=img: b.infer(x)
+    ms = interleaved(fns, runs, warmup)
+    rows = [{'size': k, 'ms': ms[k], 'pixels': h * w} for k, (h, w) in zip(fns, sizes)]
     for r in rows:
         r['growth'] = round((r['ms'] / rows[0]['ms']) / (r['pixels'] / rows[0]['pixels']), 3)
     return {'growth_backend': backend, 'growth': rows}
