@@ -99,15 +99,29 @@ def segment_boxes(labels, n):
     id without pixels gets ``(0, 0, 0, 0)``.
     """
     labels = np.asarray(labels)
-    boxes = np.zeros((int(n), 4), dtype=np.int64)
-    if n <= 0:
+    n = int(n)
+    boxes = np.zeros((max(n, 0), 4), dtype=np.int64)
+    if n <= 0 or labels.ndim != 2:
+        if n > 0:
+            raise OodSegError(f'segment_boxes: labels must be (H, W), got {labels.shape}')
         return boxes
-    slices = ndimage.find_objects(labels, max_label=int(n))
-    present = np.array([s is not None for s in slices], dtype=bool)
-    if present.any():
-        coords = np.array([(s[1].start, s[0].start, s[1].stop, s[0].stop)
-                           for s in slices if s is not None], dtype=np.int64)
-        boxes[present] = coords
+    # Vectorised over the labelled pixels: sort them by label (stable: raster order kept
+    # inside a label), then min / max of rows and columns per run of equal label.
+    flat = labels.ravel()
+    idx = np.flatnonzero((flat > 0) & (flat <= n))
+    if idx.size == 0:
+        return boxes
+    lab = flat[idx]
+    order = np.argsort(lab, kind='stable')
+    lab, idx = lab[order], idx[order]
+    rows, cols = np.divmod(idx, labels.shape[1])
+    starts = np.flatnonzero(np.r_[True, lab[1:] != lab[:-1]])
+    ends = np.r_[starts[1:], lab.size] - 1
+    ids = lab[starts].astype(np.intp) - 1
+    boxes[ids, 0] = np.minimum.reduceat(cols, starts)
+    boxes[ids, 1] = rows[starts]
+    boxes[ids, 2] = np.maximum.reduceat(cols, starts) + 1
+    boxes[ids, 3] = rows[ends] + 1
     return boxes
 
 
