@@ -15,7 +15,7 @@ import statistics
 import time
 from typing import Callable, Dict
 
-HOST_OUTPUTS = ('semantic',)
+PLAIN_OUTPUTS = ('semantic',)   # a segmentation-only network
 
 
 def median_ms(samples) -> float:
@@ -75,7 +75,7 @@ def bench_torch(bundle_path, device, height, width, fp16, runs, warmup,
     if compile_scores:
         model.compile_scores()
     x = torch.rand(1, 3, height, width, device=device, dtype=dtype)
-    variants = {'plain': list(HOST_OUTPUTS), 'node': node,
+    variants = {'plain': list(PLAIN_OUTPUTS), 'node': node,
                 'full': ['probs'] + list(model.config.available_scores())}
     fn = torch.compile(model) if compile_model else model
     graphs = cuda_graphs and device == 'cuda'

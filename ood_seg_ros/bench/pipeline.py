@@ -1,5 +1,5 @@
 """
-Pipeline timing: post-processing, meta classification, end to end, frame-size growth.
+Pipeline timing: post-processing, meta classification, end to end, size growth, peer.
 
 Medians over ``runs`` timed runs after ``warmup`` runs, in one process.
 """
@@ -10,6 +10,50 @@ import numpy as np
 
 from .frames import sample_frame
 from .model import interleaved, median_ms
+
+
+def build_pipeline(bundle_path, backend, device='cpu', fp16=False, threads=0,
+                   cuda_graphs=False, compile_scores=False, input_size=None):
+    """
+    Pipeline of the bundle as the node builds it: the bundle's usable heatmap score.
+
+    ``input_size`` (H, W) runs the network at that size (e.g. the frame's) instead of the
+    bundle's; ``threads`` 0 keeps the backend's default.
+    """
+    from ..errors import OodSegError
+    from ..model.bundle import read_bundle_json
+    from ..pipeline import Pipeline, runtime_for_size, usable_score
+    if bundle_path is None:
+        raise OodSegError('post-processing and end-to-end benchmarks need a bundle')
+    opts = {'cuda_graphs': True} if cuda_graphs else {}
+    if compile_scores:
+        opts['compile_scores'] = True
+    if threads:
+        opts['threads'] = threads
+    doc = read_bundle_json(bundle_path)
+    size = doc['config']['input_size']
+    if input_size is not None:
+        opts['input_size'] = size = tuple(input_size)
+    score = usable_score(runtime_for_size(doc.get('runtime', {}), size)[0])
+    return Pipeline.from_bundle(bundle_path, backend=backend, device=device, fp16=fp16,
+                                score=score, **opts)
+
+
+def compare_with_peer(path, bundle_path, pipeline, frame_size, runs, warmup,
+                      threads=0) -> dict:
+    """
+    ``--compare-onnx``: the peer vs our network (node outputs, ONNX Runtime) and frame.
+
+    Our whole frame is ``pipeline.process`` on a camera-like frame of ``frame_size``;
+    the peer and our network run at the pipeline's input size.
+    """
+    from .model import compare_onnx, ort_backends, ort_runner
+    h, w = pipeline.input_size
+    net = ort_backends(bundle_path, h, w, threads)['node']
+    x = np.random.default_rng(0).random((1, 3, h, w), dtype=np.float32)
+    frame = sample_frame(*frame_size, np.random.default_rng(0))
+    ours = {'network': ort_runner(net, x), 'frame': lambda: pipeline.process(frame)}
+    return compare_onnx(path, ours, h, w, runs, warmup, threads)
 
 
 def synthetic_outputs(height, width, n_classes, n_blobs, seed=0):

@@ -156,41 +156,21 @@ def _ints(text):
 
 def _pipeline(args, bundle, res):
     """Build the bundle's Pipeline for --postprocess, --backend, --meta-segments, ..."""
-    from ..errors import OodSegError
-    from ..model.bundle import read_bundle_json
-    from ..pipeline import Pipeline, runtime_for_size, usable_score
-    if bundle is None:
-        raise OodSegError('post-processing and end-to-end benchmarks need a bundle')
-    be = args.backend or ('onnxruntime' if args.compare_onnx else 'torch')
-    opts = {'cuda_graphs': True} if args.cuda_graphs else {}
-    if args.compile_scores:
-        opts['compile_scores'] = True
-    if args.threads:
-        opts['threads'] = args.threads
-    doc = read_bundle_json(bundle)
-    size = doc['config']['input_size']
-    if args.model_input == 'frame':
-        opts['input_size'] = size = (args.height, args.width)
-    score = usable_score(runtime_for_size(doc.get('runtime', {}), size)[0])
-    pipe = Pipeline.from_bundle(bundle, backend=be, device=args.device, fp16=args.fp16,
-                                score=score, **opts)
-    res['heatmap_score'] = score
+    from ..bench.pipeline import build_pipeline
+    backend = args.backend or ('onnxruntime' if args.compare_onnx else 'torch')
+    pipe = build_pipeline(bundle, backend, args.device, args.fp16, args.threads, args.cuda_graphs,
+                          args.compile_scores,
+                          (args.height, args.width) if args.model_input == 'frame' else None)
+    res['heatmap_score'] = pipe.score_name
     res['network_input'] = list(pipe.input_size)
     return pipe
 
 
 def _compare(args, bundle, pipe):
     """Time --compare-onnx: the peer vs our network (node outputs) and our whole frame."""
-    import numpy as np
-    from ..bench import model as M
-    from ..bench.frames import sample_frame
-    h, w = pipe.input_size
-    net = M.ort_backends(bundle, h, w, args.threads)['node']
-    x = np.random.default_rng(0).random((1, 3, h, w), dtype=np.float32)
-    frame = sample_frame(args.height, args.width, np.random.default_rng(0))
-    ours = {'network': M.ort_runner(net, x), 'frame': lambda: pipe.process(frame)}
-    return M.compare_onnx(args.compare_onnx, ours, h, w, args.runs, args.warmup,
-                          args.threads)
+    from ..bench.pipeline import compare_with_peer
+    return compare_with_peer(args.compare_onnx, bundle, pipe, (args.height, args.width),
+                             args.runs, args.warmup, args.threads)
 
 
 def _machine(device):
