@@ -23,8 +23,8 @@ from .data.ood_sets import OodDataset
 from .errors import OodSegError
 from .model import load_bundle
 from .model.bundle import read_bundle_json
-from .pipeline import (normalise, parse_size, Pipeline, runtime_for_size, size_key,
-                       upsample_map, usable_score)
+from .model.config import parse_size, size_key
+from .pipeline import normalise, Pipeline, runtime_for_size, upsample_map, usable_score
 from .scores import ALL_SCORES
 from .train.loop import evaluate_miou
 from .viz import overlay

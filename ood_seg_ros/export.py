@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Optional, Sequence, Set, Tuple
 
 from .errors import OodSegError
-from .pipeline import parse_size
+from .model.config import parse_size
 
 LOG = logging.getLogger(__name__)
 INPUT_NAME = 'image'
@@ -109,12 +109,28 @@ def bundle_sha256(bundle_path) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+def graph_code_sha256() -> str:
+    """
+    SHA-256 of the code that builds the graph: ``scores.py``, ``export.py``, ``model/``.
+
+    Part of :func:`source_sha256`, so a cached graph exported by other code (a faster or
+    corrected score head) is exported again instead of being reused.
+    """
+    root = Path(__file__).resolve().parent
+    files = [root / 'scores.py', root / 'export.py'] + sorted((root / 'model').rglob('*.py'))
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f.relative_to(root).as_posix().encode() + b'\0' + f.read_bytes())
+    return h.hexdigest()
+
+
 def source_sha256(bundle_path, outputs: Sequence[str], input_size, fp16: bool = False,
                   opset: int = DEFAULT_OPSET, dynamic: bool = False) -> str:
-    """Content hash of everything an exported graph is made from: bundle + export options."""
+    """Content hash of what an exported graph is made from: bundle, export options, code."""
     size = 'dyn' if dynamic else [int(v) for v in input_size]
     options = {'outputs': ['semantic'] + canonical_outputs(outputs), 'input_size': size,
-               'precision': 'fp16' if fp16 else 'fp32', 'opset': int(opset)}
+               'precision': 'fp16' if fp16 else 'fp32', 'opset': int(opset),
+               'graph_code_sha256': graph_code_sha256()}
     text = json.dumps({'bundle_sha256': bundle_sha256(bundle_path), 'export': options},
                       sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()

@@ -27,10 +27,11 @@ import numpy as np
 from .errors import OodSegError
 from .meta import MetaClassifier
 from .model.bundle import read_bundle_json
+from .model.config import parse_size, size_key
 from .msg import MAX_FRAME_PIXELS
 from .runtime import auto_backend
-from .scores import ALL_SCORES
-from .segments import find_segments, segment_boxes, SegmentFeatureExtractor
+from .scores import ALL_SCORES, natural_range, SCORES
+from .segments import find_segments, MOOSE_NAMES, segment_boxes, SegmentFeatureExtractor
 
 DECODER_STRIDE = 4     # score maps are at 1/4 of the network input (DeepLabv3+ decoder)
 GEOMETRIES = ('letterbox', 'stretch')
@@ -66,25 +67,6 @@ class FrameResult:
     segments: List[Segment]
     timings: Dict[str, float] = field(default_factory=dict)   # milliseconds
     score_name: str = ''
-
-
-def size_key(size) -> str:
-    """Key of an input size (H, W) in the bundle's per-size settings: ``'HxW'``."""
-    return f'{int(size[0])}x{int(size[1])}'
-
-
-def parse_size(text) -> Tuple[int, int]:
-    """``'480x960'`` (H x W) or a pair -> (480, 960); OodSegError otherwise."""
-    try:
-        if isinstance(text, str):
-            h, w = (int(v) for v in text.lower().split('x'))
-        else:
-            h, w = (int(v) for v in text)
-    except (TypeError, ValueError):
-        raise OodSegError(f'input size must be HxW (e.g. 480x960), got {text!r}') from None
-    if h < 64 or w < 64:
-        raise OodSegError(f'input size {h}x{w} must be at least 64x64')
-    return h, w
 
 
 @dataclass(frozen=True)
@@ -320,9 +302,8 @@ class Pipeline:
         rt = {**DEFAULT_RUNTIME, **(runtime or {})}
         if all_scores:
             return ['probs'] + list(ALL_SCORES if available is None else available)
-        names = {'probs', score or rt['heatmap_score'], 'moose_mi', 'moose_entropy'}
-        names.update(rt['meta_pgn_names'])
-        return ['probs'] + [n for n in ALL_SCORES if n in names]
+        names = {score or rt['heatmap_score'], *MOOSE_NAMES, *rt['meta_pgn_names']}
+        return ['probs'] + [n for n in SCORES if n in names]
 
     @classmethod
     def from_bundle(cls, bundle_path, backend: str = 'auto', device: str = 'auto',
@@ -392,13 +373,9 @@ class Pipeline:
         if name in table:
             lo, hi = table[name]
             return float(lo), float(hi)
-        c = len(self.class_names)
-        natural = {'msp': (0.0, 1.0 - 1.0 / c), 'moose_msp': (0.0, 1.0 - 1.0 / c),
-                   'entropy': (0.0, float(np.log(c))),
-                   'moose_entropy': (0.0, float(np.log(c))),
-                   'moose_mi': (0.0, float(np.log(c)))}
-        if name in natural:
-            return natural[name]
+        natural = natural_range(name, len(self.class_names))
+        if natural is not None:
+            return natural
         raise OodSegError(f'the bundle has no normalisation for score {name!r}; '
                           f'calibrate it with ood-seg eval --calibrate')
 
@@ -464,6 +441,43 @@ class Pipeline:
         """P(false positive) of segments from the full feature rows (n, F)."""
         return self.meta.predict_fp_proba(feats[:, self.meta_columns])
 
+    def classify_segments(self, labels: np.ndarray, n: int, low: np.ndarray,
+                          feats: np.ndarray, frame_size):
+        """
+        Meta classification and segment records, vectorised over the n segments.
+
+        ``labels`` (h, w) int32 at decoder resolution, ``low`` the normalised heatmap
+        there, ``feats`` (n, F). Returns (segments in label order, kept-instance ids
+        (h, w) uint16 with kept segments renumbered 1..k).
+        """
+        lh, lw = low.shape
+        if not n:
+            return [], np.zeros((lh, lw), np.uint16)
+        fh, fw = frame_size
+        if self.meta is not None:
+            p_fp = self.meta_fp_proba(feats)
+            keep = p_fp <= self.meta.threshold
+        else:
+            p_fp = np.zeros(n)
+            keep = np.ones(n, bool)
+        flat = labels.ravel()
+        areas = np.bincount(flat, minlength=n + 1)[1:]
+        sums = np.bincount(flat, weights=low.ravel(), minlength=n + 1)[1:]
+        new_ids = np.zeros(n + 1, np.uint16)
+        new_ids[1:][keep] = np.arange(1, int(keep.sum()) + 1)
+        sy, sx = fh / lh, fw / lw
+        x0, y0, x1, y1 = segment_boxes(labels, n).T
+        columns = zip(new_ids[1:].tolist(), np.floor(x0 * sx).astype(int).tolist(),
+                      np.floor(y0 * sy).astype(int).tolist(),
+                      np.minimum(fw, np.ceil(x1 * sx)).astype(int).tolist(),
+                      np.minimum(fh, np.ceil(y1 * sy)).astype(int).tolist(),
+                      np.round(areas * (sx * sy)).astype(int).tolist(),
+                      (sums / np.maximum(areas, 1)).tolist(), (1.0 - p_fp).tolist(),
+                      keep.tolist())
+        segments = [Segment(i, (a, b, c, d), area, score, meta, k)
+                    for i, a, b, c, d, area, score, meta, k in columns]
+        return segments, new_ids[labels]
+
     def postprocess(self, out: Dict[str, np.ndarray], frame_size) -> FrameResult:
         """Heatmap, semantic, segments and meta classification from network outputs."""
         fh, fw = frame_size
@@ -473,32 +487,7 @@ class Pipeline:
         heatmap = upsample_map(low, (fh, fw))
         semantic = upsample_map(out['semantic'].astype(np.uint8), (fh, fw), linear=False)
         t2 = time.perf_counter()
-        lh, lw = low.shape
-        segments: List[Segment] = []
-        instances_low = np.zeros((lh, lw), np.uint16)
-        if n:
-            if self.meta is not None:
-                p_fp = self.meta_fp_proba(feats)
-                keep = p_fp <= self.meta.threshold
-            else:
-                p_fp = np.zeros(n)
-                keep = np.ones(n, bool)
-            boxes = segment_boxes(labels, n)
-            areas = np.bincount(labels.ravel(), minlength=n + 1)[1:]
-            sums = np.bincount(labels.ravel(), weights=low.ravel(), minlength=n + 1)[1:]
-            new_ids = np.zeros(n + 1, np.uint16)
-            new_ids[1:][keep] = np.arange(1, int(keep.sum()) + 1)
-            instances_low = new_ids[labels]
-            sy, sx = fh / lh, fw / lw
-            for i in range(n):
-                x0, y0, x1, y1 = boxes[i]
-                segments.append(Segment(
-                    id=int(new_ids[i + 1]),
-                    bbox=(int(np.floor(x0 * sx)), int(np.floor(y0 * sy)),
-                          min(fw, int(np.ceil(x1 * sx))), min(fh, int(np.ceil(y1 * sy)))),
-                    area=int(round(areas[i] * sx * sy)),
-                    score=float(sums[i] / max(areas[i], 1)),
-                    meta_score=float(1.0 - p_fp[i]), kept=bool(keep[i])))
+        segments, instances_low = self.classify_segments(labels, n, low, feats, (fh, fw))
         t3 = time.perf_counter()
         instances = upsample_map(instances_low, (fh, fw), linear=False)
         t4 = time.perf_counter()

@@ -14,19 +14,15 @@ overflows float32 and float16): log PGN = log‖g‖_p + log‖ψ‖_p, both com
 from power sums whose exponent p ≤ 2 keeps them finite.
 """
 
+from dataclasses import dataclass
 import math
-from typing import Dict, Iterable, List, Sequence
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 
 PGN_PS = (0.1, 0.3, 0.5, 1.0, 2.0)
 PGN_MODES = ('oh', 'uni')
-GLOBAL_SCORES = ('msp', 'entropy', 'max_logit', 'energy', 'sml')
-MOOSE_SCORES = ('moose_msp', 'moose_entropy', 'moose_max_logit', 'moose_mi', 'moose_energy',
-                'moose_sml')
-# Scores that need per-class max-logit statistics (``ModelConfig.sml_stats``).
-SML_SCORES = ('sml', 'moose_sml')
 _TINY = 1e-30
 _NEG = -1e30
 _LOG_ZERO = -1e4  # log of 'zero': exp(0.1 * -1e4) underflows to 0 in float32
@@ -38,7 +34,9 @@ def p_tag(p: float) -> str:
 
 
 def pgn_name(mode: str, p: float) -> str:
-    """Output name of a PGN score map, e.g. ``pgn_uni_p0.5``."""
+    """Output name of a PGN score map, e.g. ``pgn_uni_p0.5`` (ValueError on a bad mode)."""
+    if mode not in PGN_MODES:
+        raise ValueError(f'PGN label mode {mode!r} is not one of {PGN_MODES}')
     return f'pgn_{mode}_p{p_tag(p)}'
 
 
@@ -48,22 +46,111 @@ def parse_pgn_name(name: str):
     return mode, float(p[1:])
 
 
-ALL_PGN_SCORES = tuple(pgn_name(m, p) for m in PGN_MODES for p in PGN_PS)
-BASE_SCORES = GLOBAL_SCORES + MOOSE_SCORES + ALL_PGN_SCORES
-# Spatially post-processed variants ``<base>_<kind>`` (see :func:`spatial_postprocess`):
-# bs = boundary suppression, ds = dilated smoothing, bsds = both, in that order.
+# -- the score table ---------------------------------------------------------------------
+# Graph parts a score needs besides the global logits: the MOoSe probes, the decoder
+# features ψ (PGN) and per-class max-logit statistics (SML).
+NEEDS_PROBES, NEEDS_PSI, NEEDS_SML = 'probes', 'psi', 'sml_stats'
+# Natural ranges, as functions of the class count C: probability-like scores lie in
+# [0, 1 - 1/C], entropy-like ones in [0, log C]; the others need calibrated constants.
+NATURAL_RANGES = {'prob': lambda c: (0.0, 1.0 - 1.0 / c),
+                  'log_c': lambda c: (0.0, math.log(c))}
+
+
+@dataclass(frozen=True)
+class ScoreSpec:
+    """
+    One score map of the graph.
+
+    ``family``: 'global' (one head), 'moose' (probes + global head), 'pgn' or 'spatial'
+    (a post-processed ``base`` map, ``kind`` bs/ds/bsds). ``natural``: key of
+    :data:`NATURAL_RANGES`, or None when the range must be calibrated. ``needs``: graph
+    parts (``NEEDS_*``) the map is computed from, a spatial map's base included.
+    ``mode``, ``p``: the PGN label mode and exponent.
+    """
+
+    name: str
+    family: str
+    needs: frozenset = frozenset()
+    natural: Optional[str] = None
+    base: Optional[str] = None
+    kind: Optional[str] = None
+    mode: Optional[str] = None
+    p: Optional[float] = None
+
+    def natural_range(self, n_classes: int) -> Optional[Tuple[float, float]]:
+        """(lo, hi) of the score for ``n_classes`` classes, or None (calibrate it)."""
+        return NATURAL_RANGES[self.natural](n_classes) if self.natural else None
+
+
+def _table() -> Dict[str, ScoreSpec]:
+    """Build the score table (see :data:`SCORES`)."""
+    none, probes, sml = frozenset(), frozenset({NEEDS_PROBES}), frozenset({NEEDS_SML})
+    rows = [ScoreSpec('msp', 'global', none, 'prob'),
+            ScoreSpec('entropy', 'global', none, 'log_c'),
+            ScoreSpec('max_logit', 'global'), ScoreSpec('energy', 'global'),
+            ScoreSpec('sml', 'global', sml),
+            ScoreSpec('moose_msp', 'moose', probes, 'prob'),
+            ScoreSpec('moose_entropy', 'moose', probes, 'log_c'),
+            ScoreSpec('moose_max_logit', 'moose', probes),
+            ScoreSpec('moose_mi', 'moose', probes, 'log_c'),
+            ScoreSpec('moose_energy', 'moose', probes),
+            ScoreSpec('moose_sml', 'moose', probes | sml)]
+    rows += [ScoreSpec(pgn_name(m, p), 'pgn', frozenset({NEEDS_PSI}), mode=m, p=p)
+             for m in PGN_MODES for p in PGN_PS]
+    by_name = {r.name: r for r in rows}
+    # Spatially post-processed variants ``<base>_<kind>`` (see spatial_postprocess):
+    # bs = boundary suppression, ds = dilated smoothing, bsds = both, in that order.
+    for b in SPATIAL_BASES:
+        for k in SPATIAL_KINDS:
+            name = f'{b}_{k}'
+            by_name[name] = ScoreSpec(name, 'spatial', by_name[b].needs, base=b, kind=k)
+    return by_name
+
+
 SPATIAL_KINDS = ('bs', 'ds', 'bsds')
 SPATIAL_BASES = ('max_logit', 'energy', 'sml', 'moose_entropy', 'moose_max_logit',
                  'pgn_uni_p0.5')
-SPATIAL_SCORES = tuple(f'{b}_{k}' for b in SPATIAL_BASES for k in SPATIAL_KINDS)
-ALL_SCORES = BASE_SCORES + SPATIAL_SCORES
+SCORES: Dict[str, ScoreSpec] = _table()   # every score map, in graph output order
+
+
+def of_family(name: str) -> Tuple[str, ...]:
+    """Return the score names of one family (global, moose, pgn, spatial), table order."""
+    return tuple(n for n, s in SCORES.items() if s.family == name)
+
+
+def base_maps(names: Iterable[str]) -> List[str]:
+    """Non-spatial maps needed for ``names``: those given and the bases of spatial ones."""
+    want = set(names)
+    want |= {SCORES[n].base for n in want if n in SCORES and SCORES[n].base}
+    return [n for n, s in SCORES.items() if n in want and s.family != 'spatial']
+
+
+def needs(names: Iterable[str]) -> frozenset:
+    """Union of the graph parts (``NEEDS_*``) that the score maps ``names`` need."""
+    return frozenset().union(*(SCORES[n].needs for n in names if n in SCORES))
+
+
+def natural_range(name: str, n_classes: int) -> Optional[Tuple[float, float]]:
+    """Natural (lo, hi) of score ``name`` for ``n_classes`` classes, None if it has none."""
+    spec = SCORES.get(name)
+    return spec.natural_range(n_classes) if spec else None
+
+
+GLOBAL_SCORES = of_family('global')
+MOOSE_SCORES = of_family('moose')
+ALL_PGN_SCORES = of_family('pgn')
+SPATIAL_SCORES = of_family('spatial')
+BASE_SCORES = GLOBAL_SCORES + MOOSE_SCORES + ALL_PGN_SCORES
+ALL_SCORES = tuple(SCORES)
+# Scores that need per-class max-logit statistics (``ModelConfig.sml_stats``).
+SML_SCORES = tuple(n for n in BASE_SCORES if NEEDS_SML in SCORES[n].needs)
 
 
 def split_spatial(name: str):
     """``'sml_bsds'`` -> ``('sml', 'bsds')``; a base score -> ``(name, None)``."""
-    if name in SPATIAL_SCORES:
-        base, kind = name.rsplit('_', 1)
-        return base, kind
+    spec = SCORES.get(name)
+    if spec is not None and spec.family == 'spatial':
+        return spec.base, spec.kind
     return name, None
 
 
@@ -71,9 +158,27 @@ def split_spatial(name: str):
 EXTRA_OUTPUTS = ('logits', 'probs')
 
 
+def log_softmax(z: torch.Tensor, dim: int = 1) -> torch.Tensor:
+    """
+    Max-shifted log-softmax written with basic ops: z - max - log Σ exp(z - max).
+
+    Same values as ``F.log_softmax``; ONNX Runtime's LogSoftmax / Softmax kernels
+    transpose a non-last axis to the end and back (about 40x slower than these five
+    reductions and element-wise ops over the class axis).
+    """
+    shifted = z - z.amax(dim, keepdim=True)
+    return shifted - shifted.exp().sum(dim, keepdim=True).log()
+
+
+def one_hot(index: torch.Tensor, n_classes: int, dtype) -> torch.Tensor:
+    """(B, H, W) class ids -> (B, C, H, W) one-hot, as one Equal (no OneHot + Transpose)."""
+    classes = torch.arange(n_classes, device=index.device).view(1, -1, 1, 1)
+    return (index.unsqueeze(1) == classes).to(dtype)
+
+
 def entropy_from_logits(logits: torch.Tensor, dim: int = 1) -> torch.Tensor:
     """Softmax entropy in nats; never NaN (xlogy-style via log_softmax)."""
-    logp = F.log_softmax(logits.float(), dim=dim)
+    logp = log_softmax(logits.float(), dim=dim)
     return -(logp.exp() * logp).sum(dim)
 
 
@@ -95,26 +200,29 @@ def standardised_max_logit(logits: torch.Tensor, mean: torch.Tensor,
     """
     z = logits.float()
     top = z.max(1)
-    onehot = F.one_hot(top.indices, z.shape[1]).permute(0, 3, 1, 2).to(z.dtype)
+    onehot = one_hot(top.indices, z.shape[1], z.dtype)
     mu = (onehot * mean.view(1, -1, 1, 1).to(z.dtype)).sum(1)
     sigma = (onehot * std.view(1, -1, 1, 1).to(z.dtype)).sum(1)
     return -(top.values - mu) / sigma
 
 
 def global_scores(logits: torch.Tensor, names: Iterable[str],
-                  sml_stats=None) -> Dict[str, torch.Tensor]:
+                  sml_stats=None, logp: torch.Tensor = None) -> Dict[str, torch.Tensor]:
     """
     Single-head scores from logits (B, C, H, W).
 
     ``msp``, ``entropy``, ``max_logit`` (= -max z), ``energy`` (= -logsumexp z, T = 1) and
-    ``sml`` (needs ``sml_stats`` = (mean (C,), std (C,)) of this head).
+    ``sml`` (needs ``sml_stats`` = (mean (C,), std (C,)) of this head). ``logp``: the
+    head's :func:`log_softmax`, when the caller already has it (shared work).
     """
     out = {}
     z = logits.float()
+    if names_need(names, ('msp', 'entropy')) and logp is None:
+        logp = log_softmax(z, 1)
     if 'msp' in names:
-        out['msp'] = 1.0 - F.softmax(z, 1).amax(1)
+        out['msp'] = 1.0 - logp.amax(1).exp()
     if 'entropy' in names:
-        out['entropy'] = entropy_from_logits(z)
+        out['entropy'] = -(logp.exp() * logp).sum(1)
     if 'max_logit' in names:
         out['max_logit'] = -z.amax(1)
     if 'energy' in names:
@@ -126,6 +234,11 @@ def global_scores(logits: torch.Tensor, names: Iterable[str],
     return out
 
 
+def names_need(names: Iterable[str], some: Sequence[str]) -> bool:
+    """Tell whether any of ``some`` is among ``names``."""
+    return any(n in names for n in some)
+
+
 def moose_scores(member_logits: Sequence[torch.Tensor], names: Iterable[str],
                  sml_stats=None) -> Dict[str, torch.Tensor]:
     """
@@ -134,17 +247,16 @@ def moose_scores(member_logits: Sequence[torch.Tensor], names: Iterable[str],
     ``member_logits``: M tensors (B, C, H, W) at the same resolution. p̄ = mean softmax;
     MSP = 1 - max p̄, H = entropy(p̄), ML = -max_c mean_m z, MI = H(p̄) - mean_m H(p_m),
     energy = -logsumexp_c mean_m z, SML = mean_m SML_m with each member's own statistics
-    (``sml_stats``: M pairs (mean (C,), std (C,)), in member order).
+    (``sml_stats``: M pairs (mean (C,), std (C,)), in member order). The members are
+    stacked to (M, B, C, H, W), so every step is one op over all of them.
     """
     names = set(names)
     out = {}
-    zs = [z.float() for z in member_logits]
-    m = float(len(zs))
-    need_probs = names & {'moose_msp', 'moose_entropy', 'moose_mi'}
-    if need_probs:
-        logps = [F.log_softmax(z, 1) for z in zs]
-        probs = [lp.exp() for lp in logps]
-        p_mean = sum(probs) / m
+    zs = torch.stack([z.float() for z in member_logits])
+    if names & {'moose_msp', 'moose_entropy', 'moose_mi'}:
+        logps = log_softmax(zs, 2)
+        probs = logps.exp()
+        p_mean = probs.mean(0)
         if 'moose_msp' in names:
             out['moose_msp'] = 1.0 - p_mean.amax(1)
         if names & {'moose_entropy', 'moose_mi'}:
@@ -152,19 +264,19 @@ def moose_scores(member_logits: Sequence[torch.Tensor], names: Iterable[str],
             if 'moose_entropy' in names:
                 out['moose_entropy'] = h_mean
             if 'moose_mi' in names:
-                mean_h = sum(-(p * lp).sum(1) for p, lp in zip(probs, logps)) / m
+                mean_h = -(probs * logps).sum(2).mean(0)
                 out['moose_mi'] = (h_mean - mean_h).clamp_min(0.0)
     if names & {'moose_max_logit', 'moose_energy'}:
-        z_mean = sum(zs) / m
+        z_mean = zs.mean(0)
         if 'moose_max_logit' in names:
             out['moose_max_logit'] = -z_mean.amax(1)
         if 'moose_energy' in names:
             out['moose_energy'] = -_logsumexp(z_mean, 1)
     if 'moose_sml' in names:
-        if sml_stats is None or len(sml_stats) != len(zs):
+        if sml_stats is None or len(sml_stats) != zs.shape[0]:
             raise ValueError('moose_sml needs max-logit statistics for every member')
         out['moose_sml'] = sum(standardised_max_logit(z, *st)
-                               for z, st in zip(zs, sml_stats)) / m
+                               for z, st in zip(zs.unbind(0), sml_stats)) / zs.shape[0]
     return out
 
 
@@ -175,20 +287,21 @@ def _logsumexp(x: torch.Tensor, dim: int) -> torch.Tensor:
 
 
 def log_error_pnorms(logits: torch.Tensor, mode: str, ps: Sequence[float],
-                     exact: bool = False) -> List[torch.Tensor]:
+                     exact: bool = False, logp: torch.Tensor = None) -> List[torch.Tensor]:
     """
     log‖g‖_p per pixel for each p; logits (B, C, H, W) -> list of (B, H, W).
 
     Paper (default): oh: g_h = σ_h (1 - δ_{h,ŷ}); uni: g_h = (C - 1)/C σ_h.
     Exact cross-entropy gradient (``exact=True``): g = σ - y with y = one-hot(ŷ) (oh)
-    or 1/C (uni).
+    or 1/C (uni). ``logp``: the :func:`log_softmax` of the logits, when already computed.
     """
     z = logits.float()
     c = z.shape[1]
-    logp = F.log_softmax(z, 1)
+    if logp is None:
+        logp = log_softmax(z, 1)
     if mode == 'oh':
         # One-hot of ŷ (max(1).indices: ~10x faster than argmax on CPU, same result).
-        onehot = F.one_hot(z.max(1).indices, c).permute(0, 3, 1, 2).to(z.dtype)
+        onehot = one_hot(z.max(1).indices, c, z.dtype)
         # log σ_h for h != ŷ; the predicted class is masked out with a huge negative.
         log_others = logp + onehot * _NEG
         if exact:
@@ -252,46 +365,66 @@ def _log_feature_pnorms(psi: torch.Tensor, ps: Sequence[float],
 
     log‖ψ‖_p = (1/p) log Σ_e |ψ_e|^p. The power sums are finite in float32 for p ≤ 2
     (|ψ| is bounded by float16 range or by the features); only their 1/p-th power
-    overflows, and that is taken in the log domain. log|ψ| and sign|ψ| are computed once
-    and shared by all fractional p (cheaper than ``pow``).
+    overflows, and that is taken in the log domain. |ψ|^p is |ψ| (p = 1), |ψ|² (p = 2),
+    √|ψ| (p = 0.5), else exp(p log|ψ|) with log|ψ| and sign|ψ| computed once and shared
+    by those p (Log, Sign and Exp are the slow element-wise ops of CPU runtimes).
     """
     a = psi.float().abs()
     log_a = nonzero = None
     out = []
     for p in ps:
         if p == 1.0:
-            s = a.sum(1)
+            terms = a
         elif p == 2.0:
-            s = (a * a).sum(1)
+            terms = a * a
+        elif p == 0.5:
+            terms = a.sqrt()
         else:
             if log_a is None:
                 log_a = torch.log(a.clamp_min(_TINY))
                 nonzero = torch.sign(a)
-            s = _pow_terms(log_a, nonzero, p).sum(1)
+            terms = _pow_terms(log_a, nonzero, p)
+        s = channel_sum(terms)
         if with_bias:
             s = s + 1.0
         out.append(torch.log(s.clamp_min(_TINY)) / p)
     return out
 
 
+def channel_sum(x: torch.Tensor) -> torch.Tensor:
+    """
+    Σ over the channels of (B, E, H, W) -> (B, H, W), as a product with a ones row.
+
+    A (1, E) x (E, HW) MatMul: in ONNX Runtime about 3x faster than ReduceSum over axis 1
+    (measured at E = 256, 90x120 decoder maps).
+    """
+    ones = x.new_ones(1, x.shape[1])
+    return torch.matmul(ones, x.flatten(2)).view_as(x[:, 0])
+
+
 def log_pgn(logits: torch.Tensor, psi: torch.Tensor, names: Iterable[str],
-            exact: bool = False, with_bias: bool = True) -> Dict[str, torch.Tensor]:
+            exact: bool = False, with_bias: bool = True,
+            logp: torch.Tensor = None) -> Dict[str, torch.Tensor]:
     """
     Compute log PGN maps for the requested ``pgn_<mode>_p<p>`` names (logits' size).
 
-    ``logits`` = K ψ + b of the final 1x1 convolution (B, C, H, W); ``psi`` its input.
+    ``logits`` = K ψ + b of the final 1x1 convolution (B, C, H, W); ``psi`` its input;
+    ``logp`` their :func:`log_softmax` when the caller has it. Each feature norm is
+    computed once and shared by both label modes.
     """
     wanted = [parse_pgn_name(n) for n in names]
     if not wanted:
         return {}
     ps = sorted({p for _, p in wanted})
     feat = dict(zip(ps, log_feature_pnorms(psi, ps, with_bias)))
+    if logp is None:
+        logp = log_softmax(logits.float(), 1)
     out = {}
     for mode in PGN_MODES:
         mode_ps = sorted({p for m, p in wanted if m == mode})
         if not mode_ps:
             continue
-        errs = log_error_pnorms(logits, mode, mode_ps, exact)
+        errs = log_error_pnorms(logits, mode, mode_ps, exact, logp)
         for p, log_g in zip(mode_ps, errs):
             out[pgn_name(mode, p)] = log_g + feat[p]
     return out

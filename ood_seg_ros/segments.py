@@ -27,9 +27,8 @@ import numpy as np
 from scipy import ndimage
 
 from .errors import OodSegError
+from .scores import ALL_PGN_SCORES, PGN_MODES, pgn_name, PGN_PS as PGN_P_VALUES  # noqa: F401
 
-PGN_P_VALUES = (0.1, 0.3, 0.5, 1, 2)
-PGN_MODES = ('oh', 'uni')
 MOOSE_NAMES = ('moose_mi', 'moose_entropy')
 DISPERSION_NAMES = ('entropy', 'margin', 'variation_ratio')
 # Per-map statistics, in stored order: mean over segment / inner / boundary, relative
@@ -47,15 +46,16 @@ def pgn_map_name(mode, p):
     """
     Return the score-map name of PGN with label mode ``'oh'``/``'uni'`` and norm ``p``.
 
-    ``p`` is written with ``%g``: ``pgn_map_name('uni', 0.5) == 'pgn_uni_p0.5'``,
-    ``pgn_map_name('oh', 1) == 'pgn_oh_p1'``.
+    The one naming rule is :func:`ood_seg_ros.scores.pgn_name` (``p`` written with
+    ``%g``): ``pgn_map_name('uni', 0.5) == 'pgn_uni_p0.5'``.
     """
-    if mode not in PGN_MODES:
-        raise OodSegError(f'PGN label mode {mode!r} is not one of {PGN_MODES}')
-    return f'pgn_{mode}_p{float(p):g}'
+    try:
+        return pgn_name(mode, p)
+    except ValueError as exc:
+        raise OodSegError(str(exc)) from None
 
 
-ALL_PGN_NAMES = tuple(pgn_map_name(m, p) for m in PGN_MODES for p in PGN_P_VALUES)
+ALL_PGN_NAMES = ALL_PGN_SCORES
 # Default PGN maps for meta classification: the paper finds p = 1-2 best for error
 # detection / meta classification and p = 0.3-0.5 best for OoD; one of each family.
 DEFAULT_PGN_NAMES = ('pgn_uni_p0.5', 'pgn_oh_p1', 'pgn_uni_p1', 'pgn_uni_p2')
@@ -99,15 +99,29 @@ def segment_boxes(labels, n):
     id without pixels gets ``(0, 0, 0, 0)``.
     """
     labels = np.asarray(labels)
-    boxes = np.zeros((int(n), 4), dtype=np.int64)
-    if n <= 0:
+    n = int(n)
+    boxes = np.zeros((max(n, 0), 4), dtype=np.int64)
+    if n <= 0 or labels.ndim != 2:
+        if n > 0:
+            raise OodSegError(f'segment_boxes: labels must be (H, W), got {labels.shape}')
         return boxes
-    slices = ndimage.find_objects(labels, max_label=int(n))
-    present = np.array([s is not None for s in slices], dtype=bool)
-    if present.any():
-        coords = np.array([(s[1].start, s[0].start, s[1].stop, s[0].stop)
-                           for s in slices if s is not None], dtype=np.int64)
-        boxes[present] = coords
+    # Vectorised over the labelled pixels: sort them by label (stable: raster order kept
+    # inside a label), then min / max of rows and columns per run of equal label.
+    flat = labels.ravel()
+    idx = np.flatnonzero((flat > 0) & (flat <= n))
+    if idx.size == 0:
+        return boxes
+    lab = flat[idx]
+    order = np.argsort(lab, kind='stable')
+    lab, idx = lab[order], idx[order]
+    rows, cols = np.divmod(idx, labels.shape[1])
+    starts = np.flatnonzero(np.r_[True, lab[1:] != lab[:-1]])
+    ends = np.r_[starts[1:], lab.size] - 1
+    ids = lab[starts].astype(np.intp) - 1
+    boxes[ids, 0] = np.minimum.reduceat(cols, starts)
+    boxes[ids, 1] = rows[starts]
+    boxes[ids, 2] = np.maximum.reduceat(cols, starts) + 1
+    boxes[ids, 3] = rows[ends] + 1
     return boxes
 
 

@@ -24,15 +24,6 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(no_gpu)
 
 
-@pytest.fixture(scope='module')
-def one_torch_thread():
-    """One torch thread: small inputs, and no spin-wait stalls on a shared 2-core CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture
 def torch_threads(request):
     """Set the torch thread count for one test: the ``torch_threads`` mark's n, else 1."""

@@ -31,6 +31,7 @@ import time
 
 import numpy as np
 
+from .frames import sample_frame
 from ..bagtools.node_process import localhost_env, node_command, NodeProcess
 from ..errors import OodSegError
 from ..msg.topics import IMAGE_OUTPUTS, output_topic
@@ -122,8 +123,7 @@ def bench_node(bundle, height, width, runs, warmup, backend='auto', device='auto
         from sensor_msgs.msg import Image
     except ImportError as exc:
         raise OodSegError(f'bench --node needs rclpy and sensor_msgs: {exc}') from exc
-    from ..commands.bench import _sample_frame     # lazy: commands.bench imports this module
-    frame = _sample_frame(height, width, np.random.default_rng(0))
+    frame = sample_frame(height, width, np.random.default_rng(0))
     outs = {key: {} for key in IMAGE_OUTPUTS}    # a typical consumer
     got = outs['heatmap']
     diags = []

@@ -30,6 +30,7 @@ import time
 
 import numpy as np
 
+from .frames import sample_frame
 from .node import _value, IMAGE_TOPIC, node_session, READY_TIMEOUT_S
 from ..errors import OodSegError
 from ..msg.topics import output_topic
@@ -86,9 +87,8 @@ def soak_node(bundle, height, width, frames, backend='auto', device='auto',
         from sensor_msgs.msg import Image
     except ImportError as exc:
         raise OodSegError(f'bench --node --soak needs rclpy and sensor_msgs: {exc}') from exc
-    from ..commands.bench import _sample_frame     # lazy: commands.bench imports this module
     rng = np.random.default_rng(0)
-    good = [_sample_frame(height, width, rng).tobytes() for _ in range(4)]
+    good = [sample_frame(height, width, rng).tobytes() for _ in range(4)]
     got, diags, samples, large = set(), [], [], {}
     processed = dropped = bad_sent = 0
     t_start = time.monotonic()

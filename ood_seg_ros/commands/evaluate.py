@@ -38,7 +38,7 @@ def run(args) -> int:
     from ..evaluate import (calibration_update, evaluate_bundle, id_false_detections,
                             table_text, to_json, update_bundle_runtime)
     from ..model.bundle import default_bundle_path, read_bundle_json
-    from ..pipeline import parse_size
+    from ..model.config import parse_size
     from ..protocol import check_held_out
     bundle = args.bundle or default_bundle_path()
     if bundle is None:

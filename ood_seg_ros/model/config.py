@@ -7,15 +7,34 @@ from typing import List, Optional, Tuple
 from .backbones import backbone_names
 from ..data.camvid import CAMVID_CLASSES
 from ..errors import OodSegError
-from ..scores import ALL_SCORES, EXTRA_OUTPUTS, SML_SCORES, split_spatial
+from ..scores import ALL_SCORES, EXTRA_OUTPUTS, needs, NEEDS_SML
 
 # Heads with their own SML statistics, in the MOoSe member order of the forward pass.
 SML_MEMBERS = ('probe0', 'probe1', 'probe2', 'probe3', 'global')
 
 
+def size_key(size) -> str:
+    """Key of an input size (H, W) in the bundle's per-size settings: ``'HxW'``."""
+    return f'{int(size[0])}x{int(size[1])}'
+
+
+def parse_size(text) -> Tuple[int, int]:
+    """``'480x960'`` (H x W) or a pair -> (480, 960); OodSegError otherwise."""
+    try:
+        if isinstance(text, str):
+            h, w = (int(v) for v in text.lower().split('x'))
+        else:
+            h, w = (int(v) for v in text)
+    except (TypeError, ValueError):
+        raise OodSegError(f'input size must be HxW (e.g. 480x960), got {text!r}') from None
+    if h < 64 or w < 64:
+        raise OodSegError(f'input size {h}x{w} must be at least 64x64')
+    return h, w
+
+
 def needs_sml(name: str) -> bool:
     """Tell whether score ``name`` (or its spatial variant) needs SML statistics."""
-    return split_spatial(name)[0] in SML_SCORES
+    return NEEDS_SML in needs([name])
 
 
 def default_outputs() -> List[str]:

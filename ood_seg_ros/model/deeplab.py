@@ -167,7 +167,7 @@ class OodSegNet(nn.Module):
         unknown = [o for o in outputs if o not in known and o != 'semantic']
         if unknown:
             raise OodSegError(f'unknown network outputs {unknown}; known: {", ".join(known)}')
-        needs_sml = [o for o in outputs if S.split_spatial(o)[0] in S.SML_SCORES]
+        needs_sml = [o for o in outputs if S.NEEDS_SML in S.needs([o])]  # spatial too
         if needs_sml and self.sml_mean.numel() == 0:
             raise OodSegError(f'outputs {needs_sml} need per-class max-logit statistics, '
                               f'which this bundle lacks (ood-seg sml-stats)')
@@ -237,31 +237,36 @@ class OodSegNet(nn.Module):
         want = set(self.outputs)
         spatial = [n for n in S.SPATIAL_SCORES if n in want]
         # Base maps needed: those requested and those a requested variant starts from.
-        base = want | {S.split_spatial(n)[0] for n in spatial}
-        moose = [n for n in S.MOOSE_SCORES if n in base]
-        pgn = [n for n in S.ALL_PGN_SCORES if n in base]
-        logits_low, psi, probe_low = self.features(x, with_probes=bool(moose))
+        base = S.base_maps(want)
+        parts = S.needs(base)
+        logits_low, psi, probe_low = self.features(x, S.NEEDS_PROBES in parts)
         logits = upsample(logits_low, size)
         # max(1).indices is ~10x faster than argmax(1) on CPU and exports to ArgMax.
         out = {'semantic': logits.max(1).indices.int()}
         if 'logits' in want:
             out['logits'] = logits
+        names = [n for n in base if S.SCORES[n].family == 'global']
+        pgn = [n for n in base if S.SCORES[n].family == 'pgn']
+        moose = [n for n in base if S.SCORES[n].family == 'moose']
+        # One log-softmax of the global head, shared by probs, global scores and PGN.
+        logp = (S.log_softmax(logits_low.float(), 1)
+                if 'probs' in want or names or pgn else None)
         if 'probs' in want:
-            out['probs'] = F.softmax(logits_low.float(), 1)
+            out['probs'] = logp.exp()
         global_fn, moose_fn, pgn_fn = self._score_fns
-        names = [n for n in S.GLOBAL_SCORES if n in base]
         # SML statistics per member: rows 0-3 the probes, row 4 the global head.
         sml = [(self.sml_mean[i], self.sml_std[i]) for i in range(self.sml_mean.shape[0])
-               ] if base & set(S.SML_SCORES) else []
+               ] if S.NEEDS_SML in parts else []
         if names:
-            out.update(global_fn(logits_low, names, sml[-1] if sml else None))
+            out.update(global_fn(logits_low, names, sml[-1] if sml else None, logp))
         if moose:
             low_size = logits_low.shape[-2:]
-            members = [upsample(z, low_size) for z in probe_low] + [logits_low]
-            out.update(moose_fn(members, moose, sml or None))
+            # The four probes upsampled by one Resize (batched), then split again.
+            probes = upsample(torch.cat(probe_low, 0), low_size).split(x.shape[0], 0)
+            out.update(moose_fn(list(probes) + [logits_low], moose, sml or None))
         if pgn:
             out.update(pgn_fn(logits_low, psi, pgn, self.config.pgn_exact,
-                              self.config.pgn_bias))
+                              self.config.pgn_bias, logp))
         if spatial:
             out.update(self._spatial(out, logits_low.max(1).indices, spatial))
         return {k: out[k] for k in self.output_names()}

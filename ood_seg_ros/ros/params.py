@@ -19,8 +19,9 @@ import yaml
 
 from ..errors import OodSegError
 from ..model.bundle import default_bundle_path
+from ..model.config import parse_size
 from ..msg import MAX_FRAME_PIXELS
-from ..pipeline import GEOMETRIES, parse_size, Pipeline, PipelineSettings
+from ..pipeline import GEOMETRIES, Pipeline, PipelineSettings
 from ..runtime import BACKENDS
 from ..scores import ALL_SCORES
 

@@ -27,6 +27,24 @@ from ..errors import OodSegError
 LOG = logging.getLogger(__name__)
 
 
+def session_options(ort, threads: int = 0, spinning: bool = False):
+    """
+    Session options: optimisation level ALL, sequential, ``threads`` intra-op threads.
+
+    One inter-op thread; intra-op spin-waiting off unless ``spinning`` (a spinning pool
+    trades idle CPU for latency and fights every other process on a shared CPU).
+    """
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.intra_op_num_threads = int(threads)
+    so.inter_op_num_threads = 1
+    so.log_severity_level = 3  # errors only; failures are raised as OodSegError
+    if not spinning:
+        so.add_session_config_entry('session.intra_op.allow_spinning', '0')
+    return so
+
+
 class OnnxRuntimeBackend(Backend):
     """Runs the exported graph with ONNX Runtime; same outputs as the torch backend."""
 
@@ -100,17 +118,8 @@ class OnnxRuntimeBackend(Backend):
 
     # -- session ---------------------------------------------------------------------
     def session_options(self):
-        """Session options: optimisation level ALL, sequential, ``threads`` intra-op."""
-        ort = self._ort
-        so = ort.SessionOptions()
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        so.intra_op_num_threads = self.threads
-        so.inter_op_num_threads = 1
-        so.log_severity_level = 3  # errors only; failures are raised as OodSegError
-        if not self.spinning:  # spinning trades idle CPU for latency; off for shared CPUs
-            so.add_session_config_entry('session.intra_op.allow_spinning', '0')
-        return so
+        """Session options of this backend (see :func:`session_options`)."""
+        return session_options(self._ort, self.threads, self.spinning)
 
     def _open(self, path: Path):
         if not path.is_file():

@@ -1,5 +1,13 @@
-"""PyTorch backend: CPU or CUDA, optional fp16 and CUDA graphs."""
+"""
+PyTorch backend: CPU or CUDA, optional fp16 and CUDA graphs.
 
+CPU threads: ``threads`` (0: torch's default, all cores) with OpenMP's passive waiting
+(``OMP_WAIT_POLICY=PASSIVE``, set by the package before torch is imported, see
+``ood_seg_ros/__init__.py``), which keeps several threads faster than one on a CPU
+shared with other processes.
+"""
+
+import logging
 from typing import Dict, Sequence
 
 import numpy as np
@@ -8,6 +16,18 @@ import torch
 from .base import Backend
 from ..errors import OodSegError
 from ..model import load_bundle
+
+LOG = logging.getLogger(__name__)
+
+
+def _warn_if_spinning() -> None:
+    """Log once when torch was imported before the package could make OpenMP wait passively."""
+    import ood_seg_ros
+    if ood_seg_ros.TORCH_IMPORTED_FIRST and not getattr(_warn_if_spinning, 'done', False):
+        _warn_if_spinning.done = True
+        LOG.warning('torch was imported before ood_seg_ros with OMP_WAIT_POLICY unset: its '
+                    'CPU threads spin-wait, which is slow on a shared CPU; set '
+                    'OMP_WAIT_POLICY=PASSIVE or threads: 1')
 
 
 class TorchBackend(Backend):
@@ -31,6 +51,8 @@ class TorchBackend(Backend):
             raise OodSegError('torch backend: fp16 needs a CUDA device')
         if threads:
             torch.set_num_threads(threads)
+        if device == 'cpu' and torch.get_num_threads() > 1:
+            _warn_if_spinning()
         self.bundle = bundle or load_bundle(bundle_path, outputs=outputs)
         self.model = self.bundle.model
         self.model.set_outputs(outputs)

@@ -326,3 +326,21 @@ def test_cli_export_json(bundle, tmp_path, capsys, monkeypatch):
     monkeypatch.setattr('ood_seg_ros.model.bundle.default_bundle_path', lambda: None)
     assert cli.main(['export']) == 2
     assert 'no --bundle' in capsys.readouterr().err
+
+
+def test_graph_holds_only_what_the_node_requests(bundle, tmp_path):
+    """
+    A node-output graph omits the unrequested work, and its ops are the cheap ones.
+
+    No Sign (only PGN p = 0.1 / 0.3 need it), no pooling (spatial variants), no
+    LogSoftmax / Softmax / OneHot (slow over the class axis in ONNX Runtime); a graph
+    that asks for p = 0.1 and a spatial variant does contain them.
+    """
+    node = ['probs', 'moose_entropy', 'moose_mi', 'pgn_oh_p1', 'pgn_uni_p0.5', 'pgn_uni_p2']
+    path = E.export_onnx(bundle, node, tmp_path / 'node.onnx')
+    ops = E.onnx_ops(path)
+    assert not ops & {'Sign', 'MaxPool', 'AveragePool', 'LogSoftmax', 'Softmax', 'OneHot'}
+    assert [o.name for o in onnx.load(str(path)).graph.output] == ['semantic'] + node
+    more = E.onnx_ops(E.export_onnx(bundle, node + ['pgn_uni_p0.1', 'max_logit_bs'],
+                                    tmp_path / 'more.onnx'))
+    assert {'Sign', 'MaxPool', 'AveragePool'} <= more

@@ -243,3 +243,19 @@ def test_boxes_and_areas():
     np.testing.assert_array_equal(segment_areas(labels, 3), [7, 0, 1])
     assert segment_boxes(labels, 0).shape == (0, 4)
     assert segment_areas(labels, 0).shape == (0,)
+
+
+@pytest.mark.parametrize('seed', [0, 1, 2])
+def test_segment_boxes_match_brute_force(seed):
+    """Vectorised boxes equal np.nonzero per label, including ids without pixels."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 30, (40, 57)).astype(np.int32)
+    labels[labels == 7] = 0          # id 7 has no pixels
+    labels[0, 0] = 35                # above n: ignored
+    n = 31
+    boxes = segment_boxes(labels, n)
+    for k in range(1, n + 1):
+        ys, xs = np.nonzero(labels == k)
+        want = ((0, 0, 0, 0) if not len(ys) else
+                (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1))
+        assert tuple(boxes[k - 1]) == tuple(want), k

@@ -1,0 +1,169 @@
+"""
+Tests of ``ood-seg bench`` and its parts (``ood_seg_ros.bench``).
+
+Speed itself is never asserted here (the benchmark command prints it); these tests check
+that the figures are what they claim to be: the ratios are the ratios of the printed
+times, the peer of ``--compare-onnx`` is really run, the meta-classification records
+equal a per-segment reference, the segment grid has the requested segment count.
+"""
+
+import json
+
+from model_helpers import save_tiny_bundle
+import numpy as np
+from ood_seg_ros import cli
+from ood_seg_ros.bench import frames as FR
+from ood_seg_ros.bench.pipeline import segment_grid
+from ood_seg_ros.meta import MetaClassifier
+from ood_seg_ros.pipeline import Pipeline
+from ood_seg_ros.segments import find_segments
+import pytest
+import torch
+
+H, W = 64, 96
+pytestmark = pytest.mark.usefixtures('torch_threads')
+
+
+@pytest.fixture(scope='module')
+def bundle(tmp_path_factory):
+    """Save a tiny untrained model; heatmap score moose_entropy (natural bounds)."""
+    return save_tiny_bundle(tmp_path_factory.mktemp('bench') / 'b', (H, W))
+
+
+@pytest.fixture(scope='module')
+def peer(tmp_path_factory):
+    """Export a tiny segmentation conv net (random weights) to ONNX, input 1x3xHxW."""
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, 2, 1), torch.nn.ReLU(),
+                              torch.nn.Conv2d(8, 11, 1),
+                              torch.nn.Upsample(scale_factor=2, mode='bilinear'))
+    path = tmp_path_factory.mktemp('peer') / 'peer.onnx'
+    torch.onnx.export(net.eval(), (torch.rand(1, 3, H, W),), str(path),
+                      input_names=['x'], opset_version=17, dynamo=False)
+    return path
+
+
+def _bench(capsys, *args):
+    rc = cli.main(['bench', '--runs', '3', '--warmup', '1', '--height', str(H),
+                   '--width', str(W), '--json', *args])
+    out = capsys.readouterr()
+    return rc, (json.loads(out.out) if rc == 0 else out.err)
+
+
+def test_compare_onnx_times_the_peer_interleaved_with_ours(bundle, peer, capsys):
+    rc, res = _bench(capsys, '--bundle', str(bundle), '--skip-model',
+                     '--compare-onnx', str(peer))
+    assert rc == 0
+    assert res['peer_onnx'] == 'peer.onnx' and res['peer_input'] == [H, W]
+    for k in ('network', 'frame'):
+        assert res[f'ours_{k}_ms'] > 0 and res['peer_ms'] > 0
+        assert res[f'ratio_{k}_vs_peer'] == pytest.approx(
+            res[f'ours_{k}_ms'] / res['peer_ms'], rel=1e-3)
+
+
+def test_compare_onnx_refuses_a_bad_file(bundle, tmp_path, capsys):
+    bad = tmp_path / 'bad.onnx'
+    bad.write_bytes(b'not onnx')
+    rc, err = _bench(capsys, '--bundle', str(bundle), '--skip-model', '--compare-onnx',
+                     str(bad))
+    assert rc == 2 and 'cannot load' in err and len(err.strip().splitlines()) == 1
+
+
+def test_json_overheads_are_the_ratios_of_the_times(bundle, capsys):
+    rc, res = _bench(capsys, '--bundle', str(bundle), '--backend', 'onnxruntime',
+                     '--meta-segments', '5')
+    assert rc == 0
+    assert res['overhead_torch'] == pytest.approx(res['node_ms'] / res['plain_ms'], rel=1e-3)
+    assert res['overhead_ort'] == pytest.approx(res['ort_node_ms'] / res['ort_plain_ms'],
+                                                rel=1e-3)
+    assert res['node_outputs'] == Pipeline.required_outputs({'heatmap_score':
+                                                             'moose_entropy'})
+    assert res['meta_5_segments_ms'] > 0 and res['fps'] > 0
+    assert len(res['load_average']) == 3
+
+
+@pytest.mark.parametrize('n', [1, 40, 1000])
+def test_segment_grid_has_n_components(n):
+    labels, got = segment_grid((90, 120), n)
+    assert got == n
+    found, count = find_segments((labels > 0).astype(np.float32), 0.5)
+    assert count == n and np.array_equal(found, labels)
+    with pytest.raises(ValueError):
+        segment_grid((4, 4), 10)
+
+
+class _Outputs:
+    """Backend stand-in: the pipeline only reads its input size and output names here."""
+
+    input_size = (H, W)
+    output_names = ['semantic'] + Pipeline.required_outputs({'heatmap_score':
+                                                             'moose_entropy'})
+
+
+def test_classify_segments_equals_a_per_segment_reference():
+    rng = np.random.default_rng(3)
+    pipe = Pipeline(_Outputs(), [f'c{i}' for i in range(11)],
+                    {'heatmap_score': 'moose_entropy'})
+    names = pipe.extractor.feature_names
+    pipe.meta = MetaClassifier(names, rng.normal(size=len(names)),
+                               rng.uniform(0.5, 2, len(names)), rng.normal(size=len(names)),
+                               0.1, np.zeros(len(names)), 0.0, threshold=0.5)
+    pipe.meta_columns = np.arange(len(names))
+    labels, n = segment_grid((H // 4, W // 4), 37)
+    labels[labels == 5] = 0           # a label id without pixels
+    low = rng.random(labels.shape).astype(np.float32)
+    feats = rng.normal(size=(n, len(names)))
+    fh, fw = 250, 333                  # non-integer scale factors
+    segments, instances = pipe.classify_segments(labels, n, low, feats, (fh, fw))
+    p_fp = pipe.meta.predict_fp_proba(feats)
+    sy, sx = fh / labels.shape[0], fw / labels.shape[1]
+    next_id = 0
+    assert len(segments) == n
+    for k, seg in enumerate(segments, start=1):
+        ys, xs = np.nonzero(labels == k)
+        kept = p_fp[k - 1] <= 0.5
+        next_id += kept
+        assert seg.kept == kept and seg.id == (next_id if kept else 0)
+        assert seg.meta_score == pytest.approx(1 - p_fp[k - 1], abs=1e-12)
+        if not len(ys):
+            assert seg.area == 0 and seg.bbox == (0, 0, 0, 0) and seg.score == 0
+            continue
+        assert seg.bbox == (int(np.floor(xs.min() * sx)), int(np.floor(ys.min() * sy)),
+                            min(fw, int(np.ceil((xs.max() + 1) * sx))),
+                            min(fh, int(np.ceil((ys.max() + 1) * sy))))
+        assert seg.area == int(round(len(ys) * sx * sy))
+        assert seg.score == pytest.approx(float(low[ys, xs].astype(np.float64).mean()),
+                                          rel=1e-12)
+        assert (instances[ys, xs] == seg.id).all()
+    assert (instances[labels == 0] == 0).all()
+
+
+def test_sample_frame_from_the_bag_or_synthetic(monkeypatch, tmp_path):
+    rng = np.random.default_rng(0)
+    frame = FR.sample_frame(45, 70, rng)
+    assert frame.shape == (45, 70, 3) and frame.dtype == np.uint8
+    monkeypatch.setattr(FR, 'SAMPLE_BAG', tmp_path / 'none')
+    synth = FR.sample_frame(45, 70, rng)
+    assert synth.shape == (45, 70, 3) and synth.std() > 0
+    assert np.array_equal(FR.synthetic_frame(30, 40, np.random.default_rng(1)),
+                          FR.synthetic_frame(30, 40, np.random.default_rng(1)))
+
+
+USER_POLICY = {'OMP_WAIT_POLICY': 'ACTIVE'}
+
+
+@pytest.mark.parametrize('env, expected', [({}, 'PASSIVE'), (USER_POLICY, 'ACTIVE')])
+def test_package_makes_openmp_wait_passively_before_torch(env, expected):
+    """Importing the package sets OMP_WAIT_POLICY (unless set) before torch reads it."""
+    import os
+    import subprocess
+    import sys
+    code = ('import ood_seg_ros, os, sys; import torch; '
+            'print(os.environ["OMP_WAIT_POLICY"], ood_seg_ros.TORCH_IMPORTED_FIRST)')
+    base = {k: v for k, v in os.environ.items() if k != 'OMP_WAIT_POLICY'}
+    out = subprocess.run([sys.executable, '-c', code], env={**base, **env},
+                         capture_output=True, text=True, check=True).stdout.split()
+    assert out == [expected, 'False']
+    late = subprocess.run([sys.executable, '-c', 'import torch, ood_seg_ros; '
+                           'print(ood_seg_ros.TORCH_IMPORTED_FIRST)'], env=base,
+                          capture_output=True, text=True, check=True).stdout.strip()
+    assert late == 'True'
