@@ -1,7 +1,20 @@
 """
-Subcommands of the ``ood-seg`` CLI.
+Subcommands of the ``ood-seg`` CLI: one :class:`.base.Command` class each.
 
-Each module defines ``HELP`` (one line), ``add_arguments(parser)`` and
-``run(args) -> int``. Keep module top levels light (no torch import): every module
-is imported to build ``ood-seg --help``.
+A command parses its options and calls the engine (in the package, not here). Adding one
+is a module with its class plus one line in ``COMMANDS``.
 """
+
+from .bag_eval import BagEvalCommand
+from .bench import BenchCommand
+from .evaluate import EvalCommand
+from .export import ExportCommand
+from .make_bag import MakeBagCommand
+from .make_ood_set import MakeOodSetCommand
+from .sml_stats import SmlStatsCommand
+from .train import TrainBaseCommand, TrainEntropyCommand, TrainProbesCommand
+from .train_meta import TrainMetaCommand
+
+COMMANDS = (BenchCommand, TrainBaseCommand, TrainProbesCommand, TrainEntropyCommand,
+            TrainMetaCommand, SmlStatsCommand, EvalCommand, ExportCommand, MakeOodSetCommand,
+            MakeBagCommand, BagEvalCommand)

@@ -2,34 +2,7 @@
 
 import json
 
-HELP = 'Write an image folder (or an OoD set with GT) as a rosbag2 bag (metadata v8).'
-
-
-def add_arguments(parser) -> None:
-    """Add the make-bag options to ``parser``."""
-    parser.add_argument('--images', required=True,
-                        help='folder of images, or an OoD set (images/ + labels/); frames '
-                             'are taken sorted by name (CamVid names are in time order)')
-    parser.add_argument('--out', required=True, help='output bag folder (must not exist)')
-    parser.add_argument('--rate', type=float, default=10.0,
-                        help='frame rate in Hz for the stamps (default: 10)')
-    parser.add_argument('--limit', type=int, default=None, help='only the first N frames')
-    parser.add_argument('--with-gt', action='store_true',
-                        help='also write the OoD labels (0/1/255) as mono8 on --gt-topic')
-    parser.add_argument('--storage', default='mcap', choices=('mcap', 'sqlite3'),
-                        help='bag storage (default: mcap)')
-    parser.add_argument('--width', type=int, default=None,
-                        help='resize frames to this width (GT: nearest neighbour)')
-    parser.add_argument('--height', type=int, default=None,
-                        help='resize frames to this height; one of width / height alone '
-                             'keeps the aspect ratio')
-    parser.add_argument('--topic', default='/camera/image', help='image topic')
-    parser.add_argument('--gt-topic', default='/camera/ood_gt', help='GT mask topic')
-    parser.add_argument('--frame-id', default='camera', help='header frame_id')
-    parser.add_argument('--start-time', type=float, default=None,
-                        help='stamp of the first frame, seconds since the epoch '
-                             '(default: now; fix it for reproducible bags)')
-    parser.add_argument('--json', action='store_true', help='print the summary as JSON')
+from .base import Command
 
 
 def _target_size(shape, width, height) -> tuple:
@@ -108,29 +81,61 @@ def _frames(folder, with_gt: bool, limit, width, height):
     return names, frames(), (gts() if dataset is not None else None)
 
 
-def run(args) -> int:
-    """Write the bag and print a summary; return the exit status."""
-    from ..data.bags import write_image_bag
-    from ..errors import OodSegError
+class MakeBagCommand(Command):
+    """``ood-seg make-bag``."""
 
-    if args.limit is not None and args.limit < 1:
-        raise OodSegError(f'--limit must be >= 1, got {args.limit}')
-    for name in ('width', 'height'):
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            raise OodSegError(f'--{name} must be >= 1, got {value}')
-    names, frames, gts = _frames(args.images, args.with_gt, args.limit, args.width,
-                                 args.height)
-    start_ns = None if args.start_time is None else int(round(args.start_time * 1e9))
-    summary = write_image_bag(args.out, frames, args.rate, topic=args.topic,
-                              frame_id=args.frame_id, gt_masks=gts, gt_topic=args.gt_topic,
-                              storage=args.storage, start_ns=start_ns)
-    if args.json:
-        print(json.dumps(summary, indent=1))
-    else:
-        gt = f', GT on {summary["gt_topic"]}' if summary['gt_topic'] else ''
-        print(f'wrote {summary["n_frames"]} frames ({summary["width"]}x{summary["height"]}, '
-              f'{summary["rate_hz"]:g} Hz) on {summary["topic"]}{gt} to {summary["path"]} '
-              f'({summary["storage"]}, metadata v{summary["version"]}, '
-              f'{summary["size_bytes"] / 1e6:.2f} MB)')
-    return 0
+    name = 'make-bag'
+    description = 'Write an image folder (or an OoD set with GT) as a rosbag2 bag (metadata v8).'
+
+    def add_arguments(self, parser) -> None:
+        """Add the make-bag options to ``parser``."""
+        parser.add_argument('--images', required=True,
+                            help='folder of images, or an OoD set (images/ + labels/); frames '
+                                 'are taken sorted by name (CamVid names are in time order)')
+        parser.add_argument('--out', required=True, help='output bag folder (must not exist)')
+        parser.add_argument('--rate', type=float, default=10.0,
+                            help='frame rate in Hz for the stamps (default: 10)')
+        parser.add_argument('--limit', type=int, default=None, help='only the first N frames')
+        parser.add_argument('--with-gt', action='store_true',
+                            help='also write the OoD labels (0/1/255) as mono8 on --gt-topic')
+        parser.add_argument('--storage', default='mcap', choices=('mcap', 'sqlite3'),
+                            help='bag storage (default: mcap)')
+        parser.add_argument('--width', type=int, default=None,
+                            help='resize frames to this width (GT: nearest neighbour)')
+        parser.add_argument('--height', type=int, default=None,
+                            help='resize frames to this height; one of width / height alone '
+                                 'keeps the aspect ratio')
+        parser.add_argument('--topic', default='/camera/image', help='image topic')
+        parser.add_argument('--gt-topic', default='/camera/ood_gt', help='GT mask topic')
+        parser.add_argument('--frame-id', default='camera', help='header frame_id')
+        parser.add_argument('--start-time', type=float, default=None,
+                            help='stamp of the first frame, seconds since the epoch '
+                                 '(default: now; fix it for reproducible bags)')
+        parser.add_argument('--json', action='store_true', help='print the summary as JSON')
+
+    def main(self, args) -> int:
+        """Write the bag and print a summary; return the exit status."""
+        from ..data.bags import write_image_bag
+        from ..errors import OodSegError
+
+        if args.limit is not None and args.limit < 1:
+            raise OodSegError(f'--limit must be >= 1, got {args.limit}')
+        for name in ('width', 'height'):
+            value = getattr(args, name)
+            if value is not None and value < 1:
+                raise OodSegError(f'--{name} must be >= 1, got {value}')
+        names, frames, gts = _frames(args.images, args.with_gt, args.limit, args.width,
+                                     args.height)
+        start_ns = None if args.start_time is None else int(round(args.start_time * 1e9))
+        summary = write_image_bag(args.out, frames, args.rate, topic=args.topic,
+                                  frame_id=args.frame_id, gt_masks=gts, gt_topic=args.gt_topic,
+                                  storage=args.storage, start_ns=start_ns)
+        if args.json:
+            print(json.dumps(summary, indent=1))
+        else:
+            gt = f', GT on {summary["gt_topic"]}' if summary['gt_topic'] else ''
+            print(f'wrote {summary["n_frames"]} frames ({summary["width"]}x{summary["height"]}, '
+                  f'{summary["rate_hz"]:g} Hz) on {summary["topic"]}{gt} to {summary["path"]} '
+                  f'({summary["storage"]}, metadata v{summary["version"]}, '
+                  f'{summary["size_bytes"] / 1e6:.2f} MB)')
+        return 0

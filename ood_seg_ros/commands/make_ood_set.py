@@ -2,7 +2,7 @@
 
 import json
 
-HELP = 'Build a synthetic OoD set: COCO objects pasted into CamVid frames.'
+from .base import Command
 
 
 def _pair(text: str) -> tuple:
@@ -14,42 +14,47 @@ def _pair(text: str) -> tuple:
     return lo, hi
 
 
-def add_arguments(parser) -> None:
-    """Add the make-ood-set options to ``parser``."""
-    parser.add_argument('--camvid', required=True, help='CamVid root (holds <split>/images)')
-    parser.add_argument('--coco', required=True, help='coco128-seg root (images/, labels/)')
-    parser.add_argument('--split', default='val', help='CamVid split (default: val)')
-    parser.add_argument('--group', default='b', choices=('a', 'b', 'c'),
-                        help='COCO object group: a training proxy, b validation, c test')
-    parser.add_argument('--out', required=True, help='output folder')
-    parser.add_argument('--seed', type=int, default=0, help='random seed (default: 0)')
-    parser.add_argument('--limit', type=int, default=None, help='only the first N frames')
-    parser.add_argument('--objects', type=_pair, default=(1, 3), metavar='MIN,MAX',
-                        help='objects per frame, inclusive (default: 1,3)')
-    parser.add_argument('--overwrite', action='store_true',
-                        help='replace the files of an existing output folder')
-    parser.add_argument('--json', action='store_true', help='print the summary as JSON')
+class MakeOodSetCommand(Command):
+    """``ood-seg make-ood-set``."""
 
+    name = 'make-ood-set'
+    description = 'Build a synthetic OoD set: COCO objects pasted into CamVid frames.'
 
-def run(args) -> int:
-    """Build the set and print a summary; return the exit status."""
-    from tqdm import tqdm
+    def add_arguments(self, parser) -> None:
+        """Add the make-ood-set options to ``parser``."""
+        parser.add_argument('--camvid', required=True, help='CamVid root (holds <split>/images)')
+        parser.add_argument('--coco', required=True, help='coco128-seg root (images/, labels/)')
+        parser.add_argument('--split', default='val', help='CamVid split (default: val)')
+        parser.add_argument('--group', default='b', choices=('a', 'b', 'c'),
+                            help='COCO object group: a training proxy, b validation, c test')
+        parser.add_argument('--out', required=True, help='output folder')
+        parser.add_argument('--seed', type=int, default=0, help='random seed (default: 0)')
+        parser.add_argument('--limit', type=int, default=None, help='only the first N frames')
+        parser.add_argument('--objects', type=_pair, default=(1, 3), metavar='MIN,MAX',
+                            help='objects per frame, inclusive (default: 1,3)')
+        parser.add_argument('--overwrite', action='store_true',
+                            help='replace the files of an existing output folder')
+        parser.add_argument('--json', action='store_true', help='print the summary as JSON')
 
-    from ..data.ood_sets import make_ood_set
+    def main(self, args) -> int:
+        """Build the set and print a summary; return the exit status."""
+        from tqdm import tqdm
 
-    def progress(iterable, total):
-        return tqdm(iterable, total=total, desc='make-ood-set', unit='frame',
-                    disable=args.json)
+        from ..data.ood_sets import make_ood_set
 
-    summary = make_ood_set(args.camvid, args.coco, args.split, args.group, args.out, args.seed,
-                           objects_per_frame=args.objects, limit=args.limit,
-                           overwrite=args.overwrite, progress=progress)
-    if args.json:
-        print(json.dumps(summary, indent=1))
-    else:
-        print(f'wrote {summary["n_frames"]} frames to {summary["out_dir"]} '
-              f'(split {summary["split"]}, group {summary["group"]}, seed {summary["seed"]})')
-        print(f'objects pasted: {summary["n_objects_pasted"]} from '
-              f'{summary["n_source_objects"]} source objects; OoD pixels: '
-              f'{100 * summary["ood_pixel_fraction"]:.2f} %')
-    return 0
+        def progress(iterable, total):
+            return tqdm(iterable, total=total, desc='make-ood-set', unit='frame',
+                        disable=args.json)
+
+        summary = make_ood_set(args.camvid, args.coco, args.split, args.group, args.out, args.seed,
+                               objects_per_frame=args.objects, limit=args.limit,
+                               overwrite=args.overwrite, progress=progress)
+        if args.json:
+            print(json.dumps(summary, indent=1))
+        else:
+            print(f'wrote {summary["n_frames"]} frames to {summary["out_dir"]} '
+                  f'(split {summary["split"]}, group {summary["group"]}, seed {summary["seed"]})')
+            print(f'objects pasted: {summary["n_objects_pasted"]} from '
+                  f'{summary["n_source_objects"]} source objects; OoD pixels: '
+                  f'{100 * summary["ood_pixel_fraction"]:.2f} %')
+        return 0

@@ -9,9 +9,10 @@ import time
 from ood_seg_ros.data import bags
 
 SCRIPT = r"""
-import sys, time, types
+import sys, time
 import numpy as np
 from ood_seg_ros import cli
+from ood_seg_ros.commands.base import Command
 from ood_seg_ros.data import bags
 
 def run(args):
@@ -24,11 +25,16 @@ def run(args):
         time.sleep(60)                          # a long run, then SIGTERM/SIGINT
     return 0
 
-mod = types.SimpleNamespace(HELP='test', run=run,
-                            add_arguments=lambda p: p.add_argument('--out'))
-sys.modules['ood_seg_ros.commands.slow'] = mod
-cli.COMMANDS['slow'] = 'slow'
-sys.exit(cli.main(['slow', '--out', sys.argv[1]]))
+class Slow(Command):
+    name = 'slow'
+
+    def add_arguments(self, parser):
+        parser.add_argument('--out')
+
+    def main(self, args):
+        return run(args)
+
+sys.exit(cli.main(['slow', '--out', sys.argv[1]], commands=[Slow()]))
 """
 
 
