@@ -7,7 +7,7 @@ from typing import Iterable, Optional
 
 from .commands import COMMANDS
 from .commands.base import Command
-from .errors import OodSegError
+from .errors import exit_status, Terminated
 
 
 def build_parser(commands: Optional[Iterable[Command]] = None) -> argparse.ArgumentParser:
@@ -21,10 +21,6 @@ def build_parser(commands: Optional[Iterable[Command]] = None) -> argparse.Argum
         command.add_arguments(cmd)
         cmd.set_defaults(_command=command)
     return parser
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM, raised like Ctrl-C so open outputs (bags) are closed and finalised."""
 
 
 def _on_sigterm(signum, frame):
@@ -42,16 +38,7 @@ def main(argv=None, commands: Optional[Iterable[Command]] = None) -> int:
     args = parser.parse_args(argv)
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
-        return int(args._command.main(args) or 0)
-    except OodSegError as exc:
-        print(f'error: {exc}', file=sys.stderr)
-        return 2
-    except Terminated:
-        print('terminated', file=sys.stderr)
-        return 143
-    except KeyboardInterrupt:
-        print('interrupted', file=sys.stderr)
-        return 130
+        return exit_status(lambda: args._command.main(args))
     finally:
         signal.signal(signal.SIGTERM, previous)
 

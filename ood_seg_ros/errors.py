@@ -1,5 +1,8 @@
 """The one exception type the package raises for bad input, config or files."""
 
+import sys
+from typing import Callable, Optional
+
 
 class OodSegError(Exception):
     """
@@ -11,3 +14,27 @@ class OodSegError(Exception):
 
     def __init__(self, message: str):
         super().__init__(' '.join(str(message).split()))
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C so open outputs (bags) are closed and finalised."""
+
+
+def exit_status(run: Callable[[], Optional[int]], interrupted: str = 'interrupted') -> int:
+    """
+    Run ``run()`` and turn how it ends into a process exit status, with one stderr line.
+
+    Its own status (None: 0); :class:`OodSegError`: ``error: <message>``, 2;
+    :class:`Terminated`: 143; Ctrl-C: ``interrupted``, 130.
+    """
+    try:
+        return int(run() or 0)
+    except OodSegError as exc:
+        print(f'error: {exc}', file=sys.stderr)
+        return 2
+    except Terminated:
+        print('terminated', file=sys.stderr)
+        return 143
+    except KeyboardInterrupt:
+        print(interrupted, file=sys.stderr)
+        return 130

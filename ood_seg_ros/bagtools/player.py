@@ -31,7 +31,7 @@ from sensor_msgs.msg import Image
 from .node_process import node_command, NodeProcess
 from ..data.bags import (BagWriter, decode_image_cdr, DIAGNOSTICS_TYPE, IMAGE_TYPE,
                          iter_raw_messages, raw_header_stamp_ns)
-from ..errors import OodSegError
+from ..errors import exit_status, OodSegError
 from ..msg.topics import IMAGE_OUTPUTS, output_topic
 
 _INTERRUPTED = []
@@ -248,6 +248,15 @@ def main(argv=None) -> int:
     rclpy.init(args=None, signal_handler_options=SignalHandlerOptions.NO)
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, _on_interrupt)
+    try:
+        return exit_status(lambda: _replay(args, cmd),
+                           interrupted='interrupted: node stopped, output bag closed')
+    finally:
+        rclpy.try_shutdown()
+
+
+def _replay(args, cmd) -> int:
+    """Start the node, play the bag, record the outputs, stop the node; write the report."""
     player = None
     t_start = time.monotonic()
     try:
@@ -269,16 +278,9 @@ def main(argv=None) -> int:
             'frames': records, 'bad_messages': bad,
         }
         Path(args.report).write_text(json.dumps(report, indent=1))
-    except OodSegError as exc:
-        print(f'error: {exc}', file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print('interrupted: node stopped, output bag closed', file=sys.stderr)
-        return 130
     finally:
         if player is not None:
             player.close()
-        rclpy.try_shutdown()
     return 0
 
 

@@ -24,21 +24,17 @@ rate and measures drops.
 import json
 from pathlib import Path
 
-from .base import Command
+from .base import add_bundle_option, Command
 from ..errors import OodSegError
 
 
 class BagEvalCommand(Command):
-    """``ood-seg bag-eval``."""
-
-    name = 'bag-eval'
-    description = 'Evaluate a rosbag: offline pipeline or live node over DDS; metrics, output bag.'
+    """Evaluate a rosbag: offline pipeline or live node over DDS; metrics, output bag."""
 
     def add_arguments(self, parser) -> None:
         """Add the bag-eval options to ``parser``."""
         parser.add_argument('bag', help='input bag (folder with metadata.yaml, .mcap or .db3)')
-        parser.add_argument('--bundle', default=None,
-                            help='model bundle folder (default: the package default bundle)')
+        add_bundle_option(parser)
         parser.add_argument('--mode', default='offline', choices=('offline', 'live'),
                             help='offline: Pipeline in this process; live: ood_node over DDS')
         parser.add_argument('--out', required=True, help='output folder')

@@ -1,11 +1,16 @@
 """The contract of an ``ood-seg`` subcommand (the ros2cli verb pattern)."""
 
 import argparse
+import json
+import re
 
 
 class Command:
     """
     One subcommand: a name, a help line, and fixed ``add_arguments`` / ``main`` methods.
+
+    The name comes from the class name (``MakeOodSetCommand`` is ``make-ood-set``) and the
+    help line from the first line of the class docstring, as ros2cli takes a verb's.
 
     ``main`` returns the exit status; an :class:`ood_seg_ros.errors.OodSegError` it raises
     becomes one ``error:`` line and status 2 (see :func:`ood_seg_ros.cli.main`). Modules
@@ -16,9 +21,41 @@ class Command:
     name: str = ''
     description: str = ''
 
+    def __init_subclass__(cls, **kwargs):
+        """Derive ``name`` and ``description`` of a subclass from its name and docstring."""
+        super().__init_subclass__(**kwargs)
+        words = re.findall(r'[A-Z][a-z0-9]*', cls.__name__.removesuffix('Command'))
+        cls.name = '-'.join(w.lower() for w in words)
+        cls.description = (cls.__doc__ or '').strip().splitlines()[0].rstrip('.')
+
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         """Add this command's options to ``parser``."""
 
     def main(self, args: argparse.Namespace) -> int:
         """Run the command with the parsed ``args``; return the exit status."""
         raise NotImplementedError
+
+
+def add_bundle_option(parser: argparse.ArgumentParser, purpose: str = '') -> None:
+    """``--bundle``: required when ``purpose`` says what for, else the package default."""
+    if purpose:
+        parser.add_argument('--bundle', required=True, help=purpose)
+    else:
+        parser.add_argument('--bundle', default=None,
+                            help='model bundle folder (default: the package default bundle)')
+
+
+def add_json_option(parser: argparse.ArgumentParser, what: str = 'the result') -> None:
+    """``--json``: print ``what`` as JSON instead of the text summary."""
+    parser.add_argument('--json', action='store_true', help=f'print {what} as JSON')
+
+
+def print_result(result: dict, as_json: bool) -> None:
+    """Print a command's result: one JSON object, or one aligned ``key: value`` per line."""
+    if as_json:
+        print(json.dumps(result))
+        return
+    width = max((len(k) for k in result), default=0)
+    for key, value in result.items():
+        shown = ', '.join(map(str, value)) if isinstance(value, list) else value
+        print(f'{key:>{width}}: {shown}')

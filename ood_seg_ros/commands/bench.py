@@ -19,25 +19,20 @@ after ``--warmup`` runs, measured in one process on the same input:
 - ``node_*``: input -> output latency through a running node over real DDS (``--node``).
 """
 
-import json
 import os
 import platform
 
-from .base import Command
+from .base import add_bundle_option, add_json_option, Command, print_result
 
 # node_bench.py and node_soak.py take the frame from here (until they move to bench/).
 
 
 class BenchCommand(Command):
-    """``ood-seg bench``."""
-
-    name = 'bench'
-    description = 'measure network, post-processing and pipeline speed (JSON)'
+    """Measure network, post-processing and pipeline speed (JSON)."""
 
     def add_arguments(self, parser) -> None:
         """Benchmark options."""
-        parser.add_argument('--bundle', default=None,
-                            help='model bundle (default: the package default bundle)')
+        add_bundle_option(parser)
         parser.add_argument('--device', default='cpu', choices=['cpu', 'cuda'])
         parser.add_argument('--height', type=int, default=360)
         parser.add_argument('--width', type=int, default=480)
@@ -57,13 +52,12 @@ class BenchCommand(Command):
         parser.add_argument('--model-input', default='bundle', choices=['bundle', 'frame'],
                             help='end to end: run the network at the bundle input size (frames '
                                  'resized, as the node does) or at the frame size')
-        parser.add_argument('--cuda-graphs', action='store_true',
-                            help='on CUDA: replay captured CUDA graphs (model and torch backend)')
-        parser.add_argument('--compile-scores', action='store_true',
-                            help='fuse the score head with torch.compile (model and torch '
-                                 'backend)')
-        parser.add_argument('--compile-model', action='store_true',
-                            help='network timing: torch.compile the whole network (both variants)')
+        torch_options = parser.add_argument_group('torch (network timing and torch backend)')
+        torch_options.add_argument('--cuda-graphs', action='store_true', help='CUDA graphs')
+        torch_options.add_argument('--compile-scores', action='store_true',
+                                   help='fuse the score head with torch.compile')
+        torch_options.add_argument('--compile-model', action='store_true',
+                                   help='torch.compile the whole network (network timing)')
         parser.add_argument('--node', action='store_true',
                             help='time input->output latency through the ROS 2 node')
         parser.add_argument('--soak', type=int, default=0, metavar='N',
@@ -79,7 +73,7 @@ class BenchCommand(Command):
                             help='time meta classification at these segment counts')
         parser.add_argument('--growth', default='', metavar='HxW,HxW',
                             help='network time at these input sizes (torch unless --backend)')
-        parser.add_argument('--json', action='store_true', help='print one JSON object')
+        add_json_option(parser)
 
     def main(self, args) -> int:
         """Run the requested benchmarks and print the result."""
@@ -142,11 +136,7 @@ class BenchCommand(Command):
         res['torch_threads'] = torch.get_num_threads()
         res['load_average_end'] = list(os.getloadavg())
         res['peak_rss_mb'] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
-        if args.json:
-            print(json.dumps(res))
-        else:
-            for k, v in res.items():
-                print(f'{k:>24}: {v}')
+        print_result(res, args.json)
         return 0
 
 

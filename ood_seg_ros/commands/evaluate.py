@@ -2,20 +2,15 @@
 
 import sys
 
-from .base import Command
+from .base import add_bundle_option, add_json_option, Command
 
 
 class EvalCommand(Command):
-    """``ood-seg eval``."""
-
-    name = 'eval'
-    description = ('evaluate a bundle: CamVid mIoU, OoD scores (AP, FPR95, sIoU, ...), '
-                   'meta classifier')
+    """Evaluate a bundle: CamVid mIoU, OoD scores (AP, FPR95, sIoU, ...), meta classifier."""
 
     def add_arguments(self, parser) -> None:
         """Declare the evaluation options."""
-        parser.add_argument('--bundle', default=None,
-                            help='model bundle (default: package bundle)')
+        add_bundle_option(parser)
         parser.add_argument('--camvid', default=None,
                             help='CamVid root: mIoU of global head + probes, and the kept '
                                  'detections per (in-distribution) frame')
@@ -36,7 +31,7 @@ class EvalCommand(Command):
         parser.add_argument('--out', default=None, help='folder for metrics.json and plots')
         parser.add_argument('--device', default='cpu', choices=['cpu', 'cuda'])
         parser.add_argument('--limit', type=int, default=0, help='first N frames only')
-        parser.add_argument('--json', action='store_true', help='print the metrics as JSON')
+        add_json_option(parser, 'the metrics')
 
     def main(self, args) -> int:
         """Evaluate and print a table or JSON."""

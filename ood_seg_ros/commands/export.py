@@ -8,10 +8,9 @@ bundle's engine cache (or ``--out``) without running it; FP16 by default, ``--fp
 ``--int8 --calib-dir DIR`` (entropy calibration over the frames in DIR).
 """
 
-import json
 import time
 
-from .base import Command
+from .base import add_bundle_option, add_json_option, Command, print_result
 
 
 def resolve_outputs(spec: str, runtime: dict) -> list:
@@ -32,15 +31,11 @@ def resolve_outputs(spec: str, runtime: dict) -> list:
 
 
 class ExportCommand(Command):
-    """``ood-seg export``."""
-
-    name = 'export'
-    description = 'export a model bundle to ONNX or a TensorRT engine'
+    """Export a model bundle to ONNX or a TensorRT engine."""
 
     def add_arguments(self, parser) -> None:
         """Export options."""
-        parser.add_argument('--bundle', default=None,
-                            help='model bundle folder (default: the package default bundle)')
+        add_bundle_option(parser)
         parser.add_argument('--format', default='onnx', choices=['onnx', 'tensorrt'])
         parser.add_argument('--fp16', action='store_true',
                             help='half precision (ONNX: fp16 graph; TensorRT: the default)')
@@ -64,7 +59,7 @@ class ExportCommand(Command):
                             help='TensorRT builder workspace limit in MiB')
         parser.add_argument('--force-engine-update', action='store_true',
                             help='TensorRT: rebuild even when a matching engine is cached')
-        parser.add_argument('--json', action='store_true', help='print one JSON object')
+        add_json_option(parser)
 
     def main(self, args) -> int:
         """Export and print the result."""
@@ -111,9 +106,5 @@ class ExportCommand(Command):
             res.update({'path': str(be.engine_path), 'precision': be.precision,
                         'size_mb': round(Path(be.engine_path).stat().st_size / 2**20, 2)})
         res['seconds'] = round(time.perf_counter() - t0, 2)
-        if args.json:
-            print(json.dumps(res))
-        else:
-            for k, v in res.items():
-                print(f'{k:>22}: {", ".join(map(str, v)) if isinstance(v, list) else v}')
+        print_result(res, args.json)
         return 0

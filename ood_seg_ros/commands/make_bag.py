@@ -2,7 +2,7 @@
 
 import json
 
-from .base import Command
+from .base import add_json_option, Command
 
 
 def _target_size(shape, width, height) -> tuple:
@@ -24,7 +24,7 @@ def _frames(folder, with_gt: bool, limit, width, height):
     import cv2
 
     from ..data.camvid import read_rgb
-    from ..data.ood_sets import IMAGE_SUFFIXES, OodDataset
+    from ..data.ood_sets import image_files, OodDataset
     from ..errors import OodSegError
 
     folder = Path(folder)
@@ -41,12 +41,7 @@ def _frames(folder, with_gt: bool, limit, width, height):
         files = None
     else:
         img_dir = folder / 'images' if (folder / 'images').is_dir() else folder
-        files = {}
-        for p in sorted(img_dir.iterdir()):
-            if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES:
-                if p.stem in files:
-                    raise OodSegError(f'two images named {p.stem} in {img_dir}')
-                files[p.stem] = p
+        files = image_files(img_dir)
         names = sorted(files)
         if not names:
             raise OodSegError(f'image folder {img_dir} holds no images (.jpg, .png, .webp)')
@@ -82,10 +77,7 @@ def _frames(folder, with_gt: bool, limit, width, height):
 
 
 class MakeBagCommand(Command):
-    """``ood-seg make-bag``."""
-
-    name = 'make-bag'
-    description = 'Write an image folder (or an OoD set with GT) as a rosbag2 bag (metadata v8).'
+    """Write an image folder (or an OoD set with GT) as a rosbag2 bag (metadata v8)."""
 
     def add_arguments(self, parser) -> None:
         """Add the make-bag options to ``parser``."""
@@ -111,7 +103,7 @@ class MakeBagCommand(Command):
         parser.add_argument('--start-time', type=float, default=None,
                             help='stamp of the first frame, seconds since the epoch '
                                  '(default: now; fix it for reproducible bags)')
-        parser.add_argument('--json', action='store_true', help='print the summary as JSON')
+        add_json_option(parser, 'the summary')
 
     def main(self, args) -> int:
         """Write the bag and print a summary; return the exit status."""

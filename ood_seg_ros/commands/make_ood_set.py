@@ -2,7 +2,7 @@
 
 import json
 
-from .base import Command
+from .base import add_json_option, Command
 
 
 def _pair(text: str) -> tuple:
@@ -15,10 +15,7 @@ def _pair(text: str) -> tuple:
 
 
 class MakeOodSetCommand(Command):
-    """``ood-seg make-ood-set``."""
-
-    name = 'make-ood-set'
-    description = 'Build a synthetic OoD set: COCO objects pasted into CamVid frames.'
+    """Build a synthetic OoD set: COCO objects pasted into CamVid frames."""
 
     def add_arguments(self, parser) -> None:
         """Add the make-ood-set options to ``parser``."""
@@ -34,7 +31,7 @@ class MakeOodSetCommand(Command):
                             help='objects per frame, inclusive (default: 1,3)')
         parser.add_argument('--overwrite', action='store_true',
                             help='replace the files of an existing output folder')
-        parser.add_argument('--json', action='store_true', help='print the summary as JSON')
+        add_json_option(parser, 'the summary')
 
     def main(self, args) -> int:
         """Build the set and print a summary; return the exit status."""

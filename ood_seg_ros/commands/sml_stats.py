@@ -1,23 +1,20 @@
 """``ood-seg sml-stats``: per-class max-logit statistics for the SML scores."""
 
-from .base import Command
+from .base import add_bundle_option, add_json_option, Command
 
 
 class SmlStatsCommand(Command):
-    """``ood-seg sml-stats``."""
-
-    name = 'sml-stats'
-    description = 'gather per-class max-logit statistics (SML scores) on the training split'
+    """Gather per-class max-logit statistics (SML scores) on the training split."""
 
     def add_arguments(self, parser) -> None:
         """SML statistics options."""
-        parser.add_argument('--bundle', required=True, help='bundle to store the statistics in')
+        add_bundle_option(parser, 'bundle to store the statistics in')
         parser.add_argument('--camvid', required=True, help='CamVid root')
         parser.add_argument('--split', default='train',
                             help='split to gather on (default: train, as the SML paper)')
         parser.add_argument('--device', default='cpu', choices=['cpu', 'cuda'])
         parser.add_argument('--limit', type=int, default=0, help='first N frames only')
-        parser.add_argument('--json', action='store_true')
+        add_json_option(parser)
 
     def main(self, args) -> int:
         """Gather the statistics and write them into the bundle's config."""

@@ -3,7 +3,7 @@
 import json
 import os
 
-from .base import Command
+from .base import add_json_option, Command
 
 
 _DEFAULTS = {
@@ -17,7 +17,7 @@ _DEFAULTS = {
 
 
 class TrainCommand(Command):
-    """``ood-seg train-<stage>``: one training stage (options and defaults per stage)."""
+    """One training stage: the options and defaults of ``train-<stage>``."""
 
     def add_arguments(self, parser) -> None:
         """Options of one training stage (defaults differ per stage)."""
@@ -82,7 +82,7 @@ class TrainCommand(Command):
         parser.add_argument('--val-every', type=int, default=1, help='validate every N epochs')
         parser.add_argument('--seed', type=int, default=0)
         parser.add_argument('--resume', action='store_true', help='continue from checkpoint.pt')
-        parser.add_argument('--json', action='store_true', help='print the result as JSON')
+        add_json_option(parser)
 
     def main(self, args) -> int:
         """Run one training stage."""
@@ -129,21 +129,12 @@ class TrainCommand(Command):
 
 
 class TrainBaseCommand(TrainCommand):
-    """``ood-seg train-base``."""
-
-    name = 'train-base'
-    description = 'train DeepLabv3+ on CamVid from ImageNet weights (poly LR)'
+    """Train DeepLabv3+ on CamVid from ImageNet weights (poly LR)."""
 
 
 class TrainProbesCommand(TrainCommand):
-    """``ood-seg train-probes``."""
-
-    name = 'train-probes'
-    description = 'train the MOoSe probes on a frozen base bundle'
+    """Train the MOoSe probes on a frozen base bundle."""
 
 
 class TrainEntropyCommand(TrainCommand):
-    """``ood-seg train-entropy``."""
-
-    name = 'train-entropy'
-    description = 'fine-tune a bundle with entropy maximisation on an OoD proxy'
+    """Fine-tune a bundle with entropy maximisation on an OoD proxy."""

@@ -2,18 +2,15 @@
 
 import json
 
-from .base import Command
+from .base import add_bundle_option, add_json_option, Command
 
 
 class TrainMetaCommand(Command):
-    """``ood-seg train-meta``."""
-
-    name = 'train-meta'
-    description = 'train the meta classifier (false-positive segments) on held-out validation sets'
+    """Train the meta classifier (false-positive segments) on held-out validation sets."""
 
     def add_arguments(self, parser) -> None:
         """Meta classifier training options."""
-        parser.add_argument('--bundle', required=True, help='bundle to add meta.json to')
+        add_bundle_option(parser, 'bundle to add meta.json to')
         parser.add_argument('--ood-set', required=True, action='append',
                             help='held-out validation OoD set (repeat for several; never a '
                                  'test set nor frames the bundle trained on)')
@@ -37,7 +34,7 @@ class TrainMetaCommand(Command):
                             help='network input HxW (default: the bundle input size)')
         parser.add_argument('--device', default='cpu', choices=['cpu', 'cuda'])
         parser.add_argument('--limit', type=int, default=0)
-        parser.add_argument('--json', action='store_true')
+        add_json_option(parser)
 
     def main(self, args) -> int:
         """Extract segments on the sets, choose features, fit, store meta.json in the bundle."""

@@ -301,7 +301,8 @@ LAYOUTS_HELP = ('accepted layouts: (a) images/<name>.jpg|png + labels/<name>.png
                 'frames/<name>.labels/labels_semantic.png')
 
 
-def _image_files(folder: Path) -> dict:
+def image_files(folder: Path) -> dict:
+    """Map name (file stem) -> path of the images in ``folder``; two with one stem fail."""
     out = {}
     for p in sorted(folder.iterdir()):
         if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES:
@@ -328,7 +329,7 @@ class OodDataset:
         self._semantic = {}
         if (self.root / 'images').is_dir() and (self.root / 'labels').is_dir():
             self.layout = 'images_labels'
-            images = _image_files(self.root / 'images')
+            images = image_files(self.root / 'images')
             labels = {}
             for name in images:
                 labels[name] = self.root / 'labels' / f'{name}.png'
@@ -343,7 +344,7 @@ class OodDataset:
                                           f'{self._semantic[name]}')
         elif (self.root / 'frames').is_dir():
             self.layout = 'road_anomaly'
-            images = _image_files(self.root / 'frames')
+            images = image_files(self.root / 'frames')
             labels = {}
             for name in images:
                 labels[name] = self.root / 'frames' / f'{name}.labels' / 'labels_semantic.png'

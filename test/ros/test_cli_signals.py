@@ -25,8 +25,8 @@ def run(args):
         time.sleep(60)                          # a long run, then SIGTERM/SIGINT
     return 0
 
-class Slow(Command):
-    name = 'slow'
+class SlowCommand(Command):
+    '''Write a bag slowly.'''
 
     def add_arguments(self, parser):
         parser.add_argument('--out')
@@ -34,7 +34,7 @@ class Slow(Command):
     def main(self, args):
         return run(args)
 
-sys.exit(cli.main(['slow', '--out', sys.argv[1]], commands=[Slow()]))
+sys.exit(cli.main(['slow', '--out', sys.argv[1]], commands=[SlowCommand()]))
 """
 
 
