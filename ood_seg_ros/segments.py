@@ -16,11 +16,10 @@ Conventions (methods §5):
 Everything is vectorised over the foreground pixels (``np.add.reduceat`` over runs of
 equal region id, then ``np.bincount`` over label ids; no per-segment or per-pixel
 Python loops). The only full-frame pass in :meth:`SegmentFeatureExtractor.extract` is
-finding the non-zero labels (about 1.5 ms at 1024x2048); the rest is exact and costs
-O(number of segment pixels * (C + number of maps)), roughly 0.2 us per segment pixel
-for C = 11 and 4 extra maps on one (slow, shared) core: 4 ms at 0.3 % of a 1024x2048
-frame in segments, 8-10 ms at 1 %, 21 ms at 3.7 %, 42 ms at 9 %. ``probs`` and the maps
-should be C-contiguous (otherwise numpy copies them).
+finding the non-zero labels; the rest is exact and costs O(number of segment pixels *
+(C + number of maps)), so the time grows with the area of the segments, not of the frame
+(measured in the README, ``ood-seg bench --postprocess``). ``probs`` and the maps should
+be C-contiguous (otherwise numpy copies them).
 """
 
 import numpy as np
@@ -224,7 +223,7 @@ class SegmentFeatureExtractor:
             return out
 
         flat = labels.ravel()
-        idx = np.flatnonzero(flat != 0)  # via bool: ~4x faster than on int labels
+        idx = np.flatnonzero(flat != 0)  # via bool: faster than on int labels
         if idx.size == 0:
             return out
         lab = flat[idx].astype(np.intp)

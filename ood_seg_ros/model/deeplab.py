@@ -241,7 +241,7 @@ class OodSegNet(nn.Module):
         parts = S.needs(base)
         logits_low, psi, probe_low = self.features(x, S.NEEDS_PROBES in parts)
         logits = upsample(logits_low, size)
-        # max(1).indices is ~10x faster than argmax(1) on CPU and exports to ArgMax.
+        # max(1).indices is faster than argmax(1) on CPU and exports to ArgMax.
         out = {'semantic': logits.max(1).indices.int()}
         if 'logits' in want:
             out['logits'] = logits
