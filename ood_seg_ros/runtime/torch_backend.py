@@ -16,6 +16,7 @@ import torch
 from .base import Backend
 from ..errors import OodSegError
 from ..model import load_bundle
+from ..model.fold import fold_batch_norms
 
 LOG = logging.getLogger(__name__)
 
@@ -35,7 +36,9 @@ class TorchBackend(Backend):
     Runs the bundle's network with PyTorch.
 
     On CUDA the uint8 frame is uploaded and converted on the GPU; ``cuda_graphs``
-    captures the whole forward once and replays it (static input/output buffers).
+    captures the whole forward once and replays it (static input/output buffers). The
+    BatchNorms of a bundle the backend loads itself are folded into the convolutions
+    (:mod:`ood_seg_ros.model.fold`); a ``bundle`` passed in is left unchanged.
     """
 
     name = 'torch'
@@ -59,7 +62,11 @@ class TorchBackend(Backend):
         self.device = device
         self.fp16 = fp16
         self.dtype = torch.float16 if fp16 else torch.float32
-        self.model.to(device=device, dtype=self.dtype).eval()
+        self.model.eval()
+        self.folded_batch_norms = 0
+        if bundle is None:      # our own copy: fold BatchNorm into the convolutions
+            self.folded_batch_norms = fold_batch_norms(self.model)
+        self.model.to(device=device, dtype=self.dtype)
         self.compiled = bool(compile_scores)
         if compile_scores:
             self.model.compile_scores()

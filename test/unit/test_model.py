@@ -527,3 +527,25 @@ def test_config_dict_round_trip():
     assert back.n_classes == 11 and back.aspp_rates == (12, 24, 36)
     assert _cfg().aspp_rates == (6, 12, 18)
     assert np.all([isinstance(v, tuple) for v in (back.class_names, back.mean, back.std)])
+
+
+def test_folding_batch_norms_keeps_every_output():
+    """Folded BatchNorm (the torch backend's inference copy) gives the same outputs."""
+    from ood_seg_ros.model.fold import fold_batch_norms
+    ref = _randomise_bn(OodSegNet(_cfg()).eval())
+    folded = _randomise_bn(OodSegNet(_cfg()).eval())
+    folded.load_state_dict(ref.state_dict())
+    n_bn = sum(isinstance(m, nn.BatchNorm2d) for m in ref.modules())
+    n_probe_bn = sum(isinstance(m, nn.BatchNorm2d) for m in ref.probes.modules())
+    assert fold_batch_norms(folded) == n_bn - n_probe_bn > 0
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in folded.modules()) == n_probe_bn
+    x = torch.rand(1, 3, *SIZE, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        want, got = ref(x), folded(x)
+    for name in want:
+        if name == 'semantic':
+            assert (got[name] != want[name]).float().mean() < 1e-3
+        else:
+            torch.testing.assert_close(got[name], want[name], rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match='eval mode'):
+        fold_batch_norms(OodSegNet(_cfg()).train())

@@ -65,6 +65,10 @@ def _bn(channels: int) -> nn.BatchNorm2d:
 class MBConv(nn.Module):
     """Inverted residual block: [1x1 expand] -> depthwise kxk -> 1x1 project."""
 
+    # (conv, BatchNorm) pairs that inference may fold (ood_seg_ros.model.fold)
+    BN_AFTER_CONV = (('_expand_conv', '_bn0'), ('_depthwise_conv', '_bn1'),
+                     ('_project_conv', '_bn2'))
+
     def __init__(self, cin: int, cout: int, kernel: int, stride: int, expand: int,
                  dilation: int = 1):
         super().__init__()
@@ -100,6 +104,8 @@ class EfficientNetLite(Backbone):
     stage's channels) and the last stage at ``output_stride`` 8, 16 or 32; strides beyond
     ``output_stride`` become dilations (DeepLab style).
     """
+
+    BN_AFTER_CONV = (('_conv_stem', '_bn0'),)   # the ImageNet head's _bn1 stays
 
     def __init__(self, variant: str = 'lite0', output_stride: int = 16,
                  with_classifier: bool = False):
