@@ -346,17 +346,28 @@ class Client:
                 return {k: self.got[k][stamp] for k in outputs}
         return None
 
-    def call(self, srv_type, name, request, timeout=20.0):
-        """Call a service and wait for the response."""
+    def call(self, srv_type, name, request, timeout=60.0, resend=None):
+        """
+        Call a service and wait for the response.
+
+        ``resend`` (s): an idempotent request is sent again after this long without a
+        response. Right after discovery a server may not yet know the client's reply
+        reader, and DDS drops that first response (seen on a loaded 2-core machine).
+        """
         client = self.node.create_client(srv_type, name)
         if not client.wait_for_service(timeout_sec=timeout):
             raise RuntimeError(f'service {name} not available')
-        future = client.call_async(request)
-        self.spin_until(future.done, timeout)
+        end = time.monotonic() + timeout
+        futures = []
+        while time.monotonic() < end and not any(f.done() for f in futures):
+            futures.append(client.call_async(request))
+            wait = min(resend or timeout, end - time.monotonic())
+            self.spin_until(lambda: any(f.done() for f in futures), wait)
         self.node.destroy_client(client)
-        if not future.done():
+        done = [f for f in futures if f.done()]
+        if not done:
             raise RuntimeError(f'service {name}: no response within {timeout} s')
-        return future.result()
+        return done[0].result()
 
     def set_parameters(self, **values):
         """Set node parameters one call each; [(successful, reason)]."""
@@ -366,15 +377,16 @@ class Client:
         for name, value in values.items():
             req = SetParameters.Request()
             req.parameters = [Parameter(name, value=value).to_parameter_msg()]
-            res = self.call(SetParameters, f'{self.ns}/ood_node/set_parameters', req)
+            res = self.call(SetParameters, f'{self.ns}/ood_node/set_parameters', req,
+                            resend=5.0)
             out.append([res.results[0].successful, res.results[0].reason])
         return out
 
     def lifecycle_state(self):
         """Label of the node's lifecycle state."""
         from lifecycle_msgs.srv import GetState
-        return self.call(GetState, f'{self.ns}/ood_node/get_state',
-                         GetState.Request()).current_state.label
+        return self.call(GetState, f'{self.ns}/ood_node/get_state', GetState.Request(),
+                         resend=5.0).current_state.label
 
     def change_state(self, transition_id, timeout=120.0):
         """Trigger a lifecycle transition (activate loads the model); True on success."""
@@ -389,7 +401,8 @@ class Client:
         from rcl_interfaces.srv import GetParameters
         from rclpy.parameter import parameter_value_to_python
         req = GetParameters.Request(names=list(names))
-        res = self.call(GetParameters, f'{self.ns}/ood_node/get_parameters', req)
+        res = self.call(GetParameters, f'{self.ns}/ood_node/get_parameters', req,
+                        resend=5.0)
         return {n: parameter_value_to_python(v) for n, v in zip(names, res.values)}
 
     def wait_diag(self, pred, timeout=10.0):
