@@ -36,11 +36,7 @@ def build_backbone(name: str, output_stride: int = 16) -> Backbone:
 
 def load_imagenet(backbone: Backbone, name: str) -> dict:
     """Copy ImageNet weights into ``backbone`` (built as ``name``); counts for logging."""
-    spec = backbone_spec(name)
-    if spec.load_imagenet is None:
-        raise OodSegError(f'backbone {name!r} has no ImageNet weights here; build it '
-                          f'with imagenet=False')
-    return spec.load_imagenet(backbone)
+    return backbone_spec(name).load_imagenet(backbone)
 
 
 __all__ = ['Backbone', 'BackboneSpec', 'BACKBONES', 'backbone_names', 'backbone_spec',

@@ -10,7 +10,7 @@ channels (the ASPP input). The two channel counts are attributes set in code, re
 """
 
 from dataclasses import dataclass
-from typing import Callable, Optional, Tuple
+from typing import Callable, Tuple
 
 import torch
 from torch import nn
@@ -45,14 +45,13 @@ class BackboneSpec:
     One registered backbone.
 
     ``build(output_stride)`` returns a :class:`Backbone`; ``load_imagenet(backbone)``
-    copies ImageNet weights into it strictly and returns counts for logging, or is None
-    when no weights for this backbone are installable here.
+    copies ImageNet weights into it strictly and returns counts for logging, or raises
+    OodSegError saying why none are installable here.
     """
 
     name: str
     build: Callable[[int], Backbone]
-    load_imagenet: Optional[Callable[[Backbone], dict]] = None
-    weights_hint: str = ''
+    load_imagenet: Callable[[Backbone], dict]
 
 
 def check_state(model: nn.Module, state: dict, source: str, verb: str) -> None:

@@ -212,6 +212,5 @@ def load_imagenet_weights(backbone: EfficientNetLite, path: str = None) -> Dict[
 
 
 BACKBONES = {name: BackboneSpec(name, lambda stride, name=name: EfficientNetLite(name, stride),
-                                load_imagenet=load_imagenet_weights,
-                                weights_hint=VARIANTS[name][2] or '')
+                                load_imagenet_weights)
              for name in VARIANTS}
