@@ -77,7 +77,7 @@ class BagEvalCommand(Command):
     def main(self, args) -> int:
         """Evaluate the bag, write the artefacts and print a summary; return the exit status."""
         # Lazy: these import numpy and torch, and ood-seg imports every subcommand at start.
-        from ..bagtools import live, offline, report
+        from ..bagtools import offline, report
         from ..data.bags import bag_info
         from ..model.bundle import default_bundle_path
         from ..pipeline import PipelineSettings
@@ -100,6 +100,7 @@ class BagEvalCommand(Command):
             doc = offline.evaluate_offline(bag, settings, image_topic, out / report.OUTPUT_BAG,
                                            limit=args.limit)
         else:
+            from ..bagtools import live     # rclpy: only the live mode needs ROS
             doc = live.evaluate_live(bag, settings, image_topic, out, params_file=args.params_file,
                                      pacing=args.pacing, rate_scale=args.rate_scale,
                                      limit=args.limit, frame_timeout=args.frame_timeout,
