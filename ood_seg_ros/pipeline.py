@@ -18,6 +18,8 @@ Steps (one implementation, shared by the node, the evaluator and bag replay):
 """
 
 from dataclasses import dataclass, field, replace
+import logging
+from pathlib import Path
 import time
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
@@ -27,11 +29,13 @@ import numpy as np
 from .errors import OodSegError
 from .meta import MetaClassifier
 from .model.bundle import read_bundle_json
-from .model.config import parse_size, size_key
+from .model.config import ModelConfig, parse_size, size_key
 from .msg import MAX_FRAME_PIXELS
-from .runtime import auto_backend
+from .runtime import auto_backend, make_backend
 from .scores import ALL_SCORES, natural_range, SCORES
 from .segments import find_segments, MOOSE_NAMES, segment_boxes, SegmentFeatureExtractor
+
+LOG = logging.getLogger(__name__)
 
 DECODER_STRIDE = 4     # score maps are at 1/4 of the network input (DeepLabv3+ decoder)
 GEOMETRIES = ('letterbox', 'stretch')
@@ -318,9 +322,6 @@ class Pipeline:
         480x960 for a 2:1 camera); the bundle's settings for that size are used when it
         has them (``runtime.sizes``, written by ``ood-seg eval --calibrate --input-size``).
         """
-        from .model.config import ModelConfig
-        from .runtime import make_backend
-        from pathlib import Path
         doc = read_bundle_json(bundle_path)
         runtime = doc.get('runtime', {})
         config = ModelConfig.from_dict(doc['config'])
@@ -335,8 +336,7 @@ class Pipeline:
         if meta_path.exists():
             meta = MetaClassifier.load(meta_path)
         else:
-            import logging
-            logging.getLogger(__name__).error(
+            LOG.error(
                 'bundle %s has no meta.json: meta classifier OFF, every segment is kept '
                 '(train one with ood-seg train-meta)', bundle_path)
         return cls(be, doc['config']['class_names'], runtime, meta, score, threshold,
