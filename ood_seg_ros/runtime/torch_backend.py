@@ -63,9 +63,8 @@ class TorchBackend(Backend):
         self.fp16 = fp16
         self.dtype = torch.float16 if fp16 else torch.float32
         self.model.eval()
-        self.folded_batch_norms = 0
         if bundle is None:      # our own copy: fold BatchNorm into the convolutions
-            self.folded_batch_norms = fold_batch_norms(self.model)
+            fold_batch_norms(self.model)
         self.model.to(device=device, dtype=self.dtype)
         self.compiled = bool(compile_scores)
         if compile_scores:
