@@ -169,11 +169,12 @@ def bench_node(bundle, height, width, runs, warmup, backend='auto', device='auto
         status = _fresh_status(ses, diags)
         # delivery: camera-like publishing at a rate the node's processing keeps up with
         # (not the latency: late deliveries must not slow the camera down)
-        proc_ms = _value(status, 'processing_p95_ms', float('nan')) if status else float('nan')
+        proc_ms = (status_value(status, 'processing_p95_ms', float('nan')) if status
+                   else float('nan'))
         if proc_ms != proc_ms:
             proc_ms = float(np.percentile(latencies, 50))
         period = max(0.1, 2.0 * proc_ms / 1e3)
-        received0 = _value(status, 'frames_received', 0) if status is not None else None
+        received0 = status_value(status, 'frames_received', 0) if status is not None else None
         sent = []
         for _ in range(runs):
             msg.header.stamp = node.get_clock().now().to_msg()
@@ -189,18 +190,18 @@ def bench_node(bundle, height, width, runs, warmup, backend='auto', device='auto
            'node_latency_p95_ms': round(float(np.percentile(latencies, 95)), 3),
            'node_frames': runs}
     if status is not None:
-        pipe = _value(status, 'pipeline_p50_ms', float('nan'))
+        pipe = status_value(status, 'pipeline_p50_ms', float('nan'))
         res.update({'node_pipeline_ms': round(pipe, 3),
                     'ros_overhead_ms': round(lat - pipe, 3),
                     'node_conversion_publish_ms': round(
-                        _value(status, 'ros_overhead_p50_ms', float('nan')), 3),
-                    'node_backend': _value(status, 'backend', '', str),
-                    'node_device': _value(status, 'device', '', str)})
+                        status_value(status, 'ros_overhead_p50_ms', float('nan')), 3),
+                    'node_backend': status_value(status, 'backend', '', str),
+                    'node_device': status_value(status, 'device', '', str)})
     else:
         res['ros_overhead_ms'] = None
     if received0 is not None and after is not None:
         res['delivered_input'] = round(
-            (_value(after, 'frames_received', 0) - received0) / len(sent), 3)
+            (status_value(after, 'frames_received', 0) - received0) / len(sent), 3)
     else:
         res['delivered_input'] = None
     for key, seen in outs.items():
@@ -218,7 +219,8 @@ def _fresh_status(ses: NodeSession, diags, timeout=5.0):
     return diags[-1] if diags else None
 
 
-def _value(status, key, default, cast=float):
+def status_value(status, key, default, cast=float):
+    """Return diagnostics value ``key`` of ``status`` as ``cast`` (``default``: absent/bad)."""
     for kv in status.values:
         if kv.key == key:
             try:

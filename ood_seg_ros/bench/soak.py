@@ -31,7 +31,7 @@ import time
 import numpy as np
 
 from .frames import sample_frame
-from .node import _value, IMAGE_TOPIC, node_session, READY_TIMEOUT_S
+from .node import IMAGE_TOPIC, node_session, READY_TIMEOUT_S, status_value
 from ..errors import OodSegError
 from ..msg.topics import output_topic
 
@@ -115,7 +115,7 @@ def soak_node(bundle, height, width, frames, backend='auto', device='auto',
                 pub.publish(bad[bad_sent % len(bad)])
                 bad_sent += 1
                 ses.spin_until(lambda: any(
-                    _value(st, 'errors_total', 0) >= bad_sent for st in diags), 5.0)
+                    status_value(st, 'errors_total', 0) >= bad_sent for st in diags), 5.0)
                 diags.clear()
             msg.data = good[i % len(good)]
             msg.header.stamp = node.get_clock().now().to_msg()
@@ -145,7 +145,7 @@ def soak_node(bundle, height, width, frames, backend='auto', device='auto',
                   if kv.key.startswith('errors_')}
     return {'soak_frames': frames, 'soak_bad_frames': bad_sent, 'height': height,
             'width': width, 'frames_processed': processed, 'frames_dropped': dropped,
-            'node_frames_processed': int(_value(status, 'frames_processed', -1))
+            'node_frames_processed': int(status_value(status, 'frames_processed', -1))
             if status is not None else None,
             'node_errors': errors, 'baseline_frame': base['frame'],
             'rss_growth_mb': round(last['vmrss_mb'] - base['vmrss_mb'], 2),
