@@ -50,6 +50,8 @@ def parse_pgn_name(name: str):
 # Graph parts a score needs besides the global logits: the MOoSe probes, the decoder
 # features ψ (PGN) and per-class max-logit statistics (SML).
 NEEDS_PROBES, NEEDS_PSI, NEEDS_SML = 'probes', 'psi', 'sml_stats'
+# Training-split mean and standard deviation of a fused score's members (FUSED below).
+NEEDS_STATS = 'score_stats'
 # Natural ranges, as functions of the class count C: probability-like scores lie in
 # [0, 1 - 1/C], entropy-like ones in [0, log C]; the others need calibrated constants.
 NATURAL_RANGES = {'prob': lambda c: (0.0, 1.0 - 1.0 / c),
@@ -61,8 +63,9 @@ class ScoreSpec:
     """
     One score map of the graph.
 
-    ``family``: 'global' (one head), 'moose' (probes + global head), 'pgn' or 'spatial'
-    (a post-processed ``base`` map, ``kind`` bs/ds/bsds). ``natural``: key of
+    ``family``: 'global' (one head), 'moose' (probes + global head), 'pgn', 'fused' (the
+    mean of standardised ``members``) or 'spatial' (a post-processed ``base`` map,
+    ``kind`` bs/ds/bsds). ``natural``: key of
     :data:`NATURAL_RANGES`, or None when the range must be calibrated. ``needs``: graph
     parts (``NEEDS_*``) the map is computed from, a spatial map's base included.
     ``mode``, ``p``: the PGN label mode and exponent.
@@ -76,6 +79,7 @@ class ScoreSpec:
     kind: Optional[str] = None
     mode: Optional[str] = None
     p: Optional[float] = None
+    members: Tuple[str, ...] = ()
 
     def natural_range(self, n_classes: int) -> Optional[Tuple[float, float]]:
         """(lo, hi) of the score for ``n_classes`` classes, or None (calibrate it)."""
@@ -98,6 +102,9 @@ def _table() -> Dict[str, ScoreSpec]:
     rows += [ScoreSpec(pgn_name(m, p), 'pgn', frozenset({NEEDS_PSI}), mode=m, p=p)
              for m in PGN_MODES for p in PGN_PS]
     by_name = {r.name: r for r in rows}
+    for name, members in FUSED.items():
+        need = frozenset({NEEDS_STATS}).union(*(by_name[m].needs for m in members))
+        by_name[name] = ScoreSpec(name, 'fused', need, members=members)
     # Spatially post-processed variants ``<base>_<kind>`` (see spatial_postprocess):
     # bs = boundary suppression, ds = dilated smoothing, bsds = both, in that order.
     for b in SPATIAL_BASES:
@@ -107,6 +114,13 @@ def _table() -> Dict[str, ScoreSpec]:
     return by_name
 
 
+# Fused scores: the mean of member scores, each standardised by its mean and standard
+# deviation over the pixels of the training split (``ood-seg sml-stats``; nothing is
+# fitted on OoD frames). A global score and a MOoSe score answer different anomaly types
+# (the global head: small obstacles on the road; the probes: objects in the scene).
+FUSED = {'fused_energy_moose_entropy': ('energy', 'moose_entropy'),
+         'fused_energy_moose_energy': ('energy', 'moose_energy'),
+         'fused_max_logit_moose_max_logit': ('max_logit', 'moose_max_logit')}
 SPATIAL_KINDS = ('bs', 'ds', 'bsds')
 SPATIAL_BASES = ('max_logit', 'energy', 'sml', 'moose_entropy', 'moose_max_logit',
                  'pgn_uni_p0.5')
@@ -119,9 +133,13 @@ def of_family(name: str) -> Tuple[str, ...]:
 
 
 def base_maps(names: Iterable[str]) -> List[str]:
-    """Non-spatial maps needed for ``names``: those given and the bases of spatial ones."""
+    """
+    Non-spatial maps needed for ``names``: those given, the bases of spatial ones and the
+    members of fused ones (table order: members before the fused map).
+    """
     want = set(names)
     want |= {SCORES[n].base for n in want if n in SCORES and SCORES[n].base}
+    want |= {m for n in want if n in SCORES for m in SCORES[n].members}
     return [n for n, s in SCORES.items() if n in want and s.family != 'spatial']
 
 
@@ -136,11 +154,12 @@ def natural_range(name: str, n_classes: int) -> Optional[Tuple[float, float]]:
     return spec.natural_range(n_classes) if spec else None
 
 
+FUSED_SCORES = of_family('fused')
 GLOBAL_SCORES = of_family('global')
 MOOSE_SCORES = of_family('moose')
 ALL_PGN_SCORES = of_family('pgn')
 SPATIAL_SCORES = of_family('spatial')
-BASE_SCORES = GLOBAL_SCORES + MOOSE_SCORES + ALL_PGN_SCORES
+BASE_SCORES = GLOBAL_SCORES + MOOSE_SCORES + ALL_PGN_SCORES + FUSED_SCORES
 ALL_SCORES = tuple(SCORES)
 # Scores that need per-class max-logit statistics (``ModelConfig.sml_stats``).
 SML_SCORES = tuple(n for n in BASE_SCORES if NEEDS_SML in SCORES[n].needs)
@@ -278,6 +297,23 @@ def moose_scores(member_logits: Sequence[torch.Tensor], names: Iterable[str],
         out['moose_sml'] = sum(standardised_max_logit(z, *st)
                                for z, st in zip(zs.unbind(0), sml_stats)) / zs.shape[0]
     return out
+
+
+def fused_score(maps: Dict[str, torch.Tensor], members: Sequence[str],
+                stats: Dict[str, Sequence[float]]) -> torch.Tensor:
+    """
+    Mean of the standardised member maps: (1/K) sum_k (s_k - mu_k) / sigma_k.
+
+    ``maps``: member name -> (B, H, W); ``stats``: member name -> (mu, sigma) over the
+    training split's pixels. Standardising puts scores of different units (energy in
+    logit units, entropy in nats) on one scale, so neither dominates by its range.
+    """
+    total = None
+    for m in members:
+        mu, sigma = stats[m]
+        term = (maps[m] - float(mu)) * (1.0 / float(sigma))
+        total = term if total is None else total + term
+    return total * (1.0 / len(members))
 
 
 def _logsumexp(x: torch.Tensor, dim: int) -> torch.Tensor:

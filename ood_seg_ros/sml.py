@@ -5,6 +5,9 @@ SML (Jung et al., ICCV 2021; methods §8): on the training split, for each class
 max logit of the pixels predicted as c has mean mu_c and standard deviation sigma_c;
 at run time SML = -(max z - mu_c^) / sigma_c^. Statistics are gathered per MOoSe member
 (four probes and the global head) at decoder resolution, where the graph scores.
+
+The same pass gathers the mean and standard deviation over all pixels of every member
+of a fused score (:data:`ood_seg_ros.scores.FUSED`), which standardise it.
 """
 
 from typing import Dict, Iterable
@@ -13,8 +16,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from . import scores as S
 from .model.config import SML_MEMBERS
 from .model.deeplab import OodSegNet, upsample
+
+# Scores whose pixel statistics the fused scores need, gathered with the SML statistics.
+STAT_SCORES = tuple(dict.fromkeys(m for v in S.FUSED.values() for m in v))
 
 
 class MaxLogitMoments:
@@ -53,17 +60,53 @@ class MaxLogitMoments:
                 'pixels': [int(v) for v in self.count]}
 
 
+class ScoreMoments:
+    """Running count, sum and sum of squares of one score map over all pixels (float64)."""
+
+    def __init__(self):
+        self.count = self.total = self.total_sq = 0.0
+
+    def add(self, score: torch.Tensor) -> None:
+        """Add a (B, h, w) score map."""
+        v = score.double().reshape(-1)
+        self.count += v.numel()
+        self.total += float(v.sum())
+        self.total_sq += float((v * v).sum())
+
+    def result(self, min_std: float = 1e-6) -> Dict[str, float]:
+        """Mean and standard deviation (floored at ``min_std``) over the pixels added."""
+        n = max(self.count, 1.0)
+        mean = self.total / n
+        std = max(np.sqrt(max(self.total_sq / n - mean * mean, 0.0)), min_std)
+        return {'mean': float(mean), 'std': float(std), 'pixels': int(self.count)}
+
+
+def member_scores(logits_low: torch.Tensor, probe_low, names) -> Dict[str, torch.Tensor]:
+    """Global and MOoSe score maps ``names`` from decoder-resolution logits and probes."""
+    glob = [n for n in names if S.SCORES[n].family == 'global']
+    moose = [n for n in names if S.SCORES[n].family == 'moose']
+    out = S.global_scores(logits_low, glob) if glob else {}
+    if moose:
+        size = logits_low.shape[-2:]
+        out.update(S.moose_scores([upsample(p, size) for p in probe_low] + [logits_low],
+                                  moose))
+    return out
+
+
 @torch.no_grad()
 def gather_sml_stats(model: OodSegNet, images: Iterable[np.ndarray],
                      batch_size: int = 4) -> Dict:
     """
     Statistics of every member over uint8 RGB frames (H, W, 3) at the model input size.
 
-    Returns the ``ModelConfig.sml_stats`` object (without provenance fields).
+    Returns the ``ModelConfig.sml_stats`` object (without provenance fields): per-class
+    max-logit statistics per member and, under ``scores``, the pixel mean and standard
+    deviation of every score in :data:`STAT_SCORES`.
     """
     model.eval()
     dev = next(model.parameters()).device
     moments = {m: MaxLogitMoments(model.config.n_classes) for m in SML_MEMBERS}
+    score_moments = {n: ScoreMoments() for n in STAT_SCORES}
     h, w = model.config.input_size
     batch = []
 
@@ -74,6 +117,8 @@ def gather_sml_stats(model: OodSegNet, images: Iterable[np.ndarray],
         for name, z in zip(SML_MEMBERS, [upsample(p, size) for p in probe_low]
                            + [logits_low]):
             moments[name].add(z)
+        for name, m in member_scores(logits_low, probe_low, STAT_SCORES).items():
+            score_moments[name].add(m)
         batch.clear()
 
     frames = 0
@@ -88,4 +133,5 @@ def gather_sml_stats(model: OodSegNet, images: Iterable[np.ndarray],
             flush()
     if batch:
         flush()
-    return {'frames': frames, 'members': {m: moments[m].result() for m in SML_MEMBERS}}
+    return {'frames': frames, 'members': {m: moments[m].result() for m in SML_MEMBERS},
+            'scores': {n: score_moments[n].result() for n in STAT_SCORES}}

@@ -21,15 +21,18 @@ def lively(model, seed=0):
 
 
 def sml_stats(n_classes, seed=0):
-    """Plausible per-member SML statistics (``ModelConfig.sml_stats``) for tests."""
+    """Plausible per-member SML and fused-score statistics (``ModelConfig.sml_stats``)."""
     from ood_seg_ros.model.config import SML_MEMBERS
+    from ood_seg_ros.sml import STAT_SCORES
     g = torch.Generator().manual_seed(seed)
     members = {}
     for m in SML_MEMBERS:
         mean = (torch.rand(n_classes, generator=g) * 2.0).tolist()
         std = (0.5 + torch.rand(n_classes, generator=g)).tolist()
         members[m] = {'mean': mean, 'std': std}
-    return {'split': 'train', 'frames': 1, 'members': members}
+    scores = {n: {'mean': float(torch.randn(1, generator=g)),
+                  'std': float(0.5 + torch.rand(1, generator=g))} for n in STAT_SCORES}
+    return {'split': 'train', 'frames': 1, 'members': members, 'scores': scores}
 
 
 def save_tiny_bundle(path, size, info=None):

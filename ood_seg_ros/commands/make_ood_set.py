@@ -29,6 +29,12 @@ class MakeOodSetCommand(Command):
         parser.add_argument('--limit', type=int, default=None, help='only the first N frames')
         parser.add_argument('--objects', type=_pair, default=(1, 3), metavar='MIN,MAX',
                             help='objects per frame, inclusive (default: 1,3)')
+        parser.add_argument('--placement', default='scene', choices=('scene', 'road'),
+                            help='scene: objects anywhere (default); road: road obstacles at '
+                                 'a perspective-consistent size, COCO and procedural objects')
+        parser.add_argument('--procedural-fraction', type=float, default=0.5,
+                            help='road placement: share of procedural objects (boxes, tyres, '
+                                 'rocks, bags) among the placed ones (default: 0.5)')
         parser.add_argument('--overwrite', action='store_true',
                             help='replace the files of an existing output folder')
         add_json_option(parser, 'the summary')
@@ -45,7 +51,9 @@ class MakeOodSetCommand(Command):
 
         summary = make_ood_set(args.camvid, args.coco, args.split, args.group, args.out, args.seed,
                                objects_per_frame=args.objects, limit=args.limit,
-                               overwrite=args.overwrite, progress=progress)
+                               overwrite=args.overwrite, progress=progress,
+                               placement=args.placement,
+                               procedural_fraction=args.procedural_fraction)
         if args.json:
             print(json.dumps(summary, indent=1))
         else:

@@ -21,7 +21,7 @@ from typing import NamedTuple, Optional
 import cv2
 import numpy as np
 
-from . import coco_objects
+from . import coco_objects, road_obstacles
 from .camvid import list_pairs, load_pair, NUM_CLASSES, read_gray, read_rgb, ROAD, VOID
 from ..errors import OodSegError
 
@@ -29,6 +29,7 @@ OOD = 1
 IN_DIST = 0
 JPEG_QUALITY = 95
 IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png', '.webp')
+PLACEMENTS = ('scene', 'road')
 
 
 @dataclass
@@ -209,9 +210,15 @@ def _write_image(path: Path, img: np.ndarray, params=()) -> None:
 
 def make_ood_set(camvid_root, coco_root, split, group, out_dir, seed, objects_per_frame=(1, 3),
                  limit=None, on_road_fraction=0.5, height_frac=(0.08, 0.4), feather_px=2.0,
-                 overwrite=False, progress=None) -> dict:
+                 overwrite=False, progress=None, placement='scene',
+                 procedural_fraction=0.5) -> dict:
     """
     Write an OoD set: every (sorted) CamVid frame of ``split`` with ``group`` objects pasted.
+
+    ``placement``: ``scene`` (anywhere, see :func:`compose_ood_frame`) or ``road`` (road
+    obstacles at a perspective-consistent size, COCO and procedural objects, see
+    :mod:`ood_seg_ros.data.road_obstacles`; ``on_road_fraction`` / ``height_frac`` /
+    ``feather_px`` do not apply there).
 
     Frame ``i`` uses ``frame_rng(seed, i)``, so a frame's content does not depend on ``limit``.
     ``progress`` optionally wraps the frame iterator, called as ``progress(iterable, total)``
@@ -220,6 +227,8 @@ def make_ood_set(camvid_root, coco_root, split, group, out_dir, seed, objects_pe
     """
     if int(seed) < 0:
         raise OodSegError(f'seed must be >= 0, got {seed}')
+    if placement not in PLACEMENTS:
+        raise OodSegError(f'placement must be one of {PLACEMENTS}, got {placement!r}')
     if limit is not None and int(limit) < 1:
         raise OodSegError(f'limit must be >= 1, got {limit}')
     pairs = list_pairs(camvid_root, split)
@@ -252,9 +261,16 @@ def make_ood_set(camvid_root, coco_root, split, group, out_dir, seed, objects_pe
         iterator = progress(iterator, len(pairs))
     for index, (img_path, lab_path) in iterator:
         rgb, label = load_pair(img_path, lab_path)
-        res = compose_ood_frame(rgb, label, objects, frame_rng(seed, index),
-                                n_objects=objects_per_frame, on_road_fraction=on_road_fraction,
-                                height_frac=height_frac, feather_px=feather_px)
+        rng = frame_rng(seed, index)
+        if placement == 'road':
+            img, ood, sem, boxes = road_obstacles.place_on_road(
+                rgb, label, [ROAD], objects, rng, n_objects=objects_per_frame,
+                procedural_fraction=procedural_fraction, void=VOID)
+            res = PasteResult(img, ood, sem, None, [b for b in boxes if b])
+        else:
+            res = compose_ood_frame(rgb, label, objects, rng, n_objects=objects_per_frame,
+                                    on_road_fraction=on_road_fraction,
+                                    height_frac=height_frac, feather_px=feather_px)
         name = img_path.stem
         _write_image(dirs['images'] / f'{name}.jpg', res.rgb,
                      (cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY))
@@ -266,14 +282,16 @@ def make_ood_set(camvid_root, coco_root, split, group, out_dir, seed, objects_pe
         n_void += int((res.ood_label == VOID).sum())
         n_pixels += res.ood_label.size
         frames.append({'index': index, 'name': name, 'ood_pixels': ood_px,
-                       'objects': [asdict(p) for p in res.placements]})
+                       'objects': [p if isinstance(p, dict) else asdict(p)
+                                   for p in res.placements]})
     counts = {
         'n_frames': len(pairs), 'n_source_objects': len(objects), 'n_objects_pasted': n_pasted,
         'n_ood_pixels': n_ood, 'n_void_pixels': n_void, 'n_pixels': n_pixels,
         'ood_pixel_fraction': n_ood / max(n_pixels, 1),
     }
     info = {
-        'seed': int(seed), 'split': split, 'group': group,
+        'seed': int(seed), 'split': split, 'group': group, 'placement': placement,
+        'procedural_fraction': procedural_fraction if placement == 'road' else 0.0,
         'group_description': coco_objects.GROUPS.get(group, group),
         'objects_per_frame': list(objects_per_frame), 'on_road_fraction': on_road_fraction,
         'height_frac': list(height_frac), 'feather_px': feather_px, 'limit': limit,

@@ -7,7 +7,7 @@ from typing import List, Optional, Tuple
 from .backbones import backbone_names
 from ..data.camvid import CAMVID_CLASSES
 from ..errors import OodSegError
-from ..scores import ALL_SCORES, EXTRA_OUTPUTS, needs, NEEDS_SML
+from ..scores import ALL_SCORES, EXTRA_OUTPUTS, needs, NEEDS_SML, NEEDS_STATS, SCORES
 
 # Heads with their own SML statistics, in the MOoSe member order of the forward pass.
 SML_MEMBERS = ('probe0', 'probe1', 'probe2', 'probe3', 'global')
@@ -37,9 +37,20 @@ def needs_sml(name: str) -> bool:
     return NEEDS_SML in needs([name])
 
 
+def needs_stats(name: str) -> bool:
+    """Tell whether score ``name`` (or its spatial variant) needs training score statistics."""
+    return NEEDS_STATS in needs([name])
+
+
+def stat_members(name: str) -> set:
+    """Scores whose training statistics ``name`` needs (the members of a fused score)."""
+    spec = SCORES[name]
+    return set(SCORES[spec.base or name].members)
+
+
 def default_outputs() -> List[str]:
     """Return the outputs of a fresh config: probs and every score needing no statistics."""
-    return ['probs'] + [n for n in ALL_SCORES if not needs_sml(n)]
+    return ['probs'] + [n for n in ALL_SCORES if not needs_sml(n) and not needs_stats(n)]
 
 
 @dataclass
@@ -126,10 +137,22 @@ class ModelConfig:
                                       f'{self.n_classes} finite numbers')
             if min(entry['std']) <= 0:
                 raise OodSegError(f'model config: sml_stats.members.{m}.std must be > 0')
+        scores = st.get('scores', {})
+        if not isinstance(scores, dict):
+            raise OodSegError('model config: sml_stats.scores must be an object')
+        for name, entry in scores.items():
+            ok = (isinstance(entry, dict) and all(
+                isinstance(entry.get(k), (int, float)) and math.isfinite(entry[k])
+                for k in ('mean', 'std')))
+            if not ok or entry['std'] <= 0:
+                raise OodSegError(f'model config: sml_stats.scores.{name} must hold a finite '
+                                  f'mean and a std > 0')
 
     def available_scores(self) -> List[str]:
-        """Every score this config can compute (SML ones only with statistics)."""
-        return [n for n in ALL_SCORES if self.sml_stats is not None or not needs_sml(n)]
+        """Every score this config can compute (SML and fused ones only with statistics)."""
+        have = set((self.sml_stats or {}).get('scores') or {})
+        return [n for n in ALL_SCORES if (self.sml_stats is not None or not needs_sml(n))
+                and (not needs_stats(n) or stat_members(n) <= have)]
 
     def to_dict(self) -> dict:
         """Plain-JSON form."""

@@ -58,6 +58,12 @@ def sml_tensors(config: ModelConfig) -> Tuple[torch.Tensor, torch.Tensor]:
     return mean, std
 
 
+def score_stats(config: ModelConfig) -> Dict[str, Tuple[float, float]]:
+    """Training-split (mean, std) per score name (``sml_stats.scores``; {} without)."""
+    st = (config.sml_stats or {}).get('scores') or {}
+    return {k: (float(v['mean']), float(v['std'])) for k, v in st.items()}
+
+
 class ASPP(nn.Module):
     """Four non-pooling branches (1x1 + three atrous 3x3) plus image pooling."""
 
@@ -147,6 +153,7 @@ class OodSegNet(nn.Module):
         mean, std = sml_tensors(c)
         self.register_buffer('sml_mean', mean, persistent=False)
         self.register_buffer('sml_std', std, persistent=False)
+        self.score_stats = score_stats(c)
         self.set_outputs(c.outputs if outputs is None else outputs)
         self._score_fns = (S.global_scores, S.moose_scores, S.log_pgn)
 
@@ -171,6 +178,11 @@ class OodSegNet(nn.Module):
         if needs_sml and self.sml_mean.numel() == 0:
             raise OodSegError(f'outputs {needs_sml} need per-class max-logit statistics, '
                               f'which this bundle lacks (ood-seg sml-stats)')
+        lacking = [o for o in outputs if o in S.SCORES
+                   for m in S.SCORES[o].members if m not in self.score_stats]
+        if lacking:
+            raise OodSegError(f'outputs {sorted(set(lacking))} need training-split score '
+                              f'statistics, which this bundle lacks (ood-seg sml-stats)')
         self.outputs = [o for o in known if o in set(outputs)]
 
     def output_names(self) -> List[str]:
@@ -267,6 +279,8 @@ class OodSegNet(nn.Module):
         if pgn:
             out.update(pgn_fn(logits_low, psi, pgn, self.config.pgn_exact,
                               self.config.pgn_bias, logp))
+        for name in (n for n in base if S.SCORES[n].family == 'fused'):
+            out[name] = S.fused_score(out, S.SCORES[name].members, self.score_stats)
         if spatial:
             out.update(self._spatial(out, logits_low.max(1).indices, spatial))
         return {k: out[k] for k in self.output_names()}

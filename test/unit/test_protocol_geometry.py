@@ -128,6 +128,34 @@ def test_multi_set_eval_and_calibration_per_size(tmp_path, bundle):
 
 # ---- SML statistics -------------------------------------------------------------------
 
+def test_fused_score_statistics_match_network_outputs(bundle):
+    """sml-stats' pixel mean / std of fused members equal numpy over the graph's maps."""
+    from ood_seg_ros.sml import STAT_SCORES
+    model = load_bundle(bundle).model
+    rng = np.random.default_rng(7)
+    frames = [rng.integers(0, 255, (H, W, 3), dtype=np.uint8) for _ in range(3)]
+    stats = gather_sml_stats(model, frames, batch_size=2)
+    model.set_outputs(list(STAT_SCORES))
+    with torch.no_grad():
+        maps = [model(torch.from_numpy(f).permute(2, 0, 1)[None].float() / 255)
+                for f in frames]
+    for name in STAT_SCORES:
+        v = np.concatenate([m[name].numpy().ravel() for m in maps]).astype(np.float64)
+        assert stats['scores'][name]['mean'] == pytest.approx(v.mean(), rel=1e-5, abs=1e-6)
+        want = max(v.std(), 1e-6)                          # std floored at 1e-6
+        assert stats['scores'][name]['std'] == pytest.approx(want, rel=1e-4)
+        assert stats['scores'][name]['pixels'] == v.size
+    # With them the config offers the fused scores; without them it does not.
+    fused = 'fused_energy_moose_entropy'
+    assert fused in ModelConfig(input_size=(H, W), sml_stats=stats).available_scores()
+    no_scores = {k: v for k, v in stats.items() if k != 'scores'}
+    assert fused not in ModelConfig(input_size=(H, W), sml_stats=no_scores).available_scores()
+    bad = json.loads(json.dumps(stats))
+    bad['scores']['energy']['std'] = 0.0
+    with pytest.raises(OodSegError, match='sml_stats.scores.energy'):
+        ModelConfig(input_size=(H, W), sml_stats=bad).validate()
+
+
 def test_sml_stats_match_recomputation(bundle):
     model = load_bundle(bundle).model
     rng = np.random.default_rng(6)

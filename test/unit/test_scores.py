@@ -347,8 +347,10 @@ def test_score_names():
     assert S.ALL_PGN_SCORES == expected_pgn
     spatial = tuple(f'{b}_{k}' for b in S.SPATIAL_BASES for k in ('bs', 'ds', 'bsds'))
     assert S.SPATIAL_SCORES == spatial
-    assert len(S.ALL_SCORES) == 5 + 6 + 10 + 3 * len(S.SPATIAL_BASES)
-    assert S.ALL_SCORES == S.GLOBAL_SCORES + S.MOOSE_SCORES + expected_pgn + spatial
+    assert S.FUSED_SCORES == tuple(S.FUSED)
+    assert len(S.ALL_SCORES) == 5 + 6 + 10 + len(S.FUSED) + 3 * len(S.SPATIAL_BASES)
+    assert S.ALL_SCORES == (S.GLOBAL_SCORES + S.MOOSE_SCORES + expected_pgn + S.FUSED_SCORES
+                            + spatial)
     assert all(S.split_spatial(f'{b}_{k}') == (b, k) for b in S.SPATIAL_BASES
                for k in S.SPATIAL_KINDS)
     assert S.split_spatial('pgn_uni_p0.5') == ('pgn_uni_p0.5', None)
@@ -479,3 +481,48 @@ def test_spatial_kinds_compose():
     assert torch.allclose(bsds, S.dilated_smoothing(bs, k))
     with pytest.raises(ValueError):
         S.spatial_postprocess(score, label, 'blur', k)
+
+
+# ---- fused scores ---------------------------------------------------------------------
+
+def test_fused_score_matches_numpy():
+    rng = np.random.default_rng(3)
+    maps = {'energy': rng.normal(size=(2, 5, 7)), 'moose_entropy': rng.random((2, 5, 7))}
+    stats = {'energy': (-4.0, 2.0), 'moose_entropy': (0.3, 0.1)}
+    got = S.fused_score({k: torch.from_numpy(v) for k, v in maps.items()},
+                        ('energy', 'moose_entropy'), stats).numpy()
+    want = ((maps['energy'] + 4.0) / 2.0 + (maps['moose_entropy'] - 0.3) / 0.1) / 2
+    np.testing.assert_allclose(got, want, rtol=1e-12)
+
+
+def test_fused_scores_in_the_graph_match_their_members():
+    """The network's fused maps equal the standardised mean of its own member maps."""
+    from model_helpers import sml_stats
+    from ood_seg_ros.model import ModelConfig, OodSegNet
+    torch.manual_seed(0)
+    stats = sml_stats(11)
+    model = OodSegNet(ModelConfig(input_size=(64, 96), aspp_channels=32, decoder_channels=32,
+                                  low_level_project=16, probe_channels=16,
+                                  sml_stats=stats)).eval()
+    members = sorted({m for v in S.FUSED.values() for m in v})
+    model.set_outputs(list(S.FUSED) + members)
+    with torch.no_grad():
+        out = model(torch.rand(1, 3, 64, 96))
+    for name, parts in S.FUSED.items():
+        want = sum((out[m].numpy().astype(np.float64) - stats['scores'][m]['mean'])
+                   / stats['scores'][m]['std'] for m in parts) / len(parts)
+        np.testing.assert_allclose(out[name].numpy(), want, rtol=1e-5, atol=1e-5)
+    # Requested alone, a fused map still computes its members (and returns only itself).
+    model.set_outputs(['fused_energy_moose_entropy'])
+    with torch.no_grad():
+        alone = model(torch.rand(1, 3, 64, 96))
+    assert set(alone) == {'semantic', 'fused_energy_moose_entropy'}
+
+
+def test_fused_score_without_statistics_is_refused():
+    from ood_seg_ros.errors import OodSegError
+    from ood_seg_ros.model import ModelConfig, OodSegNet
+    model = OodSegNet(ModelConfig(input_size=(64, 96), aspp_channels=32, decoder_channels=32,
+                                  low_level_project=16, probe_channels=16))
+    with pytest.raises(OodSegError, match='training-split score statistics'):
+        model.set_outputs(['fused_energy_moose_entropy'])
