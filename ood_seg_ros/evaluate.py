@@ -238,21 +238,31 @@ def score_normalisation(evaluations: Sequence[OodEvaluation], name: str,
     return [lo, hi if hi > lo else lo + 1e-6]
 
 
-def calibrate(evaluations, percentiles=(1.0, 99.9), reference: str = 'msp') -> Dict:
+def calibrate(evaluations, percentiles=(1.0, 99.9), reference: str = 'msp',
+              select: Optional[Dict[str, 'OodEvaluation']] = None,
+              select_notes: Optional[Dict[str, str]] = None) -> Dict:
     """
     Choose the heatmap score, its normalisation and the segment threshold.
 
     ``evaluations``: one :class:`OodEvaluation` or a dict name -> evaluation, all at the
-    same network input size and on held-out validation data. The score follows
-    :func:`choose_score`; normalisation per score: (lo, hi) = the given percentiles of
-    its values, averaged over the sets; segment threshold: the chosen score's best
-    pixel-F1 threshold per set, in normalised units, averaged over the sets.
+    same network input size and on held-out validation data. ``select``: more sets that
+    join only the choice of the score (e.g. a synthetic anomaly type the held-out sets
+    lack), never the fitted constants; ``select_notes`` says per set why it is
+    selection-only. The score follows :func:`choose_score` over all the sets;
+    normalisation per score: (lo, hi) = the given percentiles of its values, averaged
+    over the ``evaluations`` sets; segment threshold: the chosen score's best pixel-F1
+    threshold per ``evaluations`` set, in normalised units, averaged.
     """
     if isinstance(evaluations, OodEvaluation):
         evaluations = {'validation': evaluations}
     evs = dict(evaluations)
+    select = dict(select or {})
+    clash = sorted(set(evs) & set(select))
+    if clash:
+        raise OodSegError(f'sets given both for fitting and for selection only: {clash}')
     tables = {k: ev.pixel_and_component(components=False) for k, ev in evs.items()}
-    choice = choose_score(tables, reference)
+    sel_tables = {k: ev.pixel_and_component(components=False) for k, ev in select.items()}
+    choice = choose_score(tables | sel_tables, reference)
     best = choice['heatmap_score']
     first = next(iter(evs.values()))
     names = [n for n in tables[next(iter(tables))] if n in first.low_maps[0]]
@@ -269,9 +279,20 @@ def calibrate(evaluations, percentiles=(1.0, 99.9), reference: str = 'msp') -> D
                             'percentiles': list(percentiles), 'rule': (
                                 f'AP >= {reference} on every set, then best worst-case AP'),
                             'eligible': choice['eligible'],
-                            'ap': {k: tables[k][best]['ap'] for k in tables},
-                            'reference_ap': {k: tables[k][reference]['ap'] for k in tables},
-                            'worst_ap': choice['summary'][best]['worst_ap']}}
+                            'selection_only_sets': {k: (select_notes or {}).get(k, '')
+                                                    for k in select},
+                            'ap': {k: t[best]['ap'] for k, t in (tables | sel_tables).items()},
+                            'reference_ap': {k: t[reference]['ap']
+                                             for k, t in (tables | sel_tables).items()},
+                            'worst_ap': choice['summary'][best]['worst_ap'],
+                            'ranking': _ranking(choice)}}
+
+
+def _ranking(choice: Dict, top: int = 8) -> List[Dict]:
+    """The best ``top`` scores by (worst-case, mean) AP, with their per-set AP."""
+    summ = choice['summary']
+    names = sorted(summ, key=lambda n: (-summ[n]['worst_ap'], -summ[n]['mean_ap']))[:top]
+    return [{'score': n, 'eligible': n in choice['eligible'], **summ[n]} for n in names]
 
 
 def calibration_update(runtime: dict, cal: Dict, bundle_size) -> Dict:
@@ -378,14 +399,15 @@ def set_name(root) -> str:
 def evaluate_bundle(bundle_path, ood_root=None, camvid_root=None, split='test',
                     entropy_bundle=None, out_dir=None, device='cpu', limit=0,
                     progress=None, calibrate_only=False, input_size=None,
-                    geometry='letterbox') -> Dict:
+                    geometry='letterbox', select_roots=(), select_notes=None) -> Dict:
     """
     Full evaluation; returns the metrics object (see ``ood-seg eval``).
 
     ``ood_root``: one OoD set or a list of them. With one set the result keeps its
     single-set shape (``scores``, ``heatmap_score``, ``meta``, ...); with several it holds
     one such object per set under ``sets`` (by folder name), and ``heatmap_score``.
-    ``calibrate_only``: return ``{'calibration': ...}`` chosen over all the sets.
+    ``calibrate_only``: return ``{'calibration': ...}`` chosen over all the sets, with
+    ``select_roots`` joining only the choice of the score (see :func:`calibrate`).
     """
     result: Dict = {'bundle': str(bundle_path)}
     roots = [] if not ood_root else ([ood_root] if isinstance(ood_root, (str, Path))
@@ -409,7 +431,9 @@ def evaluate_bundle(bundle_path, ood_root=None, camvid_root=None, split='test',
                                 **_score_kw(bundle_path, input_size))
     evs = {set_name(r): OodEvaluation(pipe, OodDataset(r), limit, progress) for r in roots}
     if calibrate_only:
-        return {'calibration': calibrate(evs)}
+        sel = {set_name(r): OodEvaluation(pipe, OodDataset(r), limit, progress)
+               for r in select_roots}
+        return {'calibration': calibrate(evs, select=sel, select_notes=select_notes)}
     epipe = None
     if entropy_bundle:
         epipe = Pipeline.from_bundle(entropy_bundle, backend='torch', device=device,

@@ -49,3 +49,21 @@ def check_held_out(bundle_info: dict, roots: Iterable, purpose: str) -> None:
                 f'refusing to {purpose} on {Path(root).name}: it is built from CamVid '
                 f'{split!r}, which this bundle was trained on (trained splits: '
                 f'{", ".join(sorted(seen))}); use held-out data such as the real sets')
+
+
+def selection_notes(bundle_info: dict, roots: Iterable) -> dict:
+    """
+    Per selection-only set (folder name): '' or why its figures are optimistic.
+
+    Choosing among fixed scores is allowed on any validation set; a set built from
+    frames the bundle trained on is recorded as such, since its in-distribution pixels
+    look more familiar to the network than unseen frames would.
+    """
+    seen = trained_splits(bundle_info)
+    notes = {}
+    for root in roots:
+        split = dataset_source_split(root)
+        notes[Path(root).name] = (
+            f'built from CamVid {split!r}, which this bundle trained on (optimistic; '
+            f'used to rank scores only)' if split and split in seen else '')
+    return notes

@@ -23,6 +23,12 @@ class EvalCommand(Command):
         parser.add_argument('--calibrate', action='store_true',
                             help='choose heatmap score, normalisation and segment threshold on '
                                  'these held-out validation sets and write them into the bundle')
+        parser.add_argument('--select-set', default=[], action='append',
+                            help='with --calibrate: a set that joins only the choice of the '
+                                 'heatmap score (worst-case AP over all sets), never the '
+                                 'fitted normalisation and threshold; repeatable. A set built '
+                                 'from frames the bundle trained on is allowed here and '
+                                 'recorded as such')
         parser.add_argument('--input-size', default=None,
                             help='network input HxW, e.g. 480x960 (default: the bundle size); '
                                  'calibration is stored per input size')
@@ -41,10 +47,12 @@ class EvalCommand(Command):
                                 table_text, to_json, update_bundle_runtime)
         from ..model.bundle import default_bundle_path, read_bundle_json
         from ..model.config import parse_size
-        from ..protocol import check_held_out
+        from ..protocol import check_held_out, selection_notes
         bundle = args.bundle or default_bundle_path()
         if bundle is None:
             raise OodSegError('no bundle given and no default bundle installed (--bundle DIR)')
+        if args.select_set and not args.calibrate:
+            raise OodSegError('--select-set is for --calibrate only')
         if not args.camvid and not args.ood_set:
             raise OodSegError('nothing to evaluate: give --camvid and/or --ood-set')
         size = parse_size(args.input_size) if args.input_size else None
@@ -57,9 +65,15 @@ class EvalCommand(Command):
                 raise OodSegError('--calibrate needs --ood-set (held-out validation sets)')
             doc = read_bundle_json(bundle)
             check_held_out(doc.get('info', {}), args.ood_set, 'calibrate')
+            notes = selection_notes(doc.get('info', {}), args.select_set)
+            for name, note in notes.items():
+                if note:
+                    print(f'warning: {name} joins only the choice of the score: {note}',
+                          file=sys.stderr)
             res = evaluate_bundle(bundle, ood_root=args.ood_set, device=args.device,
                                   limit=args.limit, progress=progress, calibrate_only=True,
-                                  input_size=size, geometry=args.geometry)
+                                  input_size=size, geometry=args.geometry,
+                                  select_roots=args.select_set, select_notes=notes)
             cal = res['calibration']
             update_bundle_runtime(bundle, calibration_update(doc.get('runtime', {}), cal,
                                                              doc['config']['input_size']))

@@ -5,9 +5,10 @@ The probes read only the ASPP branches and the pooled vector of the frozen base
 (:meth:`OodSegNet.features`), and the base is in eval mode: for a fixed set of inputs its
 features are fixed. So they are computed once per training frame and scale (with a
 seeded horizontal flip) and the probes train on them for many epochs, at a fraction of
-the cost of running the backbone every step. Same probes, same loss (the sum of the
-per-probe cross-entropies at label resolution); the augmentation is limited to the cached
-scales and flips.
+the cost of running the backbone every step. Same probes; the loss (the sum of the
+per-probe cross-entropies) is taken at decoder resolution (stride ``LOSS_STRIDE``, the
+resolution the graph scores at) against nearest-downsampled labels, 16x fewer pixels
+than at label resolution; the augmentation is limited to the cached scales and flips.
 """
 
 import math
@@ -26,6 +27,8 @@ from ..errors import OodSegError
 from ..model import load_bundle, save_bundle
 from ..model.deeplab import upsample
 
+LOSS_STRIDE = 4  # decoder resolution: the probes' loss is taken where the graph scores
+
 
 @torch.no_grad()
 def cache_features(model, images: np.ndarray, labels: np.ndarray, scales: Sequence[float],
@@ -34,7 +37,8 @@ def cache_features(model, images: np.ndarray, labels: np.ndarray, scales: Sequen
     Frozen-base probe inputs for every frame at every scale.
 
     Returns a list of (branches float16 (4, A, h, w), pooled float16 (A, 1, 1),
-    label uint8 (H', W')) with a seeded horizontal flip per frame and scale.
+    label uint8 (H' / LOSS_STRIDE, W' / LOSS_STRIDE), nearest-downsampled) with a seeded
+    horizontal flip per frame and scale.
     """
     rng = np.random.default_rng(seed)
     out = []
@@ -55,6 +59,8 @@ def cache_features(model, images: np.ndarray, labels: np.ndarray, scales: Sequen
             _, high = model.backbone(xn)
             _, branches, pooled = model.aspp(high)
             br = torch.stack(branches, 1).half()
+            y = F.interpolate(y, size=(math.ceil(h / LOSS_STRIDE), math.ceil(w / LOSS_STRIDE)),
+                              mode='nearest')
             for k in range(len(x)):
                 out.append((br[k], pooled[k].half(), y[k, 0].byte()))
         log(f'cached probe inputs at scale {s:g} ({h}x{w}): {n} frames, '

@@ -233,6 +233,9 @@ def test_deeplab_outputs_names_shapes_and_values(output_stride):
                for z in probe_low] + [logits_low]
     ref.update(S.moose_scores(members, S.MOOSE_SCORES, stats))
     ref.update(S.log_pgn(logits_low, psi, S.ALL_PGN_SCORES))
+    fstats = {k: (v['mean'], v['std']) for k, v in model.config.sml_stats['scores'].items()}
+    for name in S.FUSED_SCORES:
+        ref[name] = S.fused_score(ref, S.SCORES[name].members, fstats)
     label = logits_low.argmax(1)
     for name in S.SPATIAL_SCORES:
         base, kind = S.split_spatial(name)
@@ -440,7 +443,8 @@ def test_bundle_config_mismatch(tmp_path, saved_model, edit):
         if edit == 'classes':
             cfg['class_names'] = cfg['class_names'][:-1]
             cfg['sml_stats'] = None   # per-class statistics no longer fit: drop them
-            cfg['outputs'] = [o for o in cfg['outputs'] if 'sml' not in o]
+            cfg['outputs'] = [o for o in cfg['outputs'] if 'sml' not in o
+                              and 'fused' not in o]
         elif edit == 'probe_depth':
             cfg['probe_depth'] = 2
         elif edit == 'decoder_channels':

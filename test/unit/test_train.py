@@ -146,7 +146,7 @@ def test_the_same_command_runs_under_torchrun_ddp(tmp_path):
 @needs_data
 def test_cached_probe_training_freezes_the_base_and_records_splits(tmp_path):
     from ood_seg_ros.data.camvid import load_split
-    from ood_seg_ros.train.probe_cache import cache_features, train_probes_cached
+    from ood_seg_ros.train.probe_cache import cache_features, LOSS_STRIDE, train_probes_cached
     Trainer(_cfg(tmp_path), log=lambda *_: None).run()
     base = load_bundle(tmp_path / 'base' / 'bundle')
     assert base.info['trained_splits'] == ['train']
@@ -157,7 +157,15 @@ def test_cached_probe_training_freezes_the_base_and_records_splits(tmp_path):
     with torch.no_grad():
         for k, (br, pooled, y) in enumerate(cache):
             x = torch.from_numpy(imgs[k]).permute(2, 0, 1)[None].float() / 255
-            flipped = not torch.equal(y, torch.from_numpy(labs[k]))
+            # Labels at decoder resolution (stride 4), nearest-downsampled, maybe flipped.
+            lab = torch.from_numpy(labs[k])[None, None].float()
+
+            def down(t):
+                size = tuple(-(-s // LOSS_STRIDE) for s in t.shape[-2:])
+                return torch.nn.functional.interpolate(t, size=size, mode='nearest')[0, 0].byte()
+
+            flipped = not torch.equal(y, down(lab))
+            assert torch.equal(y, down(lab.flip(-1)) if flipped else down(lab))
             if flipped:
                 x = x.flip(-1)
             xn = (x - base.model.mean) / base.model.std
