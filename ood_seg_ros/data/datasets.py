@@ -7,6 +7,7 @@ Every command that reads in-distribution data takes ``--dataset KIND:PATH`` (e.g
 :class:`ood_seg_ros.data.labelled.LabelledDataset` subclass plus one line in ``KINDS``.
 """
 
+from pathlib import Path
 from typing import Optional, Tuple
 
 from .camvid import CamVid
@@ -48,16 +49,23 @@ def parse_spec(spec: str) -> Tuple[str, str]:
 
 
 def open_dataset(spec) -> LabelledDataset:
-    """Open a dataset from a ``KIND:PATH`` spec (or pass a dataset through)."""
+    """
+    Open a dataset from a ``KIND:PATH`` spec (or pass a dataset through).
+
+    A ``pathlib.Path`` or a string without ``:`` is a folder of the default kind (the
+    callers from before dataset kinds).
+    """
     if isinstance(spec, LabelledDataset):
         return spec
+    if isinstance(spec, Path) or ':' not in str(spec):
+        return KINDS[DEFAULT_KIND](spec)
     kind, path = parse_spec(spec)
     return KINDS[kind](path)
 
 
-def add_dataset_option(parser, required: bool = True) -> None:
+def add_dataset_option(parser, required: bool = True, group=None) -> None:
     """``--dataset KIND:PATH`` and its short alias ``--camvid PATH`` (one of them)."""
-    group = parser.add_mutually_exclusive_group(required=required)
+    group = group or parser.add_mutually_exclusive_group(required=required)
     group.add_argument('--dataset', default=None, metavar='KIND:PATH',
                        help=f'in-distribution dataset, KIND one of {", ".join(KINDS)} '
                             f'(e.g. cityscapes:/data/cityscapes)')

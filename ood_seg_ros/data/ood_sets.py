@@ -235,8 +235,7 @@ def make_ood_set(dataset, coco_root, split, group, out_dir, seed, objects_per_fr
         raise OodSegError(f'seed must be >= 0, got {seed}')
     if limit is not None and int(limit) < 1:
         raise OodSegError(f'limit must be >= 1, got {limit}')
-    ds = open_dataset(dataset if ':' in str(dataset) or not isinstance(dataset, (str, Path))
-                      else f'camvid:{dataset}')
+    ds = open_dataset(dataset)
     pairs = ds.list_pairs(split)
     if limit is not None:
         pairs = pairs[:int(limit)]

@@ -150,7 +150,10 @@ def _class_weights(labels: torch.Tensor, n: int, mode: str, device) -> Optional[
         return None
     counts = torch.bincount(labels[labels != IGNORE].long().flatten(), minlength=n).double()
     freq = counts / counts.sum()
-    w = (freq.median() / freq.clamp_min(1e-12))
+    # The median is over the classes present; a class absent from the training data
+    # (e.g. Cityscapes classes missing from a small subset) gets weight 1, not 0 / 0.
+    present = counts > 0
+    w = (freq[present].median() / freq.clamp_min(1e-12)).masked_fill(~present, 1.0)
     if mode == 'sqrt_median_freq':
         w = w.sqrt()
     elif mode != 'median_freq':
