@@ -409,8 +409,9 @@ def evaluate_bundle(bundle_path, ood_root=None, dataset=None, split='test',
         result['per_class'] = result[ds.kind]['per_class']
         if entropy_bundle:
             ent = dataset_miou(entropy_bundle, ds, split, device, limit)
-            result[f'entmax_{ds.kind}'] = {'miou': ent['miou'], 'per_class': ent['per_class'],
-                                       'miou_change': ent['miou'] - result['miou']}
+            result[f'entmax_{ds.kind}'] = {'miou': ent['miou'],
+                                           'per_class': ent['per_class'],
+                                           'miou_change': ent['miou'] - result['miou']}
     if not roots:
         _write_metrics(result, out_dir)
         return result

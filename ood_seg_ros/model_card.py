@@ -141,7 +141,8 @@ def _meta(bundle: Path) -> list:
 def _ood(result) -> list:
     sets = result.get('sets') or {result['ood_set']: result}
     lines = ['## OoD metrics on the validation sets (what it was calibrated on)', '',
-             '| set | frames | score | AP | FPR95 | AUROC | sIoU | F1 |', '|---|---|---|---|---|---|---|---|']
+             '| set | frames | score | AP | FPR95 | AUROC | sIoU | F1 |',
+             '|---|---|---|---|---|---|---|---|']
     for name, res in sets.items():
         for score in dict.fromkeys([res['heatmap_score'], 'msp']):
             m = res['scores'].get(score, {})

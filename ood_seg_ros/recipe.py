@@ -23,6 +23,7 @@ data it reads (file names and sizes of the splits, the class file). Changing an 
 reruns that stage and every stage after it.
 """
 
+import argparse
 from dataclasses import asdict, dataclass, field
 import hashlib
 import json
@@ -127,10 +128,14 @@ class Recipe:
                 raise OodSegError(f'{self.ds.kind} dataset {self.ds.root}: no split {s!r} '
                                   f'(splits: {", ".join(splits) or "none"})')
         self.report_split = opts.test_split if opts.test_split in splits else opts.val_split
+        from .protocol import check_held_out     # refuse now, not after hours of training
+        check_held_out({'trained_data': {self.ds.identity: [opts.train_split]}},
+                       opts.ood_val, 'calibrate')
         if opts.init_bundle:
             self._check_init_bundle()
 
     def _check_init_bundle(self) -> None:
+        """Refuse an init bundle whose classes are not the dataset's."""
         from .model.bundle import read_bundle_json
         names = read_bundle_json(self.o.init_bundle)['config'].get('class_names')
         if tuple(names or ()) != self.ds.classes.names:
@@ -159,7 +164,7 @@ class Recipe:
         return sets + ([str(self.work / 'ood_val')] if self.o.coco else [])
 
     def plan(self) -> List[Stage]:
-        """The stages to run, in order."""
+        """Return the stages to run, in order."""
         o, spec = self.o, f'{self.ds.kind}:{self.ds.root}'
         data = [str(self.ds.root)]
         size0 = '{}x{}'.format(*self.sizes[0])
@@ -250,8 +255,7 @@ class Recipe:
     def run(self) -> Path:
         """Run every stage not yet done for the same inputs; ship the bundle; return it."""
         from tqdm import tqdm
-        from .cli import build_parser
-        parser = build_parser()
+        parser = stage_parser()
         for split in (self.o.train_split, self.o.val_split):
             self.ds.check_split(split, self.o.subset)   # bad data: refused before any work
         self.work.mkdir(parents=True, exist_ok=True)
@@ -262,11 +266,14 @@ class Recipe:
             bar.set_description(f'recipe: {stage.name}')
             folder, key = self.work / stage.name, self.key(stage)
             state = folder / STATE
-            if state.is_file() and json.loads(state.read_text()).get('key') == key:
+            record = json.loads(state.read_text()) if state.is_file() else {}
+            if record.get('key') == key:
                 self.log(f'[recipe] {stage.name}: done for these inputs, skipped')
                 continue
             t0 = time.time()
-            self.log(f'[recipe] {stage.name}: running ({len(stage.argv)} command(s))')
+            expect = (f', expected about {record["seconds"]:.0f} s (its last run)'
+                      if record.get('seconds') else '')
+            self.log(f'[recipe] {stage.name}: running ({len(stage.argv)} command(s)){expect}')
             if folder.exists():
                 shutil.rmtree(folder)
             if stage.bundle_in:
@@ -307,6 +314,24 @@ class Recipe:
     def _card(self, folder: Path) -> None:
         from .model_card import write_model_card
         write_model_card(folder, self, _eval_device(self.o.device))
+
+
+def stage_parser() -> argparse.ArgumentParser:
+    """Build the parser of the subcommands the stages run (the ``ood-seg`` ones)."""
+    from .commands.evaluate import EvalCommand
+    from .commands.export import ExportCommand
+    from .commands.make_ood_set import MakeOodSetCommand
+    from .commands.sml_stats import SmlStatsCommand
+    from .commands.train import TrainBaseCommand, TrainEntropyCommand, TrainProbesCommand
+    from .commands.train_meta import TrainMetaCommand
+    parser = argparse.ArgumentParser(prog='ood-seg recipe')
+    sub = parser.add_subparsers(dest='command', required=True)
+    for cls in (TrainBaseCommand, TrainProbesCommand, TrainEntropyCommand, SmlStatsCommand,
+                MakeOodSetCommand, EvalCommand, TrainMetaCommand, ExportCommand):
+        command = cls()
+        command.add_arguments(sub.add_parser(command.name))
+        sub.choices[command.name].set_defaults(_command=command)
+    return parser
 
 
 def _copy_bundle(src: Path, dst: Path) -> None:

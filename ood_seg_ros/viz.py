@@ -79,7 +79,7 @@ def _colour_bar(height: int, scale: Tuple[float, float], label: str) -> np.ndarr
 
 
 def class_colours(n: int, palette: Optional[Sequence[Sequence[int]]] = None) -> np.ndarray:
-    """RGB uint8 (n, 3): the bundle's palette, or n distinct hues when it has none."""
+    """Return RGB uint8 (n, 3): the bundle's palette, or n distinct hues when it has none."""
     if palette is not None:
         colours = np.asarray(palette, np.uint8).reshape(-1, 3)
         if len(colours) != n:
@@ -108,7 +108,7 @@ def semantic_overlay(rgb: np.ndarray, semantic: np.ndarray, class_names: Sequenc
 
 
 def _legend(height: int, names: Sequence[str], colours: np.ndarray) -> np.ndarray:
-    """A white strip with one colour swatch and name per class (as many as fit)."""
+    """Draw a white strip with one colour swatch and name per class (as many as fit)."""
     font, size, row = cv2.FONT_HERSHEY_SIMPLEX, 0.35, 12
     text_w = max(cv2.getTextSize(n, font, size, 1)[0][0] for n in names)
     strip = np.full((height, BAR_MARGIN * 3 + BAR_WIDTH + text_w, 3), 255, np.uint8)

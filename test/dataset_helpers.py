@@ -19,7 +19,7 @@ def write_png(path: Path, img: np.ndarray) -> Path:
 
 
 def street_scene(seed: int, h: int = 64, w: int = 128):
-    """A synthetic street: (rgb, Cityscapes labelIds) with sky, building, road, car."""
+    """Return a synthetic street: (rgb, Cityscapes labelIds) with sky, building, road, car."""
     rng = np.random.default_rng(seed)
     ids = np.full((h, w), CITY_IDS['sky'], np.uint8)
     horizon = h // 3 + int(rng.integers(-3, 4))
@@ -86,7 +86,7 @@ def make_folder(root: Path, counts=None, h: int = 32, w: int = 48,
 
 
 def make_anomaly_set(root: Path, n: int = 4, h: int = 64, w: int = 128, seed: int = 100):
-    """An OoD set (images/ + labels/ 0/1/255): street scenes with a pasted odd object."""
+    """Write an OoD set (images/ + labels/ 0/1/255): street scenes with an odd object."""
     rng = np.random.default_rng(seed)
     for i in range(n):
         rgb, ids = street_scene(seed + i, h, w)

@@ -75,6 +75,7 @@ class EvalCommand(Command):
                       f'{k} {v:.3f}' for k, v in c['reference_ap'].items()) +
                   f'), segment threshold {cal["segment_threshold"]:.3f}')
             return 0
+        read_bundle_json(bundle)     # a bad bundle is named before the dataset is read
         ds = open_dataset(spec) if spec else None
         res = evaluate_bundle(bundle, ood_root=args.ood_set, dataset=ds,
                               split=args.split, entropy_bundle=args.entropy_bundle,

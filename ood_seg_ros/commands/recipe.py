@@ -7,7 +7,7 @@ class RecipeCommand(Command):
     """Train, calibrate and export a bundle from a dataset in one command (resumable)."""
 
     def add_arguments(self, parser) -> None:
-        """The recipe's options (see ood_seg_ros.recipe for the stages)."""
+        """Add the recipe's options (see ood_seg_ros.recipe for the stages)."""
         from ..data.datasets import add_dataset_option
         add_dataset_option(parser)
         parser.add_argument('--ood-val', action='append', default=[], metavar='DIR',
@@ -24,8 +24,8 @@ class RecipeCommand(Command):
                             help='folder of the stages (default: <out>.work); reruns skip '
                                  'the stages done for the same inputs')
         parser.add_argument('--init-bundle', default='',
-                            help='start from this base bundle instead of train-base (its '
-                                 'classes must be the dataset\'s)')
+                            help='start from this base bundle instead of train-base (with '
+                                 "the dataset's classes)")
         parser.add_argument('--entropy', action='store_true',
                             help='entropy maximisation on a COCO proxy (needs --coco)')
         parser.add_argument('--input-size', action='append', default=[], metavar='HxW',

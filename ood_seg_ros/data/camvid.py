@@ -117,7 +117,7 @@ class CamVid(LabelledDataset):
         return list_pairs(self.root, split)
 
     def load_label(self, path) -> np.ndarray:
-        """CamVid labels: classes 0..10, void (11 in the file) -> 255."""
+        """Load a CamVid label: classes 0..10, void (11 in the file) -> 255."""
         return load_label(path)
 
 

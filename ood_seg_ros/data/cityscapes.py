@@ -74,7 +74,7 @@ class Cityscapes(LabelledDataset):
         return pairs
 
     def load_label(self, path):
-        """labelIds through the table; a labelTrainIds file is read as it is (0..18, 255)."""
+        """Map labelIds through the table; read a labelTrainIds file as it is (0..18, 255)."""
         if str(path).endswith(TRAIN_IDS):
             n = len(TRAIN_CLASSES)
             return self._apply(label_table({**{i: i for i in range(n)}, IGNORE: IGNORE}, n),

@@ -29,13 +29,6 @@ def default_classes() -> ClassInfo:
     return KINDS[DEFAULT_KIND].CLASSES
 
 
-def default_coco_excluded() -> frozenset:
-    """COCO category ids that are classes of the default kind (see coco_objects)."""
-    from .coco_objects import excluded_categories
-    kind = KINDS[DEFAULT_KIND]
-    return excluded_categories(kind.CLASSES.names, kind.coco_same)
-
-
 def parse_spec(spec: str) -> Tuple[str, str]:
     """``'cityscapes:/data/cs'`` -> ('cityscapes', '/data/cs'); OodSegError otherwise."""
     kind, sep, path = str(spec).partition(':')
@@ -74,7 +67,7 @@ def add_dataset_option(parser, required: bool = True, group=None) -> None:
 
 
 def dataset_spec(args) -> Optional[str]:
-    """The ``KIND:PATH`` of parsed ``--dataset`` / ``--camvid`` options, None without."""
+    """Return the ``KIND:PATH`` of parsed ``--dataset`` / ``--camvid`` options, None without."""
     if getattr(args, 'dataset', None):
         parse_spec(args.dataset)
         return args.dataset

@@ -36,7 +36,7 @@ class ClassInfo:
     palette: Optional[Tuple[Tuple[int, int, int], ...]] = None   # RGB per class
 
     def to_config(self) -> dict:
-        """The bundle.json ``config`` fields: class_names, ignore_index, palette."""
+        """Return the bundle.json ``config`` fields: class_names, ignore_index, palette."""
         return {'class_names': list(self.names), 'ignore_index': int(self.ignore_index),
                 'palette': [list(c) for c in self.palette] if self.palette else None}
 
@@ -55,7 +55,7 @@ def label_table(mapping: Dict[int, int], n_classes: int) -> np.ndarray:
 
 
 def image_format(path: Path) -> str:
-    """The format of an image file by its suffix (``.jpeg`` counts as ``.jpg``)."""
+    """Return the format of an image file by its suffix (``.jpeg`` counts as ``.jpg``)."""
     suffix = path.suffix.lower()
     return _SAME_FORMAT.get(suffix, suffix)
 
@@ -158,8 +158,9 @@ class LabelledDataset:
 
     def check_split(self, split: str, limit: int = 0) -> int:
         """
-        Check ``split`` before anything is written: every label's values and every image's
-        size (from its header, without decoding); return the number of frames checked.
+        Check ``split`` before anything is written; return the number of frames checked.
+
+        Every label's values and every image's size (from its header, without decoding).
         """
         from ..msg.image_headers import compressed_size
         pairs = self.list_pairs(split)[:limit or None]
@@ -194,7 +195,7 @@ def load_pairs(dataset, pairs) -> tuple:
 
 
 def _ranges(values: List[int]) -> str:
-    """[0, 1, 2, 5, 255] -> '0..2, 5, 255'."""
+    """Write sorted values as ranges: [0, 1, 2, 5, 255] -> '0..2, 5, 255'."""
     out, start = [], None
     for i, v in enumerate(values):
         if start is None:

@@ -335,7 +335,8 @@ class OodDataset:
 
     (a) ``images/<name>.jpg|png`` + ``labels/<name>.png`` (0 in-dist, 1 OoD, 255 void) and an
     optional ``semantic/<name>.png`` (train ids of the source dataset, 255 void; checked
-    against the class count: ``n_classes``, else ``class_names`` of its ``info.json``). (b) ``frames/<name>.jpg`` +
+    against the class count: ``n_classes``, else ``class_names`` of its ``info.json``).
+    (b) ``frames/<name>.jpg`` +
     ``frames/<name>.labels/labels_semantic.png``, where 2 (anomaly) -> 1 and all else -> 0.
     """
 
@@ -420,7 +421,7 @@ class OodDataset:
 
 
 def _info_classes(root: Path) -> Optional[int]:
-    """Number of classes an OoD set's ``info.json`` names (None: not recorded)."""
+    """Return the number of classes an OoD set's ``info.json`` names (None: not recorded)."""
     try:
         doc = json.loads((root / 'info.json').read_text())
     except (OSError, ValueError):

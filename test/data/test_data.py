@@ -181,7 +181,8 @@ def _polygon_pixel_count(vertices: np.ndarray, w: int, h: int) -> int:
 
 @pytest.fixture(scope='module')
 def real_groups(coco_root):
-    return {g: coco_objects.load_objects(coco_root, g) for g in ('a', 'b', 'c')}
+    excluded = camvid.CamVid(Path('.')).coco_excluded()
+    return {g: coco_objects.load_objects(coco_root, g, excluded=excluded) for g in 'abc'}
 
 
 def test_coco_class_table():
@@ -281,7 +282,8 @@ def test_fake_coco_masks_and_filters(tmp_path):
         '0004': f'18 {rect}\n',
     }
     _fake_coco(tmp_path, lines)
-    objs = coco_objects.load_objects(tmp_path, 'all', min_area=1000)
+    excluded = camvid.CamVid(Path('.')).coco_excluded()
+    objs = coco_objects.load_objects(tmp_path, 'all', min_area=1000, excluded=excluded)
     # car (2) excluded, the tiny bird-sized triangle is below min_area
     assert [(o.image_id, o.line, o.class_id) for o in objs] == [
         ('0001', 0, 14), ('0002', 0, 16), ('0003', 0, 17), ('0004', 0, 18)]

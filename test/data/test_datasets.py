@@ -1,7 +1,9 @@
 """
-Dataset kinds (issue 19): loading and id mapping against hand-written expectations, every
-bad-dataset case through the CLI (one line, exit 2, nothing written), the registry, the
-protocol guard per dataset, and no CamVid constant outside the camvid kind.
+Dataset kinds (issue 19), loaded through the registry and the CLI.
+
+Loading and id mapping against hand-written expectations, every bad-dataset case through
+the CLI (one line, exit 2, nothing written), the registry, the protocol guard per
+dataset, and no CamVid constant outside the camvid kind.
 """
 
 import json
@@ -55,7 +57,7 @@ def test_cityscapes_train_ids_are_read_as_they_are(city):
     folder = root / 'gtFine' / 'val' / name.split('_')[0]
     dh.write_png(folder / f'{name}_gtFine_labelTrainIds.png', train_ids)
     ds = Cityscapes(root)
-    pairs = dict((ds.frame_name(i), lab) for i, lab in ds.list_pairs('val'))
+    pairs = {ds.frame_name(i): lab for i, lab in ds.list_pairs('val')}
     assert pairs[name].name.endswith('_labelTrainIds.png')
     np.testing.assert_array_equal(ds.load_label(pairs[name]), train_ids)
     dh.write_png(folder / f'{name}_gtFine_labelTrainIds.png', np.full_like(ids, 19))
@@ -142,7 +144,7 @@ def _bad_cases(tmp_path):
     img = root / 'images' / 'val' / 'f001.png'
     cv2.imwrite(str(img.with_suffix('.jpg')), cv2.imread(str(img)))
     img.unlink()
-    cases.append(('mixed', f'folder:{root}', r"mixes image formats \.jpg, \.png"))
+    cases.append(('mixed', f'folder:{root}', r'mixes image formats \.jpg, \.png'))
     assert frames
     return cases
 
@@ -227,3 +229,22 @@ def test_no_camvid_constant_outside_its_kind():
             if CAMVID_TOKENS.search(line):
                 hits.append(f'{rel}:{n}: {line.strip()}')
     assert hits == []
+
+
+# -- the CamVid path is unchanged ------------------------------------------------------
+
+@pytest.mark.data
+def test_camvid_alias_and_kind_give_the_same_eval_json(capsys):
+    from repo_paths import CAMVID
+    if not (CAMVID / 'test' / 'images').is_dir():
+        pytest.skip(f'shared CamVid data not found at {CAMVID}')
+    bundle = ROOT / 'models' / 'camvid_lite0'
+    common = ['eval', '--bundle', str(bundle), '--split', 'test', '--limit', '2', '--json']
+    results = []
+    for option in (['--camvid', str(CAMVID)], ['--dataset', f'camvid:{CAMVID}']):
+        assert cli.main(common + option) == 0
+        results.append(json.loads(capsys.readouterr().out))
+    assert results[0] == results[1]
+    c = results[0]['camvid']
+    assert c['frames'] == 2 and list(c['per_class']) == list(camvid.CAMVID_CLASSES)
+    assert c['detections']['frames'] == 2

@@ -32,7 +32,8 @@ def real_frame(real_data):
 
 @pytest.fixture(scope='module')
 def real_objects(real_data):
-    return coco_objects.load_objects(real_data[1], 'c')
+    return coco_objects.load_objects(real_data[1], 'c',
+                                     excluded=camvid.CamVid(Path('.')).coco_excluded())
 
 
 def _disc_object(colour=RED, size=(24, 18), class_id=14, line=0) -> CocoObject:
