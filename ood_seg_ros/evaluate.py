@@ -1,5 +1,5 @@
 """
-Offline evaluation: CamVid mIoU, SMIYC OoD metrics per score, meta classification.
+Offline evaluation: dataset mIoU, SMIYC OoD metrics per score, meta classification.
 
 The evaluator runs the bundle's network once per frame with every score output, keeps
 the score maps at decoder resolution (small) and upsamples them to label resolution for
@@ -18,7 +18,9 @@ import numpy as np
 import torch
 
 from . import metrics as M
-from .data.camvid import CAMVID_CLASSES, list_pairs, load_split, read_rgb
+from .data.datasets import KINDS, open_dataset
+from .data.images import read_rgb
+from .data.labelled import load_pairs
 from .data.ood_sets import OodDataset
 from .errors import OodSegError
 from .model import load_bundle
@@ -50,16 +52,24 @@ def to_json(obj) -> str:
     return json.dumps(_nan_to_none(obj), indent=2)
 
 
-def camvid_miou(bundle_path, camvid_root, split: str = 'test', device: str = 'cpu',
-                limit: int = 0) -> Dict:
-    """Compute mIoU and per-class IoU of the global head and each probe on a CamVid split."""
+def dataset_miou(bundle_path, dataset, split: str = 'test', device: str = 'cpu',
+                 limit: int = 0) -> Dict:
+    """
+    Compute mIoU and per-class IoU of the global head and each probe on a dataset split.
+
+    ``dataset``: ``KIND:PATH``, an opened dataset or a plain path (default kind); its
+    classes must be the bundle's.
+    """
     bundle = load_bundle(bundle_path, device=device)
-    imgs, labs, _ = load_split(camvid_root, [split])
-    if limit:
-        imgs, labs = imgs[:limit], labs[:limit]
+    ds = open_dataset(dataset)
+    names = list(bundle.config.class_names)
+    if tuple(names) != ds.classes.names:
+        raise OodSegError(f'dataset {ds.identity} has classes {list(ds.classes.names)} but '
+                          f'bundle {Path(bundle_path).name} has {names}')
+    pairs = ds.list_pairs(split)
+    imgs, labs, _ = load_pairs(ds, pairs[:limit] if limit else pairs)
     res = evaluate_miou(bundle.model, torch.from_numpy(imgs), torch.from_numpy(labs),
                         bundle.config.n_classes, batch_size=4, probes=True)
-    names = list(bundle.config.class_names) or list(CAMVID_CLASSES)
 
     def named(r):
         return {'miou': r['miou'], 'per_class': dict(zip(names, r['per_class']))}
@@ -71,17 +81,18 @@ def camvid_miou(bundle_path, camvid_root, split: str = 'test', device: str = 'cp
     return out
 
 
-def id_false_detections(bundle_path, camvid_root, split='test', device='cpu', limit=0,
+def id_false_detections(bundle_path, dataset, split='test', device='cpu', limit=0,
                         input_size=None, geometry='letterbox') -> Dict:
     """
-    Count OoD segments per in-distribution CamVid frame, before and after meta filtering.
+    Count OoD segments per in-distribution frame, before and after meta filtering.
 
-    CamVid holds no anomaly, so every segment the node would publish is a false detection.
+    The dataset (``KIND:PATH``, opened, or a plain path) holds no anomaly, so every
+    segment the node would publish is a false detection.
     """
     pipe = Pipeline.from_bundle(bundle_path, backend='torch', device=device,
                                 input_size=input_size, geometry=geometry,
                                 **_score_kw(bundle_path, input_size))
-    pairs = list_pairs(camvid_root, split)
+    pairs = open_dataset(dataset).list_pairs(split)
     if limit:
         pairs = pairs[:limit]
     found = kept = frames_with = 0
@@ -396,7 +407,7 @@ def set_name(root) -> str:
     return Path(root).name
 
 
-def evaluate_bundle(bundle_path, ood_root=None, camvid_root=None, split='test',
+def evaluate_bundle(bundle_path, ood_root=None, dataset=None, split='test',
                     entropy_bundle=None, out_dir=None, device='cpu', limit=0,
                     progress=None, calibrate_only=False, input_size=None,
                     geometry='letterbox', select_roots=(), select_notes=None) -> Dict:
@@ -408,18 +419,21 @@ def evaluate_bundle(bundle_path, ood_root=None, camvid_root=None, split='test',
     one such object per set under ``sets`` (by folder name), and ``heatmap_score``.
     ``calibrate_only``: return ``{'calibration': ...}`` chosen over all the sets, with
     ``select_roots`` joining only the choice of the score (see :func:`calibrate`).
+    ``dataset`` (``KIND:PATH``): mIoU on its ``split``, under the key of its kind.
     """
     result: Dict = {'bundle': str(bundle_path)}
     roots = [] if not ood_root else ([ood_root] if isinstance(ood_root, (str, Path))
                                      else list(ood_root))
-    if camvid_root:
-        result['camvid'] = camvid_miou(bundle_path, camvid_root, split, device, limit)
-        result['miou'] = result['camvid']['miou']
-        result['per_class'] = result['camvid']['per_class']
+    if dataset:
+        ds = open_dataset(dataset)
+        result[ds.kind] = dataset_miou(bundle_path, ds, split, device, limit)
+        result['miou'] = result[ds.kind]['miou']
+        result['per_class'] = result[ds.kind]['per_class']
         if entropy_bundle:
-            ent = camvid_miou(entropy_bundle, camvid_root, split, device, limit)
-            result['entmax_camvid'] = {'miou': ent['miou'], 'per_class': ent['per_class'],
-                                       'miou_change': ent['miou'] - result['miou']}
+            ent = dataset_miou(entropy_bundle, ds, split, device, limit)
+            result[f'entmax_{ds.kind}'] = {'miou': ent['miou'],
+                                           'per_class': ent['per_class'],
+                                           'miou_change': ent['miou'] - result['miou']}
     if not roots:
         _write_metrics(result, out_dir)
         return result
@@ -533,9 +547,9 @@ def update_bundle_runtime(bundle_path, updates: Dict) -> None:
 def table_text(result: Dict) -> str:
     """Format the main figures as a readable table."""
     lines = []
-    if 'camvid' in result:
-        c = result['camvid']
-        lines.append(f'CamVid {c["split"]} ({c["frames"]} frames): global mIoU '
+    for kind in (k for k in KINDS if k in result):
+        c = result[kind]
+        lines.append(f'{kind} {c["split"]} ({c["frames"]} frames): global mIoU '
                      f'{100 * c["miou"]:.2f} %')
         for k, v in c['per_class'].items():
             lines.append(f'  {k:<12} {100 * v:6.2f}' if v == v else f'  {k:<12}    n/a')

@@ -52,6 +52,9 @@ class ConfigSchema(_Closed):
 
     backbone: Optional[StrictStr] = None
     class_names: Optional[Annotated[List[StrictStr], Field(min_length=2)]] = None
+    ignore_index: Optional[Annotated[StrictInt, Field(ge=0, le=255)]] = None
+    palette: Optional[List[Annotated[List[Annotated[StrictInt, Field(ge=0, le=255)]],
+                                     Field(min_length=3, max_length=3)]]] = None
     output_stride: Optional[StrictInt] = None
     aspp_channels: Optional[Annotated[StrictInt, Field(ge=1)]] = None
     decoder_channels: Optional[Annotated[StrictInt, Field(ge=1)]] = None

@@ -76,3 +76,47 @@ def _colour_bar(height: int, scale: Tuple[float, float], label: str) -> np.ndarr
         cv2.putText(strip, label, (x, (top + bottom) // 2), font, size, (0, 0, 0), 1,
                     cv2.LINE_AA)
     return strip
+
+
+def class_colours(n: int, palette: Optional[Sequence[Sequence[int]]] = None) -> np.ndarray:
+    """Return RGB uint8 (n, 3): the bundle's palette, or n distinct hues when it has none."""
+    if palette is not None:
+        colours = np.asarray(palette, np.uint8).reshape(-1, 3)
+        if len(colours) != n:
+            raise ValueError(f'palette has {len(colours)} colours for {n} classes')
+        return colours
+    hsv = np.stack([np.arange(n) * 180 // max(n, 1), np.full(n, 200), np.full(n, 230)], 1)
+    return cv2.cvtColor(hsv.astype(np.uint8)[None], cv2.COLOR_HSV2RGB)[0]
+
+
+def semantic_overlay(rgb: np.ndarray, semantic: np.ndarray, class_names: Sequence[str],
+                     palette: Optional[Sequence[Sequence[int]]] = None,
+                     alpha: float = 0.5) -> np.ndarray:
+    """
+    Blend class colours over an RGB frame and add a legend of the classes; return BGR.
+
+    ``semantic``: class ids (H, W) of the frame's size (ids outside the classes, e.g. 255,
+    stay uncoloured); colours from ``palette`` (the bundle's) or :func:`class_colours`.
+    """
+    colours = class_colours(len(class_names), palette)
+    sem = np.asarray(semantic)
+    known = sem < len(class_names)
+    out = rgb.astype(np.float32)
+    out[known] = (1 - alpha) * out[known] + alpha * colours[sem[known]].astype(np.float32)
+    bgr = cv2.cvtColor(out.astype(np.uint8), cv2.COLOR_RGB2BGR)
+    return np.concatenate([bgr, _legend(rgb.shape[0], class_names, colours)], axis=1)
+
+
+def _legend(height: int, names: Sequence[str], colours: np.ndarray) -> np.ndarray:
+    """Draw a white strip with one colour swatch and name per class (as many as fit)."""
+    font, size, row = cv2.FONT_HERSHEY_SIMPLEX, 0.35, 12
+    text_w = max(cv2.getTextSize(n, font, size, 1)[0][0] for n in names)
+    strip = np.full((height, BAR_MARGIN * 3 + BAR_WIDTH + text_w, 3), 255, np.uint8)
+    for i, (name, c) in enumerate(zip(names, colours)):
+        y = BAR_MARGIN + i * row
+        if y + row > height:
+            break
+        strip[y:y + row - 2, BAR_MARGIN:BAR_MARGIN + BAR_WIDTH] = c[::-1]
+        cv2.putText(strip, name, (BAR_MARGIN * 2 + BAR_WIDTH, y + row - 3), font, size,
+                    (0, 0, 0), 1, cv2.LINE_AA)
+    return strip

@@ -8,6 +8,9 @@
 # Usage: tools/train_default_bundle.sh DATA_DIR OUT_DIR [BASE_MINUTES]
 #   DATA_DIR holds camvid/, coco128_seg/ and real_ood/ (the shared data folder).
 # Runs on CUDA when available (AMP), else CPU. `python -m ood_seg_ros.cli` == `ood-seg`.
+# `ood-seg recipe --dataset KIND:PATH --coco ... --ood-val ...` chains these stages for any
+# dataset kind in one resumable command (README "Train on your own data"); with --entropy it
+# ships the entropy-maximisation bundle, which this script only reports.
 set -euo pipefail
 data=$1; out=$2; minutes=${3:-5.5}
 camvid=$data/camvid; coco=$data/coco128_seg

@@ -11,10 +11,11 @@ from .evaluate import EvalCommand
 from .export import ExportCommand
 from .make_bag import MakeBagCommand
 from .make_ood_set import MakeOodSetCommand
+from .recipe import RecipeCommand
 from .sml_stats import SmlStatsCommand
 from .train import TrainBaseCommand, TrainEntropyCommand, TrainProbesCommand
 from .train_meta import TrainMetaCommand
 
 COMMANDS = (BenchCommand, TrainBaseCommand, TrainProbesCommand, TrainEntropyCommand,
             TrainMetaCommand, SmlStatsCommand, EvalCommand, ExportCommand, MakeOodSetCommand,
-            MakeBagCommand, BagEvalCommand)
+            MakeBagCommand, BagEvalCommand, RecipeCommand)

@@ -1,4 +1,4 @@
-"""``ood-seg eval``: CamVid mIoU and SMIYC OoD metrics of a bundle, one table per set."""
+"""``ood-seg eval``: dataset mIoU and SMIYC OoD metrics of a bundle, one table per set."""
 
 import sys
 
@@ -6,15 +6,16 @@ from .base import add_bundle_option, add_json_option, Command
 
 
 class EvalCommand(Command):
-    """Evaluate a bundle: CamVid mIoU, OoD scores (AP, FPR95, sIoU, ...), meta classifier."""
+    """Evaluate a bundle: dataset mIoU, OoD scores (AP, FPR95, sIoU, ...), meta classifier."""
 
     def add_arguments(self, parser) -> None:
         """Declare the evaluation options."""
+        from ..data.datasets import add_dataset_option
         add_bundle_option(parser)
-        parser.add_argument('--camvid', default=None,
-                            help='CamVid root: mIoU of global head + probes, and the kept '
-                                 'detections per (in-distribution) frame')
-        parser.add_argument('--split', default='test', help='CamVid split (default: test)')
+        add_dataset_option(parser, required=False)
+        parser.add_argument('--split', default='test',
+                            help='dataset split: mIoU of global head + probes and the kept '
+                                 'detections per (in-distribution) frame (default: test)')
         parser.add_argument('--ood-set', default=None, action='append',
                             help='OoD dataset (images/+labels/ or RoadAnomaly frames/); repeat '
                                  'for several sets (one table each)')
@@ -45,6 +46,7 @@ class EvalCommand(Command):
         from ..errors import OodSegError
         from ..evaluate import (calibration_update, evaluate_bundle, id_false_detections,
                                 table_text, to_json, update_bundle_runtime)
+        from ..data.datasets import dataset_spec, open_dataset
         from ..model.bundle import default_bundle_path, read_bundle_json
         from ..model.config import parse_size
         from ..protocol import check_held_out, selection_notes
@@ -53,8 +55,10 @@ class EvalCommand(Command):
             raise OodSegError('no bundle given and no default bundle installed (--bundle DIR)')
         if args.select_set and not args.calibrate:
             raise OodSegError('--select-set is for --calibrate only')
-        if not args.camvid and not args.ood_set:
-            raise OodSegError('nothing to evaluate: give --camvid and/or --ood-set')
+        spec = dataset_spec(args)
+        if not spec and not args.ood_set:
+            raise OodSegError('nothing to evaluate: give --dataset (or --camvid) and/or '
+                              '--ood-set')
         size = parse_size(args.input_size) if args.input_size else None
 
         def progress(it, total):
@@ -85,13 +89,15 @@ class EvalCommand(Command):
                       f'{k} {v:.3f}' for k, v in c['reference_ap'].items()) +
                   f'), segment threshold {cal["segment_threshold"]:.3f}')
             return 0
-        res = evaluate_bundle(bundle, ood_root=args.ood_set, camvid_root=args.camvid,
+        read_bundle_json(bundle)     # a bad bundle is named before the dataset is read
+        ds = open_dataset(spec) if spec else None
+        res = evaluate_bundle(bundle, ood_root=args.ood_set, dataset=ds,
                               split=args.split, entropy_bundle=args.entropy_bundle,
                               out_dir=args.out, device=args.device, limit=args.limit,
                               progress=progress, input_size=size, geometry=args.geometry)
-        if args.camvid:
-            res['camvid']['detections'] = id_false_detections(
-                bundle, args.camvid, args.split, device=args.device, limit=args.limit,
+        if ds is not None:
+            res[ds.kind]['detections'] = id_false_detections(
+                bundle, ds, args.split, device=args.device, limit=args.limit,
                 input_size=size, geometry=args.geometry)
         print(to_json(res) if args.json else table_text(res))
         return 0

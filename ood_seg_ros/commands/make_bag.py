@@ -1,4 +1,4 @@
-"""``ood-seg make-bag``: write an image folder or an OoD set as a rosbag2 bag."""
+"""``ood-seg make-bag``: write an image folder, a dataset split or an OoD set as a bag."""
 
 import json
 
@@ -21,9 +21,7 @@ def _frames(folder, with_gt: bool, limit, width, height):
     """Return (list of names, frame iterator, GT iterator or None)."""
     from pathlib import Path
 
-    import cv2
-
-    from ..data.camvid import read_rgb
+    from ..data.images import read_rgb
     from ..data.ood_sets import image_files, OodDataset
     from ..errors import OodSegError
 
@@ -48,17 +46,7 @@ def _frames(folder, with_gt: bool, limit, width, height):
     if limit is not None:
         names = names[:limit]
     gt_list = []
-
-    def resize(img, linear):
-        th, tw = _target_size(img.shape, width, height)
-        if img.shape[:2] == (th, tw):
-            return img
-        if linear:
-            interp = cv2.INTER_AREA if th * tw < img.shape[0] * img.shape[1] \
-                else cv2.INTER_LINEAR
-        else:
-            interp = cv2.INTER_NEAREST
-        return cv2.resize(img, (tw, th), interpolation=interp)
+    resize = _resizer(width, height)
 
     def frames():
         for i, name in enumerate(names):
@@ -76,14 +64,53 @@ def _frames(folder, with_gt: bool, limit, width, height):
     return names, frames(), (gts() if dataset is not None else None)
 
 
+def _dataset_frames(args, limit, width, height):
+    """(names, frame iterator, None) of a dataset split (frames sorted by name)."""
+    from ..data.datasets import dataset_spec, open_dataset
+    from ..data.images import read_rgb
+    ds = open_dataset(dataset_spec(args))
+    pairs = ds.list_pairs(args.split)[:limit]
+    names = [ds.frame_name(img) for img, _ in pairs]
+    resize = _resizer(width, height)
+
+    def frames():
+        for name, (img, _) in zip(names, pairs):
+            yield name, resize(read_rgb(img), linear=True)
+
+    return names, frames(), None
+
+
+def _resizer(width, height):
+    """resize(img, linear) -> img at the requested size (nearest neighbour unless linear)."""
+    import cv2
+
+    def resize(img, linear):
+        th, tw = _target_size(img.shape, width, height)
+        if img.shape[:2] == (th, tw):
+            return img
+        if linear:
+            interp = cv2.INTER_AREA if th * tw < img.shape[0] * img.shape[1] \
+                else cv2.INTER_LINEAR
+        else:
+            interp = cv2.INTER_NEAREST
+        return cv2.resize(img, (tw, th), interpolation=interp)
+
+    return resize
+
+
 class MakeBagCommand(Command):
     """Write an image folder (or an OoD set with GT) as a rosbag2 bag (metadata v8)."""
 
     def add_arguments(self, parser) -> None:
         """Add the make-bag options to ``parser``."""
-        parser.add_argument('--images', required=True,
+        from ..data.datasets import add_dataset_option
+        source = parser.add_mutually_exclusive_group(required=True)
+        source.add_argument('--images', default=None,
                             help='folder of images, or an OoD set (images/ + labels/); frames '
-                                 'are taken sorted by name (CamVid names are in time order)')
+                                 'are taken sorted by name')
+        add_dataset_option(parser, group=source)
+        parser.add_argument('--split', default='test',
+                            help='split of --dataset / --camvid (default: test)')
         parser.add_argument('--out', required=True, help='output bag folder (must not exist)')
         parser.add_argument('--rate', type=float, default=10.0,
                             help='frame rate in Hz for the stamps (default: 10)')
@@ -116,8 +143,13 @@ class MakeBagCommand(Command):
             value = getattr(args, name)
             if value is not None and value < 1:
                 raise OodSegError(f'--{name} must be >= 1, got {value}')
-        names, frames, gts = _frames(args.images, args.with_gt, args.limit, args.width,
-                                     args.height)
+        if args.images:
+            names, frames, gts = _frames(args.images, args.with_gt, args.limit, args.width,
+                                         args.height)
+        else:
+            if args.with_gt:
+                raise OodSegError('--with-gt needs an OoD set (--images DIR with labels/)')
+            names, frames, gts = _dataset_frames(args, args.limit, args.width, args.height)
         start_ns = None if args.start_time is None else int(round(args.start_time * 1e9))
         summary = write_image_bag(args.out, frames, args.rate, topic=args.topic,
                                   frame_id=args.frame_id, gt_masks=gts, gt_topic=args.gt_topic,

@@ -1,4 +1,4 @@
-"""``ood-seg make-ood-set``: paste COCO objects into CamVid frames and write an OoD set."""
+"""``ood-seg make-ood-set``: paste COCO objects into a dataset's frames: an OoD set."""
 
 import json
 
@@ -15,13 +15,17 @@ def _pair(text: str) -> tuple:
 
 
 class MakeOodSetCommand(Command):
-    """Build a synthetic OoD set: COCO objects pasted into CamVid frames."""
+    """Build a synthetic OoD set: COCO objects pasted into a dataset's frames."""
 
     def add_arguments(self, parser) -> None:
         """Add the make-ood-set options to ``parser``."""
-        parser.add_argument('--camvid', required=True, help='CamVid root (holds <split>/images)')
+        from ..data.datasets import add_dataset_option
+        add_dataset_option(parser)
         parser.add_argument('--coco', required=True, help='coco128-seg root (images/, labels/)')
-        parser.add_argument('--split', default='val', help='CamVid split (default: val)')
+        parser.add_argument('--coco-map', default=None, metavar='YAML',
+                            help='more {COCO category: [class names]}: categories that are '
+                                 "one of the dataset's classes are never pasted")
+        parser.add_argument('--split', default='val', help='dataset split (default: val)')
         parser.add_argument('--group', default='b', choices=('a', 'b', 'c'),
                             help='COCO object group: a training proxy, b validation, c test')
         parser.add_argument('--out', required=True, help='output folder')
@@ -43,15 +47,18 @@ class MakeOodSetCommand(Command):
         """Build the set and print a summary; return the exit status."""
         from tqdm import tqdm
 
+        from ..data.coco_objects import read_coco_map
+        from ..data.datasets import dataset_spec
         from ..data.ood_sets import make_ood_set
 
         def progress(iterable, total):
             return tqdm(iterable, total=total, desc='make-ood-set', unit='frame',
                         disable=args.json)
 
-        summary = make_ood_set(args.camvid, args.coco, args.split, args.group, args.out, args.seed,
-                               objects_per_frame=args.objects, limit=args.limit,
+        summary = make_ood_set(dataset_spec(args), args.coco, args.split, args.group, args.out,
+                               args.seed, objects_per_frame=args.objects, limit=args.limit,
                                overwrite=args.overwrite, progress=progress,
+                               coco_map=read_coco_map(args.coco_map) if args.coco_map else None,
                                placement=args.placement,
                                procedural_fraction=args.procedural_fraction)
         if args.json:

@@ -9,7 +9,8 @@ class SmlStatsCommand(Command):
     def add_arguments(self, parser) -> None:
         """SML statistics options."""
         add_bundle_option(parser, 'bundle to store the statistics in')
-        parser.add_argument('--camvid', required=True, help='CamVid root')
+        from ..data.datasets import add_dataset_option
+        add_dataset_option(parser)
         parser.add_argument('--split', default='train',
                             help='split to gather on (default: train, as the SML paper)')
         parser.add_argument('--device', default='cpu', choices=['cpu', 'cuda'])
@@ -20,16 +21,22 @@ class SmlStatsCommand(Command):
         """Gather the statistics and write them into the bundle's config."""
         import json
         from pathlib import Path
-        from ..data.camvid import list_pairs, read_rgb
+        from ..data.datasets import dataset_spec, open_dataset
+        from ..data.images import read_rgb
         from ..model import load_bundle
         from ..model.config import ModelConfig
         from ..sml import gather_sml_stats
         bundle = load_bundle(args.bundle, outputs=['probs'], device=args.device)
-        pairs = list_pairs(args.camvid, args.split)
+        ds = open_dataset(dataset_spec(args))
+        if tuple(bundle.config.class_names) != ds.classes.names:
+            from ..errors import OodSegError
+            raise OodSegError(f'dataset {ds.identity} has classes {list(ds.classes.names)} '
+                              f'but the bundle has {list(bundle.config.class_names)}')
+        pairs = ds.list_pairs(args.split)
         if args.limit:
             pairs = pairs[:args.limit]
         stats = gather_sml_stats(bundle.model, (read_rgb(p) for p, _ in pairs))
-        stats = {'split': args.split, 'camvid': Path(args.camvid).name, **stats}
+        stats = {'split': args.split, 'dataset': ds.identity, **stats}
         path = Path(args.bundle) / 'bundle.json'
         doc = json.loads(path.read_text())
         doc['config']['sml_stats'] = stats

@@ -21,11 +21,12 @@ class TrainCommand(Command):
 
     def add_arguments(self, parser) -> None:
         """Options of one training stage (defaults differ per stage)."""
+        from ..data.datasets import add_dataset_option
         d, name = _DEFAULTS[self.name], self.name
-        parser.add_argument('--camvid', required=True, help='CamVid root (train/val/test)')
+        add_dataset_option(parser)
         parser.add_argument('--out', required=True, help='run folder (checkpoints, bundles)')
         parser.add_argument('--train-splits', default='train',
-                            help='comma-separated CamVid splits to train on (default: train; '
+                            help='comma-separated dataset splits to train on (default: train; '
                                  'val is held out for selection, calibration and meta)')
         parser.add_argument('--val-split', default='val', help='split for per-epoch mIoU')
         if name != 'train-base':
@@ -47,6 +48,8 @@ class TrainCommand(Command):
                                 help='start the backbone from random weights (a backbone '
                                      'without installable ImageNet weights needs it)')
             parser.add_argument('--output-stride', type=int, default=16, choices=[8, 16])
+            parser.add_argument('--input-size', default='360x480',
+                                help="the bundle's network input HxW (default: 360x480)")
             parser.add_argument('--probe-depth', type=int, default=1)
             parser.add_argument('--probe-channels', type=int, default=256)
             parser.add_argument('--probe-separable', action='store_true')
@@ -86,10 +89,11 @@ class TrainCommand(Command):
 
     def main(self, args) -> int:
         """Run one training stage."""
+        from ..data.datasets import dataset_spec
         from ..train.loop import Trainer, TrainConfig
         stage = self.name.split('-', 1)[1]
         cfg = TrainConfig(
-            stage=stage, camvid=args.camvid, out=args.out,
+            stage=stage, dataset=dataset_spec(args), out=args.out,
             train_splits=[s for s in args.train_splits.split(',') if s],
             val_split=args.val_split, epochs=args.epochs, batch_size=args.batch_size,
             lr=args.lr, weight_decay=args.weight_decay, optimizer=args.optimizer,
@@ -104,7 +108,9 @@ class TrainCommand(Command):
             patience=getattr(args, 'patience', 0))
         if stage == 'base':
             cfg.imagenet = args.imagenet
+            from ..model.config import parse_size
             cfg.model = {'backbone': args.backbone, 'output_stride': args.output_stride,
+                         'input_size': list(parse_size(args.input_size)),
                          'probe_depth': args.probe_depth, 'probe_channels': args.probe_channels,
                          'probe_separable': args.probe_separable}
         if stage == 'probes' and (args.probe_depth or args.probe_channels or
@@ -129,7 +135,7 @@ class TrainCommand(Command):
 
 
 class TrainBaseCommand(TrainCommand):
-    """Train DeepLabv3+ on CamVid from ImageNet weights (poly LR)."""
+    """Train DeepLabv3+ on a dataset's train split from ImageNet weights (poly LR)."""
 
 
 class TrainProbesCommand(TrainCommand):

@@ -8,9 +8,10 @@ remapped to ``VOID`` (255, the ignore value of losses and metrics) on load.
 
 from pathlib import Path
 
-import cv2
 import numpy as np
 
+from .images import IMAGE_SUFFIXES, read_gray, read_rgb
+from .labelled import ClassInfo, IGNORE, LabelledDataset
 from ..errors import OodSegError
 
 CAMVID_CLASSES = (
@@ -19,47 +20,12 @@ CAMVID_CLASSES = (
 NUM_CLASSES = len(CAMVID_CLASSES)
 ROAD = CAMVID_CLASSES.index('Road')
 FILE_VOID = 11  # void value in the label files
-VOID = 255  # void value in memory (ignore index)
-IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png')
+VOID = IGNORE  # void value in memory (ignore index)
+# SegNet's CamVid colours (RGB) of the 11 classes
+PALETTE = ((128, 128, 128), (128, 0, 0), (192, 192, 128), (128, 64, 128), (60, 40, 222),
+           (128, 128, 0), (192, 128, 128), (64, 64, 128), (64, 0, 128), (64, 64, 0),
+           (0, 128, 192))
 SPLITS = ('train', 'val', 'test')
-
-
-def _decode(path: Path, flags: int, what: str) -> np.ndarray:
-    """Read and decode an image file; OodSegError naming ``what`` and the file otherwise."""
-    try:
-        data = np.fromfile(str(path), dtype=np.uint8)
-    except OSError as exc:
-        raise OodSegError(f'cannot read {what} {path}: {exc.strerror or exc}') from None
-    img = cv2.imdecode(data, flags) if data.size else None
-    if img is None:
-        raise OodSegError(f'cannot decode {what} {path}: not a valid image file')
-    return img
-
-
-def read_rgb(path) -> np.ndarray:
-    """Read an image file as RGB uint8 (H, W, 3); raise OodSegError if unreadable."""
-    path = Path(path)
-    bgr = _decode(path, cv2.IMREAD_COLOR, 'image')
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-
-
-def read_gray(path) -> np.ndarray:
-    """
-    Read a single-channel 8-bit label image as uint8 (H, W); raise OodSegError if bad.
-
-    A 3-channel file whose channels are identical is accepted (channel 0 is used).
-    """
-    path = Path(path)
-    img = _decode(path, cv2.IMREAD_UNCHANGED, 'label')
-    if img.dtype != np.uint8:
-        raise OodSegError(f'label {path} has dtype {img.dtype}, expected 8-bit')
-    if img.ndim == 3:
-        if img.shape[2] >= 3 and np.array_equal(img[..., 0], img[..., 1]) \
-                and np.array_equal(img[..., 0], img[..., 2]):
-            img = np.ascontiguousarray(img[..., 0])
-        else:
-            raise OodSegError(f'label {path} has {img.shape[2]} channels, expected 1 (class ids)')
-    return img
 
 
 def _stems(folder: Path) -> dict:
@@ -124,22 +90,35 @@ def load_split(root, splits) -> tuple:
     All frames must share one size (CamVid: 480x360); ``splits`` is a list like
     ``['train', 'val']``; frames come split by split, each sorted by name.
     """
-    if isinstance(splits, str):
-        splits = [splits]
-    pairs = [p for s in splits for p in list_pairs(root, s)]
-    images = labels = None
-    names = []
-    for i, (img_path, lab_path) in enumerate(pairs):
-        rgb, label = load_pair(img_path, lab_path)
-        if images is None:
-            images = np.empty((len(pairs),) + rgb.shape, np.uint8)
-            labels = np.empty((len(pairs),) + label.shape, np.uint8)
-        elif rgb.shape != images.shape[1:]:
-            raise OodSegError(f'image {img_path} is {rgb.shape[1]}x{rgb.shape[0]}, other frames '
-                              f'are {images.shape[2]}x{images.shape[1]} (WxH)')
-        images[i], labels[i] = rgb, label
-        names.append(img_path.stem)
-    return images, labels, names
+    return CamVid(root).load_split(splits)
+
+
+class CamVid(LabelledDataset):
+    """The ``camvid`` dataset kind: ``<root>/<split>/images`` + ``<root>/<split>/labels``."""
+
+    kind = 'camvid'
+    CLASSES = ClassInfo(CAMVID_CLASSES, VOID, PALETTE)
+    # the SegNet classes merge vehicles into Car, motorbikes into Bicyclist, lights into signs
+    coco_same = {'motorcycle': ('Bicyclist',), 'bus': ('Car',), 'train': ('Car',),
+                 'truck': ('Car',), 'traffic light': ('SignSymbol',),
+                 'stop sign': ('SignSymbol',)}
+
+    def _read_classes(self) -> ClassInfo:
+        return self.CLASSES
+
+    def _label_mapping(self) -> dict:
+        return {**{i: i for i in range(NUM_CLASSES)}, FILE_VOID: VOID}
+
+    def splits(self) -> list:
+        """Sub-folders of the root that hold ``images/``."""
+        return sorted(p.name for p in self.root.iterdir() if (p / 'images').is_dir())
+
+    def _find_pairs(self, split: str) -> list:
+        return list_pairs(self.root, split)
+
+    def load_label(self, path) -> np.ndarray:
+        """Load a CamVid label: classes 0..10, void (11 in the file) -> 255."""
+        return load_label(path)
 
 
 class CamVidDataset:

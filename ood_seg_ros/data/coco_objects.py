@@ -6,7 +6,11 @@ object per line, ``class_id x1 y1 x2 y2 ...`` (polygon vertices normalised to [0
 segmentation format). Images without a label file hold no objects; label files without an
 image are ignored (coco128-seg has two of each).
 
-Objects of classes CamVid knows (``EXCLUDED_COCO_CLASSES``) are never used. An object counts
+Objects of a COCO category that is one of the dataset's classes are never used (as
+meta-ood leaves them out for Cityscapes): ``COCO_TO_CLASSES`` maps a category to the class
+names it is, a dataset kind adds its own names (``coco_same``; a folder dataset's
+``classes.yaml`` ``coco`` key) and a user file more (``--coco-map``); see
+:func:`excluded_categories`. An object counts
 only when its rasterised mask (``cv2.fillPoly``) covers at least ``MIN_AREA_PX`` source pixels,
 so small fragments and far-away objects do not become OoD samples.
 
@@ -18,7 +22,8 @@ sorted index ``i`` belongs to
 - group ``c`` (test objects, ~25 %) when ``i % 4 == 3``.
 
 The interleaving spreads every part of the id range (and so varied content) over all groups.
-Measured on coco128-seg (128 images, 941 polygons, ``MIN_AREA_PX = 900``): 360 usable objects;
+Measured on coco128-seg (128 images, 941 polygons, ``MIN_AREA_PX = 900``, the categories
+the ``camvid`` kind excludes): 360 usable objects;
 group a 64 images (48 with usable objects) / 166 objects, group b 32 images (26) / 109 objects,
 group c 32 images (25) / 85 objects.
 """
@@ -29,7 +34,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .camvid import read_rgb
+from .images import read_rgb
 from ..errors import OodSegError
 
 COCO_CLASSES = (
@@ -45,8 +50,55 @@ COCO_CLASSES = (
     'refrigerator', 'book', 'clock', 'vase', 'scissors', 'teddy bear', 'hair drier',
     'toothbrush')
 
-# COCO classes a CamVid model knows (Pedestrian, Bicyclist, Car, SignSymbol): never OoD.
-EXCLUDED_COCO_CLASSES = frozenset({0, 1, 2, 3, 5, 6, 7, 9, 11})
+# COCO category -> dataset class names it is (compared case-insensitively, ' ' = '_');
+# a category always matches a class of its own name. Extend with a kind's ``coco_same``,
+# classes.yaml ``coco`` or ``--coco-map``.
+COCO_TO_CLASSES = {
+    'person': ('pedestrian', 'rider', 'human', 'people'),
+    'bicycle': ('bike', 'bicyclist', 'cyclist', 'rider'),
+    'car': ('vehicle', 'cars'),
+    'motorcycle': ('motorbike', 'motorcyclist', 'rider', 'vehicle'),
+    'bus': ('vehicle',),
+    'train': ('vehicle', 'tram'),
+    'truck': ('vehicle', 'lorry'),
+    'traffic light': ('traffic signal',),
+    'stop sign': ('traffic sign', 'sign'),
+}
+
+
+def _norm(name: str) -> str:
+    return ' '.join(str(name).lower().replace('_', ' ').split())
+
+
+def excluded_categories(class_names, extra=None) -> frozenset:
+    """
+    Return the COCO category ids that are one of ``class_names`` (never pasted as OoD).
+
+    ``extra``: more ``{COCO category: [class names]}`` (a kind's ``coco_same``, a user's
+    table); an unknown category is an error.
+    """
+    table = {c: {_norm(c), *map(_norm, COCO_TO_CLASSES.get(c, ()))} for c in COCO_CLASSES}
+    for category, names in (extra or {}).items():
+        if category not in table:
+            raise OodSegError(f'COCO mapping: unknown COCO category {category!r}')
+        table[category] |= {_norm(names)} if isinstance(names, str) else set(map(_norm, names))
+    wanted = {_norm(n) for n in class_names}
+    return frozenset(i for i, c in enumerate(COCO_CLASSES) if table[c] & wanted)
+
+
+def read_coco_map(path) -> dict:
+    """Read a user's ``{COCO category: [class names]}`` table from a YAML file."""
+    import yaml
+    try:
+        doc = yaml.safe_load(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise OodSegError(f'cannot read COCO mapping {path}: {str(exc).splitlines()[0]}') \
+            from None
+    if not isinstance(doc, dict) or not all(
+            isinstance(v, (str, list)) for v in doc.values()):
+        raise OodSegError(f'COCO mapping {path}: expected {{COCO category: [class names]}}')
+    return doc
+
 
 GROUPS = {
     'a': 'OoD training proxy',
@@ -151,14 +203,15 @@ def polygon_mask(vertices: np.ndarray, width: int, height: int) -> np.ndarray:
     return mask
 
 
-def objects_of_image(coco_root, image_id: str, min_area: int = MIN_AREA_PX) -> list:
-    """Cut out the usable objects (non-excluded class, mask area >= min_area px) of one image."""
+def objects_of_image(coco_root, image_id: str, min_area: int = MIN_AREA_PX,
+                     excluded: frozenset = frozenset()) -> list:
+    """Cut out the usable objects (category not ``excluded``, area >= min_area) of an image."""
     img_dir, lab_dir = _folders(coco_root)
     label_path = lab_dir / f'{image_id}.txt'
     if not label_path.is_file():
         return []
     polygons = parse_label_file(label_path)
-    wanted = [(k, c, v) for k, (c, v) in enumerate(polygons) if c not in EXCLUDED_COCO_CLASSES]
+    wanted = [(k, c, v) for k, (c, v) in enumerate(polygons) if c not in excluded]
     if not wanted:
         return []
     candidates = [p for p in img_dir.iterdir() if p.stem == image_id and p.is_file()]
@@ -180,8 +233,14 @@ def objects_of_image(coco_root, image_id: str, min_area: int = MIN_AREA_PX) -> l
     return out
 
 
-def load_objects(coco_root, group: str, min_area: int = MIN_AREA_PX) -> list:
-    """Load all usable objects of a group ('a', 'b', 'c' or 'all'), sorted by (image, line)."""
+def load_objects(coco_root, group: str, min_area: int = MIN_AREA_PX,
+                 excluded: frozenset = frozenset()) -> list:
+    """
+    Load all usable objects of a group ('a', 'b', 'c' or 'all'), sorted by (image, line).
+
+    ``excluded``: COCO category ids left out, those that are the dataset's classes
+    (``dataset.coco_excluded()``, :func:`excluded_categories`).
+    """
     if group == 'all':
         ids = list_image_ids(coco_root)
     elif group in GROUPS:
@@ -189,4 +248,5 @@ def load_objects(coco_root, group: str, min_area: int = MIN_AREA_PX) -> list:
     else:
         raise OodSegError(f'unknown COCO object group {group!r}: use a (training proxy), '
                           f'b (validation), c (test) or all')
-    return [obj for image_id in ids for obj in objects_of_image(coco_root, image_id, min_area)]
+    return [obj for image_id in ids
+            for obj in objects_of_image(coco_root, image_id, min_area, excluded)]

@@ -1,12 +1,12 @@
 """
-Synthetic OoD sets (COCO objects pasted into CamVid frames) and the OoD set reader.
+Synthetic OoD sets (COCO objects pasted into a dataset's frames) and the OoD set reader.
 
 Label conventions (all uint8, H x W):
 
-- ``ood_label``: 1 = OoD (pasted alpha >= 0.5), 0 = in-distribution, 255 = void (CamVid void
-  and not pasted).
-- ``semantic``: the CamVid label (0..10, void 255) with pasted (``ood_label == 1``) pixels set
-  to 255, so in-distribution losses ignore them (entropy-maximisation training).
+- ``ood_label``: 1 = OoD (pasted alpha >= 0.5), 0 = in-distribution, 255 = void (the
+  dataset's ignored pixels, not pasted).
+- ``semantic``: the dataset's label (train ids, ignore 255) with pasted (``ood_label == 1``)
+  pixels set to 255, so in-distribution losses ignore them (entropy-maximisation training).
 
 Written layout of ``make_ood_set`` (read back by ``OodDataset``): ``images/<name>.jpg``
 (JPEG quality 95), ``labels/<name>.png`` (0/1/255), ``semantic/<name>.png``, ``info.json``.
@@ -22,7 +22,9 @@ import cv2
 import numpy as np
 
 from . import coco_objects, road_obstacles
-from .camvid import list_pairs, load_pair, NUM_CLASSES, read_gray, read_rgb, ROAD, VOID
+from .datasets import open_dataset
+from .images import read_gray, read_rgb
+from .labelled import IGNORE as VOID
 from ..errors import OodSegError
 
 OOD = 1
@@ -102,15 +104,16 @@ def _prepare_object(obj, target_h: float, max_w: float, flip: bool, feather_px: 
 
 
 def compose_ood_frame(rgb, label, objects, rng, n_objects=(1, 3), on_road_fraction=0.5,
-                      height_frac=(0.08, 0.4), feather_px=2.0) -> PasteResult:
+                      height_frac=(0.08, 0.4), feather_px=2.0, road_ids=()) -> PasteResult:
     """
     Paste random COCO objects into a frame; return images, labels, alpha and placements.
 
-    ``rgb`` uint8 (H, W, 3), ``label`` uint8 (H, W) CamVid ids with void 255; ``objects`` a
+    ``rgb`` uint8 (H, W, 3), ``label`` uint8 (H, W) train ids with void 255; ``objects`` a
     list of ``CocoObject``; ``rng`` a ``numpy.random.Generator`` (the only randomness). The
     number of objects is uniform in ``n_objects`` (inclusive); each object gets a height of
     ``height_frac`` x H (uniform; width capped at 0.9 W), a horizontal flip with p = 0.5 and,
-    with probability ``on_road_fraction`` and if the frame has road (class 3), its bottom-centre
+    with probability ``on_road_fraction`` and if the frame has road (a class of ``road_ids``,
+    see :func:`road_ids`), its bottom-centre
     on a random road pixel; otherwise a uniform position fully inside the frame. Edges are
     feathered with a Gaussian of sigma ``feather_px`` px; later objects occlude earlier ones.
     """
@@ -143,7 +146,7 @@ def compose_ood_frame(rgb, label, objects, rng, n_objects=(1, 3), on_road_fracti
         o_rgb, o_alpha, pad, oh, ow = _prepare_object(obj, target_h, 0.9 * width, flip,
                                                       feather_px)
         if want_road and road_ys is None:
-            road_ys, road_xs = np.nonzero(label == ROAD)
+            road_ys, road_xs = np.nonzero(np.isin(label, road_ids))
         anchor = None
         if want_road and road_ys.size:
             k = int(rng.integers(road_ys.size))
@@ -178,8 +181,13 @@ def compose_ood_frame(rgb, label, objects, rng, n_objects=(1, 3), on_road_fracti
     return PasteResult(rgb_out, ood_label, semantic, union, placements)
 
 
+def road_ids(class_names) -> tuple:
+    """Class ids named ``road`` (any case): where objects are placed on the ground."""
+    return tuple(i for i, n in enumerate(class_names) if n.strip().lower() == 'road')
+
+
 def paste_objects(rgb, label, objects, rng, n_objects=(1, 3), on_road_fraction=0.5,
-                  height_frac=(0.08, 0.4), feather_px=2.0) -> tuple:
+                  height_frac=(0.08, 0.4), feather_px=2.0, road_ids=()) -> tuple:
     """
     Paste random objects into a frame: (rgb_out uint8, ood_label 0/1/255, semantic_out).
 
@@ -187,7 +195,7 @@ def paste_objects(rgb, label, objects, rng, n_objects=(1, 3), on_road_fraction=0
     """
     res = compose_ood_frame(rgb, label, objects, rng, n_objects=n_objects,
                             on_road_fraction=on_road_fraction, height_frac=height_frac,
-                            feather_px=feather_px)
+                            feather_px=feather_px, road_ids=road_ids)
     return res.rgb, res.ood_label, res.semantic
 
 
@@ -208,12 +216,17 @@ def _write_image(path: Path, img: np.ndarray, params=()) -> None:
         raise OodSegError(f'cannot write {path}: {exc.strerror or exc}') from None
 
 
-def make_ood_set(camvid_root, coco_root, split, group, out_dir, seed, objects_per_frame=(1, 3),
+def make_ood_set(dataset, coco_root, split, group, out_dir, seed, objects_per_frame=(1, 3),
                  limit=None, on_road_fraction=0.5, height_frac=(0.08, 0.4), feather_px=2.0,
-                 overwrite=False, progress=None, placement='scene',
+                 overwrite=False, progress=None, coco_map=None, placement='scene',
                  procedural_fraction=0.5) -> dict:
     """
-    Write an OoD set: every (sorted) CamVid frame of ``split`` with ``group`` objects pasted.
+    Write an OoD set: every (sorted) frame of ``split`` with ``group`` objects pasted.
+
+    ``dataset``: ``KIND:PATH``, an opened dataset, or a plain path (a CamVid folder).
+    COCO objects of a category that is one of the dataset's classes are left out
+    (``coco_map``: more ``{COCO category: [class names]}``). The split is checked (labels,
+    image sizes) before anything is written.
 
     ``placement``: ``scene`` (anywhere, see :func:`compose_ood_frame`) or ``road`` (road
     obstacles at a perspective-consistent size, COCO and procedural objects, see
@@ -231,10 +244,13 @@ def make_ood_set(camvid_root, coco_root, split, group, out_dir, seed, objects_pe
         raise OodSegError(f'placement must be one of {PLACEMENTS}, got {placement!r}')
     if limit is not None and int(limit) < 1:
         raise OodSegError(f'limit must be >= 1, got {limit}')
-    pairs = list_pairs(camvid_root, split)
+    ds = open_dataset(dataset)
+    pairs = ds.list_pairs(split)
     if limit is not None:
         pairs = pairs[:int(limit)]
-    objects = coco_objects.load_objects(coco_root, group)
+    ds.check_split(split, len(pairs))
+    roads = road_ids(ds.classes.names)
+    objects = coco_objects.load_objects(coco_root, group, excluded=ds.coco_excluded(coco_map))
     if not objects:
         raise OodSegError(f'COCO group {group} in {coco_root} has no usable objects')
     out_dir = Path(out_dir)
@@ -260,18 +276,19 @@ def make_ood_set(camvid_root, coco_root, split, group, out_dir, seed, objects_pe
     if progress is not None:
         iterator = progress(iterator, len(pairs))
     for index, (img_path, lab_path) in iterator:
-        rgb, label = load_pair(img_path, lab_path)
+        rgb, label = ds.load_pair(img_path, lab_path)
         rng = frame_rng(seed, index)
         if placement == 'road':
             img, ood, sem, boxes = road_obstacles.place_on_road(
-                rgb, label, [ROAD], objects, rng, n_objects=objects_per_frame,
+                rgb, label, roads, objects, rng, n_objects=objects_per_frame,
                 procedural_fraction=procedural_fraction, void=VOID)
             res = PasteResult(img, ood, sem, None, [b for b in boxes if b])
         else:
             res = compose_ood_frame(rgb, label, objects, rng, n_objects=objects_per_frame,
                                     on_road_fraction=on_road_fraction,
-                                    height_frac=height_frac, feather_px=feather_px)
-        name = img_path.stem
+                                    height_frac=height_frac, feather_px=feather_px,
+                                    road_ids=roads)
+        name = ds.frame_name(img_path)
         _write_image(dirs['images'] / f'{name}.jpg', res.rgb,
                      (cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY))
         _write_image(dirs['labels'] / f'{name}.png', res.ood_label)
@@ -290,7 +307,8 @@ def make_ood_set(camvid_root, coco_root, split, group, out_dir, seed, objects_pe
         'ood_pixel_fraction': n_ood / max(n_pixels, 1),
     }
     info = {
-        'seed': int(seed), 'split': split, 'group': group, 'placement': placement,
+        'seed': int(seed), 'dataset': ds.identity, 'split': split,
+        'class_names': list(ds.classes.names), 'group': group, 'placement': placement,
         'procedural_fraction': procedural_fraction if placement == 'road' else 0.0,
         'group_description': coco_objects.GROUPS.get(group, group),
         'objects_per_frame': list(objects_per_frame), 'on_road_fraction': on_road_fraction,
@@ -335,15 +353,18 @@ class OodDataset:
     Read an OoD test set in our layout (a) or the RoadAnomaly layout (b), sorted by name.
 
     (a) ``images/<name>.jpg|png`` + ``labels/<name>.png`` (0 in-dist, 1 OoD, 255 void) and an
-    optional ``semantic/<name>.png`` (CamVid ids, 255 void). (b) ``frames/<name>.jpg`` +
+    optional ``semantic/<name>.png`` (train ids of the source dataset, 255 void; checked
+    against the class count: ``n_classes``, else ``class_names`` of its ``info.json``).
+    (b) ``frames/<name>.jpg`` +
     ``frames/<name>.labels/labels_semantic.png``, where 2 (anomaly) -> 1 and all else -> 0.
     """
 
-    def __init__(self, root):
+    def __init__(self, root, n_classes: Optional[int] = None):
         """Detect the layout and check that every image has its label files."""
         self.root = Path(root)
         if not self.root.is_dir():
             raise OodSegError(f'OoD set folder {self.root} does not exist')
+        self.n_classes = n_classes or _info_classes(self.root)
         self._semantic = {}
         if (self.root / 'images').is_dir() and (self.root / 'labels').is_dir():
             self.layout = 'images_labels'
@@ -381,7 +402,7 @@ class OodDataset:
 
     @property
     def has_semantic(self) -> bool:
-        """Return whether samples carry a semantic (CamVid) label."""
+        """Return whether samples carry a semantic (train id) label."""
         return bool(self._semantic)
 
     def __getitem__(self, index: int) -> OodSample:
@@ -409,9 +430,20 @@ class OodDataset:
                     raise OodSegError(f'semantic label {sem_path} is {semantic.shape[1]}x'
                                       f'{semantic.shape[0]} but image is {rgb.shape[1]}x'
                                       f'{rgb.shape[0]} (WxH)')
-                bad = (semantic >= NUM_CLASSES) & (semantic != VOID)
+                n = self.n_classes or VOID
+                bad = (semantic >= n) & (semantic != VOID)
                 if bad.any():
                     raise OodSegError(f'semantic label {sem_path} has values '
                                       f'{np.unique(semantic[bad])[:5].tolist()} outside '
-                                      f'0..{NUM_CLASSES - 1} and 255')
+                                      f'0..{n - 1} and 255')
         return OodSample(name, rgb, ood_label, semantic)
+
+
+def _info_classes(root: Path) -> Optional[int]:
+    """Return the number of classes an OoD set's ``info.json`` names (None: not recorded)."""
+    try:
+        doc = json.loads((root / 'info.json').read_text())
+    except (OSError, ValueError):
+        return None
+    names = doc.get('class_names') if isinstance(doc, dict) else None
+    return len(names) if isinstance(names, list) and names else None

@@ -5,7 +5,7 @@ import math
 from typing import List, Optional, Tuple
 
 from .backbones import backbone_names
-from ..data.camvid import CAMVID_CLASSES
+from ..data.datasets import default_classes
 from ..errors import OodSegError
 from ..scores import ALL_SCORES, EXTRA_OUTPUTS, needs, NEEDS_SML, NEEDS_STATS, SCORES
 
@@ -65,10 +65,16 @@ class ModelConfig:
     ``sml_stats``: per-class max-logit statistics for the SML scores (``ood-seg
     sml-stats``): ``{'split': ..., 'frames': N, 'members': {member: {'mean': [C],
     'std': [C]}}}`` for every member of :data:`SML_MEMBERS`; None when not gathered.
+    ``class_names``, ``ignore_index`` (the label value losses and metrics ignore) and
+    ``palette`` (RGB per class, or None) come from the training dataset
+    (:mod:`ood_seg_ros.data.datasets`); a bundle that names no classes has the default
+    kind's.
     """
 
     backbone: str = 'lite0'
-    class_names: Tuple[str, ...] = CAMVID_CLASSES
+    class_names: Tuple[str, ...] = default_classes().names
+    ignore_index: int = 255
+    palette: Optional[Tuple[Tuple[int, int, int], ...]] = None
     output_stride: int = 16
     aspp_channels: int = 256
     decoder_channels: int = 256
@@ -105,6 +111,10 @@ class ModelConfig:
                               f'got {self.output_stride}')
         if self.n_classes < 2:
             raise OodSegError('model config: class_names needs at least two classes')
+        if self.palette is not None and (len(self.palette) != self.n_classes or not all(
+                len(c) == 3 and all(0 <= int(v) <= 255 for v in c) for c in self.palette)):
+            raise OodSegError(f'model config: palette must be {self.n_classes} RGB triples '
+                              f'0..255 (one per class)')
         if self.probe_depth < 1:
             raise OodSegError(f'model config: probe_depth must be >= 1, got {self.probe_depth}')
         h, w = self.input_size
@@ -158,6 +168,7 @@ class ModelConfig:
         """Plain-JSON form."""
         d = asdict(self)
         d['class_names'] = list(self.class_names)
+        d['palette'] = [list(c) for c in self.palette] if self.palette is not None else None
         d['input_size'] = list(self.input_size)
         d['mean'] = list(self.mean)
         d['std'] = list(self.std)
@@ -174,4 +185,6 @@ class ModelConfig:
         for key in ('class_names', 'input_size', 'mean', 'std'):
             if key in d:
                 d[key] = tuple(d[key])
+        if d.get('palette') is not None:
+            d['palette'] = tuple(tuple(c) for c in d['palette'])
         return cls(**d).validate()

@@ -22,12 +22,12 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from .augment import augment_batch, IGNORE, to_input
-from ..data.camvid import load_split
+from ..data.datasets import open_dataset
 from ..data.ood_sets import OodDataset
 from ..errors import OodSegError
 from ..metrics import miou
 from ..model import build_model, load_bundle, ModelConfig, save_bundle
-from ..protocol import trained_splits
+from ..protocol import trained_data, trained_splits
 
 
 @dataclass
@@ -35,7 +35,8 @@ class TrainConfig:
     """Options of one training run (stored in checkpoints and bundles)."""
 
     stage: str = 'base'                 # base | probes | entropy
-    camvid: str = ''
+    dataset: str = ''                   # KIND:PATH (ood_seg_ros.data.datasets)
+    camvid: str = ''                    # short for dataset='camvid:PATH'
     train_splits: List[str] = field(default_factory=lambda: ['train'])
     val_split: str = 'val'
     ood_proxy: str = ''                 # entropy: folder from make-ood-set (group a)
@@ -62,6 +63,32 @@ class TrainConfig:
     val_every: int = 1                  # validate every N epochs (and at the end)
     model: Dict = field(default_factory=dict)   # ModelConfig overrides / probe shape
     imagenet: bool = True               # base: start from the backbone's ImageNet weights
+
+    def dataset_spec(self) -> str:
+        """``KIND:PATH`` of the training data (``camvid`` is the short form)."""
+        if self.dataset:
+            return self.dataset
+        if self.camvid:
+            return f'camvid:{self.camvid}'
+        raise OodSegError('no dataset given (--dataset KIND:PATH or --camvid DIR)')
+
+
+def load_train_data(cfg: TrainConfig, class_names=None) -> tuple:
+    """
+    (dataset, train images, labels, val images, labels) of ``cfg``, checked.
+
+    ``class_names``: the classes of the bundle a stage starts from; the dataset must have
+    the same ones (a probe or entropy stage cannot change the classes).
+    """
+    ds = open_dataset(cfg.dataset_spec())
+    if class_names is not None and tuple(class_names) != ds.classes.names:
+        raise OodSegError(f'dataset {ds.identity} has classes {list(ds.classes.names)} but '
+                          f'the bundle {Path(cfg.init_bundle).name} has {list(class_names)}')
+    imgs, labs, _ = ds.load_split(cfg.train_splits)
+    vimgs, vlabs, _ = ds.load_split([cfg.val_split])
+    if cfg.subset:
+        imgs, labs, vimgs, vlabs = (a[:cfg.subset] for a in (imgs, labs, vimgs, vlabs))
+    return ds, imgs, labs, vimgs, vlabs
 
 
 def pick_device(name: str) -> torch.device:
@@ -123,7 +150,10 @@ def _class_weights(labels: torch.Tensor, n: int, mode: str, device) -> Optional[
         return None
     counts = torch.bincount(labels[labels != IGNORE].long().flatten(), minlength=n).double()
     freq = counts / counts.sum()
-    w = (freq.median() / freq.clamp_min(1e-12))
+    # The median is over the classes present; a class absent from the training data
+    # (e.g. Cityscapes classes missing from a small subset) gets weight 1, not 0 / 0.
+    present = counts > 0
+    w = (freq[present].median() / freq.clamp_min(1e-12)).masked_fill(~present, 1.0)
     if mode == 'sqrt_median_freq':
         w = w.sqrt()
     elif mode != 'median_freq':
@@ -143,7 +173,10 @@ def stage_provenance(info: dict, cfg: 'TrainConfig', device, extra: dict) -> dic
     c = asdict(cfg)
     for key in ('camvid', 'out', 'init_bundle', 'ood_proxy'):  # no machine paths
         c[key] = Path(c[key]).name if c[key] else ''
+    kind, _, path = cfg.dataset_spec().partition(':')
+    c['dataset'] = f'{kind}:{Path(path).name}'
     info[f'train_{cfg.stage}'] = {'config': c, 'device': _device_name(device), **extra}
+    info['trained_data'] = {k: sorted(v) for k, v in sorted(trained_data(info).items())}
     info['trained_splits'] = sorted(trained_splits(info))
     return info
 
@@ -158,10 +191,10 @@ class Trainer:
         self.device = pick_device(cfg.device)
         torch.manual_seed(cfg.seed + self.rank)
         self.out = Path(cfg.out)
-        if self.rank == 0:
-            self.out.mkdir(parents=True, exist_ok=True)
         self._load_data()
         self._build_model()
+        if self.rank == 0:  # after the data and model are checked: nothing half-written
+            self.out.mkdir(parents=True, exist_ok=True)
         self.epoch = 0
         self.step = 0
         self.best = -1.0
@@ -172,13 +205,11 @@ class Trainer:
     # -- set-up ----------------------------------------------------------------------
     def _load_data(self):
         cfg = self.cfg
-        if not cfg.camvid:
-            raise OodSegError('no CamVid folder given (--camvid DIR)')
-        imgs, labs, _ = load_split(cfg.camvid, cfg.train_splits)
-        vimgs, vlabs, _ = load_split(cfg.camvid, [cfg.val_split])
-        if cfg.subset:
-            imgs, labs = imgs[:cfg.subset], labs[:cfg.subset]
-            vimgs, vlabs = vimgs[:cfg.subset], vlabs[:cfg.subset]
+        names = None
+        if cfg.stage != 'base' and cfg.init_bundle:
+            from ..model.bundle import read_bundle_json
+            names = read_bundle_json(cfg.init_bundle)['config'].get('class_names')
+        self.dataset, imgs, labs, vimgs, vlabs = load_train_data(cfg, names)
         dev = self.device
         self.images = torch.from_numpy(imgs).to(dev)
         self.labels = torch.from_numpy(labs).to(dev)
@@ -194,7 +225,7 @@ class Trainer:
         if not cfg.ood_proxy:
             raise OodSegError('entropy maximisation needs --ood-proxy DIR '
                               '(ood-seg make-ood-set --group a)')
-        ds = OodDataset(cfg.ood_proxy)
+        ds = OodDataset(cfg.ood_proxy, n_classes=len(self.dataset.classes.names))
         n = len(ds) if not cfg.subset else min(len(ds), cfg.subset)
         imgs, sems, oods = [], [], []
         for i in range(n):
@@ -213,7 +244,7 @@ class Trainer:
     def _build_model(self):
         cfg = self.cfg
         if cfg.stage == 'base':
-            mcfg = ModelConfig(**{**cfg.model}) if cfg.model else ModelConfig()
+            mcfg = ModelConfig.from_dict({**self.dataset.classes.to_config(), **cfg.model})
             self.model = build_model(mcfg.validate(), imagenet=cfg.imagenet)
             self.provenance = {}
         else:

@@ -21,8 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from .augment import IGNORE
-from .loop import _class_weights, evaluate_miou, stage_provenance, TrainConfig
-from ..data.camvid import load_split
+from .loop import _class_weights, evaluate_miou, load_train_data, stage_provenance, TrainConfig
 from ..errors import OodSegError
 from ..model import load_bundle, save_bundle
 from ..model.deeplab import upsample
@@ -73,18 +72,15 @@ def train_probes_cached(cfg: TrainConfig, scales: Sequence[float] = (0.75, 1.0, 
     """Train fresh probes of ``cfg.model`` shape on cached features; save the bundle."""
     if cfg.stage != 'probes':
         raise OodSegError('cached features are for train-probes only')
-    if not cfg.init_bundle or not cfg.camvid:
-        raise OodSegError('train-probes needs --init-bundle and --camvid')
+    if not cfg.init_bundle:
+        raise OodSegError('train-probes needs --init-bundle')
     torch.manual_seed(cfg.seed)
     b = load_bundle(cfg.init_bundle)
     model = b.model
+    _, imgs, labs, vimgs, vlabs = load_train_data(cfg, model.config.class_names)
     if cfg.model:
         model.rebuild_probes(**cfg.model)
     model.freeze_base_for_probes()
-    imgs, labs, _ = load_split(cfg.camvid, cfg.train_splits)
-    vimgs, vlabs, _ = load_split(cfg.camvid, [cfg.val_split])
-    if cfg.subset:
-        imgs, labs, vimgs, vlabs = (a[:cfg.subset] for a in (imgs, labs, vimgs, vlabs))
     n_cls = model.config.n_classes
     class_w = _class_weights(torch.from_numpy(labs), n_cls, cfg.class_weights, 'cpu')
     model.eval()

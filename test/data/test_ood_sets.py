@@ -32,7 +32,8 @@ def real_frame(real_data):
 
 @pytest.fixture(scope='module')
 def real_objects(real_data):
-    return coco_objects.load_objects(real_data[1], 'c')
+    return coco_objects.load_objects(real_data[1], 'c',
+                                     excluded=camvid.CamVid(Path('.')).coco_excluded())
 
 
 def _disc_object(colour=RED, size=(24, 18), class_id=14, line=0) -> CocoObject:
@@ -42,6 +43,9 @@ def _disc_object(colour=RED, size=(24, 18), class_id=14, line=0) -> CocoObject:
     alpha = np.zeros((h, w), np.float32)
     cv2.ellipse(alpha, (w // 2, h // 2), (w // 2, h // 2), 0, 0, 360, 1.0, -1)
     return CocoObject(rgb, alpha, class_id, 'fake', line)
+
+
+ROADS = ood_sets.road_ids(camvid.CAMVID_CLASSES)   # CamVid's road class, found by name
 
 
 def _flat_frame(h=90, w=120, road=True):
@@ -98,7 +102,7 @@ def test_pasted_pixels_labelled_on_flat_frame():
 def test_pasted_labels_match_alpha_on_real_frame(real_frame, real_objects):
     rgb, label = real_frame
     res = ood_sets.compose_ood_frame(rgb, label, real_objects, np.random.default_rng(3),
-                                     n_objects=(3, 3))
+                                     n_objects=(3, 3), road_ids=ROADS)
     assert len(res.placements) == 3
     pasted = res.alpha >= 0.5
     assert pasted.sum() > 100
@@ -119,7 +123,7 @@ def test_on_road_anchor_and_sizes():
     for seed in range(10):
         res = ood_sets.compose_ood_frame(rgb, label, objects, np.random.default_rng(seed),
                                          n_objects=(1, 2), on_road_fraction=1.0,
-                                         height_frac=(0.2, 0.3))
+                                         height_frac=(0.2, 0.3), road_ids=ROADS)
         for p in res.placements:
             assert p.on_road
             ax, ay = p.anchor
@@ -131,7 +135,7 @@ def test_on_road_anchor_and_sizes():
     for seed in range(10):
         res = ood_sets.compose_ood_frame(rgb, label, objects, np.random.default_rng(seed),
                                          n_objects=(1, 1), on_road_fraction=1.0,
-                                         height_frac=(0.2, 0.3))
+                                         height_frac=(0.2, 0.3), road_ids=ROADS)
         p = res.placements[0]
         assert not p.on_road and p.anchor is None
         assert p.y1 - p.y0 == p.height_px and 0 <= p.x0 < p.x1 <= 120
@@ -185,7 +189,8 @@ def test_make_ood_set_round_trip(real_data, real_objects, tmp_path):
     total_ood = 0
     for i, (img_path, lab_path) in enumerate(pairs):
         rgb, label = camvid.load_pair(img_path, lab_path)
-        ref = ood_sets.compose_ood_frame(rgb, label, real_objects, ood_sets.frame_rng(5, i))
+        ref = ood_sets.compose_ood_frame(rgb, label, real_objects, ood_sets.frame_rng(5, i),
+                                         road_ids=ROADS)
         s = ds[i]
         np.testing.assert_array_equal(s.ood_label, ref.ood_label)  # PNG: lossless
         np.testing.assert_array_equal(s.semantic, ref.semantic)
@@ -299,7 +304,7 @@ def test_reader_bad_inputs(tmp_path):
     _write(ours / 'labels' / 'f1.png', np.zeros((9, 14), np.uint8))
     _write(ours / 'labels' / 'f2.png', np.full((10, 14), 7, np.uint8))
     _write(ours / 'semantic' / 'f3.png', np.full((10, 14), 11, np.uint8))
-    ds = ood_sets.OodDataset(ours)
+    ds = ood_sets.OodDataset(ours, n_classes=11)
     for i, pattern in enumerate(['f0.png', 'f1.png', r'f2\.png.*7', r'f3\.png.*11']):
         with pytest.raises(OodSegError, match=pattern):
             ds[i]

@@ -83,7 +83,7 @@ def test_ood_seg_help_lists_every_subcommand():
     out = subprocess.run([str(BIN / 'ood-seg'), '--help'], capture_output=True, text=True,
                          check=True).stdout
     for cmd in ('bench', 'train-base', 'train-probes', 'train-entropy', 'train-meta',
-                'eval', 'export', 'make-ood-set', 'make-bag', 'bag-eval'):
+                'eval', 'export', 'make-ood-set', 'make-bag', 'bag-eval', 'recipe'):
         assert cmd in out, cmd
 
 

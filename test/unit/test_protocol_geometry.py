@@ -62,7 +62,7 @@ def test_guard_refuses_frames_the_bundle_trained_on(tmp_path, bundle, capsys):
     test_set = _make_set(tmp_path / 'ood_test', split='test')
     real_set = _make_set(tmp_path / 'real')              # no info.json: not CamVid
     info = load_bundle(bundle).info
-    with pytest.raises(OodSegError, match="CamVid 'val', which this bundle was trained on"):
+    with pytest.raises(OodSegError, match="camvid 'val', which this bundle was trained on"):
         check_held_out(info, [real_set, val_set], 'calibrate')
     check_held_out(info, [real_set, test_set], 'calibrate')   # no error
     before = (bundle / 'bundle.json').read_text()
