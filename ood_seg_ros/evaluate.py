@@ -211,9 +211,14 @@ def choose_score(tables: Dict[str, Dict[str, Dict]], reference: str = 'msp',
     Choose the default heatmap score by the product's rule, over several validation sets.
 
     ``tables``: set name -> score -> metrics with ``ap``. A score is eligible when its AP
-    is at least the ``reference`` score's (MSP of the same network) on every set; among
-    the eligible, the best worst-case AP wins (ties: the best mean AP). Returns the choice
-    with the per-score worst/mean AP and the eligible list.
+    is at least the ``reference`` score's (MSP of the same network) on every set. Among
+    the eligible, the best worst-case *relative* AP wins: on each set a score's AP is
+    divided by the best AP any candidate reaches there, and the score whose smallest
+    ratio is largest is chosen (ties: the best mean ratio). Relative AP puts sets of
+    different difficulty on one scale, so the hardest set (tiny obstacles, AP ~0.02)
+    does not decide alone, and a score that fails one anomaly type (a MOoSe score on
+    road obstacles, a global one on objects in the scene) loses. Returns the choice with
+    per-score worst / mean AP and ratios and the eligible list.
     """
     sets = list(tables)
     if not sets:
@@ -226,14 +231,22 @@ def choose_score(tables: Dict[str, Dict[str, Dict]], reference: str = 'msp',
 
     if any(not np.isfinite(ap(s, reference)) for s in sets):
         raise OodSegError('calibration needs OoD and in-distribution pixels in every set')
+    best_ap = {s: max([ap(s, n) for n in names if np.isfinite(ap(s, n))] or [0.0])
+               for s in sets}
+
+    def ratio(s, n):
+        return ap(s, n) / best_ap[s] if best_ap[s] > 0 else 0.0
+
     summary = {n: {'worst_ap': min(ap(s, n) for s in sets),
                    'mean_ap': float(np.mean([ap(s, n) for s in sets])),
+                   'worst_ratio': min(ratio(s, n) for s in sets),
+                   'mean_ratio': float(np.mean([ratio(s, n) for s in sets])),
                    'per_set_ap': {s: ap(s, n) for s in sets}} for n in names}
     eligible = [n for n in names if all(ap(s, n) >= ap(s, reference) for s in sets)]
     pool = eligible or [reference]
-    best = max(pool, key=lambda n: (summary[n]['worst_ap'], summary[n]['mean_ap']))
+    best = max(pool, key=lambda n: (summary[n]['worst_ratio'], summary[n]['mean_ratio']))
     return {'heatmap_score': best, 'reference': reference, 'eligible': eligible,
-            'summary': summary}
+            'best_ap_per_set': best_ap, 'summary': summary}
 
 
 def score_normalisation(evaluations: Sequence[OodEvaluation], name: str,
@@ -288,7 +301,8 @@ def calibrate(evaluations, percentiles=(1.0, 99.9), reference: str = 'msp',
             'calibration': {'sets': list(evs), 'input_size': size,
                             'geometry': first.pipeline.geometry,
                             'percentiles': list(percentiles), 'rule': (
-                                f'AP >= {reference} on every set, then best worst-case AP'),
+                                f'AP >= {reference} on every set, then the best worst-case '
+                                f'AP relative to the best score of each set'),
                             'eligible': choice['eligible'],
                             'selection_only_sets': {k: (select_notes or {}).get(k, '')
                                                     for k in select},
@@ -300,9 +314,9 @@ def calibrate(evaluations, percentiles=(1.0, 99.9), reference: str = 'msp',
 
 
 def _ranking(choice: Dict, top: int = 8) -> List[Dict]:
-    """The best ``top`` scores by (worst-case, mean) AP, with their per-set AP."""
+    """The best ``top`` scores by (worst-case, mean) relative AP, with their per-set AP."""
     summ = choice['summary']
-    names = sorted(summ, key=lambda n: (-summ[n]['worst_ap'], -summ[n]['mean_ap']))[:top]
+    names = sorted(summ, key=lambda n: (-summ[n]['worst_ratio'], -summ[n]['mean_ratio']))[:top]
     return [{'score': n, 'eligible': n in choice['eligible'], **summ[n]} for n in names]
 
 

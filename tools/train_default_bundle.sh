@@ -32,10 +32,14 @@ ood train-entropy --camvid "$camvid" --out "$out/entropy" --init-bundle "$out/pr
     --ood-proxy "$out/proxy_train_a" --train-splits train --epochs 4
 ood make-ood-set --camvid "$camvid" --coco "$coco" --split val --group b \
     --out "$out/ood_val" --seed 2 --overwrite
+# The road-obstacle type the real animal/object set lacks: objects on the road of val frames.
+ood make-ood-set --camvid "$camvid" --coco "$coco" --split val --group b --placement road \
+    --objects 2,5 --out "$out/road_val" --seed 5 --overwrite
 # Calibrate at the bundle size first (it sets the top-level settings), then 480x960.
-ood eval --bundle "$out/probes/bundle" --ood-set "$out/ood_val" $real --calibrate
-ood eval --bundle "$out/probes/bundle" --ood-set "$out/ood_val" $real --calibrate \
-    --input-size 480x960
+ood eval --bundle "$out/probes/bundle" --ood-set "$out/ood_val" $real \
+    --select-set "$out/road_val" --calibrate
+ood eval --bundle "$out/probes/bundle" --ood-set "$out/ood_val" $real \
+    --select-set "$out/road_val" --calibrate --input-size 480x960
 ood train-meta --bundle "$out/probes/bundle" --ood-set "$out/ood_val" $real \
     --max-fp-per-frame 0.5
 echo "default bundle: $out/probes/bundle; entropy-maximisation bundle: $out/entropy/bundle"

@@ -86,12 +86,54 @@ def test_choose_score_rule():
     res = choose_score(tables)
     # x has the best mean AP but is below MSP on set b: not eligible.
     assert res['eligible'] == ['msp', 'y', 'z']
-    assert res['heatmap_score'] == 'z'          # best worst-case AP (0.09 on b)
+    # Relative AP (AP / best AP on the set; best: x 0.60 on a, z 0.09 on b):
+    # y 0.50 / 0.67, z 0.42 / 1.0, msp 0.33 / 0.56 -> y has the best worst case.
+    assert res['heatmap_score'] == 'y'
     assert res['summary']['z']['worst_ap'] == pytest.approx(0.09)
+    assert res['summary']['y']['worst_ratio'] == pytest.approx(0.30 / 0.60)
+    assert res['best_ap_per_set'] == {'a': 0.60, 'b': 0.09}
+    # A hard set (all APs tiny) does not decide alone: s2 is second there by a hair but
+    # holds on the easy set, where s1 collapses.
+    hard = {'easy': {'msp': {'ap': 0.20}, 's1': {'ap': 0.22}, 's2': {'ap': 0.45}},
+            'hard': {'msp': {'ap': 0.010}, 's1': {'ap': 0.022}, 's2': {'ap': 0.020}}}
+    assert choose_score(hard)['heatmap_score'] == 's2'
     # Nothing beats MSP everywhere: MSP itself.
     bad = {'a': {'msp': {'ap': 0.5}, 'x': {'ap': 0.4}},
            'b': {'msp': {'ap': 0.1}, 'x': {'ap': 0.2}}}
     assert choose_score(bad)['heatmap_score'] == 'msp'
+
+
+def test_selection_only_sets_rank_scores_but_fit_nothing(tmp_path, bundle, capsys):
+    """--select-set joins the score choice only; a trained-on set is allowed and recorded."""
+    b = tmp_path / 'b'
+    shutil.copytree(bundle, b)
+    real = _make_set(tmp_path / 'real', seed=1)
+    val = _make_set(tmp_path / 'ood_val', seed=3, split='val')     # the bundle trained on val
+    pipe = Pipeline.from_bundle(b, backend='torch', device='cpu', all_scores=True)
+    ev_real, ev_val = OodEvaluation(pipe, OodDataset(real)), OodEvaluation(pipe, OodDataset(val))
+    alone = calibrate({'real': ev_real})
+    joint = calibrate({'real': ev_real}, select={'ood_val': ev_val},
+                      select_notes={'ood_val': 'trained on'})
+    t_real = ev_real.pixel_and_component(components=False)
+    t_val = ev_val.pixel_and_component(components=False)
+    want = choose_score({'real': t_real, 'ood_val': t_val})['heatmap_score']
+    assert joint['heatmap_score'] == want
+    assert joint['calibration']['selection_only_sets'] == {'ood_val': 'trained on'}
+    assert set(joint['calibration']['ap']) == {'real', 'ood_val'}
+    # Normalisation is fitted on the fitting sets only: the same as without the extra set.
+    assert joint['normalisation'] == alone['normalisation']
+    with pytest.raises(OodSegError, match='both for fitting and for selection'):
+        calibrate({'real': ev_real}, select={'real': ev_real})
+    # Through the CLI: the trained-on set is accepted for selection, with a warning line.
+    argv = ['eval', '--bundle', str(b), '--ood-set', str(real), '--select-set', str(val),
+            '--calibrate', '--json']
+    assert cli.main(argv) == 0
+    out = capsys.readouterr()
+    assert 'warning: ood_val joins only the choice of the score' in out.err
+    written = json.loads((b / 'bundle.json').read_text())['runtime']['calibration']
+    assert 'trained on' in written['selection_only_sets']['ood_val']
+    assert cli.main(['eval', '--bundle', str(b), '--ood-set', str(real), '--select-set',
+                     str(val)]) == 2
 
 
 def test_multi_set_eval_and_calibration_per_size(tmp_path, bundle):
