@@ -10,6 +10,7 @@ of the work directory ``<out>.work``):
     entropy    train-entropy on the proxy                      (--entropy only)
     sml        sml-stats on the train split
     ood_val    make-ood-set, val split, COCO group b           (with --coco)
+    road_val   make-ood-set --placement road, val split        (with --coco; selection only)
     calibrate  eval --calibrate on the validation sets, at every --input-size
     meta       train-meta on the validation sets
     export     ONNX graphs at every --input-size
@@ -209,10 +210,18 @@ class Recipe:
                 'make-ood-set', '--dataset', spec, '--coco', o.coco, '--split', o.val_split,
                 '--group', 'b', '--seed', '2', '--overwrite', '--out', str(self.work / 'ood_val'),
                 *coco_map, *lim]], reads=data + [o.coco]))
+            # Road obstacles on the val frames: the anomaly type a scene-paste set lacks,
+            # joining only the choice of the heatmap score (a synthetic proxy).
+            stages.append(Stage('road_val', [[
+                'make-ood-set', '--dataset', spec, '--coco', o.coco, '--split', o.val_split,
+                '--group', 'b', '--seed', '5', '--placement', 'road', '--objects', '2,5',
+                '--overwrite', '--out', str(self.work / 'road_val'), *coco_map, *lim]],
+                reads=data + [o.coco]))
         sets = [a for s in self._val_sets() for a in ('--ood-set', s)]
+        select = ['--select-set', str(self.work / 'road_val')] if o.coco else []
         dev = ['--device', _eval_device(o.device)]
-        calib = [['eval', '--bundle', self._bundle('calibrate'), *sets, '--calibrate', *dev,
-                  '--input-size', '{}x{}'.format(*size), *lim] for size in self.sizes]
+        calib = [['eval', '--bundle', self._bundle('calibrate'), *sets, *select, '--calibrate',
+                  *dev, '--input-size', '{}x{}'.format(*size), *lim] for size in self.sizes]
         stages.append(Stage('calibrate', calib, bundle_in=last, reads=self._val_sets()))
         stages.append(Stage('meta', [[
             'train-meta', '--bundle', self._bundle('meta'), *sets, '--max-fp-per-frame',
