@@ -314,7 +314,7 @@ def calibrate(evaluations, percentiles=(1.0, 99.9), reference: str = 'msp',
 
 
 def _ranking(choice: Dict, top: int = 8) -> List[Dict]:
-    """The best ``top`` scores by (worst-case, mean) relative AP, with their per-set AP."""
+    """Return the best ``top`` scores by (worst-case, mean) relative AP, with per-set AP."""
     summ = choice['summary']
     names = sorted(summ, key=lambda n: (-summ[n]['worst_ratio'], -summ[n]['mean_ratio']))[:top]
     return [{'score': n, 'eligible': n in choice['eligible'], **summ[n]} for n in names]

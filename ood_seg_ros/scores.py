@@ -134,8 +134,10 @@ def of_family(name: str) -> Tuple[str, ...]:
 
 def base_maps(names: Iterable[str]) -> List[str]:
     """
-    Non-spatial maps needed for ``names``: those given, the bases of spatial ones and the
-    members of fused ones (table order: members before the fused map).
+    Return the non-spatial maps needed for ``names``.
+
+    Those given, the bases of spatial ones and the members of fused ones, in table order
+    (members before the fused map).
     """
     want = set(names)
     want |= {SCORES[n].base for n in want if n in SCORES and SCORES[n].base}

@@ -52,13 +52,13 @@ def _noise(rng, h: int, w: int, scale: float) -> np.ndarray:
 
 
 def _colour(rng) -> np.ndarray:
-    """A random colour of any hue, from dull to saturated (RGB float32 0..255)."""
+    """Draw a random colour of any hue, dull to saturated (RGB float32 0..255)."""
     hsv = np.uint8([[[rng.integers(0, 180), rng.integers(0, 256), rng.integers(40, 256)]]])
     return cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)[0, 0].astype(np.float32)
 
 
 def _box(rng, h: int, w: int):
-    """A cuboid seen slightly from above: front face, darker side face, lighter top."""
+    """Draw a cuboid seen slightly from above: front, darker side face, lighter top."""
     rgb = np.zeros((h, w, 3), np.float32)
     alpha = np.zeros((h, w), np.float32)
     base = _colour(rng)
@@ -77,7 +77,7 @@ def _box(rng, h: int, w: int):
 
 
 def _tyre(rng, h: int, w: int):
-    """A tyre lying or standing: a dark ring with a lighter rim, as an ellipse."""
+    """Draw a tyre: a dark elliptic ring around a coloured hub."""
     rgb = np.zeros((h, w, 3), np.float32)
     alpha = np.zeros((h, w), np.float32)
     centre, axes = (w // 2, h // 2), (max(1, w // 2), max(1, h // 2))
@@ -92,7 +92,7 @@ def _tyre(rng, h: int, w: int):
 
 
 def _rock(rng, h: int, w: int):
-    """A rock or lump: an irregular convex-ish polygon with a mottled texture."""
+    """Draw a rock or lump: an irregular polygon with a mottled texture."""
     n = int(rng.integers(6, 11))
     ang = np.sort(rng.uniform(0, 2 * math.pi, n))
     rad = rng.uniform(0.7, 1.0, n)
@@ -108,7 +108,7 @@ def _rock(rng, h: int, w: int):
 
 
 def _bag(rng, h: int, w: int):
-    """A bag or sack: a rounded blob of one colour with soft folds."""
+    """Draw a bag or sack: a rounded blob of one colour with soft folds."""
     alpha = np.zeros((h, w), np.float32)
     cv2.ellipse(alpha, (w // 2, int(h * 0.6)), (max(1, w // 2), max(1, int(h * 0.4))), 0,
                 0, 360, 1.0, -1)
@@ -238,8 +238,8 @@ def _blend_one(out, union, obj: CocoObject, x: int, y: int, h_px: int, rng, feat
     if rng.random() < 0.5:
         o_rgb, o_a = o_rgb[:, ::-1], o_a[:, ::-1]
     top, left = y - h_px + 1, x - w_px // 2
-    y0, x0, y1, x1 = max(top, 0), max(left, 0), min(top + h_px, height), min(left + w_px,
-                                                                              width)
+    y0, x0 = max(top, 0), max(left, 0)
+    y1, x1 = min(top + h_px, height), min(left + w_px, width)
     if y1 <= y0 or x1 <= x0:
         return None
     a = o_a[y0 - top:y1 - top, x0 - left:x1 - left]
