@@ -46,7 +46,7 @@ class FleetEvalCommand(Command):
                             help='GPUs each bag task asks for (default: 1 with --device '
                                  'cuda, else 0)')
         parser.add_argument('--object-store-mb', type=int, default=None,
-                            help='local Ray object store size in MiB (default: Ray\'s)')
+                            help="local Ray object store size in MiB (default: Ray's)")
         parser.add_argument('--chunk-frames', type=int, default=0,
                             help='split bags longer than N frames into tasks of N (default: '
                                  'one task per bag)')

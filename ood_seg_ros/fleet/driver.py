@@ -22,10 +22,10 @@ from typing import Callable, Dict, List, Optional
 
 import numpy as np
 
-from ..errors import OodSegError, Terminated
-from ..metric_summary import EvalSummary
 from .jobs import Job
 from .task import run_job
+from ..errors import OodSegError, Terminated
+from ..metric_summary import EvalSummary
 
 
 class ResultStore:

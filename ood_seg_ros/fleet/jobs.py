@@ -24,7 +24,7 @@ _GLOB_CHARS = set('*?[')
 
 
 def _bags_in(path: Path) -> List[Path]:
-    """Return ``path`` if it is a bag (folder with metadata.yaml or a bag file), else its bags."""
+    """Return ``path`` if it is a bag (folder with metadata.yaml, bag file), else its bags."""
     if path.is_file() or (path / 'metadata.yaml').is_file():
         return [path]
     if path.is_dir():
@@ -34,7 +34,7 @@ def _bags_in(path: Path) -> List[Path]:
 
 
 def expand_bags(specs: Sequence[str], list_files: Sequence[str] = ()) -> List[Path]:
-    """Return the bag paths named by ``specs`` (folders, globs) and ``list_files``, deduplicated."""
+    """Return the bags named by ``specs`` (folders, globs) and ``list_files``, deduplicated."""
     names: List[Path] = []
     for spec in specs:
         if _GLOB_CHARS & set(spec):

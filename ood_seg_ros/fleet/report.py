@@ -16,10 +16,10 @@ from pathlib import Path
 import shutil
 from typing import Dict, List, Optional
 
-from ..bagtools.report import _clean
-from ..metric_summary import EvalSummary
 from .driver import ResultStore
 from .jobs import Job
+from ..bagtools.report import _clean
+from ..metric_summary import EvalSummary
 
 KEYS = ('ap', 'fpr95', 'auroc', 'siou', 'ppv', 'f1_mean', 'detections_per_frame',
         'latency_p50_ms', 'frames')
@@ -83,7 +83,7 @@ def build(jobs: List[Job], outcomes: Dict[str, dict], store: ResultStore,
                 row[lb]['bad_messages'] = sum(d['bad_messages'] for d in e['docs'])
         rows.append(row)
     for r in bad_bags:
-        rows.append({'bag': r['bag'], 'status': {lb: 'failed' for lb in labels},
+        rows.append({'bag': r['bag'], 'status': dict.fromkeys(labels, 'failed'),
                      'reason': r['reason']})
     if len(labels) == 2:
         a, b = labels
@@ -103,7 +103,7 @@ def build(jobs: List[Job], outcomes: Dict[str, dict], store: ResultStore,
            'pooled': pooled, 'delta': delta, 'margin': margin,
            'bags_total': len(rows), 'bags_paired': len(paired), 'bags_failed': len(failed),
            'failed': failed, 'bags': rows,
-           'jobs': {s: sum(1 for o in outcomes.values() if o['status'] == s)
+           'jobs': {s: [o['status'] for o in outcomes.values()].count(s)
                     for s in ('done', 'cached', 'failed', 'not run')}}
     return doc, merged, bags
 
@@ -209,8 +209,8 @@ def markdown(doc: dict) -> str:
                      _fmt(a.get('frames'))]
         else:
             a = r.get(labels[0]) or {}
-            cells = [_fmt(a.get(k)) for k in ('ap', 'fpr95', 'auroc', 'f1_mean',
-                                             'detections_per_frame', 'frames')]
+            cells = [_fmt(a.get(k)) for k in
+                     ('ap', 'fpr95', 'auroc', 'f1_mean', 'detections_per_frame', 'frames')]
         lines.append(f'| {Path(r["bag"]).name} | ' + ' | '.join(cells) + f' | {status} |')
     if doc.get('pr_curves'):
         lines += ['', '## Precision-recall (pooled pixels)', '',

@@ -17,6 +17,7 @@ import time
 
 import cv2
 
+from .jobs import Job
 from ..bagtools.offline import choose_image_topic, run_offline
 from ..bagtools.report import first_per_stamp
 from ..data.bags import bag_info
@@ -25,7 +26,6 @@ from ..metric_summary import EvalSummary
 from ..msg.image_codec import array_to_rgb
 from ..pipeline import Pipeline, PipelineSettings
 from ..viz import overlay
-from .jobs import Job
 
 
 def _frame_record(stamp, heat, gt, threshold, detections) -> dict:
@@ -96,4 +96,3 @@ def run_job(job: Job) -> dict:
             'bad_message_list': timing['bad_message_list'],
             'summary': summary.state(), 'frames': records, 'worst': overlays,
             'wall_s': time.perf_counter() - t0}
-

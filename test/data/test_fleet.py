@@ -32,7 +32,7 @@ def ray_cluster():
 
 
 def _bundle(path, frames, score=SCORE):
-    """A tiny random bundle whose heatmap (PGN p = 0.3, normalised on ``frames``) varies."""
+    """Save a tiny random bundle whose heatmap (PGN p = 0.3, normalised on ``frames``) varies."""
     import cv2
     import torch
     from model_helpers import save_tiny_bundle
@@ -145,7 +145,7 @@ def test_merged_metrics_equal_pooled_and_rerun_skips(fleet, ray_cluster, tmp_pat
 
 
 def _crashing(job):
-    """The real task, except that a bag named ``crash*`` ends its worker process."""
+    """Run the real task, except that a bag named ``crash*`` ends its worker process."""
     from ood_seg_ros.fleet.task import run_job
     if Path(job.bag).name.startswith('crash'):
         os._exit(1)
