@@ -44,6 +44,8 @@ from .errors import OodSegError
 
 DROPPED_BITS = 7                    # float32 mantissa 23 bits -> 16 kept
 _SIGN = np.int64(1) << np.int64(31)
+_MONO_POS_INF = 0x7F800000 + (1 << 31)              # order-preserving bits of +inf, -inf
+_MONO_NEG_INF = (1 << 32) - 1 - 0xFF800000
 _CONSOLIDATE = 1 << 21              # buffered (key, label) entries before merging them
 LATENCY_STEP = math.log(1.01)       # latency bins: 1 % relative width
 
@@ -84,7 +86,8 @@ def key_values(keys, upper: bool = False) -> np.ndarray:
     """Return the smallest (``upper``: largest) float32 ``t`` of each key's bin, as float64."""
     mono = np.asarray(keys, dtype=np.int64) << DROPPED_BITS
     if upper:
-        mono = np.minimum(mono + ((1 << DROPPED_BITS) - 1), (np.int64(1) << 32) - 1)
+        mono = mono + ((1 << DROPPED_BITS) - 1)
+    mono = np.clip(mono, _MONO_NEG_INF, _MONO_POS_INF)     # no NaN bit patterns
     bits = np.where(mono >= _SIGN, mono - _SIGN, (np.int64(1) << 32) - 1 - mono)
     return bits.astype(np.uint32).view(np.float32).astype(np.float64)
 
@@ -392,7 +395,8 @@ class EvalSummary:
     Everything one unit of evaluation contributes: pixels, components, detections, latency.
 
     ``components`` is None when no component threshold is fixed (the threshold is then
-    chosen on the merged pixels by the caller, which needs a second pass).
+    chosen on the merged pixels by the caller, which needs a second pass) or, in a task,
+    when its bag has no GT; such a summary merges with one that has components.
     """
 
     def __init__(self, domain=(0.0, 1.0), threshold: Optional[float] = None,
@@ -417,9 +421,10 @@ class EvalSummary:
     def merge(self, other: 'EvalSummary') -> 'EvalSummary':
         """Add ``other`` into this summary; return self."""
         self.pixel.merge(other.pixel)
-        if (self.components is None) != (other.components is None):
-            raise OodSegError('cannot merge a summary with component counts and one without')
-        if self.components is not None:
+        if other.components is not None:    # None: no GT frames, so no components either
+            if self.components is None:
+                self.components = ComponentCounts(other.components.threshold,
+                                                  other.components.track)
             self.components.merge(other.components)
         self.detections.merge(other.detections)
         self.latency.merge(other.latency)

@@ -190,3 +190,9 @@ def test_eval_summary_state_round_trip(tmp_path):
     with np.load(tmp_path / 's.npz', allow_pickle=False) as z:
         back = S.EvalSummary.from_state(dict(z))
     assert back.result() == summ.result()
+    # a summary of GT-less frames (no components) merges into one with components and back
+    no_gt = S.EvalSummary()
+    no_gt.add_frame(n_detections=4, latency_ms=10.0)
+    both = S.EvalSummary().merge(no_gt).merge(summ).result()
+    assert both['component'] == summ.result()['component']
+    assert both['detections']['frames'] == 4 and both['pixel']['n_frames'] == 3
