@@ -121,7 +121,7 @@ def run_jobs(jobs: List[Job], store: ResultStore, engine: str = 'ray',
     them from ``err.outcomes``.
     """
     outcomes = {j.key: {'status': 'cached'} for j in jobs if store.has(j.key)}
-    todo = [j for j in jobs if j.key not in outcomes]
+    todo = list({j.key: j for j in jobs if j.key not in outcomes}.values())  # copies: once
     bar = Progress(jobs, progress)
     for job in jobs:
         if job.key in outcomes:

@@ -98,11 +98,13 @@ def build(jobs: List[Job], outcomes: Dict[str, dict], store: ResultStore,
         rows.sort(key=lambda r: _sort_key(r.get(labels[0]), 'ap'))
         delta = None
     failed = [{'bag': r['bag'], 'reason': r['reason']} for r in rows
-              if any(s != 'ok' for s in r['status'].values())]
+              if 'failed' in r['status'].values()]
+    not_run = [r['bag'] for r in rows if 'failed' not in r['status'].values()
+               and 'not run' in r['status'].values()]
     doc = {'bundles': [{'label': lb, 'path': p} for lb, p in bundles.items()],
            'pooled': pooled, 'delta': delta, 'margin': margin,
            'bags_total': len(rows), 'bags_paired': len(paired), 'bags_failed': len(failed),
-           'failed': failed, 'bags': rows,
+           'failed': failed, 'bags_not_run': len(not_run), 'not_run': not_run, 'bags': rows,
            'jobs': {s: [o['status'] for o in outcomes.values()].count(s)
                     for s in ('done', 'cached', 'failed', 'not run')}}
     return doc, merged, bags
@@ -176,7 +178,8 @@ def markdown(doc: dict) -> str:
     j = doc['jobs']
     lines += [f'- bags: {doc["bags_total"]}, pooled over {doc["bags_paired"]}'
               + (' (evaluated by both bundles)' if len(labels) == 2 else '')
-              + f', failed {doc["bags_failed"]}; jobs run {j["done"]}, reused '
+              + f', failed {doc["bags_failed"]}, not run {doc["bags_not_run"]}; jobs run '
+              f'{j["done"]}, reused '
               f'{j["cached"]}, failed {j["failed"]}, not run {j["not run"]}'
               + ('; **interrupted**' if doc.get('interrupted') else ''), '']
     heads = ['AP', 'FPR95', 'AUROC', 'sIoU', 'PPV', 'F1', 'det/frame', 'p50 ms', 'frames']
@@ -198,8 +201,9 @@ def markdown(doc: dict) -> str:
         lines += ['| bag | AP | FPR95 | AUROC | F1 | det/frame | frames | status |',
                   '|---|---|---|---|---|---|---|---|']
     for r in doc['bags']:
-        status = 'ok' if all(s == 'ok' for s in r['status'].values()) else \
-            f'**failed**: {r.get("reason", "")}'
+        states = set(r['status'].values())
+        status = ('ok' if states == {'ok'} else f'**failed**: {r.get("reason", "")}'
+                  if 'failed' in states else 'not run (interrupted)')
         if len(labels) == 2:
             if r.get('worse'):
                 status = '**worse**'

@@ -219,6 +219,8 @@ def test_interrupt_keeps_finished_results(fleet, tmp_path):
     doc = report.write(jobs, err.value.outcomes, store, {'A': str(fleet['A'])}, [],
                        tmp_path)
     assert doc['jobs']['done'] == 1 and doc['jobs']['not run'] == 2
+    assert doc['bags_not_run'] == 2 and doc['bags_failed'] == 0
+    assert (tmp_path / 'report.md').read_text().count('not run (interrupted)') == 2
 
 
 def test_bad_input_is_one_error_line(fleet, tmp_path, capsys):
