@@ -20,7 +20,8 @@ import tempfile
 import time
 
 import numpy as np
-from ood_seg_ros.data import bags as B
+from ood_seg_ros.bagtools.offline import run_offline
+from ood_seg_ros.bagtools.report import first_per_stamp
 from ood_seg_ros.fleet import driver, jobs as J, report
 from ood_seg_ros.pipeline import Pipeline, PipelineSettings
 from sklearn.metrics import average_precision_score, roc_curve
@@ -49,19 +50,21 @@ def _fleet(jobs, engine, num_cpus, folder):
 
 
 def merge(args):
-    """Merged (fleet-eval, Ray) against exact pooled AP / FPR95."""
+    """Compare the merged (fleet-eval, Ray) with the exact pooled AP and FPR95."""
     bags, jobs = _jobs(args)
     with tempfile.TemporaryDirectory() as tmp:
         doc, wall, _ = _fleet(jobs, 'ray', args.num_cpus, Path(tmp))
     pipe = Pipeline.from_settings(PipelineSettings(bundle=args.bundle, backend=args.backend,
                                                    device='cpu'))
     scores, labels = [], []
-    for bag in bags:
-        gt = {m.header.stamp_ns: m.image for m in B.read_image_bag(bag, ['/camera/ood_gt'])}
-        for m in B.read_image_bag(bag, ['/camera/image']):
-            valid = gt[m.header.stamp_ns] != 255
-            scores.append(pipe.process(m.image).heatmap[valid])
-            labels.append(gt[m.header.stamp_ns][valid])
+    for bag in bags:    # the offline engine in this process, every pixel kept
+        gt = first_per_stamp(bag, '/camera/ood_gt')
+
+        def keep(msg, res, _seconds, gt=gt):
+            label = gt[msg.header.stamp_ns]
+            scores.append(res.heatmap[label != 255])
+            labels.append(label[label != 255])
+        run_offline(pipe, bag, '/camera/image', None, on_frame=keep)
     s, y = np.concatenate(scores).astype(np.float64), np.concatenate(labels)
     fpr, tpr, _ = roc_curve(y, s, drop_intermediate=False)
     exact = {'ap': average_precision_score(y, s), 'fpr95': float(fpr[np.argmax(tpr >= 0.95)])}
@@ -115,6 +118,7 @@ def speed(args):
 
 
 def main():
+    """Parse the arguments, run one mode, print the JSON object."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[1])
     p.add_argument('bags', nargs='+')
     p.add_argument('--bundle', default='models/camvid_lite0')

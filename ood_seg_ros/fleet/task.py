@@ -3,7 +3,8 @@ One fleet job in one process: the offline bag engine into a mergeable summary.
 
 The frames go through :func:`ood_seg_ros.bagtools.offline.run_offline` with the node's
 :class:`~ood_seg_ros.pipeline.Pipeline` (so the figures are the live node's), no output
-bag is written. Each processed frame adds to an
+bag is written; a worker process keeps the Pipeline of the last two bundles for its next
+tasks. Each processed frame adds to an
 :class:`~ood_seg_ros.metric_summary.EvalSummary`: the heatmap against the GT mask (when
 the bag has the GT topic), the SMIYC components at the component threshold (default:
 the bundle's segment threshold, the one the node uses), the kept detections and the
@@ -12,6 +13,7 @@ its worst frames (pixel error at the threshold) as PNG bytes, so a remote worker
 no shared disk. No Ray here: the driver wraps :func:`run_job` into a task.
 """
 
+import functools
 import heapq
 import time
 
@@ -52,6 +54,19 @@ def _render(msg, res, gt, label) -> bytes:
     return png.tobytes()
 
 
+@functools.lru_cache(maxsize=2)
+def _pipeline(bundle, bundle_hash, backend, device, score, threshold) -> Pipeline:
+    """
+    Return the Pipeline of a bundle, loaded once per process (A and B: two).
+
+    Ray reuses a worker process for the next task, so the chunks and bags after the first
+    skip the model load; ``bundle_hash`` makes a changed bundle at the same path load anew.
+    """
+    return Pipeline.from_settings(PipelineSettings(bundle=bundle, backend=backend,
+                                                   device=device, score=score,
+                                                   threshold=threshold))
+
+
 def run_job(job: Job) -> dict:
     """Evaluate one job; return its result document (``summary``: plain arrays)."""
     t0 = time.perf_counter()
@@ -59,9 +74,8 @@ def run_job(job: Job) -> dict:
     topics = bag_info(job.bag)['topics']
     image_topic = choose_image_topic(job.bag, s.gt_topic, s.image_topic)
     gt = first_per_stamp(job.bag, s.gt_topic, bad=[]) if s.gt_topic in topics else {}
-    pipeline = Pipeline.from_settings(PipelineSettings(
-        bundle=job.bundle, backend=s.backend, device=s.device, score=s.score,
-        threshold=s.threshold))
+    pipeline = _pipeline(job.bundle, job.bundle_hash, s.backend, s.device, s.score,
+                         s.threshold)
     threshold = pipeline.threshold if s.component_threshold is None else s.component_threshold
     summary = EvalSummary((0.0, 1.0), threshold if gt else None, s.track)
     records, worst = [], []
