@@ -24,7 +24,8 @@ setup(
     description='Out-of-distribution segmentation for ROS 2: DeepLabv3+ with MOoSe probes '
                 'and PGN scores, segment meta classification.',
     license='Apache-2.0',
-    extras_require={'test': ['pytest']},
+    # fleet-eval runs on Ray; the node and every other command work without it
+    extras_require={'test': ['pytest'], 'fleet': ['ray>=2.9']},
     entry_points={
         'console_scripts': [
             'ood-seg = ood_seg_ros.cli:main',

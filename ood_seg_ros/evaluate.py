@@ -23,6 +23,7 @@ from .data.images import read_rgb
 from .data.labelled import load_pairs
 from .data.ood_sets import OodDataset
 from .errors import OodSegError
+from .metric_summary import ScoreHistogram
 from .model import load_bundle
 from .model.bundle import read_bundle_json
 from .model.config import parse_size, size_key
@@ -30,9 +31,6 @@ from .pipeline import normalise, Pipeline, runtime_for_size, upsample_map, usabl
 from .scores import ALL_SCORES
 from .train.loop import evaluate_miou
 from .viz import overlay
-
-# Pixel-metric bins: enough for |AP_binned - AP_exact| < 1e-3 (see metrics.py).
-N_BINS = 65536
 
 
 def _nan_to_none(x):
@@ -148,11 +146,11 @@ class OodEvaluation:
         for name in scores:
             if name not in self.low_maps[0]:
                 continue
-            acc = M.PixelMetricAccumulator('binned', n_bins=N_BINS)
+            acc = ScoreHistogram(domain=None)   # raw scores: mergeable relative bins
             for i in range(self.n):
                 acc.add(self.score_map(i, name), self.labels[i])
             pix = acc.result()
-            thr = M.best_f1_threshold(acc)
+            thr = pix['best_f1_threshold']
             entry = {'ap': pix['ap'], 'fpr95': pix['fpr95'], 'auroc': pix['auroc'],
                      'best_f1_threshold': thr}
             if 'undefined' in pix:

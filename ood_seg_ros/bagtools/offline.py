@@ -6,6 +6,7 @@ The output bag holds ``/ood/heatmap`` (32FC1), ``/ood/segments/mask`` (mono16) a
 time per frame.
 """
 
+import contextlib
 import time
 
 import numpy as np
@@ -33,22 +34,28 @@ def choose_image_topic(bag, gt_topic: str, wanted=None) -> str:
     return cands[0]
 
 
-def run_offline(pipeline, bag, image_topic: str, out_bag, limit=None) -> dict:
+def run_offline(pipeline, bag, image_topic: str, out_bag, limit=None, start: int = 0,
+                stop=None, on_frame=None) -> dict:
     """
     Process every frame of ``image_topic`` with ``pipeline``; write the output bag.
 
     One warm-up frame runs first (as in the node). Returns the timing dict (frames in /
     out, latency = per-frame processing time in ms, throughput = frames / total
-    processing time) like the live report.
+    processing time) like the live report. ``out_bag`` None writes no bag; ``start`` /
+    ``stop``: only the image messages ``start`` to ``stop`` - 1 (a chunk of a long bag);
+    ``on_frame(msg, result, seconds)`` is called for every processed frame.
     """
     topics = {key: output_topic(key) for key in IMAGE_OUTPUTS}
     times, bad = [], []
     pipeline.process(np.zeros(tuple(pipeline.input_size) + (3,), np.uint8))   # warm-up
-    with BagWriter(out_bag) as out:
-        for topic in topics.values():
+    with BagWriter(out_bag) if out_bag is not None else contextlib.nullcontext() as out:
+        for topic in topics.values() if out is not None else ():
             out.add_topic(topic, IMAGE_TYPE)
-        for msg in read_image_bag(bag, [image_topic], bad=bad):
-            if limit is not None and len(times) >= limit:
+        for i, msg in enumerate(read_image_bag(bag, [image_topic], bad=bad)):
+            if i < start:
+                del bad[:]      # bad messages before the chunk belong to the one before
+                continue
+            if (limit is not None and len(times) >= limit) or (stop is not None and i >= stop):
                 break
             h = msg.header
             t0 = time.perf_counter()
@@ -59,9 +66,12 @@ def run_offline(pipeline, bag, image_topic: str, out_bag, limit=None) -> dict:
                             'reason': str(exc)[:300]})
                 continue
             times.append(time.perf_counter() - t0)
+            if on_frame is not None:
+                on_frame(msg, res, times[-1])
             for key, image, encoding in (('heatmap', res.heatmap, '32FC1'),
                                          ('mask', res.instances, 'mono16'),
-                                         ('semantic', res.semantic, 'mono8')):
+                                         ('semantic', res.semantic, 'mono8')
+                                         ) if out is not None else ():
                 out.write(topics[key], msg.stamp_ns,
                           image_cdr(image, encoding, h.stamp_ns, h.frame_id))
     return {'frames_in': len(times) + len(bad), 'frames_out': len(times),

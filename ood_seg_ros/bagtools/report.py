@@ -19,6 +19,7 @@ import numpy as np
 from .. import metrics as M
 from ..data.bags import bag_info, DIAGNOSTICS_TYPE, iter_raw_messages, read_image_bag, typestore
 from ..errors import OodSegError
+from ..metric_summary import ScoreHistogram
 from ..msg.image_codec import array_to_rgb
 from ..msg.topics import IMAGE_OUTPUTS, output_topic
 from ..viz import instance_boxes, overlay
@@ -136,7 +137,8 @@ def ood_metrics(out_bag, gt: dict, threshold=None, track: str = 'anomaly') -> di
     Pixel and component metrics of the output bag's heatmaps against GT masks.
 
     gt: {stamp ns: uint8 (H, W) 0/1/255}; frames without a heatmap are skipped (they are
-    counted as dropped). Pixel metrics pool all frames (binned over [0, 1], 65536 bins);
+    counted as dropped). Pixel metrics pool all frames (a mergeable
+    :class:`~ood_seg_ros.metric_summary.ScoreHistogram` over [0, 1]: within 0.002 of exact);
     component metrics use ``threshold`` or, by default, the best pixel-F1 threshold.
     """
     heatmap_topic = output_topic('heatmap')
@@ -153,7 +155,7 @@ def ood_metrics(out_bag, gt: dict, threshold=None, track: str = 'anomaly') -> di
                                   f'mask {gt[stamp].shape}')
             yield msg.image, gt[stamp]
 
-    acc = M.PixelMetricAccumulator(mode='binned', n_bins=65536, score_range=(0.0, 1.0))
+    acc = ScoreHistogram((0.0, 1.0))
     for heat, label in pairs():
         acc.add(heat, label)
     pixel = acc.result()
@@ -165,7 +167,7 @@ def ood_metrics(out_bag, gt: dict, threshold=None, track: str = 'anomaly') -> di
     comp = M.component_metrics((h for h, _ in pairs()), (g for _, g in pairs()), thr,
                                track=track)
     keep_pixel = ('ap', 'fpr95', 'auroc', 'best_f1', 'best_f1_threshold', 'n_pos', 'n_neg',
-                  'n_frames', 'undefined')
+                  'n_frames', 'binning', 'undefined')
     keep_comp = ('siou', 'ppv', 'f1_mean', 'n_gt', 'n_pred', 'n_frames', 'threshold',
                  'track', 'undefined')
     return {'pixel': {k: pixel[k] for k in keep_pixel if k in pixel},

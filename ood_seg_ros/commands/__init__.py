@@ -9,6 +9,7 @@ from .bag_eval import BagEvalCommand
 from .bench import BenchCommand
 from .evaluate import EvalCommand
 from .export import ExportCommand
+from .fleet_eval import FleetEvalCommand
 from .make_bag import MakeBagCommand
 from .make_ood_set import MakeOodSetCommand
 from .recipe import RecipeCommand
@@ -18,4 +19,4 @@ from .train_meta import TrainMetaCommand
 
 COMMANDS = (BenchCommand, TrainBaseCommand, TrainProbesCommand, TrainEntropyCommand,
             TrainMetaCommand, SmlStatsCommand, EvalCommand, ExportCommand, MakeOodSetCommand,
-            MakeBagCommand, BagEvalCommand, RecipeCommand)
+            MakeBagCommand, BagEvalCommand, FleetEvalCommand, RecipeCommand)

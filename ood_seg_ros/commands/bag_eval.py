@@ -9,7 +9,7 @@ Both modes write the same artefacts into ``--out``:
 * ``metrics.json``: frames in / out / dropped, latency p50 / p95 (offline: processing time
   per frame; live: output arrival - input publish, see :mod:`ood_seg_ros.bagtools.live`),
   throughput, and, when the bag has a ground-truth topic, pixel metrics (AP, FPR95, AUROC
-  of the heatmaps, binned over [0, 1]) and SMIYC component metrics;
+  of the heatmaps, mergeable bins over [0, 1], see metric_summary) and SMIYC component metrics;
 * ``overlay_<i>.png``: heatmap overlays of a few frames (GT outline green, kept segments
   magenta); live mode also ``node.log`` and ``replay.json`` (per-frame times).
 
