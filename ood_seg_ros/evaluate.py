@@ -98,7 +98,8 @@ def id_false_detections(bundle_path, camvid_root, split='test', device='cpu', li
         frames_with += int(k > 0)
     n = max(len(pairs), 1)
     return {'frames': len(pairs), 'heatmap_score': pipe.score_name,
-            'heatmap_region': pipe.region, 'segment_threshold': pipe.threshold, 'segments_per_frame': found / n,
+            'heatmap_region': pipe.region, 'segment_threshold': pipe.threshold,
+            'segments_per_frame': found / n,
             'kept_per_frame': kept / n, 'frames_with_kept': frames_with / n}
 
 

@@ -58,7 +58,7 @@ class ObstacleSettings:
 
     @classmethod
     def from_runtime(cls, runtime: dict, **overrides) -> 'ObstacleSettings':
-        """Settings of a bundle's ``runtime.obstacle``, then non-None ``overrides``."""
+        """Read a bundle's ``runtime.obstacle``, then the non-None ``overrides``."""
         doc = {**DEFAULT_OBSTACLE, **((runtime or {}).get('obstacle') or {})}
         doc.update({k: v for k, v in overrides.items() if v is not None})
         auto = doc.get('band_rows') == 'auto' or bool(doc.get('band_auto', False))
@@ -96,7 +96,7 @@ def drivable_ids(class_names: Sequence[str], wanted: Sequence[str]) -> np.ndarra
 def drivable_mask(probs: np.ndarray, ids: np.ndarray, settings: ObstacleSettings
                   ) -> np.ndarray:
     """
-    The filled drivable region (h, w) bool from ``probs`` (C, h, w), before widening.
+    Return the filled drivable region (h, w) bool of ``probs`` (C, h, w), not widened.
 
     Argmax class in ``ids``; every row filled between its leftmost and rightmost drivable
     pixel; closed with a square kernel of ``close * w`` pixels (bridges rows without

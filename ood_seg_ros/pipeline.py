@@ -568,7 +568,7 @@ class Pipeline:
         return region_weight(region_distance(mask), self.obstacle)
 
     def band_backend(self, frame_size, rows):
-        """The backend of the road band for frames of ``frame_size`` (built once per size)."""
+        """Return the road band's backend for frames of ``frame_size`` (built once per size)."""
         size = band_input_size(frame_size, rows, self.obstacle.band_width)
         be = self._band_backends.get(size)
         if be is None:

@@ -110,12 +110,9 @@ class ObstacleSchema(_Closed):
     band_fusion: Optional[Literal['max', 'mean']] = None
 
 
-class RuntimeSchema(_Open):
+class RuntimeSchema(RegionSchema):
     """``runtime`` of bundle.json: known keys type-checked, other keys allowed."""
 
-    heatmap_score: Optional[StrictStr] = None
-    normalisation: Optional[Normalisation] = None
-    segment_threshold: Optional[Annotated[Number, Field(gt=0, lt=1)]] = None
     min_segment_px: Optional[Annotated[StrictInt, Field(ge=1)]] = None
     meta_threshold: Optional[Annotated[Number, Field(ge=0, le=1)]] = None
     meta_pgn_names: Optional[List[StrictStr]] = None
@@ -124,16 +121,6 @@ class RuntimeSchema(_Open):
     obstacle: Optional[ObstacleSchema] = None
     sizes: Optional[Dict[Annotated[str, Field(pattern=r'^[1-9][0-9]*x[1-9][0-9]*$')],
                          SizeSchema]] = None
-
-    @field_validator('heatmap_score')
-    @classmethod
-    def _known_score(cls, v):
-        return v if v is None else _check_scores([v], 'heatmap score')[0]
-
-    @field_validator('normalisation')
-    @classmethod
-    def _known_norm(cls, v):
-        return v if v is None else (_check_scores(v, 'score in normalisation') and v)
 
     @field_validator('meta_pgn_names')
     @classmethod

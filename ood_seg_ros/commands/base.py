@@ -71,9 +71,9 @@ def add_obstacle_options(parser: argparse.ArgumentParser) -> None:
                         help='second, high-resolution pass over the road band, fused in')
     parser.add_argument('--band-rows', default=None,
                         help='band TOP:BOTTOM as fractions of the frame height, or auto '
-                             '(from the drivable region); default: the bundle\'s')
+                             "(from the drivable region); default: the bundle's")
     parser.add_argument('--band-width', type=int, default=None,
-                        help='network width of the band pass; 0: the frame\'s own width')
+                        help="network width of the band pass at most; 0: the frame's own")
     parser.add_argument('--flip', action='store_true',
                         help='average with the horizontally mirrored frame (2x the network)')
 

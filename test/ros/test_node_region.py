@@ -1,8 +1,10 @@
 """
-``heatmap_region`` switched on a running ood_node (real rclpy, real DDS in a private
-network namespace): frames stream in while the switch is requested through the
-``set_parameters`` service; every frame gets its heatmap, the pipeline is not rebuilt,
-and each heatmap equals the offline pipeline's in the mode it was processed in.
+Switch ``heatmap_region`` on a running ood_node: no output gap, no rebuild.
+
+Real rclpy and real DDS in a private network namespace: frames stream in while the
+switch is requested through the ``set_parameters`` service; every frame gets its
+heatmap, the pipeline is not rebuilt, and each heatmap equals the offline pipeline's in
+the mode it was processed in.
 """
 
 import json

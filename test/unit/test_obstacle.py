@@ -27,7 +27,7 @@ def _one_hot(labels, n=len(CAMVID)):
 
 
 def _hand_made():
-    """A 12 x 16 scene: sky, a road widening downwards with a car on it, a pavement."""
+    """Return a 12 x 16 scene: sky, a road widening downwards, a car on it, a pavement."""
     lab = np.full((12, 16), SKY, np.int64)
     for r in range(4, 12):
         lab[r, 7 - (r - 4):9 + (r - 4)] = ROAD            # cols 7-8 in row 4, 0-15 in 11
@@ -206,3 +206,29 @@ def test_region_mode_switch_and_calibration_per_region(bundle):
     assert upd['sizes']['96x128']['regions']['drivable']['segment_threshold'] == 0.4
     upd = calibration_update({**runtime, **upd}, dict(cal, region='all'), [96, 128])
     assert upd['segment_threshold'] == 0.4 and 'drivable' in upd['sizes']['96x128']['regions']
+
+
+def test_bundle_schema_checks_region_calibration_and_obstacle_settings():
+    from ood_seg_ros.schema import validate_bundle
+    good = {'format_version': 1, 'config': {}, 'runtime': {
+        'obstacle': {'drivable_classes': ['Road', 'Pavement'], 'band_rows': [0.4, 0.85],
+                     'band_fusion': 'max'},
+        'sizes': {'360x480': {'segment_threshold': 0.5, 'regions': {'drivable': {
+            'heatmap_score': 'msp', 'normalisation': {'msp': [0.0, 1.0]},
+            'segment_threshold': 0.4}}}}}}
+    validate_bundle(good, 'bundle.json')
+    bad = json_copy(good)
+    bad['runtime']['sizes']['360x480']['regions']['drivable']['segment_threshold'] = 1.5
+    bad['runtime']['obstacle']['band_fusion'] = 'min'
+    bad['runtime']['obstacle']['margn'] = 0.1
+    with pytest.raises(OodSegError) as err:
+        validate_bundle(bad, 'bundle.json')
+    text = str(err.value)
+    assert '3 bad fields' in text and 'regions.drivable.segment_threshold' in text
+    assert 'obstacle.margn: unknown key' in text and 'obstacle.band_fusion' in text
+
+
+def json_copy(doc):
+    """Return a deep copy of a JSON document."""
+    import json
+    return json.loads(json.dumps(doc))
