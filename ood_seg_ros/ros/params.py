@@ -75,7 +75,7 @@ PARAMETERS = {
                       '(rows: band_rows), fused into the heatmap'),
     'band_rows': ('', _S, True, 'road band TOP:BOTTOM as fractions of the frame height, or '
                   "auto (from the drivable region); empty: the bundle's"),
-    'band_width': (0, _I, True, "network width of the band pass at most; 0: the "
+    'band_width': (0, _I, True, 'network width of the band pass at most; 0: the '
                    "bundle's (its default: the frame's own width)"),
     'flip_average': (False, _B, True, 'average with the mirrored frame (2x the network)'),
     'input_transport': ('raw', _S, True, 'raw (image) or compressed (image/compressed)'),
