@@ -32,6 +32,10 @@ from .scores import ALL_SCORES
 from .train.loop import evaluate_miou
 from .viz import overlay
 
+# Obstacle-mode entries of Pipeline.infer kept per frame (see Pipeline.obstacle_outputs).
+OBSTACLE_KEYS = ('drivable', 'region_weight', 'band', 'band_rows')
+
+
 
 def _nan_to_none(x):
     if isinstance(x, float) and (math.isnan(x) or math.isinf(x)):
@@ -80,16 +84,19 @@ def dataset_miou(bundle_path, dataset, split: str = 'test', device: str = 'cpu',
 
 
 def id_false_detections(bundle_path, dataset, split='test', device='cpu', limit=0,
-                        input_size=None, geometry='letterbox') -> Dict:
+                        input_size=None, geometry='letterbox', obstacle=None) -> Dict:
     """
     Count OoD segments per in-distribution frame, before and after meta filtering.
 
     The dataset (``KIND:PATH``, opened, or a plain path) holds no anomaly, so every
-    segment the node would publish is a false detection.
+    segment the node would publish is a false detection. ``obstacle``: Pipeline.from_bundle
+    keywords of obstacle mode (region, band, flip).
     """
+    obstacle = obstacle or {}
     pipe = Pipeline.from_bundle(bundle_path, backend='torch', device=device,
-                                input_size=input_size, geometry=geometry,
-                                **_score_kw(bundle_path, input_size))
+                                input_size=input_size, geometry=geometry, **obstacle,
+                                **_score_kw(bundle_path, input_size,
+                                            obstacle.get('region', 'all')))
     pairs = open_dataset(dataset).list_pairs(split)
     if limit:
         pairs = pairs[:limit]
@@ -102,7 +109,8 @@ def id_false_detections(bundle_path, dataset, split='test', device='cpu', limit=
         frames_with += int(k > 0)
     n = max(len(pairs), 1)
     return {'frames': len(pairs), 'heatmap_score': pipe.score_name,
-            'segment_threshold': pipe.threshold, 'segments_per_frame': found / n,
+            'heatmap_region': pipe.region, 'segment_threshold': pipe.threshold,
+            'segments_per_frame': found / n,
             'kept_per_frame': kept / n, 'frames_with_kept': frames_with / n}
 
 
@@ -122,8 +130,8 @@ class OodEvaluation:
         for i in (progress or (lambda it, total: it))(range(self.n), self.n):
             s = dataset[i]
             out = pipeline.infer(s.rgb)
-            self.low_maps.append({k: out[k] for k in ALL_SCORES if k in out} |
-                                 {'probs': out['probs']})
+            self.low_maps.append({k: out[k] for k in ALL_SCORES + OBSTACLE_KEYS if k in out}
+                                 | {'probs': out['probs']})
             self.labels.append(s.ood_label)
             self.names.append(s.name)
             if i < 4:
@@ -136,8 +144,17 @@ class OodEvaluation:
                     self.semantic_conf + cm
 
     def score_map(self, i: int, name: str) -> np.ndarray:
-        """Score ``name`` of frame ``i`` upsampled to its label size."""
-        return upsample_map(self.low_maps[i][name], self.labels[i].shape)
+        """
+        Score ``name`` of frame ``i`` at its label size, as the pipeline publishes it.
+
+        Upsampled; in obstacle mode weighted by the drivable prior and fused with the
+        band pass (:meth:`Pipeline.heat_at`).
+        """
+        return self.pipeline.heat_at(self.low_maps[i], self.labels[i].shape, name)
+
+    def low_score(self, i: int, name: str) -> np.ndarray:
+        """Score ``name`` of frame ``i`` at decoder resolution (:meth:`Pipeline.heat_low`)."""
+        return self.pipeline.heat_low(self.low_maps[i], name)
 
     def pixel_and_component(self, scores=ALL_SCORES, components: bool = True
                             ) -> Dict[str, Dict]:
@@ -252,7 +269,7 @@ def score_normalisation(evaluations: Sequence[OodEvaluation], name: str,
     """(lo, hi) of a score: the percentiles per set (valid pixels), averaged over sets."""
     los, his = [], []
     for ev in evaluations:
-        vals = np.concatenate([ev.low_maps[i][name].ravel() for i in range(ev.n)])
+        vals = np.concatenate([ev.low_score(i, name).ravel() for i in range(ev.n)])
         lo, hi = np.percentile(vals, percentiles)
         los.append(lo)
         his.append(hi)
@@ -295,8 +312,10 @@ def calibrate(evaluations, percentiles=(1.0, 99.9), reference: str = 'msp',
     seg_thr = float(np.mean(seg)) if seg else 0.5
     size = size_key(first.pipeline.input_size)
     return {'heatmap_score': best, 'normalisation': norms, 'segment_threshold': seg_thr,
-            'calibrated_size': size,
+            'calibrated_size': size, 'region': first.pipeline.region,
             'calibration': {'sets': list(evs), 'input_size': size,
+                            'heatmap_region': first.pipeline.region,
+                            'band': first.pipeline.band, 'flip': first.pipeline.flip,
                             'geometry': first.pipeline.geometry,
                             'percentiles': list(percentiles), 'rule': (
                                 f'AP >= {reference} on every set, then the best worst-case '
@@ -324,14 +343,24 @@ def calibration_update(runtime: dict, cal: Dict, bundle_size) -> Dict:
 
     Heatmap score, normalisation and segment threshold are stored per input size under
     ``sizes`` (a score chosen at 480x960 need not be the best at 360x480); at the
-    bundle's own input size they are also the top-level settings.
+    bundle's own input size they are also the top-level settings. A region mode other
+    than ``all`` is stored under ``sizes[size].regions[region]`` only, leaving the
+    ``all`` settings as they are.
     """
     size = cal['calibrated_size']
     sizes = dict((runtime or {}).get('sizes') or {})
-    sizes[size] = {'heatmap_score': cal['heatmap_score'],
-                   'normalisation': cal['normalisation'],
-                   'segment_threshold': cal['segment_threshold'],
-                   'calibration': cal['calibration']}
+    entry = {'heatmap_score': cal['heatmap_score'],
+             'normalisation': cal['normalisation'],
+             'segment_threshold': cal['segment_threshold'],
+             'calibration': cal['calibration']}
+    region = cal.get('region', 'all')
+    if region != 'all':
+        old = dict(sizes.get(size) or {})
+        old['regions'] = {**(old.get('regions') or {}), region: entry}
+        sizes[size] = old
+        return {'sizes': sizes}
+    sizes[size] = {**entry, **({'regions': sizes[size]['regions']}
+                               if (sizes.get(size) or {}).get('regions') else {})}
     upd = {'sizes': sizes}
     if size == size_key(bundle_size):
         upd.update({k: cal[k] for k in ('heatmap_score', 'normalisation',
@@ -406,7 +435,8 @@ def write_plots(evaluation: OodEvaluation, table: Dict, out_dir: Path, top: int 
     files.append('pr_curve.png')
     name, norm = evaluation.pipeline.score_name, evaluation.pipeline.norm
     for i, rgb in enumerate(evaluation.frames):
-        heat = upsample_map(normalise(evaluation.low_maps[i][name], *norm), rgb.shape[:2])
+        heat = normalise(evaluation.pipeline.heat_at(evaluation.low_maps[i], rgb.shape[:2]),
+                         *norm)
         image = overlay(rgb, heat, gt=evaluation.labels[i], colour_bar=True, scale=norm,
                         label=name)
         cv2.imwrite(str(out_dir / f'overlay_{i}.png'), image)
@@ -422,7 +452,8 @@ def set_name(root) -> str:
 def evaluate_bundle(bundle_path, ood_root=None, dataset=None, split='test',
                     entropy_bundle=None, out_dir=None, device='cpu', limit=0,
                     progress=None, calibrate_only=False, input_size=None,
-                    geometry='letterbox', select_roots=(), select_notes=None) -> Dict:
+                    geometry='letterbox', select_roots=(), select_notes=None,
+                    obstacle=None) -> Dict:
     """
     Full evaluation; returns the metrics object (see ``ood-seg eval``).
 
@@ -432,7 +463,11 @@ def evaluate_bundle(bundle_path, ood_root=None, dataset=None, split='test',
     ``calibrate_only``: return ``{'calibration': ...}`` chosen over all the sets, with
     ``select_roots`` joining only the choice of the score (see :func:`calibrate`).
     ``dataset`` (``KIND:PATH``): mIoU on its ``split``, under the key of its kind.
+    ``obstacle``: Pipeline.from_bundle keywords of obstacle mode (``region``, ``band``,
+    ``band_rows``, ``band_width``, ``flip``); calibration is then that region's.
     """
+    obstacle = obstacle or {}
+    region = obstacle.get('region', 'all')
     result: Dict = {'bundle': str(bundle_path)}
     roots = [] if not ood_root else ([ood_root] if isinstance(ood_root, (str, Path))
                                      else list(ood_root))
@@ -454,7 +489,7 @@ def evaluate_bundle(bundle_path, ood_root=None, dataset=None, split='test',
         raise OodSegError(f'OoD sets need distinct folder names, got {names}')
     pipe = Pipeline.from_bundle(bundle_path, backend='torch', device=device,
                                 all_scores=True, input_size=input_size, geometry=geometry,
-                                **_score_kw(bundle_path, input_size))
+                                **obstacle, **_score_kw(bundle_path, input_size, region))
     evs = {set_name(r): OodEvaluation(pipe, OodDataset(r), limit, progress) for r in roots}
     if calibrate_only:
         sel = {set_name(r): OodEvaluation(pipe, OodDataset(r), limit, progress)
@@ -464,8 +499,8 @@ def evaluate_bundle(bundle_path, ood_root=None, dataset=None, split='test',
     if entropy_bundle:
         epipe = Pipeline.from_bundle(entropy_bundle, backend='torch', device=device,
                                      all_scores=True, input_size=input_size,
-                                     geometry=geometry,
-                                     **_score_kw(entropy_bundle, input_size))
+                                     geometry=geometry, **obstacle,
+                                     **_score_kw(entropy_bundle, input_size, region))
     per_set = {}
     for root in roots:
         name = set_name(root)
@@ -473,6 +508,9 @@ def evaluate_bundle(bundle_path, ood_root=None, dataset=None, split='test',
         per_set[name] = _evaluate_set(evs[name], root, pipe, epipe, limit, progress, sub_dir)
     result['input_size'] = list(pipe.input_size)
     result['geometry'] = pipe.geometry
+    result['heatmap_region'] = pipe.region
+    result['band'] = list(pipe.obstacle.band_rows) if pipe.band else None
+    result['flip'] = pipe.flip
     result['heatmap_score'] = pipe.score_name
     if len(roots) == 1:
         only = per_set[names[0]]
@@ -537,15 +575,15 @@ def _write_metrics(result: Dict, out_dir) -> None:
         (Path(out_dir) / 'metrics.json').write_text(to_json(result) + '\n')
 
 
-def _score_kw(bundle_path, input_size=None) -> Dict:
+def _score_kw(bundle_path, input_size=None, region: str = 'all') -> Dict:
     """
     Keyword arguments choosing a score the bundle can normalise (see usable_score).
 
-    The bundle's settings for ``input_size`` (default: its own size) are used.
+    The bundle's settings for ``input_size`` (default: its own size) and region are used.
     """
     doc = read_bundle_json(bundle_path)
     size = parse_size(input_size) if input_size else doc['config']['input_size']
-    return {'score': usable_score(runtime_for_size(doc.get('runtime', {}), size)[0])}
+    return {'score': usable_score(runtime_for_size(doc.get('runtime', {}), size, region)[0])}
 
 
 def update_bundle_runtime(bundle_path, updates: Dict) -> None:
@@ -589,7 +627,7 @@ def _f(v) -> float:
 
 def load_meta_dataset(bundle_path, ood_root, device='cpu', limit=0, progress=None,
                       pipeline: Optional[Pipeline] = None, input_size=None,
-                      geometry='letterbox'):
+                      geometry='letterbox', obstacle=None):
     """
     Segment features / targets on one or several OoD sets for meta classifier training.
 
@@ -599,9 +637,11 @@ def load_meta_dataset(bundle_path, ood_root, device='cpu', limit=0, progress=Non
     frames read from each set (frames without segments count too).
     """
     roots = [ood_root] if isinstance(ood_root, (str, Path)) else list(ood_root)
-    pipe = pipeline or Pipeline.from_bundle(bundle_path, backend='torch', device=device,
-                                            input_size=input_size, geometry=geometry,
-                                            **_score_kw(bundle_path, input_size))
+    obstacle = obstacle or {}
+    pipe = pipeline or Pipeline.from_bundle(
+        bundle_path, backend='torch', device=device, input_size=input_size,
+        geometry=geometry, **obstacle,
+        **_score_kw(bundle_path, input_size, obstacle.get('region', 'all')))
     feats, is_fp, iou, groups, sets = [], [], [], [], []
     frames = {}
     offset = 0

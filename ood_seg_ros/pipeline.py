@@ -15,6 +15,13 @@ Steps (one implementation, shared by the node, the evaluator and bag replay):
    components, minimum size; per-segment features (:mod:`ood_seg_ros.segments`);
 5. meta classifier: P(false positive) per segment; segments above its threshold are
    dropped; kept segments get consecutive ids in the frame-size instance mask.
+
+Obstacle mode (:mod:`ood_seg_ros.obstacle`): ``region='drivable'`` weighs the score by the
+drivable-area prior before normalising it (normalisation, threshold and meta classifier
+of that mode: ``runtime.sizes[size].regions.drivable``, ``meta_drivable.json``) and keeps
+only segments that touch the drivable region; ``band`` fuses a second, high-resolution
+pass over the road band; ``flip`` averages the outputs of the mirrored frame.
+:meth:`Pipeline.set_region` switches the mode of a running pipeline (no rebuild).
 """
 
 from dataclasses import dataclass, field, replace
@@ -31,6 +38,9 @@ from .meta import MetaClassifier
 from .model.bundle import read_bundle_json
 from .model.config import ModelConfig, parse_size, size_key
 from .msg import MAX_FRAME_PIXELS
+from .obstacle import (band_input_size, band_rows, drivable_ids, drivable_mask, flip_average,
+                       fuse_band, ObstacleSettings, region_distance, region_score, region_weight,
+                       REGIONS)
 from .runtime import auto_backend, make_backend
 from .scores import ALL_SCORES, natural_range, SCORES
 from .segments import find_segments, MOOSE_NAMES, segment_boxes, SegmentFeatureExtractor
@@ -160,21 +170,32 @@ def check_frame(frame, max_pixels: int = MAX_FRAME_PIXELS) -> None:
                           f'{max_pixels} pixel limit')
 
 
-def runtime_for_size(runtime: dict, input_size) -> Tuple[dict, bool]:
+def runtime_for_size(runtime: dict, input_size, region: str = 'all') -> Tuple[dict, bool]:
     """
-    Runtime settings for a network input size, and whether they were calibrated there.
+    Runtime settings for a network input size and region mode, and whether calibrated.
 
     ``runtime.sizes['HxW']`` (heatmap score, normalisation, segment threshold) overrides
     the top-level settings, which hold for the bundle's own input size
     (``runtime.calibrated_size``; bundles without it count as calibrated at any size).
+    A region mode other than ``all`` takes ``runtime.sizes['HxW'].regions[region]`` over
+    that and keeps the ``all`` normalisation as ``base_normalisation`` (the lower bounds
+    of the region score); uncalibrated, each score's normalisation becomes (0, hi - lo).
     """
     rt = {**DEFAULT_RUNTIME, **(runtime or {})}
-    sizes = rt.get('sizes') or {}
-    key = size_key(input_size)
-    if key in sizes:
-        rt = {**rt, **sizes[key]}
-        return rt, True
-    return rt, rt.get('calibrated_size') in (None, key)
+    entry = ((runtime or {}).get('sizes') or {}).get(size_key(input_size)) or {}
+    own = {k: v for k, v in entry.items() if k != 'regions'}
+    if own:
+        rt = {**rt, **own}
+    calibrated = bool(own) or rt.get('calibrated_size') in (None, size_key(input_size))
+    if region == 'all':
+        return rt, calibrated
+    base = dict(rt.get('normalisation') or {})
+    rt['base_normalisation'] = base
+    mode = (entry.get('regions') or {}).get(region)
+    if mode:
+        return {**rt, **mode}, True
+    rt['normalisation'] = {k: [0.0, float(hi) - float(lo)] for k, (lo, hi) in base.items()}
+    return rt, False
 
 
 def usable_score(runtime: dict) -> str:
@@ -217,6 +238,11 @@ class PipelineSettings:
     engine_path: str = ''
     force_engine_update: bool = False
     max_pixels: int = MAX_FRAME_PIXELS
+    region: str = 'all'
+    band: bool = False
+    band_rows: Optional[str] = None
+    band_width: Optional[int] = None
+    flip: bool = False
 
     def backend_name(self) -> str:
         """Return the backend to build: ``auto`` resolved for this machine and device."""
@@ -247,11 +273,37 @@ class PipelineSettings:
         doc = read_bundle_json(self.bundle)
         size = parse_size(self.input_size) if self.input_size else \
             doc['config']['input_size']
-        runtime, _ = runtime_for_size(doc.get('runtime', {}), size)
+        runtime, _ = runtime_for_size(doc.get('runtime', {}), size, self.region)
         return replace(self, backend=self.backend_name(),
                        score=self.score or runtime['heatmap_score'],
                        threshold=float(runtime['segment_threshold'] if self.threshold is None
                                        else self.threshold))
+
+
+def touching_segments(labels: np.ndarray, n: int, region: np.ndarray):
+    """Keep the segments with at least one pixel in ``region`` (bool), renumbered 1..k."""
+    touch = np.bincount(labels[region], minlength=n + 1)[1:n + 1] > 0
+    if touch.all():
+        return labels, n
+    lut = np.zeros(n + 1, np.int32)
+    lut[1:][touch] = np.arange(1, int(touch.sum()) + 1, dtype=np.int32)
+    return lut[labels], int(touch.sum())
+
+
+def meta_file(region: str = 'all') -> str:
+    """File name of the meta classifier of a region mode in a bundle."""
+    return 'meta.json' if region == 'all' else f'meta_{region}.json'
+
+
+def load_region_metas(bundle_path) -> Dict[str, Optional[MetaClassifier]]:
+    """Meta classifiers of the bundle by region mode (``all``: None without meta.json)."""
+    metas: Dict[str, Optional[MetaClassifier]] = {}
+    for region in REGIONS:
+        path = Path(bundle_path) / meta_file(region)
+        if path.exists():
+            metas[region] = MetaClassifier.load(path)
+    metas.setdefault('all', None)
+    return metas
 
 
 class NonFiniteOutput(OodSegError):
@@ -266,7 +318,10 @@ class Pipeline:
     def __init__(self, backend, class_names: Sequence[str], runtime: dict,
                  meta: Optional[MetaClassifier] = None, score: Optional[str] = None,
                  threshold: Optional[float] = None, max_pixels: int = MAX_FRAME_PIXELS,
-                 geometry: str = 'letterbox'):
+                 geometry: str = 'letterbox', region: str = 'all',
+                 region_metas: Optional[Dict[str, MetaClassifier]] = None,
+                 obstacle: Optional[ObstacleSettings] = None, band: bool = False,
+                 flip: bool = False, band_factory=None):
         if geometry not in GEOMETRIES:
             raise OodSegError(f'geometry must be one of {", ".join(GEOMETRIES)}, '
                               f'got {geometry!r}')
@@ -274,73 +329,146 @@ class Pipeline:
         self.geometry = geometry
         self.class_names = list(class_names)
         self.input_size = tuple(backend.input_size)
-        self.runtime, self.calibrated_size = runtime_for_size(runtime, self.input_size)
-        self.meta = meta
+        self.runtimes = {r: runtime_for_size(runtime, self.input_size, r) for r in REGIONS}
+        self.runtime, self.calibrated_size = self.runtimes['all']
         self.max_pixels = max_pixels
+        self.obstacle = obstacle or ObstacleSettings.from_runtime(runtime)
+        self.drivable_ids = drivable_ids(self.class_names, self.obstacle.drivable_classes)
+        self.band = bool(band)
+        self.flip = bool(flip)
+        self.band_factory = band_factory
+        self._band_backends: Dict[Tuple[int, int], object] = {}
         self.extractor = SegmentFeatureExtractor(
             len(self.class_names), pgn_names=tuple(self.runtime['meta_pgn_names']),
-            moose=True)
-        self.meta_columns = None
-        if meta is not None:
-            names = list(self.extractor.feature_names)
-            missing = [n for n in meta.feature_names if n not in names]
-            if missing:
-                raise OodSegError(f'meta classifier features {missing[:3]} are not computed '
-                                  f'by this pipeline (retrain it with ood-seg train-meta)')
-            self.meta_columns = np.array([names.index(n) for n in meta.feature_names])
-        self.set_score(score or self.runtime['heatmap_score'])
-        self.set_threshold(self.runtime['segment_threshold'] if threshold is None
-                           else threshold)
+            moose=True, region=True)
+        self.metas = {'all': meta, **{r: meta for r in REGIONS}, **(region_metas or {})}
+        self.columns = {r: self._meta_columns(m) for r, m in self.metas.items()}
+        self.region = 'all'
+        self.meta, self.meta_columns = meta, self.columns['all']
+        self.score_name = ''
+        self.set_region(region, score, threshold)
+
+    def _meta_columns(self, meta: Optional[MetaClassifier]):
+        if meta is None:
+            return None
+        names = list(self.extractor.feature_names)
+        missing = [n for n in meta.feature_names if n not in names]
+        if missing:
+            raise OodSegError(f'meta classifier features {missing[:3]} are not computed '
+                              f'by this pipeline (retrain it with ood-seg train-meta)')
+        return np.array([names.index(n) for n in meta.feature_names])
+
+    def set_region(self, region: str, score: Optional[str] = None,
+                   threshold: Optional[float] = None) -> None:
+        """
+        Switch the heatmap region (``all`` / ``drivable``): attribute swaps, no rebuild.
+
+        Score, normalisation, segment threshold and meta classifier become the mode's
+        (``score`` / ``threshold`` override them); the mode's score is kept only when the
+        backend computes it, else the current score stays. All checks run before any
+        attribute changes: a refused switch leaves the pipeline as it was.
+        """
+        state = self.region_state(region, score, threshold)
+        self.region, self.runtime, self.calibrated_size = region, state[0], state[1]
+        self.meta, self.meta_columns = self.metas[region], self.columns[region]
+        self.norm, self.score_name, self.threshold = state[2:]
+
+    def region_state(self, region: str, score: Optional[str] = None,
+                     threshold: Optional[float] = None):
+        """
+        Check a region switch; return (runtime, calibrated, norm, score, threshold).
+
+        OodSegError where :meth:`set_region` would refuse it; nothing changes here.
+        """
+        if region not in REGIONS:
+            raise OodSegError(f'heatmap region must be one of {", ".join(REGIONS)}, '
+                              f'got {region!r}')
+        if region != 'all' and not self.drivable_ids.size:
+            raise OodSegError(
+                f'heatmap region {region}: none of the drivable classes '
+                f'{list(self.obstacle.drivable_classes)} is in the class list '
+                f'{self.class_names} (set runtime.obstacle.drivable_classes)')
+        runtime, calibrated = self.runtimes[region]
+        if not score:
+            score = runtime['heatmap_score']
+            if score not in self.backend.output_names and self.score_name:
+                score = self.score_name
+        norm = self.score_normalisation(score, runtime)
+        value = float(runtime['segment_threshold'] if threshold is None else threshold)
+        if not 0.0 < value < 1.0:
+            raise OodSegError(f'segment threshold must be in (0, 1), got {value}')
+        return runtime, calibrated, norm, score, value
 
     # -- construction ----------------------------------------------------------------
     @staticmethod
     def required_outputs(runtime: dict, score: Optional[str] = None,
                          all_scores: bool = False,
-                         available: Optional[Sequence[str]] = None) -> List[str]:
+                         available: Optional[Sequence[str]] = None,
+                         input_size=None) -> List[str]:
         """
         Network outputs the pipeline needs: probs, heatmap score, feature maps.
 
         ``all_scores``: every score in ``available`` (default: all), so that the heatmap
-        score can change at run time and the evaluator sees every score.
+        score can change at run time and the evaluator sees every score. With
+        ``input_size`` the heatmap score of every region mode there is computed too, so
+        that :meth:`set_region` never needs another graph.
         """
         rt = {**DEFAULT_RUNTIME, **(runtime or {})}
         if all_scores:
             return ['probs'] + list(ALL_SCORES if available is None else available)
         names = {score or rt['heatmap_score'], *MOOSE_NAMES, *rt['meta_pgn_names']}
+        if input_size is not None:
+            names |= {runtime_for_size(runtime, input_size, r)[0]['heatmap_score']
+                      for r in REGIONS}
         return ['probs'] + [n for n in SCORES if n in names]
 
     @classmethod
     def from_bundle(cls, bundle_path, backend: str = 'auto', device: str = 'auto',
                     fp16: bool = False, score: Optional[str] = None,
                     threshold: Optional[float] = None, all_scores: bool = False,
-                    input_size=None, geometry: str = 'letterbox',
-                    **backend_options) -> 'Pipeline':
+                    input_size=None, geometry: str = 'letterbox', region: str = 'all',
+                    band: bool = False, band_rows=None, band_width: Optional[int] = None,
+                    flip: bool = False, **backend_options) -> 'Pipeline':
         """
         Load bundle, meta classifier and backend; ``all_scores`` lets the score change.
 
         ``input_size`` (H, W) runs the network at another size than the bundle's (e.g.
         480x960 for a 2:1 camera); the bundle's settings for that size are used when it
         has them (``runtime.sizes``, written by ``ood-seg eval --calibrate --input-size``).
+        ``region``, ``band`` (``band_rows`` 'T:B' or 'auto', ``band_width``) and ``flip``:
+        obstacle mode (see the module docstring); ``meta_<region>.json`` is that mode's
+        meta classifier where the bundle has one.
         """
         doc = read_bundle_json(bundle_path)
         runtime = doc.get('runtime', {})
         config = ModelConfig.from_dict(doc['config'])
+        size = parse_size(input_size) if input_size is not None else \
+            tuple(doc['config']['input_size'])
         outputs = cls.required_outputs(runtime, score, all_scores,
-                                       available=config.available_scores())
+                                       available=config.available_scores(), input_size=size)
         if input_size is not None:
-            backend_options['input_size'] = parse_size(input_size)
+            backend_options['input_size'] = size
         be = make_backend(backend, bundle_path, outputs, device=device, fp16=fp16,
                           **backend_options)
-        meta = None
-        meta_path = Path(bundle_path) / 'meta.json'
-        if meta_path.exists():
-            meta = MetaClassifier.load(meta_path)
-        else:
+        metas = load_region_metas(bundle_path)
+        if metas.get('all') is None:
             LOG.error(
                 'bundle %s has no meta.json: meta classifier OFF, every segment is kept '
                 '(train one with ood-seg train-meta)', bundle_path)
-        return cls(be, doc['config']['class_names'], runtime, meta, score, threshold,
-                   geometry=geometry)
+
+        def band_factory(band_size):
+            opts = dict(backend_options, input_size=band_size)
+            if getattr(be, 'name', '') == 'torch':
+                opts['bundle'] = be.bundle      # share the loaded (folded) network
+            return make_backend(backend, bundle_path, outputs, device=device, fp16=fp16,
+                                **opts)
+
+        rows = None if band_rows is None else band_rows
+        obstacle = ObstacleSettings.from_runtime(runtime, band_rows=rows,
+                                                 band_width=band_width)
+        return cls(be, doc['config']['class_names'], runtime, metas.get('all'), score,
+                   threshold, geometry=geometry, region=region, region_metas=metas,
+                   obstacle=obstacle, band=band, flip=flip, band_factory=band_factory)
 
     @classmethod
     def from_settings(cls, settings: PipelineSettings) -> 'Pipeline':
@@ -349,7 +477,9 @@ class Pipeline:
         pipe = cls.from_bundle(s.bundle, backend=s.backend_name(), device=s.device,
                                fp16=s.fp16, score=s.score, threshold=s.threshold,
                                all_scores=s.all_scores, input_size=s.input_size,
-                               geometry=s.geometry, **s.backend_options())
+                               geometry=s.geometry, region=s.region, band=s.band,
+                               band_rows=s.band_rows, band_width=s.band_width, flip=s.flip,
+                               **s.backend_options())
         pipe.max_pixels = s.max_pixels
         return pipe
 
@@ -359,25 +489,41 @@ class Pipeline:
         self.norm = self.score_normalisation(name)
         self.score_name = name
 
-    def score_normalisation(self, name: str) -> Tuple[float, float]:
+    def score_normalisation(self, name: str, runtime: Optional[dict] = None
+                            ) -> Tuple[float, float]:
         """Return (lo, hi) of score ``name``; OodSegError where set_score would refuse it."""
         if name not in ALL_SCORES:
             raise OodSegError(f'unknown heatmap score {name!r}')
         if name not in self.backend.output_names:
             raise OodSegError(f'heatmap score {name!r} is not computed by this backend '
                               f'(outputs: {", ".join(self.backend.output_names)})')
-        return self._normalisation(name)
+        return self._normalisation(name, runtime)
 
-    def _normalisation(self, name: str):
-        table = self.runtime.get('normalisation', {})
+    def _normalisation(self, name: str, runtime: Optional[dict] = None):
+        runtime = self.runtime if runtime is None else runtime
+        table = runtime.get('normalisation', {})
         if name in table:
             lo, hi = table[name]
             return float(lo), float(hi)
         natural = natural_range(name, len(self.class_names))
         if natural is not None:
+            if 'base_normalisation' in runtime:     # region score: max(s - lo, 0) * w
+                return 0.0, natural[1] - natural[0]
             return natural
         raise OodSegError(f'the bundle has no normalisation for score {name!r}; '
                           f'calibrate it with ood-seg eval --calibrate')
+
+    def base_lo(self, name: str) -> Optional[float]:
+        """
+        Lower bound of score ``name`` in the ``all`` mode (the region score's origin).
+
+        None for a score without normalisation (an uncalibrated bundle): the region score
+        then starts at the map's own minimum.
+        """
+        try:
+            return self._normalisation(name, self.runtimes['all'][0])[0]
+        except OodSegError:
+            return None
 
     def set_threshold(self, value: float) -> None:
         """Segment threshold on the normalised heatmap, in (0, 1)."""
@@ -397,22 +543,116 @@ class Pipeline:
         return self.letterbox(frame.shape[:2]).place(frame)
 
     def infer(self, frame: np.ndarray) -> Dict[str, np.ndarray]:
-        """Preprocess and run the backend; outputs cropped to the frame's content."""
-        return self.letterbox(frame.shape[:2]).crop(self.backend.infer(self.preprocess(frame)))
+        """
+        Preprocess and run the backend; outputs cropped to the frame's content.
+
+        Adds the obstacle-mode entries (:meth:`obstacle_outputs`): ``drivable``,
+        ``region_weight`` and, with the band, ``band`` and ``band_rows``.
+        """
+        out = self.letterbox(frame.shape[:2]).crop(self._run(self.backend,
+                                                             self.preprocess(frame)))
+        return self.obstacle_outputs(out, frame)
+
+    def _run(self, backend, image: np.ndarray) -> Dict[str, np.ndarray]:
+        """Run ``backend`` on a prepared input; with ``flip``, average with the mirror."""
+        out = backend.infer(image)
+        if self.flip:
+            out = flip_average(out, backend.infer(np.ascontiguousarray(image[:, ::-1])))
+        return out
+
+    def _region(self, probs: np.ndarray):
+        """Widened drivable region and soft weight of a probs map; (None, None) without."""
+        if not self.drivable_ids.size:
+            return None, None
+        mask = drivable_mask(probs, self.drivable_ids, self.obstacle)
+        return region_weight(region_distance(mask), self.obstacle)
+
+    def band_backend(self, frame_size, rows):
+        """Return the road band's backend for frames of ``frame_size`` (built once per size)."""
+        size = band_input_size(frame_size, rows, self.obstacle.band_width)
+        be = self._band_backends.get(size)
+        if be is None:
+            if self.band_factory is None:
+                raise OodSegError('the road band needs a backend factory '
+                                  '(build the pipeline with Pipeline.from_bundle)')
+            be = self._band_backends[size] = self.band_factory(size)
+        return be
+
+    def band_pass(self, frame: np.ndarray, rows) -> Dict[str, np.ndarray]:
+        """Network outputs of the frame's rows ``rows`` (fractions) at the band resolution."""
+        fh = frame.shape[0]
+        r0 = int(round(rows[0] * fh))
+        r1 = max(r0 + 1, int(round(rows[1] * fh)))
+        crop = np.ascontiguousarray(frame[r0:r1])
+        be = self.band_backend(frame.shape[:2], rows)
+        box = Letterbox.fit(crop.shape[:2], be.input_size, 'letterbox')
+        return box.crop(self._run(be, box.place(crop)))
+
+    def obstacle_outputs(self, out: Dict[str, np.ndarray], frame: np.ndarray
+                         ) -> Dict[str, np.ndarray]:
+        """
+        Add the drivable mask and weight (decoder grid) and, with ``band``, the band pass.
+
+        ``band`` holds the band's score maps and its own ``region_weight``; ``band_rows``
+        its (top, bottom) rows as fractions of the frame height.
+        """
+        out = dict(out)
+        mask, weight = self._region(out['probs'])
+        if mask is not None:
+            out['drivable'], out['region_weight'] = mask, weight
+        if self.band:
+            rows = band_rows(self.obstacle, mask)
+            band = self.band_pass(frame, rows)
+            _, band_weight = self._region(band['probs'])
+            band = {k: v for k, v in band.items() if k in ALL_SCORES}
+            if band_weight is not None:
+                band['region_weight'] = band_weight
+            out['band'], out['band_rows'] = band, rows
+        return out
+
+    def region_raw(self, out: Dict[str, np.ndarray], name: str) -> np.ndarray:
+        """Score ``name`` weighted by the drivable prior in the ``drivable`` mode."""
+        weight = out.get('region_weight') if self.region != 'all' else None
+        if weight is None:
+            return out[name]
+        lo = self.base_lo(name)
+        return region_score(out[name], float(out[name].min()) if lo is None else lo, weight)
+
+    def heat_low(self, out: Dict[str, np.ndarray], name: Optional[str] = None) -> np.ndarray:
+        """Raw heatmap score at decoder resolution: region prior, then the band fused."""
+        name = name or self.score_name
+        raw = self.region_raw(out, name)
+        if 'band' in out:
+            raw = fuse_band(raw, self.region_raw(out['band'], name), out['band_rows'],
+                            self.obstacle.band_fusion)
+        return raw
+
+    def heat_at(self, out: Dict[str, np.ndarray], size, name: Optional[str] = None
+                ) -> np.ndarray:
+        """Raw heatmap score at ``size`` (H, W): upsampled, band fused at that size."""
+        name = name or self.score_name
+        if 'band' not in out:
+            return upsample_map(self.region_raw(out, name), size)
+        base = upsample_map(self.region_raw(out, name), size)
+        return fuse_band(base, self.region_raw(out['band'], name), out['band_rows'],
+                         self.obstacle.band_fusion)
 
     def process(self, frame: np.ndarray) -> FrameResult:
         """Run the whole per-frame path on an RGB uint8 (H, W, 3) frame."""
         t0 = time.perf_counter()
         img = self.preprocess(frame)
         t1 = time.perf_counter()
-        out = self.letterbox(frame.shape[:2]).crop(self.backend.infer(img))
+        out = self.letterbox(frame.shape[:2]).crop(self._run(self.backend, img))
         t2 = time.perf_counter()
-        result = self.postprocess(out, frame.shape[:2])
+        out = self.obstacle_outputs(out, frame)
         t3 = time.perf_counter()
+        result = self.postprocess(out, frame.shape[:2])
+        t4 = time.perf_counter()
         result.timings.update({'preprocess_ms': (t1 - t0) * 1e3,
                                'inference_ms': (t2 - t1) * 1e3,
-                               'postprocess_ms': (t3 - t2) * 1e3,
-                               'total_ms': (t3 - t0) * 1e3})
+                               'obstacle_ms': (t3 - t2) * 1e3,
+                               'postprocess_ms': (t4 - t3) * 1e3,
+                               'total_ms': (t4 - t0) * 1e3})
         return result
 
     def segment(self, out: Dict[str, np.ndarray]):
@@ -421,20 +661,24 @@ class Pipeline:
 
         The one segment path shared by :meth:`postprocess`, the evaluator and meta
         classifier training. Returns (heatmap_low, labels_low int32, n, features (n, F)).
+        In the ``drivable`` mode only segments touching the drivable region are kept.
         """
         raw = out[self.score_name]
         if not np.isfinite(raw).all():   # cheap: decoder resolution, one pass
             bad = int(raw.size - np.count_nonzero(np.isfinite(raw)))
             raise NonFiniteOutput(f'heatmap score {self.score_name}: {bad} of {raw.size} '
                                   f'values are NaN/inf (broken weights or backend)')
-        low = normalise(raw, *self.norm)
+        low = normalise(self.heat_low(out), *self.norm)
         # min_segment_px is given at model input resolution; convert to decoder pixels.
         min_low = max(1, int(round(self.runtime['min_segment_px'] / DECODER_STRIDE ** 2)))
         labels, n = find_segments(low, self.threshold, min_low)
+        region = out.get('drivable')
+        if n and region is not None and self.region != 'all':
+            labels, n = touching_segments(labels, n, region)
         feats = np.zeros((0, len(self.extractor.feature_names)))
         if n:
             maps = {k: out[k] for k in self.extractor.map_names}
-            feats = self.extractor.extract(labels, n, out['probs'], maps)
+            feats = self.extractor.extract(labels, n, out['probs'], maps, region=region)
         return low, labels, n, feats
 
     def meta_fp_proba(self, feats: np.ndarray) -> np.ndarray:
@@ -484,7 +728,10 @@ class Pipeline:
         t0 = time.perf_counter()
         low, labels, n, feats = self.segment(out)
         t1 = time.perf_counter()
-        heatmap = upsample_map(low, (fh, fw))
+        if 'band' in out:   # the band keeps its own resolution in the published heatmap
+            heatmap = normalise(self.heat_at(out, (fh, fw)), *self.norm)
+        else:
+            heatmap = upsample_map(low, (fh, fw))
         semantic = upsample_map(out['semantic'].astype(np.uint8), (fh, fw), linear=False)
         t2 = time.perf_counter()
         segments, instances_low = self.classify_segments(labels, n, low, feats, (fh, fw))

@@ -10,7 +10,8 @@ integers are accepted where floats are expected.
   ``sml_stats`` (object or null). Unknown keys are rejected.
 - ``runtime``: the known keys are type-checked, other keys are allowed (no warning);
   ``sizes`` maps ``"<H>x<W>"`` to per-input-size ``normalisation`` and
-  ``segment_threshold``.
+  ``segment_threshold``, and under ``regions`` the same per heatmap region mode
+  (``drivable``); ``obstacle`` holds the drivable prior and road band settings.
 - ``info``: free-form provenance (e.g. ``trained_splits``), any JSON object.
 
 Score names (``heatmap_score``, normalisation keys) are checked against
@@ -18,7 +19,7 @@ Score names (``heatmap_score``, normalisation keys) are checked against
 accepted without touching this module.
 """
 
-from typing import Annotated, Any, Dict, List, Optional, Union
+from typing import Annotated, Any, Dict, List, Literal, Optional, Union
 
 from pydantic import (BaseModel, ConfigDict, Field, field_validator, StrictBool, StrictFloat,
                       StrictInt, StrictStr, ValidationError)
@@ -75,31 +76,12 @@ class ConfigSchema(_Closed):
 Normalisation = Dict[StrictStr, Pair]
 
 
-class SizeSchema(_Open):
-    """Per-input-size calibration: ``runtime.sizes["<H>x<W>"]``."""
-
-    normalisation: Optional[Normalisation] = None
-    segment_threshold: Optional[Annotated[Number, Field(gt=0, lt=1)]] = None
-
-    @field_validator('normalisation')
-    @classmethod
-    def _known_norm(cls, v):
-        return v if v is None else (_check_scores(v, 'score in normalisation') and v)
-
-
-class RuntimeSchema(_Open):
-    """``runtime`` of bundle.json: known keys type-checked, other keys allowed."""
+class RegionSchema(_Open):
+    """Per-region calibration: ``runtime.sizes["<H>x<W>"].regions["drivable"]``."""
 
     heatmap_score: Optional[StrictStr] = None
     normalisation: Optional[Normalisation] = None
     segment_threshold: Optional[Annotated[Number, Field(gt=0, lt=1)]] = None
-    min_segment_px: Optional[Annotated[StrictInt, Field(ge=1)]] = None
-    meta_threshold: Optional[Annotated[Number, Field(ge=0, le=1)]] = None
-    meta_pgn_names: Optional[List[StrictStr]] = None
-    calibration: Optional[Dict[str, Any]] = None
-    score_options: Optional[Dict[str, Any]] = None
-    sizes: Optional[Dict[Annotated[str, Field(pattern=r'^[1-9][0-9]*x[1-9][0-9]*$')],
-                         SizeSchema]] = None
 
     @field_validator('heatmap_score')
     @classmethod
@@ -110,6 +92,38 @@ class RuntimeSchema(_Open):
     @classmethod
     def _known_norm(cls, v):
         return v if v is None else (_check_scores(v, 'score in normalisation') and v)
+
+
+class SizeSchema(RegionSchema):
+    """Per-input-size calibration: ``runtime.sizes["<H>x<W>"]``."""
+
+    regions: Optional[Dict[Literal['drivable'], RegionSchema]] = None
+
+
+class ObstacleSchema(_Closed):
+    """``runtime.obstacle``: drivable prior and road band (see ood_seg_ros.obstacle)."""
+
+    drivable_classes: Optional[Annotated[List[StrictStr], Field(min_length=1)]] = None
+    margin: Optional[Annotated[Number, Field(ge=0)]] = None
+    falloff: Optional[Annotated[Number, Field(gt=0)]] = None
+    floor: Optional[Annotated[Number, Field(ge=0, le=1)]] = None
+    close: Optional[Annotated[Number, Field(ge=0)]] = None
+    band_rows: Optional[Union[Pair, Literal['auto']]] = None
+    band_width: Optional[Annotated[StrictInt, Field(ge=0)]] = None
+    band_fusion: Optional[Literal['max', 'mean']] = None
+
+
+class RuntimeSchema(RegionSchema):
+    """``runtime`` of bundle.json: known keys type-checked, other keys allowed."""
+
+    min_segment_px: Optional[Annotated[StrictInt, Field(ge=1)]] = None
+    meta_threshold: Optional[Annotated[Number, Field(ge=0, le=1)]] = None
+    meta_pgn_names: Optional[List[StrictStr]] = None
+    calibration: Optional[Dict[str, Any]] = None
+    score_options: Optional[Dict[str, Any]] = None
+    obstacle: Optional[ObstacleSchema] = None
+    sizes: Optional[Dict[Annotated[str, Field(pattern=r'^[1-9][0-9]*x[1-9][0-9]*$')],
+                         SizeSchema]] = None
 
     @field_validator('meta_pgn_names')
     @classmethod

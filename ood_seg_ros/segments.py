@@ -35,6 +35,7 @@ DISPERSION_NAMES = ('entropy', 'margin', 'variation_ratio')
 # boundary.
 STAT_NAMES = ('mean', 'mean_in', 'mean_bd', 'rel', 'rel_in', 'var', 'var_in', 'var_bd')
 SIZE_NAMES = ('S', 'S_in', 'S_bd', 'S_rel', 'S_rel_in')
+REGION_FEATURE = 'drivable_overlap'    # fraction of the segment in the drivable region
 
 # The 8 neighbour offsets (drow, dcol).
 _SHIFTS = ((-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1))
@@ -137,7 +138,7 @@ class SegmentFeatureExtractor:
     """
     MetaSeg-style per-segment features (methods §5) in a fixed, named order.
 
-    Feature order (``feature_names``), F = 5 + 3*8 + 2*C + 2 + 8*M columns:
+    Feature order (``feature_names``), F = 5 + 3*8 + 2*C + 2 + 8*M (+ 1) columns:
 
     1. ``S, S_in, S_bd, S_rel, S_rel_in``: pixel counts of the segment, its inner and
        boundary pixels, ``S/S_bd`` and ``S_in/S_bd``.
@@ -150,6 +151,8 @@ class SegmentFeatureExtractor:
     5. ``centroid_row, centroid_col``: mean row / H and mean column / W (pixel indices).
     6. For each map in ``pgn_names`` and then (if ``moose``) ``moose_mi``,
        ``moose_entropy``: ``<map>_<stat>`` for stat in :data:`STAT_NAMES`.
+    7. (if ``region``) ``drivable_overlap``: the fraction of the segment's pixels inside
+       the (filled, widened) drivable region given to :meth:`extract` (0 without one).
 
     Guards: every division by S_bd uses ``max(S_bd, 1)``; means and variances over an
     empty region (no inner or no boundary pixels) are 0. Variances are population
@@ -158,7 +161,7 @@ class SegmentFeatureExtractor:
     computed in the dtype of ``probs`` (float32: ~1e-7 relative), all sums in float64.
     """
 
-    def __init__(self, n_classes, pgn_names=DEFAULT_PGN_NAMES, moose=True):
+    def __init__(self, n_classes, pgn_names=DEFAULT_PGN_NAMES, moose=True, region=False):
         """Set up for ``n_classes`` (>= 2) softmax classes and the named extra maps."""
         n_classes = int(n_classes)
         if n_classes < 2:
@@ -167,6 +170,7 @@ class SegmentFeatureExtractor:
         self.n_classes = n_classes
         self.pgn_names = tuple(str(p) for p in pgn_names)
         self.moose = bool(moose)
+        self.region = bool(region)
         self.map_names = self.pgn_names + (MOOSE_NAMES if self.moose else ())
         if len(set(self.map_names)) != len(self.map_names):
             raise OodSegError(f'SegmentFeatureExtractor: duplicate map names in '
@@ -179,6 +183,8 @@ class SegmentFeatureExtractor:
         names += ['centroid_row', 'centroid_col']
         for m in self.map_names:
             names += [f'{m}_{s}' for s in STAT_NAMES]
+        if self.region:
+            names.append(REGION_FEATURE)
         self.feature_names = tuple(names)
 
     @property
@@ -186,7 +192,7 @@ class SegmentFeatureExtractor:
         """Return the number of feature columns F."""
         return len(self.feature_names)
 
-    def extract(self, labels, n, probs, maps=None):
+    def extract(self, labels, n, probs, maps=None, region=None):
         """
         Compute the (n, F) float64 feature matrix of segments 1..n.
 
@@ -194,6 +200,7 @@ class SegmentFeatureExtractor:
         probs: (C, H, W) softmax probabilities of the global head.
         maps: dict name -> (H, W) score map; must hold every name in ``map_names``
         (other entries are ignored).
+        region: (H, W) bool drivable region (``drivable_overlap``; None: overlap 0).
         Row i holds the features of label id i + 1.
         """
         labels = np.asarray(labels)
@@ -377,4 +384,10 @@ class SegmentFeatureExtractor:
 
         for m in map_arrays:
             stats(np.take(m.ravel(), idx))
+        if self.region and region is not None:
+            region = np.asarray(region, dtype=bool)
+            if region.shape != (H, W):
+                raise OodSegError(f'segment features: region has shape {region.shape}, '
+                                  f'expected {(H, W)}')
+            out[:, col] = segment_sums(np.take(region.ravel(), idx)) * inv_all
         return out

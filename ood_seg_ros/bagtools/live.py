@@ -141,7 +141,8 @@ def evaluate_live(bag, settings: PipelineSettings, image_topic: str, out: Path,
            'heatmap_score': settings.score, 'segment_threshold': settings.threshold}
     params_file = params_file or default_params_file()
     lockstep = pacing == 'lockstep'
-    params = node_parameters(settings)
+    params = node_parameters(settings, ('bundle', 'backend', 'device', 'score', 'threshold',
+                                        'region', 'band', 'band_rows', 'band_width', 'flip'))
     if lockstep:    # and a reliable input: no frame lost in transport
         params.update({'qos_reliability': 'reliable', 'qos_depth': 10})
     out_bag = out / OUTPUT_BAG

@@ -182,3 +182,36 @@ def bench_growth(bundle_path, sizes, runs, warmup, backend='torch', **options) -
     for r in rows:
         r['growth'] = round((r['ms'] / rows[0]['ms']) / (r['pixels'] / rows[0]['pixels']), 3)
     return {'growth_backend': backend, 'growth': rows}
+
+
+def bench_obstacle(bundle_path, height, width, runs, warmup, backend='torch',
+                   band_width=0, threads=0) -> dict:
+    """
+    ``--obstacle``: end-to-end cost of each obstacle-mode option on (height, width) frames.
+
+    Interleaved in one process: the plain pipeline, the drivable prior, prior + road band
+    (``band_width``: at most that wide, 0 the frame's own width), flip averaging, and the
+    whole frame at the band's resolution (what the band saves); ratios to the plain one.
+    """
+    from ..model.config import size_key
+    from ..obstacle import band_input_size, ObstacleSettings
+    from ..pipeline import Pipeline
+    opts = {'threads': threads} if threads and backend == 'torch' else {}
+    rows = ObstacleSettings().band_rows
+    bh, bw = band_input_size((height, width), rows, band_width)
+    scale = bw / width
+    whole = (int(np.ceil(height * scale / 16) * 16), bw)
+    pipes = {'plain': {}, 'drivable': {'region': 'drivable'},
+             'drivable_band': {'region': 'drivable', 'band': True, 'band_width': band_width},
+             'flip': {'flip': True},
+             'whole_frame_at_band_resolution': {'input_size': whole}}
+    built = {k: Pipeline.from_bundle(bundle_path, backend=backend, **kw, **opts)
+             for k, kw in pipes.items()}
+    frame = sample_frame(height, width, np.random.default_rng(0))
+    times = interleaved({k: (lambda p=p: p.process(frame)) for k, p in built.items()},
+                        runs, warmup)
+    plain = times['plain']
+    return {'obstacle_ms': times,
+            'obstacle_ratio': {k: v / plain for k, v in times.items()},
+            'obstacle_band_input': size_key((bh, bw)), 'obstacle_band_rows': list(rows),
+            'obstacle_whole_frame_input': size_key(whole)}

@@ -24,7 +24,7 @@ rate and measures drops.
 import json
 from pathlib import Path
 
-from .base import add_bundle_option, Command
+from .base import add_bundle_option, add_obstacle_options, Command
 from ..errors import OodSegError
 
 
@@ -72,6 +72,7 @@ class BagEvalCommand(Command):
                             help='SMIYC component size limits (default: anomaly)')
         parser.add_argument('--overlays', type=int, default=4,
                             help='number of overlay PNGs (default: 4)')
+        add_obstacle_options(parser)
         parser.add_argument('--json', action='store_true', help='print metrics.json to stdout')
 
     def main(self, args) -> int:
@@ -95,7 +96,9 @@ class BagEvalCommand(Command):
         report.prepare_out(out)
         settings = PipelineSettings(bundle=str(bundle.resolve()), backend=args.backend,
                                     device=args.device, score=args.score,
-                                    threshold=args.threshold)
+                                    threshold=args.threshold, region=args.heatmap_region,
+                                    band=args.band, band_rows=args.band_rows,
+                                    band_width=args.band_width, flip=args.flip)
         if args.mode == 'offline':
             doc = offline.evaluate_offline(bag, settings, image_topic, out / report.OUTPUT_BAG,
                                            limit=args.limit)

@@ -71,6 +71,11 @@ class BenchCommand(Command):
                                  'interleaved with ours and print the ratios')
         parser.add_argument('--meta-segments', default='', metavar='N,N',
                             help='time meta classification at these segment counts')
+        parser.add_argument('--obstacle', action='store_true',
+                            help='cost of the obstacle-mode options end to end (drivable '
+                                 'prior, road band, flip, the whole frame at band resolution)')
+        parser.add_argument('--band-width', type=int, default=0,
+                            help='--obstacle: band network width at most (0: frame width)')
         parser.add_argument('--growth', default='', metavar='HxW,HxW',
                             help='network time at these input sizes (torch unless --backend)')
         add_json_option(parser)
@@ -125,6 +130,10 @@ class BenchCommand(Command):
             opts = {'threads': args.threads} if args.threads else {}
             res.update(P.bench_growth(bundle, sizes, args.runs, args.warmup,
                                       args.backend or 'torch', **opts))
+        if args.obstacle:
+            res.update(P.bench_obstacle(bundle, args.height, args.width, args.runs,
+                                        args.warmup, args.backend or 'torch', args.band_width,
+                                        args.threads))
         if args.node and args.soak:
             from ..bench.soak import soak_node
             res.update(soak_node(bundle, args.height, args.width, args.soak,

@@ -2,7 +2,8 @@
 
 import sys
 
-from .base import add_bundle_option, add_json_option, Command
+from .base import add_bundle_option, add_json_option, add_obstacle_options, Command, \
+    obstacle_kw
 
 
 class EvalCommand(Command):
@@ -35,6 +36,7 @@ class EvalCommand(Command):
                                  'calibration is stored per input size')
         parser.add_argument('--geometry', default='letterbox', choices=['letterbox', 'stretch'],
                             help='fit frames keeping their aspect (default) or stretch them')
+        add_obstacle_options(parser)
         parser.add_argument('--out', default=None, help='folder for metrics.json and plots')
         parser.add_argument('--device', default='cpu', choices=['cpu', 'cuda'])
         parser.add_argument('--limit', type=int, default=0, help='first N frames only')
@@ -60,6 +62,7 @@ class EvalCommand(Command):
             raise OodSegError('nothing to evaluate: give --dataset (or --camvid) and/or '
                               '--ood-set')
         size = parse_size(args.input_size) if args.input_size else None
+        obstacle = obstacle_kw(args)
 
         def progress(it, total):
             return tqdm(it, total=total, desc='eval', file=sys.stderr, disable=None)
@@ -77,14 +80,15 @@ class EvalCommand(Command):
             res = evaluate_bundle(bundle, ood_root=args.ood_set, device=args.device,
                                   limit=args.limit, progress=progress, calibrate_only=True,
                                   input_size=size, geometry=args.geometry,
-                                  select_roots=args.select_set, select_notes=notes)
+                                  select_roots=args.select_set, select_notes=notes,
+                                  obstacle=obstacle)
             cal = res['calibration']
             update_bundle_runtime(bundle, calibration_update(doc.get('runtime', {}), cal,
                                                              doc['config']['input_size']))
             c = cal['calibration']
             print(to_json(cal | {'normalisation': '(written to the bundle)'}) if args.json else
-                  f'calibrated {bundle} at {c["input_size"]}: heatmap score '
-                  f'{cal["heatmap_score"]} (AP ' + ', '.join(
+                  f'calibrated {bundle} at {c["input_size"]} ({c["heatmap_region"]}): heatmap '
+                  f'score {cal["heatmap_score"]} (AP ' + ', '.join(
                       f'{k} {v:.3f}' for k, v in c['ap'].items()) + '; MSP ' + ', '.join(
                       f'{k} {v:.3f}' for k, v in c['reference_ap'].items()) +
                   f'), segment threshold {cal["segment_threshold"]:.3f}')
@@ -94,10 +98,11 @@ class EvalCommand(Command):
         res = evaluate_bundle(bundle, ood_root=args.ood_set, dataset=ds,
                               split=args.split, entropy_bundle=args.entropy_bundle,
                               out_dir=args.out, device=args.device, limit=args.limit,
-                              progress=progress, input_size=size, geometry=args.geometry)
+                              progress=progress, input_size=size, geometry=args.geometry,
+                              obstacle=obstacle)
         if ds is not None:
             res[ds.kind]['detections'] = id_false_detections(
                 bundle, ds, args.split, device=args.device, limit=args.limit,
-                input_size=size, geometry=args.geometry)
+                input_size=size, geometry=args.geometry, obstacle=obstacle)
         print(to_json(res) if args.json else table_text(res))
         return 0

@@ -2,7 +2,8 @@
 
 import json
 
-from .base import add_bundle_option, add_json_option, Command
+from .base import add_bundle_option, add_json_option, add_obstacle_options, Command, \
+    obstacle_kw
 
 
 class TrainMetaCommand(Command):
@@ -32,6 +33,7 @@ class TrainMetaCommand(Command):
         parser.add_argument('--folds', type=int, default=5, help='grouped K-fold over images')
         parser.add_argument('--input-size', default=None,
                             help='network input HxW (default: the bundle input size)')
+        add_obstacle_options(parser)
         parser.add_argument('--device', default='cpu', choices=['cpu', 'cuda'])
         parser.add_argument('--limit', type=int, default=0)
         add_json_option(parser)
@@ -43,12 +45,13 @@ class TrainMetaCommand(Command):
         from ..evaluate import load_meta_dataset, to_json
         from ..meta import choose_config, fit_meta, fp_rate_threshold, select_features
         from ..model.bundle import read_bundle_json
+        from ..pipeline import meta_file
         from ..protocol import check_held_out
         check_held_out(read_bundle_json(args.bundle).get('info', {}), args.ood_set,
                        'fit the meta classifier')
         pipe, feats, is_fp, iou, groups, sets, frames = load_meta_dataset(
             args.bundle, args.ood_set, device=args.device, limit=args.limit,
-            input_size=args.input_size)
+            input_size=args.input_size, obstacle=obstacle_kw(args))
         if len(is_fp) < 10:
             raise OodSegError(f'only {len(is_fp)} segments on {", ".join(args.ood_set)}: too '
                               f'few to fit a meta classifier')
@@ -90,7 +93,8 @@ class TrainMetaCommand(Command):
         clf.info['heatmap_score'] = pipe.score_name
         clf.info['segment_threshold'] = pipe.threshold
         clf.info['input_size'] = list(pipe.input_size)
-        clf.save(Path(args.bundle) / 'meta.json')
+        clf.info['heatmap_region'] = pipe.region
+        clf.save(Path(args.bundle) / meta_file(pipe.region))
         print(to_json(report) if args.json else json.dumps(
             {k: report[k] for k in ('n_segments', 'n_fp', 'auroc', 'r2', 'threshold',
                                     'fp_removed', 'tp_kept', 'features', 'C') if k in report}))

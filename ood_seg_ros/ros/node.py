@@ -183,6 +183,17 @@ class _OodCore:
         self.pipeline = apply_set(self.cfg, params, before, new)
         if before is not None and any(q.name in RUNTIME for q in params):
             self._publish_label_info()
+        if before is not None and any(q.name == 'heatmap_region' for q in params):
+            # the mode brought its own score and threshold: show them (param get) once
+            # this set has finished
+            self._sync_timer = self.create_timer(0.0, self._sync_once)
+
+    def _sync_once(self) -> None:
+        timer, self._sync_timer = self._sync_timer, None
+        if timer is not None:
+            self.destroy_timer(timer)
+        if self.pipeline is not None:
+            self._show_effective_parameters()
 
     # -- per frame -------------------------------------------------------------------
     def _on_frame(self, msg, info, convert) -> None:

@@ -21,6 +21,7 @@ from ..errors import OodSegError
 from ..model.bundle import default_bundle_path
 from ..model.config import parse_size
 from ..msg import MAX_FRAME_PIXELS
+from ..obstacle import parse_band_rows, REGIONS
 from ..pipeline import GEOMETRIES, Pipeline, PipelineSettings
 from ..runtime import BACKENDS
 from ..scores import ALL_SCORES
@@ -35,7 +36,8 @@ MIN_DIAGNOSTICS_PERIOD = 0.1        # s: at most 10 messages/s on /diagnostics
 MAX_DIAGNOSTICS_PERIOD = 3600.0
 # read by main() before the node exists: they decide which node to build
 STARTUP = ('lifecycle', 'autostart', 'exit_on_error')
-RUNTIME = ('heatmap_score', 'segment_threshold')     # applied to the running pipeline
+# applied to the running pipeline
+RUNTIME = ('heatmap_score', 'segment_threshold', 'heatmap_region')
 
 _S, _B, _I, _F = 'string', 'bool', 'int', 'float'
 # name: (default, type, read_only, description). Defaults match config/ood.yaml.
@@ -66,6 +68,16 @@ PARAMETERS = {
     'segment_threshold': (0.0, _F, False, 'segment threshold on the heatmap in (0, 1); '
                           'reads the threshold in use once the model is loaded; set 0: the '
                           'bundle default (changeable at run time)'),
+    'heatmap_region': ('all', _S, False, 'all: the whole frame; drivable: obstacle mode, the '
+                       'score weighted by the drivable-area prior and segments touching it '
+                       '(changeable at run time, no rebuild)'),
+    'high_res_band': (False, _B, True, 'second, full-resolution pass over the road band '
+                      '(rows: band_rows), fused into the heatmap'),
+    'band_rows': ('', _S, True, 'road band TOP:BOTTOM as fractions of the frame height, or '
+                  "auto (from the drivable region); empty: the bundle's"),
+    'band_width': (0, _I, True, 'network width of the band pass at most; 0: the '
+                   "bundle's (its default: the frame's own width)"),
+    'flip_average': (False, _B, True, 'average with the mirrored frame (2x the network)'),
     'input_transport': ('raw', _S, True, 'raw (image) or compressed (image/compressed)'),
     'qos_reliability': ('best_effort', _S, True, 'input QoS: best_effort or reliable'),
     'qos_depth': (1, _I, True, 'input queue depth (1: always the newest frame)'),
@@ -82,9 +94,10 @@ PARAMETERS = {
 SETTINGS = {'backend': 'backend', 'device': 'device', 'fp16': 'fp16',
             'all_scores': 'all_scores', 'geometry': 'geometry', 'cuda_graphs': 'cuda_graphs',
             'threads': 'threads', 'engine_path': 'engine_path',
-            'force_engine_update': 'force_engine_update', 'max_pixels': 'max_frame_pixels'}
+            'force_engine_update': 'force_engine_update', 'max_pixels': 'max_frame_pixels',
+            'region': 'heatmap_region', 'band': 'high_res_band', 'flip': 'flip_average'}
 _ONE_OF = {'backend': BACKENDS, 'input_transport': TRANSPORTS,
-           'qos_reliability': RELIABILITIES, 'geometry': GEOMETRIES}
+           'qos_reliability': RELIABILITIES, 'geometry': GEOMETRIES, 'heatmap_region': REGIONS}
 
 
 def validate(name: str, value) -> None:
@@ -97,7 +110,7 @@ def validate(name: str, value) -> None:
         raise OodSegError(f'parameter device: {value!r} is not auto, cpu, cuda or cuda:N')
     if name in ('qos_depth', 'max_frame_pixels') and value < 1:
         raise OodSegError(f'parameter {name}: must be >= 1, got {value}')
-    if name in ('threads', 'warmup_runs', 'log_throttle_sec') and value < 0:
+    if name in ('threads', 'warmup_runs', 'log_throttle_sec', 'band_width') and value < 0:
         raise OodSegError(f'parameter {name}: must be >= 0, got {value}')
     if name in ('diagnostics_period', 'processing_budget_ms') and not value > 0:
         raise OodSegError(f'parameter {name}: must be > 0, got {value}')
@@ -111,6 +124,8 @@ def validate(name: str, value) -> None:
                           f'bundle default, got {value}')
     if name == 'input_size' and value:
         parse_size(value)
+    if name == 'band_rows' and value and value != 'auto':
+        parse_band_rows(value)
     if name == 'heatmap_score' and value and value not in ALL_SCORES:
         raise OodSegError(f'parameter heatmap_score: unknown score {value!r}; known: '
                           f'{", ".join(ALL_SCORES)}')
@@ -175,6 +190,9 @@ def check_set(params: List[Parameter], pipeline: Optional[Pipeline],
         if param.name in PARAMETERS:
             validate(param.name, param.value)
     score = next((q.value for q in params if q.name == 'heatmap_score'), None)
+    region = next((q.value for q in params if q.name == 'heatmap_region'), None)
+    if pipeline is not None and region is not None:
+        pipeline.region_state(region)           # raises where set_region would
     if pipeline is None or not score:
         return None
     if score in pipeline.backend.output_names:
@@ -192,7 +210,16 @@ def apply_set(cfg: dict, params: List[Parameter], pipeline: Optional[Pipeline],
     if rebuilt is not None:
         rebuilt.set_threshold(pipeline.threshold)
         pipeline = rebuilt
-    elif cfg['heatmap_score'] != pipeline.score_name:
+    names = {q.name for q in params}
+    if 'heatmap_region' in names and cfg['heatmap_region'] != pipeline.region:
+        # the mode's score, threshold and meta classifier, unless the set gives them
+        pipeline.set_region(cfg['heatmap_region'],
+                            score=cfg['heatmap_score'] if 'heatmap_score' in names else None,
+                            threshold=(cfg['segment_threshold'] or None)
+                            if 'segment_threshold' in names else None)
+        cfg.update(heatmap_score=pipeline.score_name, segment_threshold=pipeline.threshold)
+        return pipeline
+    if cfg['heatmap_score'] != pipeline.score_name:
         pipeline.set_score(cfg['heatmap_score'] or pipeline.runtime['heatmap_score'])
     pipeline.set_threshold(cfg['segment_threshold'] or pipeline.runtime['segment_threshold'])
     return pipeline
@@ -210,7 +237,8 @@ def pipeline_settings(cfg: Dict[str, object], score: Optional[str]) -> PipelineS
                           'models/camvid_lite0 is not installed; set model_path')
     return PipelineSettings(
         bundle=str(bundle), score=score or None, threshold=cfg['segment_threshold'] or None,
-        input_size=cfg['input_size'] or None,
+        input_size=cfg['input_size'] or None, band_rows=cfg['band_rows'] or None,
+        band_width=cfg['band_width'] or None,
         **{field: cfg[name] for field, name in SETTINGS.items()})
 
 
@@ -221,7 +249,9 @@ def node_parameters(settings: PipelineSettings,
     special = {'bundle': ('model_path', settings.bundle),
                'score': ('heatmap_score', settings.score or ''),
                'threshold': ('segment_threshold', float(settings.threshold or 0.0)),
-               'input_size': ('input_size', settings.input_size or '')}
+               'input_size': ('input_size', settings.input_size or ''),
+               'band_rows': ('band_rows', settings.band_rows or ''),
+               'band_width': ('band_width', int(settings.band_width or 0))}
     out = {}
     for field in fields:
         name, value = special.get(field) or (SETTINGS[field], getattr(settings, field))

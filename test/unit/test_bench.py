@@ -81,6 +81,20 @@ def test_json_overheads_are_the_ratios_of_the_times(bundle, capsys):
     assert len(res['load_average']) == 3
 
 
+def test_obstacle_costs_are_ratios_to_the_plain_pipeline(bundle, capsys):
+    rc, res = _bench(capsys, '--bundle', str(bundle), '--skip-model', '--obstacle',
+                     '--band-width', '192', '--height', '256', '--width', '384')
+    assert rc == 0
+    times, ratio = res['obstacle_ms'], res['obstacle_ratio']
+    assert set(times) == {'plain', 'drivable', 'drivable_band', 'flip',
+                          'whole_frame_at_band_resolution'}
+    for name, ms in times.items():
+        assert ms > 0 and ratio[name] == pytest.approx(ms / times['plain'], rel=1e-6)
+    # band rows 102-218 of 256 (0.40-0.85) at half width: 58 -> 64 rows, 192 wide
+    assert res['obstacle_band_input'] == '64x192'
+    assert res['obstacle_whole_frame_input'] == '128x192'
+
+
 @pytest.mark.parametrize('n', [1, 40, 1000])
 def test_segment_grid_has_n_components(n):
     labels, got = segment_grid((90, 120), n)

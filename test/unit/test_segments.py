@@ -14,7 +14,7 @@ MAPS = ('pgn_uni_p0.5', 'pgn_oh_p1')
 STATS = ('mean', 'mean_in', 'mean_bd', 'rel', 'rel_in', 'var', 'var_in', 'var_bd')
 
 
-def _brute_features(labels, n, probs, maps, map_names):
+def _brute_features(labels, n, probs, maps, map_names, region=None):
     """Compute the features with plain per-segment, per-pixel loops (independent)."""
     H, W = labels.shape
     n_cls = probs.shape[0]
@@ -78,6 +78,8 @@ def _brute_features(labels, n, probs, maps, map_names):
         feats.append(sum(c for _, c in pix) / S / W)
         for name in map_names:
             feats += block(lambda r, c, m=maps[name]: float(m[r, c]))
+        if region is not None:      # drivable_overlap: share of the pixels in the region
+            feats.append(sum(1 for r, c in pix if region[r, c]) / S)
         rows_out.append(feats)
     return np.array(rows_out, dtype=np.float64).reshape(n, -1)
 
@@ -116,10 +118,15 @@ def test_features_match_brute_force(seed):
     H, W = 40, 50
     labels, n = _blob_labels(rng, H, W)
     probs, maps = _random_frame(rng, H, W)
-    ext = SegmentFeatureExtractor(C, pgn_names=MAPS, moose=True)
-    got = ext.extract(labels, n, probs, maps)
-    want = _brute_features(labels, n, probs, maps, ext.map_names)
+    region = rng.random((H, W)) < 0.5
+    region[:H // 3] = False             # segments fully outside, partly and fully inside
+    region[-3:] = True
+    ext = SegmentFeatureExtractor(C, pgn_names=MAPS, moose=True, region=True)
+    got = ext.extract(labels, n, probs, maps, region=region)
+    want = _brute_features(labels, n, probs, maps, ext.map_names, region)
     assert got.shape == (n, len(ext.feature_names)) == want.shape
+    overlap = got[:, ext.feature_names.index('drivable_overlap')]
+    assert (overlap == 0).any() and ((overlap > 0) & (overlap < 1)).any()
     assert got.dtype == np.float64
     for j, name in enumerate(ext.feature_names):
         np.testing.assert_allclose(got[:, j], want[:, j], rtol=2e-5, atol=1e-6,
@@ -190,6 +197,8 @@ def test_feature_names():
     names = ext.feature_names
     assert len(names) == len(set(names)) == ext.n_features
     assert len(names) == 5 + 3 * 8 + 2 * 11 + 2 + 8 * len(ext.map_names)
+    with_region = SegmentFeatureExtractor(11, region=True).feature_names
+    assert with_region == names + ('drivable_overlap',)
     rng = np.random.default_rng(0)
     probs = rng.dirichlet(np.ones(11), size=(6, 7)).transpose(2, 0, 1).astype(np.float32)
     maps = {m: rng.normal(size=(6, 7)) for m in ext.map_names}

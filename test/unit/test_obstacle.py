@@ -1,0 +1,234 @@
+"""Obstacle mode: the drivable prior on a hand-made label map, band crop and fusion, flips."""
+
+import math
+
+import cv2
+from model_helpers import save_tiny_bundle
+import numpy as np
+from ood_seg_ros.errors import OodSegError
+from ood_seg_ros.evaluate import calibration_update
+from ood_seg_ros.obstacle import (band_input_size, drivable_ids, drivable_mask, fill_rows,
+                                  fuse_band, ObstacleSettings, parse_band_rows,
+                                  region_distance, region_weight)
+from ood_seg_ros.pipeline import Letterbox, normalise, Pipeline, runtime_for_size
+import pytest
+
+pytestmark = pytest.mark.usefixtures('torch_threads')
+CAMVID = ['Sky', 'Building', 'Pole', 'Road', 'Pavement', 'Tree', 'SignSymbol', 'Fence',
+          'Car', 'Pedestrian', 'Bicyclist']
+CITYSCAPES = ['road', 'sidewalk', 'building', 'wall', 'fence', 'pole', 'traffic light',
+              'traffic sign', 'vegetation', 'terrain', 'sky', 'person', 'rider', 'car']
+SKY, ROAD, PAVE, CAR = 0, 3, 4, 8
+H, W = 96, 128
+
+
+def _one_hot(labels, n=len(CAMVID)):
+    return np.eye(n, dtype=np.float32)[labels].transpose(2, 0, 1)
+
+
+def _hand_made():
+    """Return a 12 x 16 scene: sky, a road widening downwards, a car on it, a pavement."""
+    lab = np.full((12, 16), SKY, np.int64)
+    for r in range(4, 12):
+        lab[r, 7 - (r - 4):9 + (r - 4)] = ROAD            # cols 7-8 in row 4, 0-15 in 11
+    lab[7:9, 6:10] = CAR                                   # a car on the road: a hole
+    lab[6, 7:9] = CAR                                       # row 6: road left and right of it
+    lab[5, 12:16] = PAVE
+    return lab
+
+
+def test_class_lookup_by_name_for_camvid_and_cityscapes():
+    assert drivable_ids(CAMVID, ['Road']).tolist() == [ROAD]
+    assert drivable_ids(CAMVID, ['road', 'PAVEMENT', 'sidewalk']).tolist() == [ROAD, PAVE]
+    assert drivable_ids(CITYSCAPES, ['Road', 'Sidewalk']).tolist() == [0, 1]
+    assert drivable_ids(CITYSCAPES, ['Pavement']).size == 0
+
+
+def test_prior_against_a_hand_made_label_map():
+    lab = _hand_made()
+    st = ObstacleSettings(close=0.0, margin=0.0)
+    mask = drivable_mask(_one_hot(lab), drivable_ids(CAMVID, ['Road']), st)
+    want = np.zeros_like(mask)
+    for r in range(4, 12):                                  # rows filled end to end
+        want[r, 7 - (r - 4):9 + (r - 4)] = True
+    np.testing.assert_array_equal(mask, want)               # the car's hole is filled
+    assert not mask[5, 12:].any()                           # pavement is not road ...
+    with_pave = drivable_mask(_one_hot(lab), drivable_ids(CAMVID, ['Road', 'Pavement']), st)
+    assert with_pave[5, 6:16].all() and not with_pave[5, :6].any()   # ... unless asked
+    # Widening and fall-off against distances computed pixel by pixel.
+    st = ObstacleSettings(close=0.0, margin=1.5 / 16, falloff=2.0 / 16, floor=0.05)
+    dist = region_distance(mask)
+    widened, weight = region_weight(dist, st)
+    inside = list(zip(*np.nonzero(mask)))
+    for r in range(12):
+        for c in range(16):
+            d = min(math.hypot(r - rr, c - cc) for rr, cc in inside)
+            assert dist[r, c] == pytest.approx(d, abs=1e-3)
+            assert widened[r, c] == (d <= 1.5)
+            want_w = 1.0 if d <= 1.5 else max(0.05, math.exp(-(d - 1.5) / 2.0))
+            assert weight[r, c] == pytest.approx(want_w, abs=1e-4)
+    assert weight[0, 0] == pytest.approx(0.05)               # far sky: the floor, not 0
+
+
+def test_closing_bridges_a_row_without_road():
+    lab = np.full((10, 12), SKY, np.int64)
+    lab[3:10, 2:10] = ROAD
+    lab[6] = CAR                                             # a whole row seen as car
+    ids = drivable_ids(CAMVID, ['Road'])
+    open_mask = drivable_mask(_one_hot(lab), ids, ObstacleSettings(close=0.0))
+    assert not open_mask[6].any()
+    closed = drivable_mask(_one_hot(lab), ids, ObstacleSettings(close=3 / 12))
+    assert closed[6, 2:10].all() and not closed[6, :2].any() and not closed[:3].any()
+    assert fill_rows(np.zeros((2, 3), bool)).sum() == 0
+
+
+def test_band_rows_and_sizes():
+    assert parse_band_rows('0.4:0.85') == (0.4, 0.85)
+    assert parse_band_rows([0.0, 1.0]) == (0.0, 1.0)
+    for bad in ('0.9:0.4', 'x', '0.1:1.5', [0.2]):
+        with pytest.raises(OodSegError, match='band rows'):
+            parse_band_rows(bad)
+    assert band_input_size((1024, 2048), (0.4, 0.85)) == (464, 2048)
+    assert band_input_size((1024, 2048), (0.4, 0.85), 1024) == (240, 1024)
+    st = ObstacleSettings.from_runtime({'obstacle': {'band_rows': 'auto'}})
+    assert st.band_auto and st.band_rows == (0.4, 0.85)
+    with pytest.raises(OodSegError, match='fusion'):
+        ObstacleSettings.from_runtime({}, band_fusion='min')
+
+
+@pytest.fixture(scope='module')
+def bundle(tmp_path_factory):
+    return save_tiny_bundle(tmp_path_factory.mktemp('bundle') / 'b', (H, W))
+
+
+def test_band_crop_and_fusion_against_cropping_by_hand(bundle):
+    pipe = Pipeline.from_bundle(bundle, backend='torch', device='cpu', band=True,
+                                band_rows='0.4:0.85', band_width=200)
+    rng = np.random.default_rng(3)
+    frame = rng.integers(0, 255, (100, 400, 3), dtype=np.uint8)
+    out = pipe.infer(frame)
+    assert out['band_rows'] == (0.4, 0.85)
+    # By hand: rows 40..85 of the frame, fitted into the band network input.
+    crop = frame[40:85]
+    size = band_input_size(frame.shape[:2], (0.4, 0.85), 200)
+    assert size == (32, 208)
+    box = Letterbox.fit(crop.shape[:2], size)
+    be = pipe.band_backend(frame.shape[:2], (0.4, 0.85))
+    assert be.input_size == size and be.model is pipe.backend.model   # shared network
+    hand = box.crop(be.infer(box.place(crop)))
+    name = pipe.score_name
+    np.testing.assert_array_equal(out['band'][name], hand[name])
+    # Fusion at frame size: the first pass upsampled, the band's rows its maximum with
+    # the band map resized to them (bilinear).
+    first = cv2.resize(out[name], (400, 100), interpolation=cv2.INTER_LINEAR)
+    band = cv2.resize(hand[name], (400, 45), interpolation=cv2.INTER_LINEAR)
+    fused = first.copy()
+    fused[40:85] = np.maximum(first[40:85], band)
+    np.testing.assert_allclose(pipe.heat_at(out, (100, 400)), fused, atol=1e-6)
+    assert (fused[40:85] > first[40:85]).any()               # the band changed something
+    res = pipe.process(frame)
+    np.testing.assert_allclose(res.heatmap, normalise(fused, *pipe.norm), atol=1e-6)
+    # Decoder grid: outside the band rows the first pass, inside at least it.
+    low = pipe.heat_low(out)
+    r0, r1 = round(0.4 * low.shape[0]), round(0.85 * low.shape[0])
+    np.testing.assert_array_equal(low[:r0], out[name][:r0])
+    np.testing.assert_array_equal(low[r1:], out[name][r1:])
+    assert (low[r0:r1] >= out[name][r0:r1]).all()
+    mean = fuse_band(out[name], hand[name], (0.4, 0.85), 'mean')
+    assert mean.shape == low.shape
+
+
+def test_flip_average_by_hand(bundle):
+    plain = Pipeline.from_bundle(bundle, backend='torch', device='cpu')
+    flip = Pipeline.from_bundle(bundle, backend='torch', device='cpu', flip=True)
+    frame = np.random.default_rng(6).integers(0, 255, (H, W, 3), dtype=np.uint8)
+    a = plain.backend.infer(frame)
+    b = plain.backend.infer(np.ascontiguousarray(frame[:, ::-1]))
+    got = flip.infer(frame)
+    name = plain.score_name
+    np.testing.assert_allclose(got[name], 0.5 * (a[name] + b[name][:, ::-1]), atol=1e-6)
+    np.testing.assert_allclose(got['probs'], 0.5 * (a['probs'] + b['probs'][..., ::-1]),
+                               atol=1e-6)
+    np.testing.assert_array_equal(got['semantic'], a['semantic'])
+
+
+def test_region_mode_switch_and_calibration_per_region(bundle):
+    pipe = Pipeline.from_bundle(bundle, backend='torch', device='cpu', all_scores=True)
+    frame = np.random.default_rng(7).integers(0, 255, (H, W, 3), dtype=np.uint8)
+    out = pipe.infer(frame)
+    name = pipe.score_name
+    h, w = out[name].shape
+    road = np.full((h, w), SKY, np.int64)
+    road[:, :w // 2] = ROAD                                   # the left half is road
+    out['probs'] = 0.5 * out['probs'] + 0.5 * _one_hot(road, out['probs'].shape[0])
+    out['drivable'], out['region_weight'] = pipe._region(out['probs'])
+    assert out['drivable'][:, :w // 2].all() and not out['drivable'][:, -2:].any()
+    assert pipe.region == 'all'
+    np.testing.assert_array_equal(pipe.heat_low(out), out[name])
+    pipe.set_threshold(0.05)
+    n_all = pipe.segment(out)[2]
+    backend = pipe.backend
+    pipe.set_region('drivable')
+    assert pipe.backend is backend and pipe.region == 'drivable'
+    lo = pipe.base_lo(name)
+    np.testing.assert_allclose(pipe.heat_low(out),
+                               np.maximum(out[name] - lo, 0) * out['region_weight'], atol=1e-7)
+    # segments in this mode touch the widened drivable region
+    pipe.set_threshold(0.05)
+    _, labels, n, feats = pipe.segment(out)
+    assert 0 < n
+    col = pipe.extractor.feature_names.index('drivable_overlap')
+    for k in range(1, n + 1):
+        assert (out['drivable'] & (labels == k)).any()
+    assert (feats[:, col] > 0).all() and n_all > 0
+    with pytest.raises(OodSegError, match='heatmap region'):
+        pipe.set_region('sky')
+    assert pipe.region == 'drivable'                           # refused: nothing changed
+    runtime = {'heatmap_score': 'msp', 'normalisation': {'msp': [0.1, 0.9]},
+               'segment_threshold': 0.6,
+               'sizes': {'96x128': {'regions': {'drivable': {
+                   'heatmap_score': 'msp', 'normalisation': {'msp': [0.0, 0.4]},
+                   'segment_threshold': 0.3}}}}}
+    rt, calibrated = runtime_for_size(runtime, (96, 128), 'drivable')
+    assert calibrated and rt['segment_threshold'] == 0.3
+    assert rt['normalisation'] == {'msp': [0.0, 0.4]}
+    assert rt['base_normalisation'] == {'msp': [0.1, 0.9]}
+    rt, calibrated = runtime_for_size(runtime, (96, 128))
+    assert rt['segment_threshold'] == 0.6 and rt['normalisation'] == {'msp': [0.1, 0.9]}
+    rt, calibrated = runtime_for_size(runtime, (64, 64), 'drivable')
+    assert not calibrated and rt['normalisation'] == {'msp': [0.0, pytest.approx(0.8)]}
+    # a drivable calibration is stored beside the size's own, the top level untouched
+    cal = {'heatmap_score': 'msp', 'normalisation': {'msp': [0.0, 0.5]},
+           'segment_threshold': 0.4, 'calibrated_size': '96x128', 'region': 'drivable',
+           'calibration': {}}
+    upd = calibration_update(runtime, cal, [96, 128])
+    assert set(upd) == {'sizes'}
+    assert upd['sizes']['96x128']['regions']['drivable']['segment_threshold'] == 0.4
+    upd = calibration_update({**runtime, **upd}, dict(cal, region='all'), [96, 128])
+    assert upd['segment_threshold'] == 0.4 and 'drivable' in upd['sizes']['96x128']['regions']
+
+
+def test_bundle_schema_checks_region_calibration_and_obstacle_settings():
+    from ood_seg_ros.schema import validate_bundle
+    good = {'format_version': 1, 'config': {}, 'runtime': {
+        'obstacle': {'drivable_classes': ['Road', 'Pavement'], 'band_rows': [0.4, 0.85],
+                     'band_fusion': 'max'},
+        'sizes': {'360x480': {'segment_threshold': 0.5, 'regions': {'drivable': {
+            'heatmap_score': 'msp', 'normalisation': {'msp': [0.0, 1.0]},
+            'segment_threshold': 0.4}}}}}}
+    validate_bundle(good, 'bundle.json')
+    bad = json_copy(good)
+    bad['runtime']['sizes']['360x480']['regions']['drivable']['segment_threshold'] = 1.5
+    bad['runtime']['obstacle']['band_fusion'] = 'min'
+    bad['runtime']['obstacle']['margn'] = 0.1
+    with pytest.raises(OodSegError) as err:
+        validate_bundle(bad, 'bundle.json')
+    text = str(err.value)
+    assert '3 bad fields' in text and 'regions.drivable.segment_threshold' in text
+    assert 'obstacle.margn: unknown key' in text and 'obstacle.band_fusion' in text
+
+
+def json_copy(doc):
+    """Return a deep copy of a JSON document."""
+    import json
+    return json.loads(json.dumps(doc))
