@@ -36,7 +36,6 @@ from .viz import overlay
 OBSTACLE_KEYS = ('drivable', 'region_weight', 'band', 'band_rows')
 
 
-
 def _nan_to_none(x):
     if isinstance(x, float) and (math.isnan(x) or math.isinf(x)):
         return None

@@ -98,7 +98,11 @@ def check_held_out(bundle_info: dict, roots: Iterable, purpose: str) -> None:
 
 
 def trained_on(bundle_info: dict, root):
-    """(dataset, split, trained dataset, its splits) when ``root`` was built from trained frames."""
+    """
+    Return (dataset, split, trained dataset, its splits) if ``root`` holds trained frames.
+
+    None when the set was not built from a split the bundle trained on (or from no split).
+    """
     dataset, split = dataset_source(root)
     if not split:
         return None
