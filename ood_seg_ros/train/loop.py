@@ -313,7 +313,7 @@ class Trainer:
         aug_gen = torch.Generator().manual_seed(cfg.seed * 7919 + self.epoch)
         stale = 0
         t_start = time.time()
-        step_seconds = []
+        step_seconds, step_cpu = [], []
         if cfg.device == 'auto' and self.device.type == 'cuda':
             torch.backends.cudnn.benchmark = True
         while self.epoch < cfg.epochs and self.step < self.total_steps():
@@ -328,7 +328,7 @@ class Trainer:
             for i in bar:
                 if self.step >= total:
                     break
-                t_step = time.time()
+                t_step, c_step = time.time(), time.process_time()
                 b = ids[i:i + cfg.batch_size].to(self.device)
                 x, (y, ood) = augment_batch(self.images[b], [self.labels[b], self.ood[b]],
                                             tuple(cfg.crop), tuple(cfg.scale),
@@ -345,6 +345,7 @@ class Trainer:
                 self.step += 1
                 losses.append(loss.item())
                 step_seconds.append(time.time() - t_step)
+                step_cpu.append(time.process_time() - c_step)
                 bar.set_postfix(loss=f'{losses[-1]:.3f}')
             self.epoch += 1
             if cfg.time_limit_min and self.epoch == 2 and losses:
@@ -395,7 +396,7 @@ class Trainer:
             self._save_bundle(final, {'epoch': self.epoch, 'best_val_miou': self.best})
         return {'bundle': str(final), 'best_bundle': str(self.out / 'best'),
                 'best_val_miou': self.best, 'epochs': self.epoch, 'steps': self.step,
-                **step_timing(step_seconds, cfg)}
+                **step_timing(step_seconds, step_cpu, cfg)}
 
     def _save_bundle(self, path: Path, extra: dict):
         info = stage_provenance(self.provenance, self.cfg, self.device, extra)
@@ -444,16 +445,22 @@ class Trainer:
         self.log(f'resumed from {path} at epoch {self.epoch}, step {self.step}')
 
 
-def step_timing(seconds: List[float], cfg: TrainConfig) -> Dict:
+def step_timing(seconds: List[float], cpu: List[float], cfg: TrainConfig) -> Dict:
     """
     Seconds per optimiser step of this run (median, the first step left out as warm-up).
 
-    With the batch size, crop, frozen stages and the 1-minute load average, so that a
-    ``--max-steps`` run measures the cost of a schedule (``ood-seg train-base --json``).
+    Wall seconds and process CPU seconds (all threads; on a shared machine the wall time
+    grows with the load, the CPU time much less), with the batch size, crop, frozen
+    stages, thread count and the 1-minute load average, so that a ``--max-steps`` run
+    measures the cost of a schedule (``ood-seg train-base --json``).
     """
-    timed = seconds[1:] if len(seconds) > 1 else seconds
-    return {'seconds_per_step': round(float(np.median(timed)), 3) if timed else None,
-            'timed_steps': len(timed), 'batch_size': cfg.batch_size, 'crop': list(cfg.crop),
+    def med(v):
+        v = v[1:] if len(v) > 1 else v
+        return round(float(np.median(v)), 3) if v else None
+
+    return {'seconds_per_step': med(seconds), 'cpu_seconds_per_step': med(cpu),
+            'timed_steps': max(0, len(seconds) - 1), 'batch_size': cfg.batch_size,
+            'crop': list(cfg.crop),
             'freeze_stages': cfg.freeze_stages, 'threads': torch.get_num_threads(),
             'load_avg_1min': round(os.getloadavg()[0], 2)}
 

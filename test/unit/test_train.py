@@ -210,7 +210,8 @@ def test_frozen_stages_get_no_gradient_and_keep_their_statistics(tmp_path):
     before = {k: v.clone() for k, v in tr.model.state_dict().items()}
     result = tr.run()
     assert result['steps'] == 2 and result['freeze_stages'] == 2
-    assert result['seconds_per_step'] > 0 and result['batch_size'] == 2
+    assert result['seconds_per_step'] > 0 and result['cpu_seconds_per_step'] > 0
+    assert result['batch_size'] == 2 and result['timed_steps'] == 1
     assert all(not p.requires_grad and p.grad is None for m in frozen for p in m.parameters())
     frozen_keys = {f'backbone.{n}.' for n, m in bb.named_modules() if m in frozen and n}
     after = tr.model.state_dict()
