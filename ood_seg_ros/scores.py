@@ -46,12 +46,24 @@ def parse_pgn_name(name: str):
     return mode, float(p[1:])
 
 
+def deep_pgn_name(mode: str, p: float) -> str:
+    """Name of a deeper-layer PGN map (:func:`log_deep_pgn`), e.g. ``pgn_deep_uni_p0.5``."""
+    return 'pgn_deep_' + pgn_name(mode, p)[len('pgn_'):]
+
+
+def parse_deep_pgn_name(name: str):
+    """Inverse of :func:`deep_pgn_name`: ``'pgn_deep_oh_p2'`` -> ``('oh', 2.0)``."""
+    return parse_pgn_name('pgn_' + name[len('pgn_deep_'):])
+
+
 # -- the score table ---------------------------------------------------------------------
 # Graph parts a score needs besides the global logits: the MOoSe probes, the decoder
 # features ψ (PGN) and per-class max-logit statistics (SML).
 NEEDS_PROBES, NEEDS_PSI, NEEDS_SML = 'probes', 'psi', 'sml_stats'
 # Training-split mean and standard deviation of a fused score's members (FUSED below).
 NEEDS_STATS = 'score_stats'
+# Deeper-layer PGN also needs the input of the last convolution before the classifier.
+NEEDS_DEEP = 'deep_input'
 # Natural ranges, as functions of the class count C: probability-like scores lie in
 # [0, 1 - 1/C], entropy-like ones in [0, log C]; the others need calibrated constants.
 NATURAL_RANGES = {'prob': lambda c: (0.0, 1.0 - 1.0 / c),
@@ -64,8 +76,9 @@ class ScoreSpec:
     One score map of the graph.
 
     ``family``: 'global' (one head), 'moose' (probes + global head), 'pgn', 'fused' (the
-    mean of standardised ``members``) or 'spatial' (a post-processed ``base`` map,
-    ``kind`` bs/ds/bsds). ``natural``: key of
+    mean of standardised ``members``), 'spatial' (a post-processed ``base`` map,
+    ``kind`` bs/ds/bsds) or 'pgn_deep' (PGN of the layer before the classifier,
+    :func:`log_deep_pgn`). ``natural``: key of
     :data:`NATURAL_RANGES`, or None when the range must be calibrated. ``needs``: graph
     parts (``NEEDS_*``) the map is computed from, a spatial map's base included.
     ``mode``, ``p``: the PGN label mode and exponent.
@@ -111,6 +124,11 @@ def _table() -> Dict[str, ScoreSpec]:
         for k in SPATIAL_KINDS:
             name = f'{b}_{k}'
             by_name[name] = ScoreSpec(name, 'spatial', by_name[b].needs, base=b, kind=k)
+    deep = frozenset({NEEDS_PSI, NEEDS_DEEP})
+    for m in PGN_MODES:
+        for p in PGN_PS:
+            name = deep_pgn_name(m, p)
+            by_name[name] = ScoreSpec(name, 'pgn_deep', deep, mode=m, p=p)
     return by_name
 
 
@@ -161,7 +179,9 @@ GLOBAL_SCORES = of_family('global')
 MOOSE_SCORES = of_family('moose')
 ALL_PGN_SCORES = of_family('pgn')
 SPATIAL_SCORES = of_family('spatial')
-BASE_SCORES = GLOBAL_SCORES + MOOSE_SCORES + ALL_PGN_SCORES + FUSED_SCORES
+DEEP_PGN_SCORES = of_family('pgn_deep')
+BASE_SCORES = (GLOBAL_SCORES + MOOSE_SCORES + ALL_PGN_SCORES + FUSED_SCORES
+               + DEEP_PGN_SCORES)
 ALL_SCORES = tuple(SCORES)
 # Scores that need per-class max-logit statistics (``ModelConfig.sml_stats``).
 SML_SCORES = tuple(n for n in BASE_SCORES if NEEDS_SML in SCORES[n].needs)
@@ -407,7 +427,17 @@ def _log_feature_pnorms(psi: torch.Tensor, ps: Sequence[float],
     √|ψ| (p = 0.5), else exp(p log|ψ|) with log|ψ| and sign|ψ| computed once and shared
     by those p (Log, Sign and Exp are the slow element-wise ops of CPU runtimes).
     """
-    a = psi.float().abs()
+    out = []
+    for p, s in zip(ps, channel_power_sums(psi, ps)):
+        if with_bias:
+            s = s + 1.0
+        out.append(torch.log(s.clamp_min(_TINY)) / p)
+    return out
+
+
+def channel_power_sums(x: torch.Tensor, ps: Sequence[float]) -> List[torch.Tensor]:
+    """Σ_e |x_e|^p per pixel for each p, float32; x (B, E, H, W) -> list of (B, H, W)."""
+    a = x.float().abs()
     log_a = nonzero = None
     out = []
     for p in ps:
@@ -422,10 +452,7 @@ def _log_feature_pnorms(psi: torch.Tensor, ps: Sequence[float],
                 log_a = torch.log(a.clamp_min(_TINY))
                 nonzero = torch.sign(a)
             terms = _pow_terms(log_a, nonzero, p)
-        s = channel_sum(terms)
-        if with_bias:
-            s = s + 1.0
-        out.append(torch.log(s.clamp_min(_TINY)) / p)
+        out.append(channel_sum(terms))
     return out
 
 
@@ -465,6 +492,93 @@ def log_pgn(logits: torch.Tensor, psi: torch.Tensor, names: Iterable[str],
         errs = log_error_pnorms(logits, mode, mode_ps, exact, logp)
         for p, log_g in zip(mode_ps, errs):
             out[pgn_name(mode, p)] = log_g + feat[p]
+    return out
+
+
+# -- PGN of the layer before the classifier (paper appendix A.2) ----------------------
+
+def error_vector(logits: torch.Tensor, mode: str, exact: bool = False,
+                 logp: torch.Tensor = None) -> torch.Tensor:
+    """
+    Return the signed error vector g (B, C, H, W) of :func:`log_error_pnorms`, float32.
+
+    Paper: oh g_h = σ_h (1 - δ_{h,ŷ}), uni g_h = (C - 1)/C σ_h; ``exact``: g = σ - y.
+    """
+    z = logits.float()
+    c = z.shape[1]
+    sigma = (log_softmax(z, 1) if logp is None else logp).exp()
+    if mode == 'oh':
+        onehot = one_hot(z.max(1).indices, c, z.dtype)
+        return sigma - onehot if exact else sigma * (1.0 - onehot)
+    if mode == 'uni':
+        return sigma - 1.0 / c if exact else sigma * ((c - 1.0) / c)
+    raise ValueError(f'unknown PGN label mode {mode!r}; use one of {PGN_MODES}')
+
+
+@dataclass(frozen=True)
+class DeepLayer:
+    """
+    The layer before the classifier, as :func:`log_deep_pgn` needs it.
+
+    ``classifier`` (C, E) weight K of the final 1x1 conv; ``bn_scale`` (E,) γ / √(var + ε)
+    of the BatchNorm after the layer's convolution (its weight gradient runs through
+    it); ``kernel`` / ``dilation``: that convolution's window ('same' zero padding).
+    """
+
+    classifier: torch.Tensor
+    bn_scale: torch.Tensor
+    kernel: int = 1
+    dilation: int = 1
+
+
+def window_sum(s: torch.Tensor, kernel: int, dilation: int = 1) -> torch.Tensor:
+    """Σ over each pixel's ``kernel`` x ``kernel`` (dilated) window, zero padded; (B, H, W)."""
+    if kernel == 1:
+        return s
+    ones = s.new_ones(1, 1, kernel, kernel)
+    pad = dilation * (kernel - 1) // 2
+    return F.conv2d(s.unsqueeze(1), ones, padding=pad, dilation=dilation).squeeze(1)
+
+
+def log_deep_pgn(logits: torch.Tensor, psi: torch.Tensor, phi: torch.Tensor,
+                 layer: DeepLayer, names: Iterable[str], exact: bool = False,
+                 logp: torch.Tensor = None) -> Dict[str, torch.Tensor]:
+    """
+    Compute log ‖∂L_ab/∂W‖_p for the ``pgn_deep_<mode>_p<p>`` names; (B, h, w) each.
+
+    W is the weight of the last convolution before the classifier K:
+    ψ = ReLU(BN(W ∗ φ)), logits = K ψ + b (``psi`` the block output, ``phi`` the
+    convolution's input, ``layer`` the rest). Per pixel (a, b) the chain rule gives
+    (paper eq. 19; it is 1x1 after W, so only ψ_ab depends on W through L_ab)
+
+        ∂L_ab/∂W_{f,e,u,v} = δ_f · φ_e(a + u', b + v'),
+        δ = (Kᵀ g) ⊙ 1[ψ > 0] ⊙ γ / √(var + ε)   (BN in eval mode, ψ > 0 ⇔ pre-ReLU > 0)
+
+    with (u', v') the dilated window offsets. A rank-one tensor, so its L^p norm factorises
+    (eq. 20): ‖∇‖_p = ‖δ‖_p · (Σ_window Σ_e |φ_e|^p)^{1/p}; a 1x1 convolution (the
+    pointwise half of a depthwise-separable block) has the one-pixel window
+    ‖δ‖_p · ‖φ‖_p. The depthwise 3x3 weight of such a block does not factorise (its
+    channel index is shared by both factors) and is not offered. The convolution has
+    no bias. g: :func:`error_vector`. Returned in the log domain, like :func:`log_pgn`.
+    """
+    wanted = [parse_deep_pgn_name(n) for n in names]
+    if not wanted:
+        return {}
+    ps = sorted({p for _, p in wanted})
+    sums = channel_power_sums(phi, ps)
+    feat = {p: torch.log(window_sum(s, layer.kernel, layer.dilation).clamp_min(_TINY)) / p
+            for p, s in zip(ps, sums)}
+    k = layer.classifier.float()
+    gate = torch.sign(psi.float()) * layer.bn_scale.float().view(1, -1, 1, 1)
+    out = {}
+    for mode in PGN_MODES:
+        mode_ps = sorted({p for m, p in wanted if m == mode})
+        if not mode_ps:
+            continue
+        g = error_vector(logits, mode, exact, logp)
+        delta = torch.matmul(k.t(), g.flatten(2)).view_as(gate) * gate
+        for p, s in zip(mode_ps, channel_power_sums(delta, mode_ps)):
+            out[deep_pgn_name(mode, p)] = torch.log(s.clamp_min(_TINY)) / p + feat[p]
     return out
 
 

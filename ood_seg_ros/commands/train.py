@@ -53,6 +53,9 @@ class TrainCommand(Command):
             parser.add_argument('--probe-depth', type=int, default=1)
             parser.add_argument('--probe-channels', type=int, default=256)
             parser.add_argument('--probe-separable', action='store_true')
+            parser.add_argument('--freeze-stages', type=int, default=0,
+                                help='freeze the first N backbone stages (the stem with the '
+                                     'first): no gradients, BN statistics fixed (default 0)')
         if name == 'train-probes':
             parser.add_argument('--patience', type=int, default=d['patience'],
                                 help='stop after N epochs without probe mIoU gain')
@@ -108,6 +111,7 @@ class TrainCommand(Command):
             patience=getattr(args, 'patience', 0))
         if stage == 'base':
             cfg.imagenet = args.imagenet
+            cfg.freeze_stages = args.freeze_stages
             from ..model.config import parse_size
             cfg.model = {'backbone': args.backbone, 'output_stride': args.output_stride,
                          'input_size': list(parse_size(args.input_size)),

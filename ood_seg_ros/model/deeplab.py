@@ -3,7 +3,8 @@ DeepLabv3+ with MOoSe contextual probes and an in-graph anomaly score head.
 
 Shapes for an input (B, 3, H, W) at output stride 16: ASPP at ~H/16, decoder at ~H/4.
 The final 1x1 convolution ``classifier`` (decoder features ψ, E = ``decoder_channels``,
--> C logits) is the layer whose gradient norms PGN measures.
+-> C logits) is the layer whose gradient norms PGN measures; the deeper-layer PGN maps
+measure the last convolution before it (:meth:`OodSegNet.deep_layer`).
 """
 
 from typing import Dict, List, Sequence, Tuple
@@ -213,22 +214,62 @@ class OodSegNet(nn.Module):
         for p in self.probes.parameters():
             p.requires_grad_(True)
 
+    # -- the layer before the classifier (deeper-layer PGN) ----------------------------
+    def _last_conv_index(self) -> int:
+        """Index of the last Conv2d in the decoder's last block (pointwise if separable)."""
+        block = self.decoder[-1]
+        return max(i for i, m in enumerate(block) if isinstance(m, nn.Conv2d))
+
+    def decode(self, y: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Run the decoder on ``y``; return (ψ, φ = the input of the last conv before K)."""
+        block, i = self.decoder[-1], self._last_conv_index()
+        phi = y
+        for layer in list(self.decoder)[:-1] + list(block)[:i]:
+            phi = layer(phi)
+        psi = phi
+        for layer in list(block)[i:]:
+            psi = layer(psi)
+        return psi, phi
+
+    def deep_layer(self) -> S.DeepLayer:
+        """
+        K, BN scale and window of the last conv before K (:func:`scores.log_deep_pgn`).
+
+        The BN scale γ / √(var + ε) comes from the BatchNorm after the conv, or, once
+        :func:`ood_seg_ros.model.fold.fold_batch_norms` has folded it, from the
+        ``bn_scale`` buffer it leaves on the folded conv.
+        """
+        block, i = self.decoder[-1], self._last_conv_index()
+        conv, bn = block[i], block[i + 1]
+        if isinstance(bn, nn.BatchNorm2d):
+            scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+        else:
+            scale = conv.bn_scale
+        k = self.classifier.weight
+        return S.DeepLayer(k.view(k.shape[0], k.shape[1]), scale, conv.kernel_size[0],
+                           conv.dilation[0])
+
     # -- forward ---------------------------------------------------------------------
     def features(self, x: torch.Tensor, with_probes: bool):
         """Run the network; return (logits at decoder res, ψ, probe logits at ASPP res)."""
+        logits, psi, _, probe_logits = self.features_deep(x, with_probes)
+        return logits, psi, probe_logits
+
+    def features_deep(self, x: torch.Tensor, with_probes: bool):
+        """:meth:`features` plus φ, the input of the last conv before K: (z, ψ, φ, probes)."""
         x = (x - self.mean) / self.std
         low, high = self.backbone(x)
         aspp, branches, pooled = self.aspp(high)
         low = self.low_project(low)
         y = torch.cat([upsample(aspp, low.shape[-2:]), low], 1)
-        psi = self.decoder(y)
+        psi, phi = self.decode(y)
         logits = self.classifier(psi)
         probe_logits = []
         if with_probes:
             for probe, branch in zip(self.probes, branches):
                 # Probe inputs are detached: probes never send gradient into the base.
                 probe_logits.append(probe(branch.detach(), pooled.detach()))
-        return logits, psi, probe_logits
+        return logits, psi, phi, probe_logits
 
     def forward_train(self, x: torch.Tensor, with_probes: bool = True):
         """Training forward: (global logits at input size, probe logits at input size)."""
@@ -251,7 +292,7 @@ class OodSegNet(nn.Module):
         # Base maps needed: those requested and those a requested variant starts from.
         base = S.base_maps(want)
         parts = S.needs(base)
-        logits_low, psi, probe_low = self.features(x, S.NEEDS_PROBES in parts)
+        logits_low, psi, phi, probe_low = self.features_deep(x, S.NEEDS_PROBES in parts)
         logits = upsample(logits_low, size)
         # max(1).indices is faster than argmax(1) on CPU and exports to ArgMax.
         out = {'semantic': logits.max(1).indices.int()}
@@ -260,9 +301,10 @@ class OodSegNet(nn.Module):
         names = [n for n in base if S.SCORES[n].family == 'global']
         pgn = [n for n in base if S.SCORES[n].family == 'pgn']
         moose = [n for n in base if S.SCORES[n].family == 'moose']
+        deep = [n for n in base if S.SCORES[n].family == 'pgn_deep']
         # One log-softmax of the global head, shared by probs, global scores and PGN.
         logp = (S.log_softmax(logits_low.float(), 1)
-                if 'probs' in want or names or pgn else None)
+                if 'probs' in want or names or pgn or deep else None)
         if 'probs' in want:
             out['probs'] = logp.exp()
         global_fn, moose_fn, pgn_fn = self._score_fns
@@ -279,6 +321,9 @@ class OodSegNet(nn.Module):
         if pgn:
             out.update(pgn_fn(logits_low, psi, pgn, self.config.pgn_exact,
                               self.config.pgn_bias, logp))
+        if deep:
+            out.update(S.log_deep_pgn(logits_low, psi, phi, self.deep_layer(), deep,
+                                      self.config.pgn_exact, logp))
         for name in (n for n in base if S.SCORES[n].family == 'fused'):
             out[name] = S.fused_score(out, S.SCORES[name].members, self.score_stats)
         if spatial:

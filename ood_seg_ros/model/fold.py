@@ -8,6 +8,7 @@ MOoSe probes are left as they are: their first convolution is applied in two par
 (:class:`ood_seg_ros.model.deeplab.Probe`).
 """
 
+import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
@@ -18,7 +19,11 @@ def _fold_pair(owner: nn.Module, conv_name: str, bn_name: str) -> bool:
     conv, bn = getattr(owner, conv_name, None), getattr(owner, bn_name, None)
     if not isinstance(conv, nn.Conv2d) or not isinstance(bn, nn.BatchNorm2d):
         return False
-    setattr(owner, conv_name, fuse_conv_bn_eval(conv, bn))
+    fused = fuse_conv_bn_eval(conv, bn)
+    # The BN scale γ / √(var + ε), kept for the deeper-layer PGN (OodSegNet.deep_layer).
+    fused.register_buffer('bn_scale', (bn.weight / torch.sqrt(bn.running_var + bn.eps))
+                          .detach().clone(), persistent=False)
+    setattr(owner, conv_name, fused)
     setattr(owner, bn_name, nn.Identity())
     return True
 

@@ -63,6 +63,7 @@ class TrainConfig:
     val_every: int = 1                  # validate every N epochs (and at the end)
     model: Dict = field(default_factory=dict)   # ModelConfig overrides / probe shape
     imagenet: bool = True               # base: start from the backbone's ImageNet weights
+    freeze_stages: int = 0              # base / entropy: first N backbone stages frozen
 
     def dataset_spec(self) -> str:
         """``KIND:PATH`` of the training data (``camvid`` is the short form)."""
@@ -263,8 +264,10 @@ class Trainer:
         else:
             # Base and entropy stages train the segmentation network only; the probes
             # (trained in their own stage) stay frozen, so DDP sees no unused parameters.
+            if cfg.freeze_stages:
+                self.model.backbone.freeze_stages(cfg.freeze_stages)
             self.model.train()
-            params = self.model.base_parameters()
+            params = [p for p in self.model.base_parameters() if p.requires_grad]
             for p in self.model.probes.parameters():
                 p.requires_grad_(False)
         self.params = params
@@ -341,6 +344,7 @@ class Trainer:
         aug_gen = torch.Generator().manual_seed(cfg.seed * 7919 + self.epoch)
         stale = 0
         t_start = time.time()
+        step_seconds, step_cpu = [], []
         if cfg.device == 'auto' and self.device.type == 'cuda':
             torch.backends.cudnn.benchmark = True
         while self.epoch < cfg.epochs and self.step < self.total_steps():
@@ -355,6 +359,7 @@ class Trainer:
             for i in bar:
                 if self.step >= total:
                     break
+                t_step, c_step = time.time(), time.process_time()
                 b = ids[i:i + cfg.batch_size].to(self.device)
                 x, (y, ood) = augment_batch(self.images[b], [self.labels[b], self.ood[b]],
                                             tuple(cfg.crop), tuple(cfg.scale),
@@ -370,6 +375,8 @@ class Trainer:
                 self.scaler.update()
                 self.step += 1
                 losses.append(loss.item())
+                step_seconds.append(time.time() - t_step)
+                step_cpu.append(time.process_time() - c_step)
                 bar.set_postfix(loss=f'{losses[-1]:.3f}')
             self.epoch += 1
             if cfg.time_limit_min and self.epoch == 2 and losses:
@@ -419,7 +426,8 @@ class Trainer:
         if self.rank == 0:
             self._save_bundle(final, {'epoch': self.epoch, 'best_val_miou': self.best})
         return {'bundle': str(final), 'best_bundle': str(self.out / 'best'),
-                'best_val_miou': self.best, 'epochs': self.epoch, 'steps': self.step}
+                'best_val_miou': self.best, 'epochs': self.epoch, 'steps': self.step,
+                **step_timing(step_seconds, step_cpu, cfg)}
 
     def _save_bundle(self, path: Path, extra: dict):
         info = stage_provenance(self.provenance, self.cfg, self.device, extra)
@@ -466,6 +474,26 @@ class Trainer:
         if self.cfg.stage == 'probes':
             self.model.freeze_base_for_probes()
         self.log(f'resumed from {path} at epoch {self.epoch}, step {self.step}')
+
+
+def step_timing(seconds: List[float], cpu: List[float], cfg: TrainConfig) -> Dict:
+    """
+    Seconds per optimiser step of this run (median, the first step left out as warm-up).
+
+    Wall seconds and process CPU seconds (all threads; on a shared machine the wall time
+    grows with the load, the CPU time much less), with the batch size, crop, frozen
+    stages, thread count and the 1-minute load average, so that a ``--max-steps`` run
+    measures the cost of a schedule (``ood-seg train-base --json``).
+    """
+    def med(v):
+        v = v[1:] if len(v) > 1 else v
+        return round(float(np.median(v)), 3) if v else None
+
+    return {'seconds_per_step': med(seconds), 'cpu_seconds_per_step': med(cpu),
+            'timed_steps': max(0, len(seconds) - 1), 'batch_size': cfg.batch_size,
+            'crop': list(cfg.crop),
+            'freeze_stages': cfg.freeze_stages, 'threads': torch.get_num_threads(),
+            'load_avg_1min': round(os.getloadavg()[0], 2)}
 
 
 def load_checkpoint(path, device='cpu') -> dict:

@@ -210,6 +210,8 @@ def test_deeplab_outputs_names_shapes_and_values(output_stride):
     with torch.no_grad():
         out = model(x)
         logits_low, psi, probe_low = model.features(x, with_probes=True)
+        phi = model.features_deep(x, with_probes=False)[2]
+        deep = S.log_deep_pgn(logits_low, psi, phi, model.deep_layer(), S.DEEP_PGN_SCORES)
     assert list(out) == model.output_names()
     assert out['semantic'].shape == (1, *SIZE) and out['semantic'].dtype == torch.int32
     assert out['probs'].shape == (1, c, 24, 32) and out['probs'].dtype == torch.float32
@@ -233,6 +235,7 @@ def test_deeplab_outputs_names_shapes_and_values(output_stride):
                for z in probe_low] + [logits_low]
     ref.update(S.moose_scores(members, S.MOOSE_SCORES, stats))
     ref.update(S.log_pgn(logits_low, psi, S.ALL_PGN_SCORES))
+    ref.update(deep)
     fstats = {k: (v['mean'], v['std']) for k, v in model.config.sml_stats['scores'].items()}
     for name in S.FUSED_SCORES:
         ref[name] = S.fused_score(ref, S.SCORES[name].members, fstats)

@@ -348,9 +348,12 @@ def test_score_names():
     spatial = tuple(f'{b}_{k}' for b in S.SPATIAL_BASES for k in ('bs', 'ds', 'bsds'))
     assert S.SPATIAL_SCORES == spatial
     assert S.FUSED_SCORES == tuple(S.FUSED)
-    assert len(S.ALL_SCORES) == 5 + 6 + 10 + len(S.FUSED) + 3 * len(S.SPATIAL_BASES)
+    deep = tuple(f'pgn_deep_{m}_p{p}' for m in ('oh', 'uni')
+                 for p in ('0.1', '0.3', '0.5', '1', '2'))
+    assert S.DEEP_PGN_SCORES == deep
+    assert len(S.ALL_SCORES) == 5 + 6 + 10 + len(S.FUSED) + 3 * len(S.SPATIAL_BASES) + 10
     assert S.ALL_SCORES == (S.GLOBAL_SCORES + S.MOOSE_SCORES + expected_pgn + S.FUSED_SCORES
-                            + spatial)
+                            + spatial + deep)
     assert all(S.split_spatial(f'{b}_{k}') == (b, k) for b in S.SPATIAL_BASES
                for k in S.SPATIAL_KINDS)
     assert S.split_spatial('pgn_uni_p0.5') == ('pgn_uni_p0.5', None)

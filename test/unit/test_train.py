@@ -197,3 +197,38 @@ def test_a_backbone_without_imagenet_weights_trains_from_scratch(tmp_path, capsy
     bundle = load_bundle(tmp_path / 'b' / 'bundle')
     assert bundle.model.config.backbone == 'lite3'
     assert bundle.model.backbone.out_channels == 384
+
+
+@needs_data
+def test_frozen_stages_get_no_gradient_and_keep_their_statistics(tmp_path):
+    tr = Trainer(_cfg(tmp_path, freeze_stages=2, max_steps=2, epochs=2),
+                 log=lambda *_: None)
+    bb = tr.model.backbone
+    frozen = [m for stage in bb.stage_modules()[:2] for m in stage]
+    ids = {id(p) for m in frozen for p in m.parameters()}
+    assert ids and not ids & {id(p) for p in tr.params}    # not in the optimiser
+    before = {k: v.clone() for k, v in tr.model.state_dict().items()}
+    result = tr.run()
+    assert result['steps'] == 2 and result['freeze_stages'] == 2
+    assert result['seconds_per_step'] > 0 and result['cpu_seconds_per_step'] > 0
+    assert result['batch_size'] == 2 and result['timed_steps'] == 1
+    assert all(not p.requires_grad and p.grad is None for m in frozen for p in m.parameters())
+    frozen_keys = {f'backbone.{n}.' for n, m in bb.named_modules() if m in frozen and n}
+    after = tr.model.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    stuck = {k for k in before if any(k.startswith(f) for f in frozen_keys)}
+    assert any(k.endswith('running_mean') for k in stuck)   # frozen BNs are among them
+    assert not changed & stuck, sorted(changed & stuck)[:5]
+    # the rest trains: later backbone stages' weights and BN statistics move
+    later = bb.stage_modules()[2][0]
+    name = next(n for n, m in bb.named_modules() if m is later)
+    assert any(k.startswith(f'backbone.{name}.') and k.endswith('running_mean')
+               for k in changed)
+    assert any(k.startswith('decoder.') for k in changed)
+
+
+def test_freeze_stages_out_of_range_is_a_clear_error():
+    from ood_seg_ros.model.backbones import build_backbone
+    bb = build_backbone('lite0')
+    with pytest.raises(OodSegError, match='freeze_stages must be 0..7'):
+        bb.freeze_stages(8)

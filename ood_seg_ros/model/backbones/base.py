@@ -10,7 +10,7 @@ channels (the ASPP input). The two channel counts are attributes set in code, re
 """
 
 from dataclasses import dataclass
-from typing import Callable, Tuple
+from typing import Callable, List, Tuple
 
 import torch
 from torch import nn
@@ -37,6 +37,32 @@ class Backbone(nn.Module):
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """Map normalised RGB (B, 3, H, W) to (low-level stride 4, high-level) features."""
         raise NotImplementedError
+
+    def stage_modules(self) -> List[List[nn.Module]]:
+        """Return the modules of each stage, input side first (the stem in the first)."""
+        raise OodSegError(f'{type(self).__name__} does not list its stages (no freezing)')
+
+    def freeze_stages(self, n: int) -> None:
+        """
+        Freeze the first ``n`` stages for training: no gradients, BN statistics fixed.
+
+        The frozen modules stay in eval mode whatever ``train()`` is called with, so
+        their BatchNorms use and keep their running statistics.
+        """
+        stages = self.stage_modules()
+        if not 0 <= n <= len(stages):
+            raise OodSegError(f'freeze_stages must be 0..{len(stages)}, got {n}')
+        self._frozen = [m for stage in stages[:n] for m in stage]
+        for p in (p for m in self._frozen for p in m.parameters()):
+            p.requires_grad_(False)
+        self.train(self.training)
+
+    def train(self, mode: bool = True) -> 'Backbone':
+        """Set the training mode; frozen stages (:meth:`freeze_stages`) stay in eval."""
+        super().train(mode)
+        for m in getattr(self, '_frozen', ()):
+            m.eval()
+        return self
 
 
 @dataclass(frozen=True)

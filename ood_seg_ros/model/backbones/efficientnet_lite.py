@@ -131,11 +131,21 @@ class EfficientNetLite(Backbone):
             if stride_now == 4 and self.low_level_index < 0:
                 self.low_level_index = len(blocks) - 1
         self._blocks = nn.ModuleList(blocks)
+        self.stage_sizes = [repeats for repeats, *_ in arch]
         self.low_level_channels = arch[1][4]
         self.out_channels = cin
         self.act = nn.ReLU6(inplace=True)
         if with_classifier:
             self._add_classifier()
+
+    def stage_modules(self) -> List[List[nn.Module]]:
+        """Blocks of each stage (``stage_sizes``); the stem belongs to the first."""
+        out, start = [], 0
+        for size in self.stage_sizes:
+            out.append(list(self._blocks[start:start + size]))
+            start += size
+        out[0] = [self._conv_stem, self._bn0] + out[0]
+        return out
 
     def _add_classifier(self) -> None:
         self._conv_head = nn.Conv2d(self.out_channels, HEAD_CHANNELS, 1, bias=False)
