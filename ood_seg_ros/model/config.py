@@ -7,7 +7,8 @@ from typing import List, Optional, Tuple
 from .backbones import backbone_names
 from ..data.datasets import default_classes
 from ..errors import OodSegError
-from ..scores import ALL_SCORES, EXTRA_OUTPUTS, needs, NEEDS_SML, NEEDS_STATS, SCORES
+from ..scores import (ALL_SCORES, EXTRA_OUTPUTS, needs, NEEDS_SML, NEEDS_STATS, SCORES,
+                      STANDARD_SCORES)
 
 # Heads with their own SML statistics, in the MOoSe member order of the forward pass.
 SML_MEMBERS = ('probe0', 'probe1', 'probe2', 'probe3', 'global')
@@ -50,7 +51,7 @@ def stat_members(name: str) -> set:
 
 def default_outputs() -> List[str]:
     """Return the outputs of a fresh config: probs and every score needing no statistics."""
-    return ['probs'] + [n for n in ALL_SCORES if not needs_sml(n) and not needs_stats(n)]
+    return ['probs'] + [n for n in STANDARD_SCORES if not needs_sml(n) and not needs_stats(n)]
 
 
 @dataclass
@@ -159,10 +160,16 @@ class ModelConfig:
                                   f'mean and a std > 0')
 
     def available_scores(self) -> List[str]:
-        """Every score this config can compute (SML and fused ones only with statistics)."""
+        """
+        Return every score this config offers.
+
+        SML and fused ones only with their statistics, optional ones (deeper-layer PGN)
+        only when named in ``outputs``.
+        """
         have = set((self.sml_stats or {}).get('scores') or {})
         return [n for n in ALL_SCORES if (self.sml_stats is not None or not needs_sml(n))
-                and (not needs_stats(n) or stat_members(n) <= have)]
+                and (not needs_stats(n) or stat_members(n) <= have)
+                and (not SCORES[n].optional or n in self.outputs)]
 
     def to_dict(self) -> dict:
         """Plain-JSON form."""
