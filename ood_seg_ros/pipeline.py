@@ -359,11 +359,16 @@ class Pipeline:
         self.norm = self.score_normalisation(name)
         self.score_name = name
 
-    def score_normalisation(self, name: str) -> Tuple[float, float]:
-        """Return (lo, hi) of score ``name``; OodSegError where set_score would refuse it."""
+    def score_normalisation(self, name: str, computed: bool = True) -> Tuple[float, float]:
+        """
+        Return (lo, hi) of score ``name``; OodSegError where set_score would refuse it.
+
+        ``computed`` False: do not require the running backend to compute ``name`` (the
+        check before rebuilding the pipeline for it).
+        """
         if name not in ALL_SCORES:
             raise OodSegError(f'unknown heatmap score {name!r}')
-        if name not in self.backend.output_names:
+        if computed and name not in self.backend.output_names:
             raise OodSegError(f'heatmap score {name!r} is not computed by this backend '
                               f'(outputs: {", ".join(self.backend.output_names)})')
         return self._normalisation(name)
