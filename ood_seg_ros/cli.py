@@ -1,6 +1,7 @@
 """The ``ood-seg`` command: one subcommand per offline job."""
 
 import argparse
+import os
 import signal
 import sys
 from typing import Iterable, Optional
@@ -38,9 +39,30 @@ def main(argv=None, commands: Optional[Iterable[Command]] = None) -> int:
     args = parser.parse_args(argv)
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
-        return exit_status(lambda: args._command.main(args))
+        status = exit_status(lambda: args._command.main(args))
     finally:
         signal.signal(signal.SIGTERM, previous)
+    if argv is None and status in (130, 143):
+        _exit_now(status)
+    return status
+
+
+def _exit_now(status: int) -> None:
+    """
+    End an interrupted ``ood-seg`` process at once: the command has already unwound.
+
+    Its outputs are closed (bags finalised, no temporary file left, export children
+    stopped); the interpreter's teardown of torch and ONNX Runtime took seconds more on
+    a loaded machine, past the time a signal must take.
+    """
+    from .export import abort_exports
+    abort_exports()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(status)
 
 
 if __name__ == '__main__':

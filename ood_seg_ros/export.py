@@ -340,9 +340,8 @@ _CHILDREN = {}              # pid -> (process, output path) of running export ch
 def _export_child(conn, args) -> None:
     """Child process body: export, send ('ok', path) or ('error', message)."""
     import signal
-    import sys
     signal.signal(signal.SIGINT, signal.SIG_IGN)     # the parent decides when to stop
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))   # unwinds: no temp file left
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     try:
         conn.send(('ok', str(export_onnx(*args))))
     except OodSegError as exc:
@@ -353,10 +352,7 @@ def _export_child(conn, args) -> None:
 
 def _stop_child(proc, path: Path) -> None:
     """Stop an export child and remove what it had half-written."""
-    if proc.is_alive():
-        proc.terminate()
-        proc.join(1.5)
-    if proc.is_alive():
+    if proc.is_alive():     # its temporary files are removed here, so no grace period
         proc.kill()
         proc.join(5)
     for tmp in path.parent.glob(f'.{path.name}*.{proc.pid}.tmp'):
@@ -383,6 +379,7 @@ def export_onnx_isolated(bundle_path, outputs: Sequence[str], out_path: Path,
     """
     import atexit
     import multiprocessing
+    import signal
     import time
     ctx = multiprocessing.get_context('spawn')
     recv, send = ctx.Pipe(duplex=False)
@@ -393,7 +390,13 @@ def export_onnx_isolated(bundle_path, outputs: Sequence[str], out_path: Path,
     if not _CHILDREN:
         atexit.register(abort_exports)
     t0 = time.monotonic()
-    proc.start()
+    # a terminal's Ctrl-C reaches the whole process group: the child starts with SIGINT
+    # blocked (inherited) and ignores it once it runs; the parent stops it
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        proc.start()
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
     send.close()
     _CHILDREN[proc.pid] = (proc, path)
     note = t0 + EXPORT_PROGRESS_S

@@ -86,10 +86,15 @@ class _OodCore:
         return settings, self.cfg['warmup_runs']
 
     @staticmethod
-    def _make_pipeline(recipe) -> Pipeline:
+    def _make_pipeline(recipe, log=None) -> Pipeline:
         """Build and warm up the pipeline of ``recipe`` (settings, warm-up runs)."""
         settings, warmup_runs = recipe
+        if log is not None:
+            log(f'loading model {settings.bundle} (backend {settings.backend_name()}); a '
+                f'first start exports the ONNX graph (ood-seg export does it ahead of time)')
         pipe = Pipeline.from_settings(settings)
+        if log is not None and warmup_runs:
+            log(f'warming up: {warmup_runs} run(s) at input {pipe.input_size}')
         frame = np.zeros(tuple(pipe.input_size) + (3,), np.uint8)
         for _ in range(warmup_runs):
             pipe.process(frame)
@@ -99,7 +104,8 @@ class _OodCore:
         """Build and warm up the pipeline; on failure keep running with ERROR diagnostics."""
         t0 = time.perf_counter()
         try:
-            pipe = self._make_pipeline(self._settings(self.cfg['heatmap_score'] or None))
+            pipe = self._make_pipeline(self._settings(self.cfg['heatmap_score'] or None),
+                                       self.get_logger().info)
         except Exception as exc:  # noqa: B902 - any failure means: no model
             self.pipeline = None
             self.model_error = f'cannot load model: {exc}'
