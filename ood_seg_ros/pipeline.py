@@ -28,6 +28,7 @@ import numpy as np
 
 from .errors import OodSegError
 from .meta import MetaClassifier
+from .model.budget import check_memory
 from .model.bundle import read_bundle_json
 from .model.config import ModelConfig, parse_size, size_key
 from .msg import MAX_FRAME_PIXELS
@@ -329,6 +330,7 @@ class Pipeline:
                                        available=config.available_scores())
         if input_size is not None:
             backend_options['input_size'] = parse_size(input_size)
+            check_memory(config, backend_options['input_size'], f'{bundle_path}')
         be = make_backend(backend, bundle_path, outputs, device=device, fp16=fp16,
                           **backend_options)
         meta = None
