@@ -2,7 +2,7 @@
 
 import sys
 
-from .base import add_bundle_option, add_json_option, Command
+from .base import add_bundle_option, add_json_option, check_out_dir, Command
 
 
 class EvalCommand(Command):
@@ -47,6 +47,9 @@ class EvalCommand(Command):
             raise OodSegError('no bundle given and no default bundle installed (--bundle DIR)')
         if not args.camvid and not args.ood_set:
             raise OodSegError('nothing to evaluate: give --camvid and/or --ood-set')
+        if args.out:
+            check_out_dir(args.out, [bundle, args.camvid, args.entropy_bundle,
+                                     *(args.ood_set or [])])
         size = parse_size(args.input_size) if args.input_size else None
 
         def progress(it, total):
