@@ -1,14 +1,13 @@
 """The ``ood-seg`` command: one subcommand per offline job."""
 
 import argparse
-import os
 import signal
 import sys
 from typing import Iterable, Optional
 
 from .commands import COMMANDS
 from .commands.base import Command
-from .errors import exit_status, Terminated
+from .errors import exit_now, exit_status, Terminated
 
 
 def build_parser(commands: Optional[Iterable[Command]] = None) -> argparse.ArgumentParser:
@@ -43,26 +42,9 @@ def main(argv=None, commands: Optional[Iterable[Command]] = None) -> int:
     finally:
         signal.signal(signal.SIGTERM, previous)
     if argv is None and status in (130, 143):
-        _exit_now(status)
+        from .export import abort_exports
+        exit_now(status, [abort_exports])   # the command has unwound: skip the teardown
     return status
-
-
-def _exit_now(status: int) -> None:
-    """
-    End an interrupted ``ood-seg`` process at once: the command has already unwound.
-
-    Its outputs are closed (bags finalised, no temporary file left, export children
-    stopped); the interpreter's teardown of torch and ONNX Runtime took seconds more on
-    a loaded machine, past the time a signal must take.
-    """
-    from .export import abort_exports
-    abort_exports()
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except (OSError, ValueError):
-            pass
-    os._exit(status)
 
 
 if __name__ == '__main__':

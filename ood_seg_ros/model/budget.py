@@ -57,7 +57,7 @@ def activation_floats(cfg, size: Tuple[int, int]) -> int:
 
 
 def estimate_bytes(cfg, size: Optional[Tuple[int, int]] = None) -> int:
-    """Return the estimated bytes of weights plus activations at ``size`` (default: the config's)."""
+    """Return the estimated bytes of weights plus activations at ``size`` (None: the config's)."""
     return BYTES * (weight_count(cfg) + activation_floats(cfg, size or cfg.input_size))
 
 

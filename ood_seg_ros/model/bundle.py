@@ -163,7 +163,7 @@ def check_weights_archive(wpath, expected: dict) -> None:
         raise OodSegError(
             f'{wpath}: its zip entries unpack to {(storage + other) / 2 ** 20:.0f} MiB '
             f'(largest {big.filename}: {big.file_size / 2 ** 20:.0f} MiB), but the '
-            f'config\'s {len(expected)} tensors take {tensors / 2 ** 20:.0f} MiB; refused '
+            f"config's {len(expected)} tensors take {tensors / 2 ** 20:.0f} MiB; refused "
             f'before reading it (a damaged or forged weights file)')
 
 

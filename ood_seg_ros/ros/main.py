@@ -25,7 +25,7 @@ from rclpy.logging import get_logger
 
 from .node import OodLifecycleNode, OodNode
 from .params import NODE_NAME, startup_parameters
-from ..errors import OodSegError
+from ..errors import exit_now, OodSegError
 
 DDS_PROFILE_VARS = ('FASTRTPS_DEFAULT_PROFILES_FILE', 'FASTDDS_DEFAULT_PROFILES_FILE')
 DDS_PROFILE = 'fastdds.xml'
@@ -152,7 +152,8 @@ def main(args=None) -> int:
     ``exit_on_error`` is true (otherwise the node stays up with ERROR diagnostics).
     ``lifecycle``, ``autostart`` and ``exit_on_error`` are read from the command line and
     params files before the node is built (:func:`.params.startup_parameters`). Called
-    without ``args`` (the console script) it ends the process itself (:func:`_exit_now`).
+    without ``args`` (the console script) it ends the process itself
+    (:func:`ood_seg_ros.errors.exit_now`).
     """
     if wants_help(sys.argv if args is None else args):
         print(usage())
@@ -201,28 +202,10 @@ def main(args=None) -> int:
             except Exception:  # noqa: B902 - context already gone
                 pass
         rclpy.try_shutdown()
-    if args is None:        # the ood_node process itself
-        _exit_now(code)
+    if args is None:        # the ood_node process itself: skip the slow teardown
+        from ..export import abort_exports
+        exit_now(code, [abort_exports, logging.shutdown])
     return code
-
-
-def _exit_now(code: int) -> None:
-    """
-    End the process once the node is shut down, skipping the interpreter's teardown.
-
-    Everything the node owns is released by then (subscriptions, publishers, the rclpy
-    context, ONNX export children); tearing down torch, ONNX Runtime and Fast DDS module
-    state took seconds more on a loaded machine, past the time a signal must take.
-    """
-    from ..export import abort_exports
-    abort_exports()
-    logging.shutdown()
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except (OSError, ValueError):
-            pass
-    os._exit(code)
 
 
 if __name__ == '__main__':

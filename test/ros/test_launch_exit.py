@@ -23,14 +23,7 @@ LAUNCH = ROOT / 'launch' / 'ood.launch.py'
 @pytest.fixture(scope='module')
 def share_prefix(tmp_path_factory):
     """Make an install prefix where ament_index finds ood_seg_ros and its config."""
-    prefix = tmp_path_factory.mktemp('prefix')
-    marker = prefix / 'share' / 'ament_index' / 'resource_index' / 'packages' / 'ood_seg_ros'
-    marker.parent.mkdir(parents=True)
-    marker.write_text('')
-    config = prefix / 'share' / 'ood_seg_ros' / 'config'
-    config.mkdir(parents=True)
-    for name in ('ood.yaml', 'fastdds.xml'):
-        (config / name).write_text((ROOT / 'config' / name).read_text())
+    prefix = rh.make_share_prefix(tmp_path_factory.mktemp('prefix'), ROOT)
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv('AMENT_PREFIX_PATH', str(prefix))
         yield prefix

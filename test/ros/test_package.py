@@ -145,7 +145,7 @@ def _third_party_imports():
 
 
 def test_every_imported_module_is_declared():
-    """rosdep installs what package.xml names: each imported module needs its key."""
+    """Check each imported module has its rosdep key in package.xml (or a pip line)."""
     pkg = parse_package(str(ROOT / 'package.xml'))
     declared = {d.name for d in pkg.exec_depends}
     imported = _third_party_imports()

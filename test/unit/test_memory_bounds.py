@@ -141,8 +141,8 @@ def _with_config(src, dst, **changes):
      'refused before allocating'),
     ({'input_size': [16384, 16384]}, 'refused before allocating'),
 ], ids=['aspp_1e6', 'depth_1e5', 'input_1e5', 'classes_1e6', 'huge_head', 'input_16384'])
-def test_absurd_bundle_sizes_are_refused_with_nothing_allocated(small_bundle, tmp_path,
-                                                                 changes, says):
+def test_absurd_bundle_sizes_are_refused_with_nothing_allocated(
+        small_bundle, tmp_path, changes, says):
     bad = _with_config(small_bundle, tmp_path / 'bad', **changes)
     outcome, grew_mb = _load(bad)
     assert outcome.startswith('REFUSED') and says in outcome, outcome
@@ -179,4 +179,3 @@ def test_weights_zip_bomb_is_refused_before_reading(small_bundle, tmp_path):
     assert outcome.startswith('REFUSED') and 'zip entries unpack to' in outcome, outcome
     assert '\n' not in outcome
     assert grew_mb < RSS_GROWTH_MB, (outcome, grew_mb)
-

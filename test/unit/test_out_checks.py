@@ -20,7 +20,7 @@ def no_work(monkeypatch):
 
 @pytest.fixture
 def bundle(tmp_path):
-    """A folder standing for a bundle: --out is checked before the bundle is read."""
+    """Make a folder standing for a bundle: --out is checked before it is read."""
     path = tmp_path / 'bundle'
     path.mkdir()
     (path / 'bundle.json').write_text('{}')
