@@ -706,7 +706,7 @@ def test_param_get_shows_effective_values_and_reset(runs, bundle):
 @pytest.mark.dds
 @pytest.mark.parametrize('exit_on_error', ['true', ''])
 def test_model_failure_exit_on_error_or_stay_up(exit_on_error, share_prefix, tmp_path):
-    """exit_on_error:=true: exit code 1 (the launch's Shutdown); default: stays up."""
+    """exit_on_error:=true: exit code 1 (the launch fails, test_launch_exit); else stays up."""
     pytest.importorskip('rclpy')
     reason = rh.netns_problem()
     exe = rh.node_executable()
@@ -715,7 +715,7 @@ def test_model_failure_exit_on_error_or_stay_up(exit_on_error, share_prefix, tmp
     _, (action,) = rh.evaluate_launch(LAUNCH, params_file=str(CONFIG),
                                       model=str(tmp_path / 'no_such_bundle'),
                                       exit_on_error=exit_on_error)
-    assert ('on_exit' in action.kwargs) == bool(exit_on_error)
+    assert action.kwargs['on_exit'].__name__ == 'on_node_exit'    # the node is required
     cmd = rh.launch_ros_command(action, exe, tmp_path)
     log = tmp_path / 'node.log'
     with open(log, 'w') as out:
