@@ -58,12 +58,17 @@ def _interrupt(cmd, sig, reached, log_path, env=None):
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
     end = time.monotonic() + 180
     info = None
-    while info is None:
-        assert proc.poll() is None, Path(log_path).read_text()[-3000:]
-        assert time.monotonic() < end, 'phase never reached: ' + \
-            Path(log_path).read_text()[-3000:]
-        time.sleep(0.05)
-        info = reached(proc, Path(log_path).read_text())
+    try:
+        while info is None:
+            assert proc.poll() is None, Path(log_path).read_text()[-3000:]
+            assert time.monotonic() < end, 'phase never reached: ' + \
+                Path(log_path).read_text()[-3000:]
+            time.sleep(0.05)
+            info = reached(proc, Path(log_path).read_text())
+    except BaseException:
+        proc.kill()         # never leave a node behind
+        proc.wait()
+        raise
     time.sleep(0.3)          # well inside the phase
     t0 = time.monotonic()
     proc.send_signal(sig)
