@@ -11,13 +11,17 @@ Launch arguments:
 - ``namespace``: the node's namespace; its outputs follow (``/left/ood/heatmap``);
 - ``lifecycle``: true starts a launch_ros ``LifecycleNode`` (parameter ``lifecycle``);
   ``autostart:=false`` then leaves it unconfigured for a lifecycle manager;
-- ``exit_on_error``: true makes the node exit (code 1) when the model cannot be loaded and
-  shuts the launch down (``Shutdown`` on exit); params-file default false: the node stays
-  up with ERROR diagnostics;
+- ``exit_on_error``: true makes the node exit (code 1) when the model cannot be loaded;
+  params-file default false: the node stays up with ERROR diagnostics;
 - ``autostart``, ``exit_on_error``: empty keeps the params file's value;
 - ``model``, ``backend``, ``input_transport``: override the parameters file when not
   empty (model = ``model_path``, a bundle folder);
 - ``use_sim_time``: true when replaying a bag with ``--clock``.
+
+The node is required: when it exits the launch shuts down, and when it exits with a
+non-zero code (1: no model with ``exit_on_error``, 2: bad parameters) ``ros2 launch``
+returns non-zero too (an error raised in the exit handler makes the launch service
+return 1), so CI sees the failure.
 
 Fast DDS: unless ``FASTRTPS_DEFAULT_PROFILES_FILE`` or ``FASTDDS_DEFAULT_PROFILES_FILE``
 is set, the node runs with the package's ``config/fastdds.xml`` (32 MiB shared-memory
@@ -49,6 +53,19 @@ def camera_info_topic(image_topic):
     return posixpath.join(posixpath.dirname(image_topic.rstrip('/')), 'camera_info')
 
 
+def on_node_exit(event, context):
+    """
+    Exit handler of the required node: shut the launch down; fail it on a non-zero code.
+
+    An exception raised while launch handles an event is logged ("Caught exception in
+    launch") and makes ``LaunchService.run()`` and so ``ros2 launch`` return 1.
+    """
+    if event.returncode:
+        raise RuntimeError(f'ood_node exited with code {event.returncode} (see its log '
+                           f'above)')
+    return [Shutdown(reason='ood_node exited')]
+
+
 def _node(context):
     """Build the Node (or LifecycleNode) action from the evaluated launch arguments."""
     def arg(name):
@@ -77,8 +94,7 @@ def _node(context):
     if not any(os.environ.get(var) for var in DDS_PROFILE_VARS):
         profile = os.path.join(get_package_share_directory(PACKAGE), 'config', 'fastdds.xml')
         kwargs['additional_env'] = {var: profile for var in DDS_PROFILE_VARS}
-    if overrides.get('exit_on_error'):
-        kwargs['on_exit'] = Shutdown(reason='ood_node exited (exit_on_error)')
+    kwargs['on_exit'] = on_node_exit
     return [(LifecycleNode if lifecycle else Node)(**kwargs)]
 
 

@@ -7,7 +7,7 @@ from typing import Iterable, Optional
 
 from .commands import COMMANDS
 from .commands.base import Command
-from .errors import exit_status, Terminated
+from .errors import exit_now, exit_status, Terminated
 
 
 def build_parser(commands: Optional[Iterable[Command]] = None) -> argparse.ArgumentParser:
@@ -38,9 +38,13 @@ def main(argv=None, commands: Optional[Iterable[Command]] = None) -> int:
     args = parser.parse_args(argv)
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
-        return exit_status(lambda: args._command.main(args))
+        status = exit_status(lambda: args._command.main(args))
     finally:
         signal.signal(signal.SIGTERM, previous)
+    if argv is None and status in (130, 143):
+        from .export import abort_exports
+        exit_now(status, [abort_exports])   # the command has unwound: skip the teardown
+    return status
 
 
 if __name__ == '__main__':

@@ -169,7 +169,21 @@ def onnx_mismatch(path, expected_source: str) -> Optional[str]:
                 f'here {expected_source[:12]})')
     if doc.get('onnx_sha256') != file_sha256(path):
         return 'the file does not match the SHA-256 in its sidecar (replaced or damaged)'
+    embedded = graph_metadata(path).get('ood_seg.source_sha256')
+    if embedded != expected_source:
+        return (f'the source hash embedded in the graph ({str(embedded)[:12]}) is not '
+                f'{expected_source[:12]} (a foreign graph with a rewritten sidecar)')
     return None
+
+
+def graph_metadata(path) -> dict:
+    """Return the ``metadata_props`` of an ONNX file ({} when it cannot be parsed)."""
+    import onnx
+    try:
+        graph = onnx.load(str(path), load_external_data=False)
+    except Exception:  # noqa: B902 - protobuf DecodeError and friends: not a graph
+        return {}
+    return {p.key: p.value for p in graph.metadata_props}
 
 
 @contextlib.contextmanager
@@ -304,17 +318,109 @@ def ensure_onnx(bundle_path, outputs: Sequence[str], input_size: Tuple[int, int]
     Return the cached ONNX graph for these settings; export it when missing or stale.
 
     Stale = its sidecar records another content hash of weights + config + export
-    options (:func:`source_sha256`), or the file differs from the hash in its sidecar;
-    the re-export is logged with the reason.
+    options (:func:`source_sha256`), the file differs from the hash in its sidecar, or
+    the hash embedded in the graph's metadata differs; the re-export is logged with the
+    reason. The export runs in a child process (:func:`export_onnx_isolated`).
     """
     path = default_onnx_path(bundle_path, outputs, input_size, fp16)
     reason = 'forced' if force else onnx_mismatch(
         path, source_sha256(bundle_path, outputs, input_size, fp16))
     if reason:
         log = LOG.info if not path.exists() else LOG.warning
-        log('exporting ONNX graph %s: %s', path, reason)
-        export_onnx(bundle_path, outputs, path, input_size, fp16)
+        log('exporting ONNX graph %s: %s (once per bundle, score set and input size; '
+            'ood-seg export does it ahead of time)', path, reason)
+        export_onnx_isolated(bundle_path, outputs, path, input_size, fp16)
     return path
+
+
+EXPORT_PROGRESS_S = 5.0     # seconds between "still exporting" log lines
+_CHILDREN = {}              # pid -> (process, output path) of running export children
+
+
+def _export_child(conn, args) -> None:
+    """Child process body: export, send ('ok', path) or ('error', message)."""
+    import signal
+    signal.signal(signal.SIGINT, signal.SIG_IGN)     # the parent decides when to stop
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    try:
+        conn.send(('ok', str(export_onnx(*args))))
+    except OodSegError as exc:
+        conn.send(('error', str(exc)))
+    except Exception as exc:  # noqa: B902 - reported to the parent as one line
+        conn.send(('error', f'ONNX export failed: {type(exc).__name__}: {exc}'))
+
+
+def _stop_child(proc, path: Path) -> None:
+    """Stop an export child and remove what it had half-written."""
+    if proc.is_alive():     # its temporary files are removed here, so no grace period
+        proc.kill()
+        proc.join(5)
+    for tmp in path.parent.glob(f'.{path.name}*.{proc.pid}.tmp'):
+        tmp.unlink(missing_ok=True)
+
+
+def abort_exports() -> None:
+    """Stop every running export child (at exit; a signal during an export)."""
+    for pid, (proc, path) in list(_CHILDREN.items()):
+        _stop_child(proc, path)
+        _CHILDREN.pop(pid, None)
+
+
+def export_onnx_isolated(bundle_path, outputs: Sequence[str], out_path: Path,
+                         input_size: Tuple[int, int], fp16: bool = False) -> Path:
+    """
+    :func:`export_onnx` in a child process; the caller stays responsive.
+
+    The export holds the interpreter lock in long C++ calls (tracing, ``onnx.checker``):
+    in the caller's process it would stall the threads that keep publishing and delay a
+    signal until it is done. Here the caller waits in short steps (a signal interrupts it
+    at once, the child is then stopped and its temporary file removed) and logs the
+    progress every :data:`EXPORT_PROGRESS_S` seconds.
+    """
+    import atexit
+    import multiprocessing
+    import signal
+    import time
+    ctx = multiprocessing.get_context('spawn')
+    recv, send = ctx.Pipe(duplex=False)
+    path = Path(out_path)
+    proc = ctx.Process(target=_export_child, name='ood_seg_onnx_export', daemon=True,
+                       args=(send, (str(bundle_path), list(outputs), str(path),
+                                    tuple(input_size), fp16)))
+    if not _CHILDREN:
+        atexit.register(abort_exports)
+    t0 = time.monotonic()
+    # a terminal's Ctrl-C reaches the whole process group: the child starts with SIGINT
+    # blocked (inherited) and ignores it once it runs; the parent stops it
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        proc.start()
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+    send.close()
+    _CHILDREN[proc.pid] = (proc, path)
+    note = t0 + EXPORT_PROGRESS_S
+    try:
+        while not recv.poll(0.1):
+            if not proc.is_alive() and not recv.poll(0):
+                raise OodSegError(f'the ONNX export process ended without a result '
+                                  f'(exit code {proc.exitcode})')
+            if time.monotonic() >= note:
+                LOG.info('exporting ONNX graph %s: %.0f s so far', path.name,
+                         time.monotonic() - t0)
+                note += EXPORT_PROGRESS_S
+        status, value = recv.recv()
+        proc.join(30)
+    except BaseException:
+        _stop_child(proc, path)
+        raise
+    finally:
+        _CHILDREN.pop(proc.pid, None)
+        recv.close()
+    if status != 'ok':
+        raise OodSegError(value)
+    LOG.info('exported ONNX graph %s in %.1f s', path.name, time.monotonic() - t0)
+    return Path(value)
 
 
 def onnx_ops(path) -> Set[str]:

@@ -35,6 +35,7 @@ import numpy as np
 
 from .errors import OodSegError
 from .meta import MetaClassifier
+from .model.budget import check_memory
 from .model.bundle import read_bundle_json
 from .model.config import ModelConfig, parse_size, size_key
 from .msg import MAX_FRAME_PIXELS
@@ -448,6 +449,7 @@ class Pipeline:
                                        available=config.available_scores(), input_size=size)
         if input_size is not None:
             backend_options['input_size'] = size
+            check_memory(config, size, f'{bundle_path}')
         be = make_backend(backend, bundle_path, outputs, device=device, fp16=fp16,
                           **backend_options)
         metas = load_region_metas(bundle_path)
@@ -489,12 +491,17 @@ class Pipeline:
         self.norm = self.score_normalisation(name)
         self.score_name = name
 
-    def score_normalisation(self, name: str, runtime: Optional[dict] = None
-                            ) -> Tuple[float, float]:
-        """Return (lo, hi) of score ``name``; OodSegError where set_score would refuse it."""
+    def score_normalisation(self, name: str, runtime: Optional[dict] = None,
+                            computed: bool = True) -> Tuple[float, float]:
+        """
+        Return (lo, hi) of score ``name``; OodSegError where set_score would refuse it.
+
+        ``computed`` False: do not require the running backend to compute ``name`` (the
+        check before rebuilding the pipeline for it).
+        """
         if name not in ALL_SCORES:
             raise OodSegError(f'unknown heatmap score {name!r}')
-        if name not in self.backend.output_names:
+        if computed and name not in self.backend.output_names:
             raise OodSegError(f'heatmap score {name!r} is not computed by this backend '
                               f'(outputs: {", ".join(self.backend.output_names)})')
         return self._normalisation(name, runtime)

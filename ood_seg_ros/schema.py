@@ -31,6 +31,17 @@ Number = Union[StrictInt, StrictFloat]
 Pair = Annotated[List[Number], Field(min_length=2, max_length=2)]
 Triple = Annotated[List[Number], Field(min_length=3, max_length=3)]
 Size = Annotated[List[StrictInt], Field(min_length=2, max_length=2)]
+# Structural upper bounds of a network config: far above any network this package builds,
+# low enough that building one to estimate its memory is cheap. The memory the sizes
+# imply together (weights + activations at the input size) is checked next, against this
+# machine (ood_seg_ros.model.budget).
+MAX_CHANNELS = 4096
+MAX_PROBE_DEPTH = 64
+MAX_CLASSES = 1024
+MAX_INPUT_SIDE = 16384
+Channels = Annotated[StrictInt, Field(ge=1, le=MAX_CHANNELS)]
+InputSize = Annotated[List[Annotated[StrictInt, Field(ge=1, le=MAX_INPUT_SIDE)]],
+                      Field(min_length=2, max_length=2)]
 
 
 def _check_scores(names, what: str):
@@ -52,21 +63,22 @@ class ConfigSchema(_Closed):
     """``config`` of bundle.json: ModelConfig fields (all optional: defaults apply)."""
 
     backbone: Optional[StrictStr] = None
-    class_names: Optional[Annotated[List[StrictStr], Field(min_length=2)]] = None
+    class_names: Optional[Annotated[List[StrictStr],
+                                    Field(min_length=2, max_length=MAX_CLASSES)]] = None
     ignore_index: Optional[Annotated[StrictInt, Field(ge=0, le=255)]] = None
     palette: Optional[List[Annotated[List[Annotated[StrictInt, Field(ge=0, le=255)]],
                                      Field(min_length=3, max_length=3)]]] = None
     output_stride: Optional[StrictInt] = None
-    aspp_channels: Optional[Annotated[StrictInt, Field(ge=1)]] = None
-    decoder_channels: Optional[Annotated[StrictInt, Field(ge=1)]] = None
-    low_level_project: Optional[Annotated[StrictInt, Field(ge=1)]] = None
+    aspp_channels: Optional[Channels] = None
+    decoder_channels: Optional[Channels] = None
+    low_level_project: Optional[Channels] = None
     separable: Optional[StrictBool] = None
-    probe_depth: Optional[Annotated[StrictInt, Field(ge=1)]] = None
-    probe_channels: Optional[Annotated[StrictInt, Field(ge=1)]] = None
+    probe_depth: Optional[Annotated[StrictInt, Field(ge=1, le=MAX_PROBE_DEPTH)]] = None
+    probe_channels: Optional[Channels] = None
     probe_separable: Optional[StrictBool] = None
     pgn_exact: Optional[StrictBool] = None
     pgn_bias: Optional[StrictBool] = None
-    input_size: Optional[Size] = None
+    input_size: Optional[InputSize] = None
     mean: Optional[Triple] = None
     std: Optional[Triple] = None
     outputs: Optional[List[StrictStr]] = None

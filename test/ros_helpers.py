@@ -62,6 +62,18 @@ def sample_frame(seed, size=FRAME_SIZE):
     return np.clip(base * 0.6 + rng.integers(0, 100, (h, w, 3)), 0, 255).astype(np.uint8)
 
 
+def make_share_prefix(prefix, root):
+    """Make an install prefix where ament_index finds ood_seg_ros and its config files."""
+    marker = prefix / 'share' / 'ament_index' / 'resource_index' / 'packages' / 'ood_seg_ros'
+    marker.parent.mkdir(parents=True)
+    marker.write_text('')
+    config = prefix / 'share' / 'ood_seg_ros' / 'config'
+    config.mkdir(parents=True)
+    for name in ('ood.yaml', 'fastdds.xml'):
+        (config / name).write_text((root / 'config' / name).read_text())
+    return prefix
+
+
 def read_rss_kb(pid):
     """Resident set size of process ``pid`` in kB (from /proc/<pid>/status)."""
     for line in Path(f'/proc/{pid}/status').read_text().splitlines():

@@ -24,7 +24,7 @@ rate and measures drops.
 import json
 from pathlib import Path
 
-from .base import add_bundle_option, add_obstacle_options, Command
+from .base import add_bundle_option, add_obstacle_options, check_out_dir, Command
 from ..errors import OodSegError
 
 
@@ -93,6 +93,7 @@ class BagEvalCommand(Command):
             raise OodSegError(f'--rate-scale must be > 0, got {args.rate_scale}')
         image_topic = offline.choose_image_topic(bag, args.gt_topic, args.image_topic)
         out = Path(args.out)
+        check_out_dir(out, [bag, bundle, args.params_file])
         report.prepare_out(out)
         settings = PipelineSettings(bundle=str(bundle.resolve()), backend=args.backend,
                                     device=args.device, score=args.score,

@@ -82,3 +82,33 @@ def obstacle_kw(args: argparse.Namespace) -> dict:
     """Pipeline keywords of the obstacle options (see :func:`add_obstacle_options`)."""
     return {'region': args.heatmap_region, 'band': args.band, 'band_rows': args.band_rows,
             'band_width': args.band_width, 'flip': args.flip}
+
+
+def check_out_dir(out, inputs=()) -> None:
+    """
+    Check an ``--out`` folder before any work: creatable, a folder, not inside an input.
+
+    Raises OodSegError with one line when ``out`` is an existing file, cannot be created
+    (``/proc/x``, no permission) or is one of ``inputs`` (a bag, a bundle, a data folder)
+    or inside one: results are never written into what is being evaluated. Creates it.
+    """
+    from pathlib import Path
+    from ..errors import OodSegError
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise OodSegError(f'--out {out} exists and is not a folder; give a folder')
+    target = out.resolve()
+    for given in inputs:
+        if given is None:
+            continue
+        src = Path(given).resolve()
+        if target == src or src in target.parents:
+            raise OodSegError(f'--out {out} is inside the input {given}; write the results '
+                              f'elsewhere')
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / '.ood_seg_write_check'
+        probe.touch()
+        probe.unlink()
+    except OSError as exc:
+        raise OodSegError(f'--out {out}: cannot write there ({exc.strerror or exc})') from None

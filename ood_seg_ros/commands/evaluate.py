@@ -2,8 +2,8 @@
 
 import sys
 
-from .base import add_bundle_option, add_json_option, add_obstacle_options, Command, \
-    obstacle_kw
+from .base import add_bundle_option, add_json_option, add_obstacle_options, check_out_dir, \
+    Command, obstacle_kw
 
 
 class EvalCommand(Command):
@@ -61,6 +61,9 @@ class EvalCommand(Command):
         if not spec and not args.ood_set:
             raise OodSegError('nothing to evaluate: give --dataset (or --camvid) and/or '
                               '--ood-set')
+        if args.out:
+            check_out_dir(args.out, [bundle, spec.split(':', 1)[-1] if spec else None,
+                                     args.entropy_bundle, *(args.ood_set or [])])
         size = parse_size(args.input_size) if args.input_size else None
         obstacle = obstacle_kw(args)
 

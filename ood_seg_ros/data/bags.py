@@ -115,14 +115,17 @@ class BagWriter:
 
         ``atomic``: write to a hidden temporary folder next to ``path`` and rename it to
         ``path`` only when the bag is complete; on an error the partial bag is removed,
-        so a rerun does not fail with "exists already".
+        so a rerun does not fail with "exists already". The bag is written as
+        ``.<name>.partial-<pid>/<name>``, so its data file already has the final name
+        (``<name>.mcap``, as ``ros2 bag record`` names it).
         """
         if storage not in STORAGES:
             raise OodSegError(f'unknown bag storage {storage!r}; use mcap or sqlite3')
         self.final_path = Path(path)
         self.atomic = bool(atomic)
-        self.path = (self.final_path.with_name(f'.{self.final_path.name}.partial-{os.getpid()}')
-                     if atomic else self.final_path)
+        self.scratch = self.final_path.with_name(
+            f'.{self.final_path.name}.partial-{os.getpid()}') if atomic else None
+        self.path = self.scratch / self.final_path.name if atomic else self.final_path
         self.storage = storage
         self._writer = None
         self._connections = {}
@@ -133,14 +136,18 @@ class BagWriter:
         if self.final_path.exists():
             raise OodSegError(f'output bag {self.final_path} exists already; remove it or '
                               f'choose another path')
-        if self.atomic and self.path.exists():
-            shutil.rmtree(self.path)        # left by a killed run of this pid
+        if self.atomic:
+            if self.scratch.exists():
+                shutil.rmtree(self.scratch)     # left by a killed run of this pid
+            self.scratch.mkdir(parents=True)
         plugin = StoragePlugin.MCAP if self.storage == 'mcap' else StoragePlugin.SQLITE3
         try:
             self._writer = Writer(self.path, version=BAG_VERSION, storage_plugin=plugin)
             self._writer.open()
         except (WriterError, OSError) as exc:
-            raise OodSegError(f'cannot create bag {self.path}: {exc}') from None
+            if self.atomic:
+                shutil.rmtree(self.scratch, ignore_errors=True)
+            raise OodSegError(f'cannot create bag {self.final_path}: {exc}') from None
         return self
 
     def add_topic(self, topic: str, msgtype: str) -> None:
@@ -173,17 +180,18 @@ class BagWriter:
             except OSError as exc:
                 if exc_info[0] is None:
                     if self.atomic:
-                        shutil.rmtree(self.path, ignore_errors=True)
+                        shutil.rmtree(self.scratch, ignore_errors=True)
                     raise OodSegError(f'cannot finish bag {self.final_path}: {exc}') from None
         if not self.atomic:
             return
         if exc_info[0] is not None:
-            shutil.rmtree(self.path, ignore_errors=True)
+            shutil.rmtree(self.scratch, ignore_errors=True)
             return
         try:
             os.rename(self.path, self.final_path)
+            self.scratch.rmdir()
         except OSError as exc:
-            shutil.rmtree(self.path, ignore_errors=True)
+            shutil.rmtree(self.scratch, ignore_errors=True)
             raise OodSegError(f'cannot move the finished bag to {self.final_path}: '
                               f'{exc.strerror}') from None
 

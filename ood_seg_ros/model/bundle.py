@@ -115,6 +115,7 @@ def load_bundle(path, outputs=None, device='cpu') -> Bundle:
     config = ModelConfig.from_dict(doc['config'], source=str(path / BUNDLE_JSON))
     model = OodSegNet(config, outputs)
     wpath = path / WEIGHTS
+    check_weights_archive(wpath, model.state_dict())
     try:
         state = torch.load(wpath, map_location='cpu', weights_only=True)
     except FileNotFoundError:
@@ -127,6 +128,43 @@ def load_bundle(path, outputs=None, device='cpu') -> Bundle:
                            for k, v in state.items()})
     model.eval().to(device)
     return Bundle(path, config, model, doc.get('runtime', {}), doc.get('info', {}))
+
+
+# torch.save's zip layout: <archive>/data.pkl (the pickled structure, small),
+# <archive>/data/<n> (one entry per tensor storage), plus small bookkeeping entries
+PICKLE_BYTES_PER_TENSOR = 512
+ARCHIVE_SLACK_BYTES = 1 << 20
+
+
+def check_weights_archive(wpath, expected: dict) -> None:
+    """
+    Refuse a weights file whose zip entries are larger than the config's tensors.
+
+    Reads only the zip's directory (declared uncompressed sizes), before torch.load
+    reads (and allocates) anything: a zip bomb (a few MB holding GiB of zeros) or a file
+    for another, larger network gives one line instead of a memory blow-up. The storage
+    entries together may hold the ``expected`` tensors in float32, the rest a pickle of
+    bounded size. A file that is not a zip is left to torch.load to report.
+    """
+    import zipfile
+    try:
+        with zipfile.ZipFile(wpath) as archive:
+            entries = archive.infolist()
+    except FileNotFoundError:
+        return
+    except (zipfile.BadZipFile, OSError, ValueError):
+        return
+    tensors = sum(int(v.numel()) * 4 for v in expected.values())
+    storage = sum(e.file_size for e in entries if '/data/' in e.filename)
+    other = sum(e.file_size for e in entries if '/data/' not in e.filename)
+    allowed_other = ARCHIVE_SLACK_BYTES + PICKLE_BYTES_PER_TENSOR * len(expected)
+    if storage > tensors + ARCHIVE_SLACK_BYTES or other > allowed_other:
+        big = max(entries, key=lambda e: e.file_size)
+        raise OodSegError(
+            f'{wpath}: its zip entries unpack to {(storage + other) / 2 ** 20:.0f} MiB '
+            f'(largest {big.filename}: {big.file_size / 2 ** 20:.0f} MiB), but the '
+            f"config's {len(expected)} tensors take {tensors / 2 ** 20:.0f} MiB; refused "
+            f'before reading it (a damaged or forged weights file)')
 
 
 def check_finite(state: dict, where) -> None:

@@ -5,6 +5,7 @@ import math
 from typing import List, Optional, Tuple
 
 from .backbones import backbone_names
+from .budget import check_memory
 from ..data.datasets import default_classes
 from ..errors import OodSegError
 from ..scores import (ALL_SCORES, EXTRA_OUTPUTS, needs, NEEDS_SML, NEEDS_STATS, SCORES,
@@ -128,6 +129,7 @@ class ModelConfig:
                               f'{", ".join(ALL_SCORES)}')
         if self.sml_stats is not None:
             self._check_sml_stats()
+        check_memory(self)
         return self
 
     def _check_sml_stats(self) -> None:

@@ -9,8 +9,10 @@ segment) unless the user chose a profile, and publishes asynchronously unless
 output into the writer queue instead of blocking the image callback while DDS sends it.
 """
 
+import logging
 import os
 from pathlib import Path
+import signal
 import sys
 import time
 from typing import Optional
@@ -23,7 +25,7 @@ from rclpy.logging import get_logger
 
 from .node import OodLifecycleNode, OodNode
 from .params import NODE_NAME, startup_parameters
-from ..errors import OodSegError
+from ..errors import exit_now, OodSegError
 
 DDS_PROFILE_VARS = ('FASTRTPS_DEFAULT_PROFILES_FILE', 'FASTDDS_DEFAULT_PROFILES_FILE')
 DDS_PROFILE = 'fastdds.xml'
@@ -70,6 +72,61 @@ def use_dds_profile(environ) -> Optional[str]:
     return str(path)
 
 
+USAGE = """usage: ood_node [-h] [--ros-args -p NAME:=VALUE ... --params-file FILE -r FROM:=TO]
+
+The OoD segmentation node: camera frames in (image or image/compressed, camera_info),
+anomaly heatmap, OoD segments and /diagnostics out. Usually started with
+  ros2 launch ood_seg_ros ood.launch.py image_topic:=/camera/image_raw
+
+parameters (defaults in config/ood.yaml; ros2 param describe /ood_node NAME):
+{parameters}
+
+exit status: 0 on SIGINT/SIGTERM or a lifecycle shutdown, 1 when the model cannot be
+loaded and exit_on_error is true, 2 on bad parameters.
+"""
+
+
+def wants_help(argv) -> bool:
+    """Return whether ``argv`` asks for help (-h / --help before any --ros-args)."""
+    args = list(argv or ())[1:]
+    head = args[:args.index('--ros-args')] if '--ros-args' in args else args
+    return any(a in ('-h', '--help') for a in head)
+
+
+def usage() -> str:
+    """Return the ``ood_node --help`` text: usage, every parameter, exit codes."""
+    from .params import PARAMETERS
+    lines = [f'  {name} ({spec[1]}, default {spec[0]!r}{", read-only" if spec[2] else ""}): '
+             f'{spec[3]}' for name, spec in PARAMETERS.items()]
+    return USAGE.format(parameters='\n'.join(lines))
+
+
+def _interrupt(signum, frame):
+    """SIGINT / SIGTERM in the main thread: unwind from any phase (export, warm-up)."""
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+class _RosLogHandler(logging.Handler):
+    """Forward the package's Python log records (ONNX export progress) to the node log."""
+
+    def emit(self, record) -> None:
+        logger = get_logger(NODE_NAME)
+        text = self.format(record)
+        if record.levelno >= logging.ERROR:
+            logger.error(text)
+        elif record.levelno >= logging.WARNING:
+            logger.warning(text)
+        else:
+            logger.info(text)
+
+
+def _forward_package_logs() -> None:
+    log = logging.getLogger('ood_seg_ros')
+    if not any(isinstance(h, _RosLogHandler) for h in log.handlers):
+        log.addHandler(_RosLogHandler())
+        log.setLevel(logging.INFO)
+
+
 def _start(mode: dict):
     """Build the node ``mode`` asks for; a lifecycle node is activated with autostart."""
     if not mode['lifecycle']:
@@ -94,10 +151,21 @@ def main(args=None) -> int:
     Exit code 2 on bad parameters, 1 when the model cannot be loaded and
     ``exit_on_error`` is true (otherwise the node stays up with ERROR diagnostics).
     ``lifecycle``, ``autostart`` and ``exit_on_error`` are read from the command line and
-    params files before the node is built (:func:`.params.startup_parameters`).
+    params files before the node is built (:func:`.params.startup_parameters`). Called
+    without ``args`` (the console script) it ends the process itself
+    (:func:`ood_seg_ros.errors.exit_now`).
     """
+    if wants_help(sys.argv if args is None else args):
+        print(usage())
+        return 0
     os.environ.setdefault('RMW_FASTRTPS_PUBLICATION_MODE', 'ASYNCHRONOUS')
     profile = use_dds_profile(os.environ)
+    # Python-level handlers installed before rclpy's: rclpy chains to them, so a signal
+    # raises KeyboardInterrupt in every phase (ONNX export, warm-up, spinning) and the
+    # node exits 0 at once instead of after the phase (or not at all)
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, _interrupt)
+    _forward_package_logs()
     rclpy.init(args=args)
     node = executor = None
     code = 0
@@ -134,6 +202,9 @@ def main(args=None) -> int:
             except Exception:  # noqa: B902 - context already gone
                 pass
         rclpy.try_shutdown()
+    if args is None:        # the ood_node process itself: skip the slow teardown
+        from ..export import abort_exports
+        exit_now(code, [abort_exports, logging.shutdown])
     return code
 
 

@@ -11,6 +11,7 @@ import sys
 import time
 from typing import Optional
 
+from diagnostic_msgs.msg import DiagnosticStatus, KeyValue
 import numpy as np
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.lifecycle import LifecycleNode, TransitionCallbackReturn
@@ -23,6 +24,7 @@ from .inputs import Inputs
 from .outputs import load_vision_msgs, Outputs
 from .params import apply_set, check_set, descriptor, NODE_NAME, PARAMETERS, \
     pipeline_settings, read_config, RUNTIME, with_bundle_defaults
+from .rebuild import Rebuilder
 from ..errors import OodSegError
 from ..msg.image_codec import FrameError
 from ..pipeline import Pipeline
@@ -40,7 +42,9 @@ class _OodCore:
         self._vision = load_vision_msgs()
         self.stats = FrameStats()
         self._syncing = False
-        self._pending: Optional[Pipeline] = None
+        self._pending: Optional[str] = None     # score the set being checked rebuilds for
+        self.rebuild_error = ''
+        self._rebuilder = Rebuilder(self, self._make_pipeline, self._on_rebuilt)
         self.exit_code: Optional[int] = None
         self.finished = Future()
         self.add_pre_set_parameters_callback(self._on_pre_set_parameters)
@@ -72,23 +76,36 @@ class _OodCore:
                 part.destroy()
         self.outputs = self._diagnostics = None
 
-    def _build_pipeline(self, score: Optional[str]) -> Pipeline:
-        """Build the pipeline of the node's parameters, with ``score`` as heatmap."""
+    def _settings(self, score: Optional[str]):
+        """Return (PipelineSettings, warm-up runs) of the node's parameters and ``score``."""
         settings = pipeline_settings(self.cfg, score)
         if settings.backend_name() == 'tensorrt':
             self.get_logger().warning(
                 'TensorRT backend: loading or BUILDING the engine now; a first build can '
                 'take several minutes (Jetson: over ten); the node subscribes when done')
-        return Pipeline.from_settings(settings)
+        return settings, self.cfg['warmup_runs']
+
+    @staticmethod
+    def _make_pipeline(recipe, log=None) -> Pipeline:
+        """Build and warm up the pipeline of ``recipe`` (settings, warm-up runs)."""
+        settings, warmup_runs = recipe
+        if log is not None:
+            log(f'loading model {settings.bundle} (backend {settings.backend_name()}); a '
+                f'first start exports the ONNX graph (ood-seg export does it ahead of time)')
+        pipe = Pipeline.from_settings(settings)
+        if log is not None and warmup_runs:
+            log(f'warming up: {warmup_runs} run(s) at input {pipe.input_size}')
+        frame = np.zeros(tuple(pipe.input_size) + (3,), np.uint8)
+        for _ in range(warmup_runs):
+            pipe.process(frame)
+        return pipe
 
     def _load_model(self) -> bool:
         """Build and warm up the pipeline; on failure keep running with ERROR diagnostics."""
         t0 = time.perf_counter()
         try:
-            pipe = self._build_pipeline(self.cfg['heatmap_score'] or None)
-            frame = np.zeros(tuple(pipe.input_size) + (3,), np.uint8)
-            for _ in range(self.cfg['warmup_runs']):
-                pipe.process(frame)
+            pipe = self._make_pipeline(self._settings(self.cfg['heatmap_score'] or None),
+                                       self.get_logger().info)
         except Exception as exc:  # noqa: B902 - any failure means: no model
             self.pipeline = None
             self.model_error = f'cannot load model: {exc}'
@@ -115,6 +132,7 @@ class _OodCore:
         return True
 
     def _unload_model(self) -> None:
+        self._rebuilder.cancel()
         self.pipeline = None
         self.model_error = 'model unloaded (node inactive)'
         torch = sys.modules.get('torch')     # loaded by the backend, if at all
@@ -159,31 +177,33 @@ class _OodCore:
         if self._syncing:
             return SetParametersResult(successful=True)
         try:
-            self._pending = check_set(params, self.pipeline, self._rebuild)
-        except Exception as exc:  # noqa: B902 - e.g. a failed pipeline rebuild
+            self._pending = check_set(params, self.pipeline)
+        except Exception as exc:  # noqa: B902 - refuse the set with the reason
             reason = str(exc) if isinstance(exc, OodSegError) else \
                 f'{type(exc).__name__}: {exc}'
             return SetParametersResult(successful=False, reason=reason)
         return SetParametersResult(successful=True)
 
-    def _rebuild(self, score: str) -> Pipeline:
-        self.get_logger().info(f'heatmap_score {score}: not computed by the running '
-                               f'backend, rebuilding the pipeline')
-        return self._build_pipeline(score)
-
     def _on_post_set_parameters(self, params) -> None:
         """Apply an accepted set (the values in use: heatmap score, then threshold)."""
-        new, self._pending = self._pending, None
+        rebuild, self._pending = self._pending, None
         if not hasattr(self, 'cfg'):
             return      # declaration time: _read_config reads the values
-        before = self.pipeline
         if self._syncing:
             self.cfg.update({q.name: q.value for q in params})
             return
-        self.pipeline = apply_set(self.cfg, params, before, new)
-        if before is not None and any(q.name in RUNTIME for q in params):
+        apply_set(self.cfg, params, self.pipeline, rebuild)
+        if rebuild is not None:
+            self.get_logger().info(f'heatmap_score {rebuild}: not computed by the running '
+                                   f'pipeline; building a new one in the background (the '
+                                   f'running one keeps publishing)')
+            self.rebuild_error = ''
+            self._rebuilder.request(rebuild, self._settings(rebuild))
+        elif any(q.name == 'heatmap_score' for q in params):
+            self._rebuilder.cancel()     # the latest score wins over a pending rebuild
+        if self.pipeline is not None and any(q.name in RUNTIME for q in params):
             self._publish_label_info()
-        if before is not None and any(q.name == 'heatmap_region' for q in params):
+        if self.pipeline is not None and any(q.name == 'heatmap_region' for q in params):
             # the mode brought its own score and threshold: show them (param get) once
             # this set has finished
             self._sync_timer = self.create_timer(0.0, self._sync_once)
@@ -194,6 +214,23 @@ class _OodCore:
             self.destroy_timer(timer)
         if self.pipeline is not None:
             self._show_effective_parameters()
+
+    def _on_rebuilt(self, score: str, pipe: Optional[Pipeline], error) -> None:
+        """Take a finished background rebuild (executor thread): swap pipelines, or report."""
+        before = self.pipeline
+        if before is None:
+            return      # the model was unloaded meanwhile
+        if pipe is None:
+            self.rebuild_error = f'heatmap_score {score}: rebuild failed: ' + (
+                str(error) if isinstance(error, OodSegError) else
+                f'{type(error).__name__}: {error}')
+            self.get_logger().error(f'{self.rebuild_error}; keeping {before.score_name}')
+        else:
+            pipe.set_threshold(before.threshold)
+            self.pipeline = pipe
+            self.get_logger().info(f'heatmap_score {score}: new pipeline in use')
+        self._show_effective_parameters()
+        self._publish_label_info()
 
     # -- per frame -------------------------------------------------------------------
     def _on_frame(self, msg, info, convert) -> None:
@@ -236,8 +273,17 @@ class _OodCore:
     def diagnostics_status(self):
         """Return the node's DiagnosticStatus (see :meth:`FrameStats.status`)."""
         # the node's full name without the leading slash: 'ood_node', 'left/ood_node'
-        return self.stats.status(self.get_fully_qualified_name().lstrip('/'),
-                                 self.pipeline, self.model_error, self.cfg)
+        status = self.stats.status(self.get_fully_qualified_name().lstrip('/'),
+                                   self.pipeline, self.model_error, self.cfg)
+        pending = self._rebuilder.pending()
+        rebuild = (f'pending: heatmap_score {pending[0]} ({pending[1]:.1f} s)'
+                   if pending else self.rebuild_error or 'none')
+        status.values.append(KeyValue(key='rebuild', value=rebuild))
+        if status.level == DiagnosticStatus.OK and rebuild != 'none':
+            status.message = f'running; rebuild {rebuild}'
+            if not pending:     # the last rebuild failed: the old score is still in use
+                status.level = DiagnosticStatus.WARN
+        return status
 
 
 class OodNode(_OodCore, Node):

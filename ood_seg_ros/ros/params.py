@@ -10,7 +10,7 @@ is needed: everything here is testable without a node.
 """
 
 import re
-from typing import Callable, Dict, Iterable, List, Optional, Sequence
+from typing import Dict, Iterable, List, Optional, Sequence
 
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, \
     ParameterType
@@ -178,13 +178,13 @@ def with_bundle_defaults(params: List[Parameter], pipeline: Pipeline) -> List[Pa
             if q.name in resets and q.value == resets[q.name][0] else q for q in params]
 
 
-def check_set(params: List[Parameter], pipeline: Optional[Pipeline],
-              rebuild: Callable[[str], Pipeline]) -> Optional[Pipeline]:
+def check_set(params: List[Parameter], pipeline: Optional[Pipeline]) -> Optional[str]:
     """
-    Set step: validate ``params``; return the rebuilt pipeline the set needs, or None.
+    Set step: validate ``params``; return the heatmap score the set needs a rebuild for.
 
-    A heatmap score the running pipeline does not compute needs ``rebuild(score)``.
-    Raises OodSegError (or the rebuild's error): the set is then refused whole.
+    A heatmap score the running pipeline does not compute needs a new pipeline, built in
+    the background (:mod:`.rebuild`); nothing is built here, so the call answers at once.
+    Raises OodSegError: the set is then refused whole.
     """
     for param in params:
         if param.name in PARAMETERS:
@@ -195,34 +195,40 @@ def check_set(params: List[Parameter], pipeline: Optional[Pipeline],
         pipeline.region_state(region)           # raises where set_region would
     if pipeline is None or not score:
         return None
-    if score in pipeline.backend.output_names:
-        pipeline.score_normalisation(score)     # raises where set_score would
-        return None
-    return rebuild(score)
+    computed = score in pipeline.backend.output_names
+    pipeline.score_normalisation(score, computed=computed)   # raises as set_score would
+    return None if computed else score
 
 
 def apply_set(cfg: dict, params: List[Parameter], pipeline: Optional[Pipeline],
-              rebuilt: Optional[Pipeline]) -> Optional[Pipeline]:
-    """Post-set step: store the values in ``cfg``, apply them; the pipeline now in use."""
+              rebuild: Optional[str] = None) -> None:
+    """
+    Post-set step: store the values in ``cfg`` and apply them to ``pipeline``.
+
+    ``rebuild``: the score a background rebuild was asked for; the running pipeline
+    keeps its score until the new one takes over (it then takes the threshold in use).
+    """
     cfg.update({q.name: q.value for q in params if q.name in PARAMETERS})
-    if pipeline is None or not any(q.name in RUNTIME for q in params):
-        return pipeline
-    if rebuilt is not None:
-        rebuilt.set_threshold(pipeline.threshold)
-        pipeline = rebuilt
+    if pipeline is None:
+        return
     names = {q.name for q in params}
+    score = next((q.value for q in params if q.name == 'heatmap_score'), None)
     if 'heatmap_region' in names and cfg['heatmap_region'] != pipeline.region:
         # the mode's score, threshold and meta classifier, unless the set gives them
+        # (a score being rebuilt in the background comes with the new pipeline)
         pipeline.set_region(cfg['heatmap_region'],
-                            score=cfg['heatmap_score'] if 'heatmap_score' in names else None,
+                            score=score if score and rebuild is None else None,
                             threshold=(cfg['segment_threshold'] or None)
                             if 'segment_threshold' in names else None)
-        cfg.update(heatmap_score=pipeline.score_name, segment_threshold=pipeline.threshold)
-        return pipeline
-    if cfg['heatmap_score'] != pipeline.score_name:
-        pipeline.set_score(cfg['heatmap_score'] or pipeline.runtime['heatmap_score'])
-    pipeline.set_threshold(cfg['segment_threshold'] or pipeline.runtime['segment_threshold'])
-    return pipeline
+        if rebuild is None:
+            cfg['heatmap_score'] = pipeline.score_name
+        cfg['segment_threshold'] = pipeline.threshold
+        return
+    if score is not None and rebuild is None and score != pipeline.score_name:
+        pipeline.set_score(score or pipeline.runtime['heatmap_score'])
+    if 'segment_threshold' in names:
+        pipeline.set_threshold(cfg['segment_threshold'] or
+                               pipeline.runtime['segment_threshold'])
 
 
 def pipeline_settings(cfg: Dict[str, object], score: Optional[str]) -> PipelineSettings:

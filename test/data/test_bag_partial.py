@@ -24,6 +24,10 @@ def test_bad_input_leaves_no_partial_bag_and_a_rerun_works(tmp_path, storage):
     summary = bags.write_image_bag(out, _frames(3), 10.0, storage=storage)
     assert summary['n_frames'] == 3 and (out / 'metadata.yaml').exists()
     assert [p.name for p in tmp_path.iterdir()] == ['out']
+    # the data file has the bag's own name, as ros2 bag record writes it
+    ext = {'mcap': '.mcap', 'sqlite3': '.db3'}[storage]
+    assert sorted(p.name for p in out.iterdir()) == sorted(['metadata.yaml', 'out' + ext])
+    assert f'out{ext}' in (out / 'metadata.yaml').read_text()
     msgs = list(bags.read_image_bag(out))
     assert len(msgs) == 3
     with pytest.raises(OodSegError, match='exists already'):

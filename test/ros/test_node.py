@@ -227,7 +227,7 @@ def test_launch_file_declares_arguments_and_node(share_prefix, monkeypatch):
     # the package's Fast DDS profile for the node, unless the user has one
     profile = str(share / 'config' / 'fastdds.xml')
     assert kw['additional_env'] == {var: profile for var in rh.DDS_PROFILE_VARS}
-    assert 'on_exit' not in kw
+    assert kw['on_exit'].__name__ == 'on_node_exit'     # see test_launch_exit.py
     monkeypatch.setenv('FASTDDS_DEFAULT_PROFILES_FILE', '/mine.xml')
     assert 'additional_env' not in rh.evaluate_launch(LAUNCH)[1][0].kwargs
 
@@ -262,7 +262,7 @@ def test_launch_file_namespace_lifecycle_and_exit_on_error(share_prefix, tmp_pat
                                    'autostart': False, 'exit_on_error': True}
     # relative topics resolve in the namespace; camera_info sits beside the image
     assert ('camera_info', 'camera/camera_info') in kw['remappings']
-    assert isinstance(kw['on_exit'], rh.Shutdown)
+    assert callable(kw['on_exit'])       # the required node: see test_launch_exit.py
     cmd = rh.launch_ros_command(node, 'ood_node', tmp_path)
     assert cmd[2:6] == ['-r', '__node:=ood_node', '-r', '__ns:=/left']
     _, (node,) = rh.evaluate_launch(LAUNCH, camera_info_topic='/cam/info', image_topic='img')
@@ -706,7 +706,7 @@ def test_param_get_shows_effective_values_and_reset(runs, bundle):
 @pytest.mark.dds
 @pytest.mark.parametrize('exit_on_error', ['true', ''])
 def test_model_failure_exit_on_error_or_stay_up(exit_on_error, share_prefix, tmp_path):
-    """exit_on_error:=true: exit code 1 (the launch's Shutdown); default: stays up."""
+    """exit_on_error:=true: exit code 1 (the launch fails, test_launch_exit); else stays up."""
     pytest.importorskip('rclpy')
     reason = rh.netns_problem()
     exe = rh.node_executable()
@@ -715,7 +715,7 @@ def test_model_failure_exit_on_error_or_stay_up(exit_on_error, share_prefix, tmp
     _, (action,) = rh.evaluate_launch(LAUNCH, params_file=str(CONFIG),
                                       model=str(tmp_path / 'no_such_bundle'),
                                       exit_on_error=exit_on_error)
-    assert ('on_exit' in action.kwargs) == bool(exit_on_error)
+    assert action.kwargs['on_exit'].__name__ == 'on_node_exit'    # the node is required
     cmd = rh.launch_ros_command(action, exe, tmp_path)
     log = tmp_path / 'node.log'
     with open(log, 'w') as out:

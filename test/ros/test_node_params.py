@@ -80,8 +80,10 @@ class _Pipe:
         self.runtime = {'heatmap_score': 'moose_entropy', 'segment_threshold': 0.7}
         self.score_name, self.threshold = score, threshold
 
-    def score_normalisation(self, name):
-        if name == 'msp':
+    def score_normalisation(self, name, computed=True):
+        if computed and name not in self.backend.output_names:
+            raise OodSegError(f'{name} not computed')
+        if name in ('msp', 'energy'):
             return 0.0, 1.0
         raise OodSegError(f'no normalisation for {name}')
 
@@ -99,25 +101,30 @@ def test_set_validates_and_post_set_applies():
                                          Parameter('heatmap_score', value='')], pipe)
     assert [(q.name, q.value) for q in reset] == [('segment_threshold', 0.7),
                                                   ('heatmap_score', 'moose_entropy')]
-
-    def no_rebuild(score):
-        raise AssertionError('no rebuild expected')
     with pytest.raises(OodSegError, match='segment_threshold'):
-        params.check_set([Parameter('segment_threshold', value=1.5)], pipe, no_rebuild)
+        params.check_set([Parameter('segment_threshold', value=1.5)], pipe)
     with pytest.raises(OodSegError, match='no normalisation'):
-        params.check_set([Parameter('heatmap_score', value='moose_entropy')], _Pipe('msp'),
-                         no_rebuild)
+        params.check_set([Parameter('heatmap_score', value='moose_entropy')], _Pipe('msp'))
     assert pipe.threshold == 0.5 and pipe.score_name == 'moose_entropy'   # nothing applied
-    assert params.check_set([Parameter('heatmap_score', value='msp')], pipe,
-                            no_rebuild) is None
+    assert params.check_set([Parameter('heatmap_score', value='msp')], pipe) is None
     cfg = {'heatmap_score': 'moose_entropy', 'segment_threshold': 0.5}
-    got = params.apply_set(cfg, [Parameter('heatmap_score', value='msp'),
-                                 Parameter('segment_threshold', value=0.25)], pipe, None)
-    assert got is pipe and (pipe.score_name, pipe.threshold) == ('msp', 0.25)
+    params.apply_set(cfg, [Parameter('heatmap_score', value='msp'),
+                           Parameter('segment_threshold', value=0.25)], pipe)
+    assert (pipe.score_name, pipe.threshold) == ('msp', 0.25)
     assert cfg == {'heatmap_score': 'msp', 'segment_threshold': 0.25}
-    new = _Pipe('energy', 0.9)
-    built = params.check_set([Parameter('heatmap_score', value='energy')], pipe,
-                             lambda score: new)
-    assert built is new
-    got = params.apply_set(cfg, [Parameter('heatmap_score', value='energy')], pipe, built)
-    assert got is new and new.threshold == 0.25 and cfg['heatmap_score'] == 'energy'
+
+
+def test_a_score_the_graph_lacks_asks_for_a_rebuild_and_builds_nothing_in_the_call():
+    pipe = _Pipe()
+    # not computed by the running backend, but with a normalisation: a background rebuild
+    assert params.check_set([Parameter('heatmap_score', value='energy')], pipe) == 'energy'
+    with pytest.raises(OodSegError, match='no normalisation'):
+        params.check_set([Parameter('heatmap_score', value='max_logit')], pipe)
+    cfg = {'heatmap_score': 'moose_entropy', 'segment_threshold': 0.5}
+    params.apply_set(cfg, [Parameter('heatmap_score', value='energy'),
+                           Parameter('segment_threshold', value=0.3)], pipe, 'energy')
+    # the running pipeline keeps its score until the rebuilt one takes over
+    assert (pipe.score_name, pipe.threshold) == ('moose_entropy', 0.3)
+    assert cfg == {'heatmap_score': 'energy', 'segment_threshold': 0.3}
+    params.apply_set(cfg, [Parameter('segment_threshold', value=0.4)], pipe)
+    assert (pipe.score_name, pipe.threshold) == ('moose_entropy', 0.4)

@@ -21,7 +21,18 @@ ROS_PACKAGE_KEYS = {'rclpy', 'sensor_msgs', 'std_msgs', 'diagnostic_msgs', 'life
 # System keys from rosdep/python.yaml.
 ROSDEP_PYTHON_KEYS = {'python3-numpy', 'python3-scipy', 'python3-opencv', 'python3-yaml',
                       'python3-tqdm', 'python3-sklearn', 'python3-matplotlib',
-                      'python3-pytest'}
+                      'python3-pydantic', 'python3-pytest'}
+# Third-party modules the package imports: the rosdep key that provides each, or None
+# for the ones requirements.txt installs with pip (see the README) or that come from
+# the platform (TensorRT: JetPack / NVIDIA).
+IMPORT_SOURCES = {
+    'ament_index_python': 'ament_index_python', 'diagnostic_msgs': 'diagnostic_msgs',
+    'rcl_interfaces': 'rcl_interfaces', 'rclpy': 'rclpy', 'sensor_msgs': 'sensor_msgs',
+    'std_msgs': 'std_msgs', 'vision_msgs': 'vision_msgs', 'cv2': 'python3-opencv',
+    'matplotlib': 'python3-matplotlib', 'numpy': 'python3-numpy',
+    'pydantic': 'python3-pydantic', 'scipy': 'python3-scipy', 'sklearn': 'python3-sklearn',
+    'tqdm': 'python3-tqdm', 'yaml': 'python3-yaml',
+    'onnx': None, 'onnxruntime': None, 'rosbags': None, 'torch': None, 'tensorrt': None}
 
 
 def _setup_py_version() -> str:
@@ -120,3 +131,29 @@ def test_colcon_build_installs_the_ros_layout(tmp_path):
 def test_editable_install_imports_from_this_checkout():
     import ood_seg_ros
     assert Path(ood_seg_ros.__file__).resolve().parent == ROOT / 'ood_seg_ros'
+
+
+def _third_party_imports():
+    found = set()
+    for path in (ROOT / 'ood_seg_ros').rglob('*.py'):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                found |= {a.name.split('.')[0] for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                found.add(node.module.split('.')[0])
+    return {m for m in found if m not in sys.stdlib_module_names and m != 'ood_seg_ros'}
+
+
+def test_every_imported_module_is_declared():
+    """Check each imported module has its rosdep key in package.xml (or a pip line)."""
+    pkg = parse_package(str(ROOT / 'package.xml'))
+    declared = {d.name for d in pkg.exec_depends}
+    imported = _third_party_imports()
+    assert imported <= set(IMPORT_SOURCES), sorted(imported - set(IMPORT_SOURCES))
+    missing = {m: IMPORT_SOURCES[m] for m in imported
+               if IMPORT_SOURCES[m] is not None and IMPORT_SOURCES[m] not in declared}
+    assert not missing, f'imported but not in package.xml: {missing}'
+    pip = (ROOT / 'requirements.txt').read_text()
+    for module, name in (('pydantic', 'pydantic'), ('onnx', 'onnx'), ('rosbags', 'rosbags'),
+                         ('onnxruntime', 'onnxruntime')):
+        assert f'\n{name}' in pip, f'{module} is not in requirements.txt'

@@ -144,14 +144,23 @@ node = OodNode(parameter_overrides=[Parameter('model_path', value=sys.argv[1]),
                                     Parameter('backend', value='torch'),
                                     Parameter('segment_threshold', value=0.5)])
 out = {'threshold0': node.pipeline.threshold, 'score0': node.pipeline.score_name}
-def fail(score):
-    raise RuntimeError('rebuild failed (test)')
-node._build_pipeline = fail
 res = node.set_parameters_atomically([Parameter('segment_threshold', value=0.3),
-                                      Parameter('heatmap_score', value='msp')])
+                                      Parameter('heatmap_score', value='no_such_score')])
 out.update(ok=res.successful, reason=res.reason, threshold1=node.pipeline.threshold,
            score1=node.pipeline.score_name, cfg_threshold=node.cfg['segment_threshold'],
            param_threshold=node.get_parameter('segment_threshold').value)
+def fail(recipe):
+    raise RuntimeError('rebuild failed (test)')
+node._rebuilder._build = fail
+res = node.set_parameters([Parameter('heatmap_score', value='msp')])[0]
+out.update(rebuild_ok=res.successful, pending_param=node.get_parameter('heatmap_score').value)
+end = time.monotonic() + 30
+while node.rebuild_error == '' and time.monotonic() < end:
+    rclpy.spin_once(node, timeout_sec=0.1)
+st = node.diagnostics_status()
+out.update(rebuild_level=int.from_bytes(st.level, 'little') if isinstance(st.level, bytes)
+           else int(st.level), rebuild_message=st.message, score2=node.pipeline.score_name,
+           param_after_failure=node.get_parameter('heatmap_score').value)
 out['diag_meta'] = {kv.key: kv.value for kv in node.diagnostics_status().values}[
     'meta_classifier']
 infer = node.pipeline.backend.infer
@@ -184,10 +193,19 @@ def node_run(bundle):
 @pytest.mark.dds
 def test_atomic_parameter_set_applies_all_or_nothing(node_run):
     res, _ = node_run
-    assert not res['ok'] and 'rebuild failed' in res['reason']
+    assert not res['ok'] and "unknown score 'no_such_score'" in res['reason']
     assert res['threshold1'] == res['threshold0'] == 0.5      # 0.3 was not applied
     assert res['score1'] == res['score0']
     assert res['cfg_threshold'] == 0.5 and res['param_threshold'] == 0.5
+
+
+@pytest.mark.dds
+def test_failed_background_rebuild_is_reported_and_the_old_score_kept(node_run):
+    res, log = node_run
+    assert res['rebuild_ok'] and res['pending_param'] == 'msp'   # accepted at once
+    assert res['score2'] == res['score0'] == res['param_after_failure']
+    assert res['rebuild_level'] == 1 and 'rebuild failed (test)' in res['rebuild_message']
+    assert 'heatmap_score msp: rebuild failed: RuntimeError: rebuild failed (test)' in log
 
 
 @pytest.mark.dds

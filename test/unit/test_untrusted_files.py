@@ -127,3 +127,36 @@ def test_pickle_as_onnx_cache_file_is_rebuilt_not_run(bundle, tmp_path):
     with pytest.raises(OodSegError, match='cannot load'):
         OnnxRuntimeBackend(bundle, ['msp'], device='cpu', onnx_path=evil)
     assert not marker.exists()
+
+
+def test_foreign_onnx_cache_with_a_rewritten_sidecar_is_exported_again(bundle, tmp_path):
+    """A graph of another network, its sidecar forged (source hash, file hash): re-export."""
+    import json
+    import shutil
+    import numpy as np
+    from ood_seg_ros import export as E
+    from ood_seg_ros.runtime.engine_cache import file_sha256
+    from ood_seg_ros.runtime.onnxruntime_backend import OnnxRuntimeBackend
+    size = SMALL['input_size']
+    path = E.ensure_onnx(bundle, ['msp'], size)
+    torch.manual_seed(1)
+    other = save_bundle(tmp_path / 'other', OodSegNet(ModelConfig(**SMALL)).eval(),
+                        half=False)
+    foreign = E.export_onnx(other, ['msp'], tmp_path / 'foreign.onnx', size)
+    shutil.copy(foreign, path)
+    side = E.onnx_sidecar(path)
+    doc = json.loads(side.read_text())
+    doc['onnx_sha256'] = file_sha256(path)          # the forger recomputes the file hash
+    side.write_text(json.dumps(doc))
+    expected = E.source_sha256(bundle, ['msp'], size)
+    assert 'embedded in the graph' in E.onnx_mismatch(path, expected)
+    be = OnnxRuntimeBackend(bundle, ['msp'], device='cpu', threads=1)
+    assert E.onnx_mismatch(path, expected) is None
+    assert E.graph_metadata(path)['ood_seg.source_sha256'] == expected
+    # the graph in use is this bundle's network: same output as the torch model
+    net = load_bundle(bundle, outputs=['msp']).model.eval()
+    x = torch.rand(1, 3, *size)
+    with torch.no_grad():
+        ref = net(x)['msp'].numpy()
+    got = be.session.run(['msp'], {be.input_name: x.numpy()})[0]
+    np.testing.assert_allclose(got, ref, atol=1e-4)
