@@ -46,3 +46,13 @@ def read_gray(path) -> np.ndarray:
         else:
             raise OodSegError(f'label {path} has {img.shape[2]} channels, expected 1 (class ids)')
     return img
+
+
+def frame_and_label(rgb, label) -> tuple:
+    """Return (rgb, label) as arrays after checking: uint8 (H, W, 3) and a (H, W) label."""
+    rgb, label = np.asarray(rgb), np.asarray(label)
+    if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
+        raise OodSegError(f'rgb must be uint8 (H, W, 3), got {rgb.dtype} {rgb.shape}')
+    if label.shape != rgb.shape[:2]:
+        raise OodSegError(f'label shape {label.shape} does not match image {rgb.shape[:2]}')
+    return rgb, label

@@ -23,7 +23,7 @@ import numpy as np
 
 from . import coco_objects, road_obstacles
 from .datasets import open_dataset
-from .images import read_gray, read_rgb
+from .images import frame_and_label, read_gray, read_rgb
 from .labelled import IGNORE as VOID
 from ..errors import OodSegError
 
@@ -117,12 +117,7 @@ def compose_ood_frame(rgb, label, objects, rng, n_objects=(1, 3), on_road_fracti
     on a random road pixel; otherwise a uniform position fully inside the frame. Edges are
     feathered with a Gaussian of sigma ``feather_px`` px; later objects occlude earlier ones.
     """
-    rgb = np.asarray(rgb)
-    label = np.asarray(label)
-    if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
-        raise OodSegError(f'rgb must be uint8 (H, W, 3), got {rgb.dtype} {rgb.shape}')
-    if label.shape != rgb.shape[:2]:
-        raise OodSegError(f'label shape {label.shape} does not match image {rgb.shape[:2]}')
+    rgb, label = frame_and_label(rgb, label)
     lo, hi = _check_range('n_objects', n_objects, 0, 10 ** 6)
     hf_lo, hf_hi = _check_range('height_frac', height_frac, 0.0, 1.0)
     if not 0.0 <= on_road_fraction <= 1.0:

@@ -27,6 +27,7 @@ import cv2
 import numpy as np
 
 from .coco_objects import CocoObject
+from .images import frame_and_label
 from ..errors import OodSegError
 
 # Procedural object kinds; each is a function (rng, h, w) -> (rgb uint8, alpha float32).
@@ -183,12 +184,7 @@ def place_on_road(rgb: np.ndarray, label: np.ndarray, road_ids: Sequence[int], o
     1 where the object's alpha >= 0.5, 0 elsewhere, ``void`` where ``label`` is void.
     ``semantic``: ``label`` with the object pixels set to ``void``.
     """
-    rgb = np.asarray(rgb)
-    label = np.asarray(label)
-    if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
-        raise OodSegError(f'rgb must be uint8 (H, W, 3), got {rgb.dtype} {rgb.shape}')
-    if label.shape != rgb.shape[:2]:
-        raise OodSegError(f'label shape {label.shape} does not match image {rgb.shape[:2]}')
+    rgb, label = frame_and_label(rgb, label)
     if not 0.0 <= procedural_fraction <= 1.0:
         raise OodSegError(f'procedural_fraction must lie in [0, 1], got {procedural_fraction}')
     if procedural_fraction < 1.0 and not objects:
