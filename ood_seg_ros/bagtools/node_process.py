@@ -63,6 +63,8 @@ def node_command(image_topic: str, params: Dict[str, object],
     for key, value in params.items():
         if isinstance(value, bool):
             value = 'true' if value else 'false'
+        elif value == '':
+            value = "''"        # rcl reads -p values as YAML: an empty string is ''
         cmd += ['-p', f'{key}:={value}']
     return cmd
 
