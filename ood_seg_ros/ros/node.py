@@ -20,6 +20,7 @@ from rclpy.parameter import Parameter
 from rclpy.task import Future
 
 from .diagnostics import DiagnosticsPublisher, FrameStats
+from .input_loss import HINT, InputLossMonitor, transport_limit_bytes
 from .inputs import Inputs
 from .outputs import load_vision_msgs, Outputs
 from .params import apply_set, check_set, descriptor, NODE_NAME, PARAMETERS, \
@@ -41,6 +42,8 @@ class _OodCore:
         self.outputs = self._diagnostics = self.inputs = None
         self._vision = load_vision_msgs()
         self.stats = FrameStats()
+        self.input_loss = InputLossMonitor(transport_limit_bytes())
+        self._loss_hinted = False
         self._syncing = False
         self._pending: Optional[str] = None     # score the set being checked rebuilds for
         self.rebuild_error = ''
@@ -237,6 +240,8 @@ class _OodCore:
         """Convert a received frame (``convert``), process and publish it."""
         t0 = time.perf_counter()
         self.stats.count_input(info)
+        stamp = msg.header.stamp
+        self.input_loss.update(stamp.sec * 1_000_000_000 + stamp.nanosec, len(msg.data))
         try:
             frame = convert(msg)
         except FrameError as exc:
@@ -283,7 +288,22 @@ class _OodCore:
             status.message = f'running; rebuild {rebuild}'
             if not pending:     # the last rebuild failed: the old score is still in use
                 status.level = DiagnosticStatus.WARN
+        self._report_input_loss(status)
         return status
+
+    def _report_input_loss(self, status) -> None:
+        """Add the lost-input estimate; WARN (and one hint line) when frames are lost."""
+        values, problem = self.input_loss.window()
+        status.values.extend(KeyValue(key=k, value=v) for k, v in values.items())
+        if problem is None:
+            return
+        if status.level == DiagnosticStatus.OK:
+            status.level, status.message = DiagnosticStatus.WARN, problem
+        else:
+            status.message = f'{status.message}; {problem}'
+        if not self._loss_hinted:
+            self._loss_hinted = True
+            self.get_logger().warning(HINT.format(what=problem))
 
 
 class OodNode(_OodCore, Node):
