@@ -45,8 +45,10 @@ def recipe(tmp_path_factory):
     tmp = tmp_path_factory.mktemp('recipe')
     data = tmp / 'cityscapes'
     dh.make_cityscapes(data)
-    sets = [dh.make_anomaly_set(tmp / 'anomalies_a'),
-            dh.make_anomaly_set(tmp / 'anomalies_b', seed=200)]
+    # 8 frames each: enough segments for the meta classifier (>= 10) whichever score the
+    # calibration rule picks on these tiny sets.
+    sets = [dh.make_anomaly_set(tmp / 'anomalies_a', n=8),
+            dh.make_anomaly_set(tmp / 'anomalies_b', n=8, seed=200)]
     out = tmp / 'bundles' / 'mine'
     argv = ['recipe', '--dataset', f'cityscapes:{data}', '--ood-val', str(sets[0]),
             '--ood-val', str(sets[1]), '--out', str(out), *TINY]
