@@ -32,7 +32,8 @@ IMPORT_SOURCES = {
     'matplotlib': 'python3-matplotlib', 'numpy': 'python3-numpy',
     'pydantic': 'python3-pydantic', 'scipy': 'python3-scipy', 'sklearn': 'python3-sklearn',
     'tqdm': 'python3-tqdm', 'yaml': 'python3-yaml',
-    'onnx': None, 'onnxruntime': None, 'rosbags': None, 'torch': None, 'tensorrt': None}
+    'onnx': None, 'onnxruntime': None, 'rosbags': None, 'torch': None, 'tensorrt': None,
+    'ray': None}   # ray: the optional fleet extra (pip install ood_seg_ros[fleet])
 
 
 def _setup_py_version() -> str:
@@ -155,5 +156,5 @@ def test_every_imported_module_is_declared():
     assert not missing, f'imported but not in package.xml: {missing}'
     pip = (ROOT / 'requirements.txt').read_text()
     for module, name in (('pydantic', 'pydantic'), ('onnx', 'onnx'), ('rosbags', 'rosbags'),
-                         ('onnxruntime', 'onnxruntime')):
+                         ('onnxruntime', 'onnxruntime'), ('ray', 'ray')):
         assert f'\n{name}' in pip, f'{module} is not in requirements.txt'
