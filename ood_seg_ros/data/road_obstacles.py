@@ -163,11 +163,16 @@ def contact_shadow(frame: np.ndarray, x0: int, x1: int, y_bottom: int, depth: fl
     h, w = frame.shape[:2]
     half = max(1, (x1 - x0) * 0.6)
     tall = max(1.0, (x1 - x0) * 0.12)
-    ys, xs = np.ogrid[:h, :w]
     cx = (x0 + x1) / 2.0
+    # Only the ellipse's bounding box changes (the shade is 1 outside the ellipse).
+    ya, yb = max(0, int(np.floor(y_bottom - tall))), min(h, int(np.ceil(y_bottom + tall)) + 1)
+    xa, xb = max(0, int(np.floor(cx - half))), min(w, int(np.ceil(cx + half)) + 1)
+    if ya >= yb or xa >= xb:
+        return
+    ys, xs = np.ogrid[ya:yb, xa:xb]
     d = ((xs - cx) / half) ** 2 + ((ys - y_bottom) / tall) ** 2
     shade = 1.0 - depth * np.clip(1.0 - d, 0.0, 1.0)
-    frame *= shade[..., None].astype(np.float32)
+    frame[ya:yb, xa:xb] *= shade[..., None].astype(np.float32)
 
 
 def place_on_road(rgb: np.ndarray, label: np.ndarray, road_ids: Sequence[int], objects,
