@@ -42,6 +42,7 @@ from .msg import MAX_FRAME_PIXELS
 from .obstacle import (band_input_size, band_rows, drivable_ids, drivable_mask, flip_average,
                        fuse_band, ObstacleSettings, region_distance, region_score, region_weight,
                        REGIONS)
+from .quantize import PRECISIONS
 from .runtime import auto_backend, make_backend
 from .scores import ALL_SCORES, natural_range, SCORES
 from .segments import find_segments, MOOSE_NAMES, segment_boxes, SegmentFeatureExtractor
@@ -219,9 +220,11 @@ class PipelineSettings:
 
     The node's parameters and the tools' flags map onto these fields; ``None`` score or
     threshold means the bundle's value for the input size; ``input_size`` is 'HxW' or an
-    (H, W) pair, ``None`` the bundle's own. ``cuda_graphs``, ``threads`` and
-    ``compile_scores`` apply to the torch backend, ``engine_path`` and
-    ``force_engine_update`` to TensorRT.
+    (H, W) pair, ``None`` the bundle's own. ``threads`` applies to the CPU backends
+    (torch threads, ONNX Runtime intra-op threads), ``cuda_graphs`` and
+    ``compile_scores`` to the torch backend, ``engine_path`` and
+    ``force_engine_update`` to TensorRT. ``precision`` fp32, fp16 or int8 ('': fp16 if
+    ``fp16`` else fp32); int8 runs on ONNX Runtime (the quantised graph) and TensorRT.
     """
 
     bundle: str
@@ -244,6 +247,16 @@ class PipelineSettings:
     band_rows: Optional[str] = None
     band_width: Optional[int] = None
     flip: bool = False
+    precision: str = ''
+
+    def precision_name(self) -> str:
+        """fp32, fp16 or int8: ``precision``, else what ``fp16`` says."""
+        name = self.precision or ('fp16' if self.fp16 else 'fp32')
+        if name not in PRECISIONS:
+            raise OodSegError(f'precision {name!r} is not one of {", ".join(PRECISIONS)}')
+        if self.fp16 and name != 'fp16':
+            raise OodSegError(f'fp16 is true but precision is {name}: set one of them')
+        return name
 
     def backend_name(self) -> str:
         """Return the backend to build: ``auto`` resolved for this machine and device."""
@@ -252,6 +265,10 @@ class PipelineSettings:
     def backend_options(self) -> dict:
         """Keyword options of :func:`ood_seg_ros.runtime.make_backend` for that backend."""
         name = self.backend_name()
+        int8 = self.precision_name() == 'int8'
+        if int8 and name == 'torch':
+            raise OodSegError('precision int8 runs on the onnxruntime or tensorrt backend, '
+                              'not torch')
         if name == 'torch':
             options = {'cuda_graphs': self.cuda_graphs, 'threads': self.threads}
             if self.compile_scores:
@@ -261,8 +278,8 @@ class PipelineSettings:
             options = {'engine_path': self.engine_path} if self.engine_path else {}
             if self.force_engine_update:
                 options['force_engine_update'] = True
-            return options
-        return {}
+            return dict(options, int8=True) if int8 else options
+        return dict({'threads': self.threads}, **({'int8': True} if int8 else {}))
 
     def resolved(self) -> 'PipelineSettings':
         """
@@ -477,7 +494,7 @@ class Pipeline:
         """Build the pipeline that ``settings`` describe (see :meth:`from_bundle`)."""
         s = settings
         pipe = cls.from_bundle(s.bundle, backend=s.backend_name(), device=s.device,
-                               fp16=s.fp16, score=s.score, threshold=s.threshold,
+                               fp16=s.precision_name() == 'fp16', score=s.score, threshold=s.threshold,
                                all_scores=s.all_scores, input_size=s.input_size,
                                geometry=s.geometry, region=s.region, band=s.band,
                                band_rows=s.band_rows, band_width=s.band_width, flip=s.flip,

@@ -23,6 +23,7 @@ from ..model.config import parse_size
 from ..msg import MAX_FRAME_PIXELS
 from ..obstacle import parse_band_rows, REGIONS
 from ..pipeline import GEOMETRIES, Pipeline, PipelineSettings
+from ..quantize import PRECISIONS
 from ..runtime import BACKENDS
 from ..scores import ALL_SCORES
 
@@ -51,11 +52,14 @@ PARAMETERS = {
     'model_path': ('', _S, True, 'model bundle folder; empty: the package default bundle'),
     'backend': ('auto', _S, True, 'auto, torch, onnxruntime or tensorrt'),
     'device': ('auto', _S, True, 'auto, cpu, cuda or cuda:N'),
-    'fp16': (False, _B, True, 'half precision (CUDA backends)'),
+    'fp16': (False, _B, True, 'half precision (CUDA backends); same as precision fp16'),
+    'precision': ('', _S, True, 'fp32, fp16 or int8 (int8: onnxruntime or tensorrt, the '
+                  'quantised graph made by ood-seg export --int8); empty: fp16 decides'),
     'engine_path': ('', _S, True, 'TensorRT engine file; empty: cached in the bundle'),
     'force_engine_update': (False, _B, True, 'rebuild the TensorRT engine at start'),
     'cuda_graphs': (True, _B, True, 'torch backend on CUDA: replay a CUDA graph'),
-    'threads': (0, _I, True, 'CPU threads for the torch backend; 0: library default'),
+    'threads': (0, _I, True, 'CPU threads of the torch and ONNX Runtime backends '
+                '(ORT: intra-op threads); 0: library default'),
     'input_size': ('', _S, True, 'network input HxW, e.g. 480x960 for a 2:1 camera; '
                    'empty: the bundle input size'),
     'geometry': ('letterbox', _S, True, 'letterbox (keep the frame aspect) or stretch'),
@@ -95,9 +99,10 @@ SETTINGS = {'backend': 'backend', 'device': 'device', 'fp16': 'fp16',
             'all_scores': 'all_scores', 'geometry': 'geometry', 'cuda_graphs': 'cuda_graphs',
             'threads': 'threads', 'engine_path': 'engine_path',
             'force_engine_update': 'force_engine_update', 'max_pixels': 'max_frame_pixels',
-            'region': 'heatmap_region', 'band': 'high_res_band', 'flip': 'flip_average'}
-_ONE_OF = {'backend': BACKENDS, 'input_transport': TRANSPORTS,
-           'qos_reliability': RELIABILITIES, 'geometry': GEOMETRIES, 'heatmap_region': REGIONS}
+            'region': 'heatmap_region', 'band': 'high_res_band', 'flip': 'flip_average',
+            'precision': 'precision'}
+_ONE_OF = {'backend': BACKENDS, 'precision': ('',) + PRECISIONS,
+           'input_transport': TRANSPORTS, 'qos_reliability': RELIABILITIES, 'geometry': GEOMETRIES, 'heatmap_region': REGIONS}
 
 
 def validate(name: str, value) -> None:
@@ -141,7 +146,7 @@ def descriptor(name: str) -> ParameterDescriptor:
         desc.floating_point_range = [FloatingPointRange(from_value=0.0, to_value=1.0)]
     elif name == 'qos_depth':
         desc.integer_range = [IntegerRange(from_value=1, to_value=1000, step=1)]
-    elif name in ('backend', 'input_transport', 'qos_reliability'):
+    elif name in ('backend', 'input_transport', 'qos_reliability', 'precision'):
         desc.additional_constraints = 'one of: ' + ', '.join(_ONE_OF[name])
     return desc
 
@@ -241,11 +246,13 @@ def pipeline_settings(cfg: Dict[str, object], score: Optional[str]) -> PipelineS
     if bundle is None:
         raise OodSegError('model_path is empty and the package default bundle '
                           'models/camvid_lite0 is not installed; set model_path')
-    return PipelineSettings(
+    settings = PipelineSettings(
         bundle=str(bundle), score=score or None, threshold=cfg['segment_threshold'] or None,
         input_size=cfg['input_size'] or None, band_rows=cfg['band_rows'] or None,
         band_width=cfg['band_width'] or None,
         **{field: cfg[name] for field, name in SETTINGS.items()})
+    settings.precision_name()       # fp16 and precision must agree
+    return settings
 
 
 def node_parameters(settings: PipelineSettings,

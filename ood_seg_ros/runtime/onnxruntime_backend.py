@@ -7,6 +7,11 @@ and export options differs from the one recorded beside the graph), or given exp
 with ``onnx_path`` (then it must carry this bundle's hash in its metadata). The graph's
 input size must be the requested one, or the bundle's when none is requested.
 
+``int8=True`` runs the statically quantised QDQ graph of :mod:`ood_seg_ros.quantize`
+(int8 trunk, float score head). It must exist in the cache (``ood-seg export --int8``)
+unless ``calib_camvid`` names a CamVid root: then a missing or stale one is made from
+``calib_frames`` frames of its ``train`` split.
+
 Session settings, measured on a shared 2-core x86 CPU at 360x480 (median ms per network
 run while other processes loaded the CPU): graph optimisation level ALL (500; EXTENDED
 700, BASIC 770: ALL adds the NCHWc layout kernels), sequential execution (parallel
@@ -52,7 +57,8 @@ class OnnxRuntimeBackend(Backend):
 
     def __init__(self, bundle_path, outputs: Sequence[str], device: str = 'auto',
                  fp16: bool = False, input_size=None, threads: int = 0,
-                 onnx_path=None, spinning: bool = False):
+                 onnx_path=None, spinning: bool = False, int8: bool = False,
+                 calib_camvid=None, calib_frames: int = 0):
         try:
             import onnxruntime as ort
         except ImportError:
@@ -71,26 +77,31 @@ class OnnxRuntimeBackend(Backend):
         if fp16 and not use_cuda:
             raise OodSegError('onnxruntime backend: fp16 needs the CUDA execution provider '
                               '(float16 kernels are slow or missing on CPU)')
+        if fp16 and int8:
+            raise OodSegError('onnxruntime backend: choose fp16 or int8, not both')
         self.device = 'cuda' if use_cuda else 'cpu'
         self.fp16 = bool(fp16)
+        self.int8 = bool(int8)
+        self.calib = (calib_camvid, calib_frames)
         self.threads = int(threads)
         self.spinning = bool(spinning)
         self.bundle_path = Path(bundle_path) if bundle_path is not None else None
         if onnx_path is None:
             if self.bundle_path is None:
                 raise OodSegError('onnxruntime backend: give a bundle or an ONNX file')
-            from ..export import canonical_outputs, ensure_onnx
+            from ..export import canonical_outputs
             from ..model.bundle import read_bundle_json
             doc = read_bundle_json(self.bundle_path)
             size = tuple(input_size or doc['config']['input_size'])
             wanted = canonical_outputs(outputs)
-            self.onnx_path = ensure_onnx(self.bundle_path, wanted, size, self.fp16)
+            self.onnx_path = self._cached_graph(wanted, size)
             try:
                 self.session = self._open(self.onnx_path)
             except OodSegError as exc:  # a damaged cache file: export again, once
+                if self.int8 and not calib_camvid:
+                    raise
                 LOG.warning('%s; exporting it again', exc)
-                self.onnx_path = ensure_onnx(self.bundle_path, wanted, size, self.fp16,
-                                             force=True)
+                self.onnx_path = self._cached_graph(wanted, size, force=True)
                 self.session = self._open(self.onnx_path)
         else:
             self.onnx_path = Path(onnx_path)
@@ -101,6 +112,16 @@ class OnnxRuntimeBackend(Backend):
             from ..model.bundle import read_bundle_json
             input_size = read_bundle_json(self.bundle_path)['config']['input_size']
         self._check_graph(outputs, input_size)
+
+    def _cached_graph(self, outputs, size, force: bool = False) -> Path:
+        """The cached graph of this precision (exported / quantised when needed)."""
+        if self.int8:
+            from ..quantize import CALIB_FRAMES, ensure_int8
+            camvid, frames = self.calib
+            return ensure_int8(self.bundle_path, outputs, size, camvid=camvid,
+                               calib_frames=frames or CALIB_FRAMES, force=force)
+        from ..export import ensure_onnx
+        return ensure_onnx(self.bundle_path, outputs, size, self.fp16, force=force)
 
     def _check_provenance(self) -> None:
         """Refuse a given ONNX file that was not exported from this bundle's network."""
@@ -115,6 +136,11 @@ class OnnxRuntimeBackend(Backend):
             raise OodSegError(f'{self.onnx_path} was exported from another network (bundle '
                               f'hash {got[:12]}), not from {self.bundle_path}; export it '
                               f'again from this bundle')
+
+    @property
+    def precision(self) -> str:
+        """fp32, fp16 or int8."""
+        return 'int8' if self.int8 else ('fp16' if self.fp16 else 'fp32')
 
     # -- session ---------------------------------------------------------------------
     def session_options(self):
@@ -161,7 +187,7 @@ class OnnxRuntimeBackend(Backend):
     def describe(self) -> dict:
         """Backend, device, precision, ONNX file and execution providers."""
         return {'backend': self.name, 'device': self.device,
-                'precision': 'fp16' if self.fp16 else 'fp32',
+                'precision': self.precision,
                 'providers': self.session.get_providers(),
                 'threads': self.threads, 'spinning': self.spinning,
                 'onnx': self.onnx_path.name}

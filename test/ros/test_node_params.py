@@ -52,7 +52,26 @@ def test_settings_of_the_parameter_defaults_and_back():
                                          'segment_threshold': 0.3}
     trt = PipelineSettings('/b', backend='tensorrt', engine_path='/e.plan')
     assert trt.backend_options() == {'engine_path': '/e.plan'}
-    assert PipelineSettings('/b', backend='onnxruntime', threads=3).backend_options() == {}
+    assert PipelineSettings('/b', backend='onnxruntime', threads=3).backend_options() == \
+        {'threads': 3}
+
+
+def test_precision_parameter_maps_onto_the_backends():
+    cfg = {name: spec[0] for name, spec in params.PARAMETERS.items()}
+    cfg.update(model_path='/b', backend='onnxruntime', threads=1, precision='int8')
+    s = params.pipeline_settings(cfg, None)
+    assert s.precision_name() == 'int8'
+    assert s.backend_options() == {'threads': 1, 'int8': True}
+    trt = PipelineSettings('/b', backend='tensorrt', precision='int8')
+    assert trt.backend_options() == {'int8': True}
+    assert PipelineSettings('/b', fp16=True).precision_name() == 'fp16'
+    assert PipelineSettings('/b').precision_name() == 'fp32'
+    with pytest.raises(OodSegError, match='not torch'):
+        PipelineSettings('/b', backend='torch', precision='int8').backend_options()
+    with pytest.raises(OodSegError, match='fp16 is true but precision is int8'):
+        params.pipeline_settings(dict(cfg, fp16=True), None)
+    with pytest.raises(OodSegError, match='precision'):
+        params.validate('precision', 'int4')
 
 
 def test_resolved_settings_read_the_bundle():

@@ -362,3 +362,13 @@ def test_tensorrt_engine_matches_torch(bundle):
         assert np.abs(a[k] - b[k]).max() <= 1e-3 * (1 + np.abs(b[k]).max()), k
     again = TensorRTBackend(bundle, OUTPUTS, fp16=False, rebuild=False)  # cache hit
     assert again.engine_path == trt_be.engine_path
+
+
+@pytest.mark.parametrize('threads', [1, 2])
+def test_node_thread_setting_reaches_the_ort_session(bundle, threads):
+    from ood_seg_ros.pipeline import PipelineSettings
+    s = PipelineSettings(str(bundle), backend='onnxruntime', device='cpu', threads=threads)
+    pipe = Pipeline.from_settings(s)
+    opts = pipe.backend.session.get_session_options()
+    assert opts.intra_op_num_threads == threads
+    assert pipe.backend.describe()['threads'] == threads

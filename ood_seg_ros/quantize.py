@@ -1,0 +1,236 @@
+"""
+Static int8 quantisation of the exported graph (ONNX Runtime, QDQ) for CPU and TensorRT.
+
+The int8 graph is made from the cached fp32 graph (:func:`ood_seg_ros.export.ensure_onnx`)
+with ``onnxruntime.quantization.quantize_static``:
+
+- **QDQ format**, int8 weights (per output channel, symmetric) and int8 activations
+  (per tensor, symmetric): ONNX Runtime runs the Q/DQ pairs as integer kernels on the
+  CPU, and TensorRT's explicit quantization takes the same scales (it accepts only
+  symmetric, zero-point 0 int8 Q/DQ);
+- **only the convolutional trunk is quantised**: the nodes under the scopes of
+  :data:`TRUNK_SCOPES`, minus :data:`DEFAULT_KEEP_FLOAT` (chosen by measurement, see the
+  README). The score head (softmax, energy, PGN, MOoSe aggregation, smoothing) is
+  never quantised: it reads fine differences between logits;
+- **calibration on CamVid ``train`` frames**: ``frames`` frames evenly spaced over the
+  sorted train list (:func:`calibration_frames`), fitted into the input size as the
+  pipeline does (letterbox), MinMax ranges.
+
+The graph lies beside the fp32 one in ``<bundle>/derived/``
+(``model_<outputs hash>_<H>x<W>_int8.onnx``) with a JSON sidecar that records its source
+hash: the fp32 graph's source hash, the calibration record and this module's code. A
+stale graph (other weights, outputs, size, code) or a forged one (a graph copied in with
+a rewritten sidecar: the hash embedded in the graph differs) is refused; it is made
+again when calibration frames are given, otherwise the caller gets one line naming the
+command that makes it.
+"""
+
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Optional, Sequence, Tuple
+
+import numpy as np
+
+from .errors import OodSegError
+
+LOG = logging.getLogger(__name__)
+PRECISIONS = ('fp32', 'fp16', 'int8')
+CALIB_FRAMES = 20
+CALIB_SPLIT = 'train'
+TRUNK_SCOPES = ('/net/backbone/', '/net/aspp/', '/net/low_project/', '/net/decoder',
+                '/net/classifier/', '/net/probes.')
+# Scopes kept in float inside the trunk (by measurement; see the README's int8 table).
+DEFAULT_KEEP_FLOAT: Tuple[str, ...] = ()
+MAKE_HINT = 'ood-seg export --int8 --camvid CAMVID_ROOT'
+
+
+def int8_path(bundle_path, outputs: Sequence[str], input_size) -> Path:
+    """``<derived>/model_<outputs hash>_<H>x<W>_int8.onnx``, beside the fp32 graph."""
+    from .export import default_onnx_path
+    fp32 = default_onnx_path(bundle_path, outputs, input_size)
+    return fp32.with_name(fp32.name.replace('_fp32.onnx', '_int8.onnx'))
+
+
+def calibration_frames(camvid_root, count: int = CALIB_FRAMES) -> list:
+    """``count`` CamVid ``train`` images evenly spaced over the sorted list (first, last)."""
+    from .data.camvid import list_pairs
+    if count < 1:
+        raise OodSegError(f'--calib-frames must be >= 1, got {count}')
+    images = [img for img, _ in list_pairs(camvid_root, CALIB_SPLIT)]
+    if count >= len(images):
+        return images
+    index = np.linspace(0, len(images) - 1, count).round().astype(int)
+    return [images[i] for i in index]
+
+
+def code_sha256() -> str:
+    """SHA-256 of this module: a changed recipe makes the int8 graph again."""
+    return hashlib.sha256(Path(__file__).read_bytes()).hexdigest()
+
+
+def calibration_record(frames, keep_float: Sequence[str] = DEFAULT_KEEP_FLOAT) -> dict:
+    """What the int8 graph is calibrated on and how (stored in its sidecar and metadata)."""
+    names = [Path(f).name for f in frames]
+    return {'split': CALIB_SPLIT, 'frames': len(names),
+            'selection': 'evenly spaced over the sorted split list',
+            'files_sha256': hashlib.sha256('\n'.join(names).encode()).hexdigest(),
+            'first': names[0] if names else None, 'last': names[-1] if names else None,
+            'method': 'minmax', 'format': 'QDQ',
+            'weights': 'int8 symmetric per channel', 'activations': 'int8 symmetric',
+            'keep_float': sorted(keep_float)}
+
+
+def int8_source(fp32_source: str, record: dict) -> str:
+    """Content hash of an int8 graph: fp32 graph source, calibration record, this code."""
+    text = json.dumps({'fp32_source_sha256': fp32_source, 'calibration': record,
+                       'quantize_code_sha256': code_sha256()}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def recorded_calibration(path) -> Optional[dict]:
+    """The calibration record in the sidecar of ``path`` (None when it has none)."""
+    from .export import onnx_sidecar
+    try:
+        doc = json.loads(onnx_sidecar(path).read_text())
+    except (OSError, ValueError):
+        return None
+    return doc.get('calibration') if isinstance(doc, dict) else None
+
+
+def int8_mismatch(path, fp32_source: str, record: Optional[dict] = None) -> Optional[str]:
+    """
+    Say why ``path`` is not the int8 graph of ``fp32_source``; None: it is.
+
+    ``record`` None accepts the calibration its sidecar records (a loader that has no
+    frames); a given record must be the recorded one.
+    """
+    from .export import onnx_mismatch
+    have = recorded_calibration(path)
+    if record is not None and have is not None and have != record:
+        return 'calibrated on other frames or settings'
+    return onnx_mismatch(path, int8_source(fp32_source, record or have or {}))
+
+
+def trunk_nodes(model, keep_float: Sequence[str] = DEFAULT_KEEP_FLOAT) -> list:
+    """Names of the graph's nodes to quantise: trunk scopes, minus the ``keep_float`` ones."""
+    def trunk(name):
+        return name.startswith(TRUNK_SCOPES) and not any(k in name for k in keep_float)
+    return [n.name for n in model.graph.node if n.op_type != 'Constant' and trunk(n.name)]
+
+
+class FrameReader:
+    """Calibration frames for ``quantize_static``: letterboxed, float32 (1, 3, H, W)."""
+
+    def __init__(self, files, input_size, input_name: str = 'image'):
+        self.files, self.size, self.input_name = list(files), tuple(input_size), input_name
+        self.index = 0
+
+    def get_next(self):
+        """The next frame as ``{input: array}``, None after the last."""
+        from .data.images import read_rgb
+        from .pipeline import Letterbox
+        if self.index >= len(self.files):
+            return None
+        frame = read_rgb(self.files[self.index])
+        self.index += 1
+        img = Letterbox.fit(frame.shape[:2], self.size).place(frame)
+        x = img.transpose(2, 0, 1)[None].astype(np.float32) / np.float32(255.0)
+        return {self.input_name: np.ascontiguousarray(x)}
+
+    def rewind(self):
+        """Start again at the first frame."""
+        self.index = 0
+
+
+def quantize_graph(fp32_path, out_path, frames, input_size,
+                   keep_float: Sequence[str] = DEFAULT_KEEP_FLOAT,
+                   metadata: Optional[dict] = None) -> Path:
+    """Quantise ``fp32_path`` into ``out_path`` (QDQ, see the module docstring); atomic."""
+    import onnx
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, \
+        quantize_static
+    model = onnx.load(str(fp32_path))
+    nodes = trunk_nodes(model, keep_float)
+    if not nodes:
+        raise OodSegError(f'{fp32_path}: no node names under {", ".join(TRUNK_SCOPES)}; '
+                          f'nothing to quantise')
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_path.with_name(f'.{out_path.name}.{os.getpid()}.tmp')
+    try:
+        quantize_static(str(fp32_path), str(tmp), FrameReader(frames, input_size),
+                        quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+                        nodes_to_quantize=nodes, calibrate_method=CalibrationMethod.MinMax,
+                        extra_options={'ActivationSymmetric': True, 'WeightSymmetric': True,
+                                       'CalibMaxIntermediateOutputs': 5})
+        graph = onnx.load(str(tmp))
+        del graph.metadata_props[:]
+        for k, v in (metadata or {}).items():
+            graph.metadata_props.add(key=k, value=v)
+        onnx.save(graph, str(tmp))
+        os.replace(tmp, out_path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return out_path
+
+
+def ensure_int8(bundle_path, outputs: Sequence[str], input_size, camvid=None,
+                calib_frames: int = CALIB_FRAMES,
+                keep_float: Sequence[str] = DEFAULT_KEEP_FLOAT, force: bool = False,
+                out_path=None) -> Path:
+    """
+    Return the int8 graph for these settings; make it when missing, stale or forced.
+
+    Without ``camvid`` (a CamVid root; its ``train`` split calibrates) the cached graph
+    is used whatever frames it was calibrated on, and a missing or stale one is one
+    OodSegError line naming the command that makes it. With ``camvid`` the graph must
+    be calibrated on exactly these frames and settings, else it is made again.
+    """
+    from .export import canonical_outputs, ensure_onnx, graph_metadata, onnx_sidecar, \
+        source_sha256
+    from .runtime.engine_cache import file_sha256
+    outs = canonical_outputs(outputs)
+    size = tuple(int(v) for v in input_size)
+    path = Path(out_path) if out_path else int8_path(bundle_path, outs, size)
+    fp32_source = source_sha256(bundle_path, outs, size)
+    frames = calibration_frames(camvid, calib_frames) if camvid else None
+    record = calibration_record(frames, keep_float) if frames else None
+    reason = 'forced' if force else int8_mismatch(path, fp32_source, record)
+    if not reason:
+        return path
+    if frames is None:
+        raise OodSegError(f'no usable int8 graph {path.name}: {reason}; make it with '
+                          f'{MAKE_HINT} (calibrates on {CALIB_FRAMES} train frames)')
+    fp32 = ensure_onnx(bundle_path, outs, size)
+    LOG.warning('making int8 graph %s: %s (%d %s frames)', path.name, reason, len(frames),
+                CALIB_SPLIT)
+    source = int8_source(fp32_source, record)
+    meta = dict(graph_metadata(fp32), **{
+        'ood_seg.precision': 'int8', 'ood_seg.source_sha256': source,
+        'ood_seg.fp32_source_sha256': fp32_source,
+        'ood_seg.calibration': json.dumps(record, sort_keys=True)})
+    quantize_graph(fp32, path, frames, size, keep_float, meta)
+    side = onnx_sidecar(path)
+    doc = {'source_sha256': source, 'onnx_sha256': file_sha256(path),
+           'fp32_source_sha256': fp32_source, 'fp32_onnx': Path(fp32).name,
+           'calibration': record, 'precision': 'int8',
+           'quantize_code_sha256': code_sha256()}
+    tmp = side.with_name(f'.{side.name}.{os.getpid()}.tmp')
+    tmp.write_text(json.dumps(doc, indent=2) + '\n')
+    os.replace(tmp, side)
+    return path
+
+
+def qdq_nodes(path) -> dict:
+    """``{node name: op type}`` of the nodes that consume a DequantizeLinear output."""
+    import onnx
+    model = onnx.load(str(path), load_external_data=False)
+    dq = {o for n in model.graph.node if n.op_type == 'DequantizeLinear' for o in n.output}
+    return {n.name: n.op_type for n in model.graph.node
+            if n.op_type not in ('QuantizeLinear', 'DequantizeLinear')
+            and any(i in dq for i in n.input)}
