@@ -30,6 +30,8 @@ from .model.config import parse_size, size_key
 from .pipeline import normalise, Pipeline, runtime_for_size, upsample_map, usable_score
 from .scores import ALL_SCORES
 from .train.loop import evaluate_miou
+
+TORCH = {'backend': 'torch'}    # the backend of the evaluation unless one is given
 from .viz import overlay
 
 # Obstacle-mode entries of Pipeline.infer kept per frame (see Pipeline.obstacle_outputs).
@@ -82,17 +84,41 @@ def dataset_miou(bundle_path, dataset, split: str = 'test', device: str = 'cpu',
     return out
 
 
+def pipeline_miou(pipe: Pipeline, dataset, split: str = 'test', limit: int = 0) -> Dict:
+    """
+    mIoU of the pipeline's ``semantic`` output (its backend and precision) on a split.
+
+    Frames go through :meth:`Pipeline.infer` (letterbox as the node does) and are
+    compared at label size; the protocol of ``ood-seg eval --backend onnxruntime``.
+    """
+    ds = open_dataset(dataset)
+    pairs = ds.list_pairs(split)
+    pairs = pairs[:limit] if limit else pairs
+    c = len(pipe.class_names)
+    conf = np.zeros((c, c), np.int64)
+    for img, lab in pairs:
+        label = ds.load_label(lab)
+        sem = upsample_map(pipe.infer(read_rgb(img))['semantic'].astype(np.uint8),
+                           label.shape, linear=False)
+        conf += M.confusion_matrix(sem, label, c)
+    mi = M.miou(conf)
+    return {'miou': mi['miou'], 'per_class': dict(zip(pipe.class_names, mi['iou'])),
+            'split': split, 'frames': len(pairs), 'backend': pipe.backend.describe()}
+
+
 def id_false_detections(bundle_path, dataset, split='test', device='cpu', limit=0,
-                        input_size=None, geometry='letterbox', obstacle=None) -> Dict:
+                        input_size=None, geometry='letterbox', obstacle=None,
+                        backend_kw=None) -> Dict:
     """
     Count OoD segments per in-distribution frame, before and after meta filtering.
 
     The dataset (``KIND:PATH``, opened, or a plain path) holds no anomaly, so every
     segment the node would publish is a false detection. ``obstacle``: Pipeline.from_bundle
-    keywords of obstacle mode (region, band, flip).
+    keywords of obstacle mode (region, band, flip); ``backend_kw`` its backend keywords
+    (default: torch).
     """
     obstacle = obstacle or {}
-    pipe = Pipeline.from_bundle(bundle_path, backend='torch', device=device,
+    pipe = Pipeline.from_bundle(bundle_path, device=device, **(backend_kw or TORCH),
                                 input_size=input_size, geometry=geometry, **obstacle,
                                 **_score_kw(bundle_path, input_size,
                                             obstacle.get('region', 'all')))
@@ -452,7 +478,7 @@ def evaluate_bundle(bundle_path, ood_root=None, dataset=None, split='test',
                     entropy_bundle=None, out_dir=None, device='cpu', limit=0,
                     progress=None, calibrate_only=False, input_size=None,
                     geometry='letterbox', select_roots=(), select_notes=None,
-                    obstacle=None) -> Dict:
+                    obstacle=None, backend_kw=None) -> Dict:
     """
     Full evaluation; returns the metrics object (see ``ood-seg eval``).
 
@@ -464,15 +490,21 @@ def evaluate_bundle(bundle_path, ood_root=None, dataset=None, split='test',
     ``dataset`` (``KIND:PATH``): mIoU on its ``split``, under the key of its kind.
     ``obstacle``: Pipeline.from_bundle keywords of obstacle mode (``region``, ``band``,
     ``band_rows``, ``band_width``, ``flip``); calibration is then that region's.
+    ``backend_kw``: Pipeline.from_bundle backend keywords (default: torch); with another
+    backend the dataset mIoU is that of the pipeline's output (:func:`pipeline_miou`).
     """
     obstacle = obstacle or {}
+    backend_kw = backend_kw or TORCH
     region = obstacle.get('region', 'all')
     result: Dict = {'bundle': str(bundle_path)}
     roots = [] if not ood_root else ([ood_root] if isinstance(ood_root, (str, Path))
                                      else list(ood_root))
     if dataset:
         ds = open_dataset(dataset)
-        result[ds.kind] = dataset_miou(bundle_path, ds, split, device, limit)
+        result[ds.kind] = dataset_miou(bundle_path, ds, split, device, limit) \
+            if backend_kw == TORCH else pipeline_miou(
+                Pipeline.from_bundle(bundle_path, device=device, input_size=input_size,
+                                     geometry=geometry, **backend_kw), ds, split, limit)
         result['miou'] = result[ds.kind]['miou']
         result['per_class'] = result[ds.kind]['per_class']
         if entropy_bundle:
@@ -486,7 +518,7 @@ def evaluate_bundle(bundle_path, ood_root=None, dataset=None, split='test',
     names = [set_name(r) for r in roots]
     if len(set(names)) != len(names):
         raise OodSegError(f'OoD sets need distinct folder names, got {names}')
-    pipe = Pipeline.from_bundle(bundle_path, backend='torch', device=device,
+    pipe = Pipeline.from_bundle(bundle_path, device=device, **backend_kw,
                                 all_scores=True, input_size=input_size, geometry=geometry,
                                 **obstacle, **_score_kw(bundle_path, input_size, region))
     evs = {set_name(r): OodEvaluation(pipe, OodDataset(r), limit, progress) for r in roots}

@@ -44,7 +44,7 @@ TRUNK_SCOPES = ('/net/backbone/', '/net/aspp/', '/net/low_project/', '/net/decod
                 '/net/classifier/', '/net/probes.')
 # Scopes kept in float inside the trunk (by measurement; see the README's int8 table).
 DEFAULT_KEEP_FLOAT: Tuple[str, ...] = ()
-MAKE_HINT = 'ood-seg export --int8 --camvid CAMVID_ROOT'
+MAKE_HINT = 'ood-seg export --int8 --camvid CAMVID_ROOT (or --dataset KIND:PATH)'
 
 
 def int8_path(bundle_path, outputs: Sequence[str], input_size) -> Path:
@@ -54,12 +54,16 @@ def int8_path(bundle_path, outputs: Sequence[str], input_size) -> Path:
     return fp32.with_name(fp32.name.replace('_fp32.onnx', '_int8.onnx'))
 
 
-def calibration_frames(camvid_root, count: int = CALIB_FRAMES) -> list:
-    """``count`` CamVid ``train`` images evenly spaced over the sorted list (first, last)."""
-    from .data.camvid import list_pairs
+def calibration_frames(dataset, count: int = CALIB_FRAMES) -> list:
+    """
+    ``count`` ``train`` images evenly spaced over the sorted list (first and last in).
+
+    ``dataset``: ``KIND:PATH`` or a CamVid root (see :func:`open_dataset`).
+    """
+    from .data.datasets import open_dataset
     if count < 1:
         raise OodSegError(f'--calib-frames must be >= 1, got {count}')
-    images = [img for img, _ in list_pairs(camvid_root, CALIB_SPLIT)]
+    images = sorted(img for img, _ in open_dataset(dataset).list_pairs(CALIB_SPLIT))
     if count >= len(images):
         return images
     index = np.linspace(0, len(images) - 1, count).round().astype(int)
@@ -160,6 +164,9 @@ def quantize_graph(fp32_path, out_path, frames, input_size,
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_path.with_name(f'.{out_path.name}.{os.getpid()}.tmp')
+    root = logging.getLogger()       # the quantiser logs one warning per probe weight
+    level = root.level
+    root.setLevel(max(level, logging.ERROR))
     try:
         quantize_static(str(fp32_path), str(tmp), FrameReader(frames, input_size),
                         quant_format=QuantFormat.QDQ, per_channel=True,
@@ -174,13 +181,14 @@ def quantize_graph(fp32_path, out_path, frames, input_size,
         onnx.save(graph, str(tmp))
         os.replace(tmp, out_path)
     finally:
+        root.setLevel(level)
         if tmp.exists():
             tmp.unlink()
     return out_path
 
 
 def ensure_int8(bundle_path, outputs: Sequence[str], input_size, camvid=None,
-                calib_frames: int = CALIB_FRAMES,
+                calib_frames: int = 0,
                 keep_float: Sequence[str] = DEFAULT_KEEP_FLOAT, force: bool = False,
                 out_path=None) -> Path:
     """
@@ -188,8 +196,10 @@ def ensure_int8(bundle_path, outputs: Sequence[str], input_size, camvid=None,
 
     Without ``camvid`` (a CamVid root; its ``train`` split calibrates) the cached graph
     is used whatever frames it was calibrated on, and a missing or stale one is one
-    OodSegError line naming the command that makes it. With ``camvid`` the graph must
-    be calibrated on exactly these frames and settings, else it is made again.
+    OodSegError line naming the command that makes it. With ``camvid`` and
+    ``calib_frames`` the graph must be calibrated on exactly those frames and settings,
+    else it is made again; ``calib_frames`` 0: any cached calibration, and
+    :data:`CALIB_FRAMES` frames when it must be made.
     """
     from .export import canonical_outputs, ensure_onnx, graph_metadata, onnx_sidecar, \
         source_sha256
@@ -198,9 +208,10 @@ def ensure_int8(bundle_path, outputs: Sequence[str], input_size, camvid=None,
     size = tuple(int(v) for v in input_size)
     path = Path(out_path) if out_path else int8_path(bundle_path, outs, size)
     fp32_source = source_sha256(bundle_path, outs, size)
-    frames = calibration_frames(camvid, calib_frames) if camvid else None
+    frames = calibration_frames(camvid, calib_frames or CALIB_FRAMES) if camvid else None
     record = calibration_record(frames, keep_float) if frames else None
-    reason = 'forced' if force else int8_mismatch(path, fp32_source, record)
+    reason = 'forced' if force else int8_mismatch(
+        path, fp32_source, record if calib_frames else None)
     if not reason:
         return path
     if frames is None:

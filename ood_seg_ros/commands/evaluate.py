@@ -6,6 +6,38 @@ from .base import add_bundle_option, add_json_option, add_obstacle_options, chec
     Command, obstacle_kw
 
 
+def add_precision_options(parser) -> None:
+    """``--backend``, ``--precision``, ``--threads``, ``--calib-frames`` (int8 graph)."""
+    parser.add_argument('--backend', default=None, choices=['torch', 'onnxruntime'],
+                        help='run the network with this backend (default torch, onnxruntime '
+                             'for int8); '
+                             'onnxruntime: mIoU of the pipeline output at label size')
+    parser.add_argument('--precision', default='fp32', choices=['fp32', 'int8'],
+                        help='int8: the quantised graph on onnxruntime (made from '
+                             '--calib-frames CamVid train frames of --camvid when missing)')
+    parser.add_argument('--threads', type=int, default=0,
+                        help='onnxruntime intra-op threads (0: its default)')
+    parser.add_argument('--calib-frames', type=int, default=0,
+                        help='int8: calibrate on this many train frames (0: the cached '
+                             'graph, or 20 when it must be made)')
+
+
+def precision_kw(args, spec):
+    """Pipeline.from_bundle backend keywords of the options (None: torch, as before)."""
+    from ..errors import OodSegError
+    int8 = args.precision == 'int8'
+    backend = args.backend or ('onnxruntime' if int8 else 'torch')
+    if int8 and backend == 'torch':
+        raise OodSegError('--precision int8 runs on --backend onnxruntime, not torch')
+    if backend == 'torch':
+        return None
+    kw = {'backend': backend, 'threads': args.threads}
+    if int8:
+        camvid = spec.split(':', 1)[1] if spec and spec.startswith('camvid:') else None
+        kw.update(int8=True, calib_camvid=camvid, calib_frames=args.calib_frames)
+    return kw
+
+
 class EvalCommand(Command):
     """Evaluate a bundle: dataset mIoU, OoD scores (AP, FPR95, sIoU, ...), meta classifier."""
 
@@ -40,6 +72,7 @@ class EvalCommand(Command):
         parser.add_argument('--out', default=None, help='folder for metrics.json and plots')
         parser.add_argument('--device', default='cpu', choices=['cpu', 'cuda'])
         parser.add_argument('--limit', type=int, default=0, help='first N frames only')
+        add_precision_options(parser)
         add_json_option(parser, 'the metrics')
 
     def main(self, args) -> int:
@@ -66,6 +99,7 @@ class EvalCommand(Command):
                                      args.entropy_bundle, *(args.ood_set or [])])
         size = parse_size(args.input_size) if args.input_size else None
         obstacle = obstacle_kw(args)
+        backend_kw = precision_kw(args, spec)
 
         def progress(it, total):
             return tqdm(it, total=total, desc='eval', file=sys.stderr, disable=None)
@@ -102,10 +136,13 @@ class EvalCommand(Command):
                               split=args.split, entropy_bundle=args.entropy_bundle,
                               out_dir=args.out, device=args.device, limit=args.limit,
                               progress=progress, input_size=size, geometry=args.geometry,
-                              obstacle=obstacle)
+                              obstacle=obstacle, backend_kw=backend_kw)
         if ds is not None:
             res[ds.kind]['detections'] = id_false_detections(
                 bundle, ds, args.split, device=args.device, limit=args.limit,
-                input_size=size, geometry=args.geometry, obstacle=obstacle)
+                input_size=size, geometry=args.geometry, obstacle=obstacle,
+                backend_kw=backend_kw)
+        if backend_kw:
+            res['backend'] = dict(backend_kw, precision=args.precision)
         print(to_json(res) if args.json else table_text(res))
         return 0

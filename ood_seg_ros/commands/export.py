@@ -5,7 +5,10 @@ ONNX (``--format onnx``): fp32 by default, ``--fp16`` for half weights (float32 
 fixed input size unless ``--dynamic``; the report lists the operators and any the
 TensorRT 10 parser lacks. TensorRT (``--format tensorrt``): builds the engine into the
 bundle's engine cache (or ``--out``) without running it; FP16 by default, ``--fp32``, or
-``--int8 --calib-dir DIR`` (entropy calibration over the frames in DIR).
+``--int8``. ``--int8`` makes the statically quantised QDQ graph (:mod:`..quantize`),
+calibrated on ``--calib-frames`` frames evenly spaced over the sorted ``train`` list of
+``--camvid`` / ``--dataset``, into the bundle's cache; TensorRT builds its engine from
+that graph (explicit quantization).
 """
 
 import time
@@ -41,11 +44,14 @@ class ExportCommand(Command):
                             help='half precision (ONNX: fp16 graph; TensorRT: the default)')
         parser.add_argument('--fp32', action='store_true', help='TensorRT: build an fp32 engine')
         parser.add_argument('--int8', action='store_true',
-                            help='TensorRT: INT8 engine calibrated on --calib-dir frames')
-        parser.add_argument('--calib-dir', default=None,
-                            help='folder of calibration frames, e.g. camvid/train/images')
-        parser.add_argument('--calib-images', type=int, default=100,
-                            help='calibration frames used (spread over the folder)')
+                            help='int8 QDQ graph (ONNX) / engine built from it (TensorRT), '
+                                 'calibrated on train frames of --camvid / --dataset')
+        from ..data.datasets import add_dataset_option
+        from ..quantize import CALIB_FRAMES
+        add_dataset_option(parser, required=False)
+        parser.add_argument('--calib-frames', type=int, default=CALIB_FRAMES,
+                            help='--int8: calibration frames, evenly spaced over the sorted '
+                                 f'train list (default {CALIB_FRAMES})')
         parser.add_argument('--outputs', default='deploy',
                             help='deploy (what the pipeline needs), all (logits, probs and every '
                                  'score) or a comma list of output names')
@@ -79,14 +85,29 @@ class ExportCommand(Command):
         t0 = time.perf_counter()
         res = {'format': args.format, 'bundle': str(bundle), 'input_size': list(size),
                'outputs': ['semantic'] + outputs}
+        from ..data.datasets import dataset_spec
+        spec = dataset_spec(args)
+        if args.int8 and args.dynamic:
+            raise OodSegError('--int8 is calibrated for one input size; drop --dynamic')
         if args.format == 'onnx':
             from ..export import export_onnx, onnx_ops, TENSORRT10_SUPPORTED_OPS
             if args.int8:
-                raise OodSegError('--int8 applies to --format tensorrt only')
-            path = export_onnx(bundle, outputs, args.out, size, args.fp16, args.opset,
-                               args.dynamic)
+                from ..quantize import calibration_frames, ensure_int8
+                if not spec:
+                    raise OodSegError('--int8 needs calibration frames: give --camvid or '
+                                      '--dataset (its train split is used)')
+                calibration_frames(spec, args.calib_frames)     # bad count: one line
+                path = ensure_int8(bundle, outputs, size, camvid=spec,
+                                   calib_frames=args.calib_frames, out_path=args.out)
+            else:
+                path = export_onnx(bundle, outputs, args.out, size, args.fp16, args.opset,
+                                   args.dynamic)
             ops = onnx_ops(path)
-            res.update({'path': str(path), 'precision': 'fp16' if args.fp16 else 'fp32',
+            if args.int8:
+                from ..quantize import recorded_calibration
+                res['calibration'] = recorded_calibration(path)
+            res.update({'path': str(path),
+                        'precision': 'int8' if args.int8 else 'fp16' if args.fp16 else 'fp32',
                         'dynamic': bool(args.dynamic), 'opset': args.opset,
                         'size_mb': round(Path(path).stat().st_size / 2**20, 2),
                         'ops': sorted(ops),
@@ -96,10 +117,8 @@ class ExportCommand(Command):
             if args.dynamic:
                 raise OodSegError('TensorRT engines are built for one input size; drop --dynamic '
                                   'and give --height/--width')
-            if args.int8 and not args.calib_dir:
-                raise OodSegError('--int8 needs --calib-dir with calibration frames')
             be = TensorRTBackend(bundle, outputs, fp16=not args.fp32, int8=args.int8,
-                                 calib_dir=args.calib_dir, calib_images=args.calib_images,
+                                 calib_camvid=spec, calib_frames=args.calib_frames,
                                  input_size=size, workspace_mb=args.workspace_mb,
                                  force_engine_update=args.force_engine_update, build_only=True,
                                  engine_path=args.out)

@@ -116,10 +116,10 @@ class OnnxRuntimeBackend(Backend):
     def _cached_graph(self, outputs, size, force: bool = False) -> Path:
         """The cached graph of this precision (exported / quantised when needed)."""
         if self.int8:
-            from ..quantize import CALIB_FRAMES, ensure_int8
+            from ..quantize import ensure_int8
             camvid, frames = self.calib
             return ensure_int8(self.bundle_path, outputs, size, camvid=camvid,
-                               calib_frames=frames or CALIB_FRAMES, force=force)
+                               calib_frames=frames, force=force)
         from ..export import ensure_onnx
         return ensure_onnx(self.bundle_path, outputs, size, self.fp16, force=force)
 

@@ -10,9 +10,11 @@ Precision:
   head in float32 through explicit casts) as a *strongly typed* network, so TensorRT
   keeps exactly the graph's precisions;
 - ``fp32``: the fp32 graph, no reduced-precision flags;
-- ``int8``: the fp32 graph with ``BuilderFlag.INT8`` + ``FP16`` and an
-  ``IInt8EntropyCalibrator2`` over frames of a folder (e.g. CamVid train images),
-  preprocessed like the pipeline does (RGB, bilinear resize to the input size).
+- ``int8``: *explicit quantization* of the QDQ graph of :mod:`ood_seg_ros.quantize`
+  (int8 trunk with the scales calibrated on CamVid train frames, float score head):
+  TensorRT sees the Q/DQ layers and runs exactly the quantised layers in int8; the
+  network is weakly typed with ``BuilderFlag.INT8`` only, so every layer outside the
+  Q/DQ pairs (the score head) stays float32. No TensorRT calibrator is involved.
 
 Engines are cached by :mod:`.engine_cache` in ``<bundle>/derived/engines/``.
 """
@@ -32,7 +34,6 @@ from ..model.bundle import derived_dir
 LOG = logging.getLogger(__name__)
 INSTALL_HINT = ('TensorRT is not installed: pip install tensorrt (x86_64, CUDA 12), or on '
                 'Jetson use the python3-libnvinfer packages that come with JetPack')
-CALIB_EXTS = ('.jpg', '.jpeg', '.png')
 
 
 def import_tensorrt():
@@ -58,96 +59,14 @@ def _torch_dtype(trt, dtype):
     return table[dtype]
 
 
-def calibration_files(calib_dir, limit: int) -> list:
-    """Up to ``limit`` image files of ``calib_dir``, evenly spread over the sorted list."""
-    calib_dir = Path(calib_dir)
-    if not calib_dir.is_dir():
-        raise OodSegError(f'INT8 calibration folder {calib_dir} does not exist')
-    files = sorted(p for p in calib_dir.iterdir() if p.suffix.lower() in CALIB_EXTS)
-    if not files:
-        raise OodSegError(f'INT8 calibration folder {calib_dir} has no .jpg/.png images')
-    step = max(1, len(files) // max(1, limit))
-    return files[::step][:limit]
-
-
-def make_calibrator(trt, files, input_size, cache_path):
-    """Make an IInt8EntropyCalibrator2 feeding ``files`` one by one as (1, 3, H, W) float32."""
-    import cv2
-    import torch
-
-    class FrameCalibrator(trt.IInt8EntropyCalibrator2):
-        """Entropy calibration over real frames, batch size 1, cache in ``cache_path``."""
-
-        def __init__(self):
-            trt.IInt8EntropyCalibrator2.__init__(self)
-            self.files = list(files)
-            self.index = 0
-            h, w = input_size
-            self.size = (w, h)
-            self.buffer = torch.empty((1, 3, h, w), dtype=torch.float32, device='cuda')
-
-        def get_batch_size(self):
-            """Frames per calibration batch."""
-            return 1
-
-        def get_batch(self, names):
-            """Device pointer of the next frame, or None when all were used."""
-            if self.index >= len(self.files):
-                return None
-            path = self.files[self.index]
-            self.index += 1
-            img = cv2.imread(str(path), cv2.IMREAD_COLOR)
-            if img is None:
-                raise OodSegError(f'cannot read calibration image {path}')
-            img = cv2.resize(img[:, :, ::-1], self.size, interpolation=cv2.INTER_LINEAR)
-            t = torch.from_numpy(np.ascontiguousarray(img)).cuda()
-            self.buffer.copy_(t.permute(2, 0, 1).unsqueeze(0).float().div_(255.0))
-            torch.cuda.synchronize()
-            return [int(self.buffer.data_ptr())]
-
-        def read_calibration_cache(self):
-            """Reuse an earlier calibration table when present."""
-            return cache_path.read_bytes() if cache_path.exists() else None
-
-        def write_calibration_cache(self, cache):
-            """Store the calibration table next to the engines."""
-            cache_path.write_bytes(bytes(cache))
-
-    return FrameCalibrator()
-
-
-NETWORK_SCOPES = ('/backbone/', '/aspp/', '/low_project/', '/decoder/', '/classifier/',
-                  '/probes.')
-
-
-def pin_score_head_fp32(trt, network, config) -> int:
+def build_engine(trt, onnx_path, engine_path, precision: str, workspace_mb: int) -> None:
     """
-    Keep float layers outside the network modules (the score head) in float32.
+    Parse ``onnx_path`` and write a serialized engine to ``engine_path``.
 
-    Weakly typed INT8/FP16 builds may run any layer in half precision; the score head's
-    log-domain maths uses constants beyond the float16 range (e.g. -1e30 masks), so its
-    layers are pinned to float32 (``PREFER_PRECISION_CONSTRAINTS``). Layers are told
-    apart by the ONNX node scope in their names; returns the number of pinned layers.
+    fp16: strongly typed (the graph's own precisions); int8: the QDQ graph, weakly
+    typed with the INT8 flag (explicit quantization: int8 where the graph has Q/DQ,
+    float32 elsewhere); fp32: no precision flags.
     """
-    floats = (trt.DataType.FLOAT, trt.DataType.HALF)
-    layers = [network.get_layer(i) for i in range(network.num_layers)]
-    head = [layer for layer in layers
-            if not any(scope in layer.name for scope in NETWORK_SCOPES)]
-    if len(head) == len(layers):
-        LOG.warning('no layer names carry the network scopes; score head not pinned to fp32')
-        return 0
-    pinned = [layer for layer in head
-              if layer.num_outputs and layer.get_output(0).dtype in floats]
-    for layer in pinned:
-        layer.precision = trt.float32
-    config.set_flag(trt.BuilderFlag.PREFER_PRECISION_CONSTRAINTS)
-    LOG.info('INT8 build: %d score-head layers pinned to float32', len(pinned))
-    return len(pinned)
-
-
-def build_engine(trt, onnx_path, engine_path, precision: str, workspace_mb: int,
-                 calibrator=None) -> None:
-    """Parse ``onnx_path`` and write a serialized engine to ``engine_path``."""
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
     flags = 0  # explicit batch is the only mode in TensorRT 10
@@ -161,12 +80,7 @@ def build_engine(trt, onnx_path, engine_path, precision: str, workspace_mb: int,
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_mb) << 20)
     if precision == 'int8':
-        if not builder.platform_has_fast_int8:
-            LOG.warning('this GPU has no fast INT8; the INT8 engine may be slow')
         config.set_flag(trt.BuilderFlag.INT8)
-        config.set_flag(trt.BuilderFlag.FP16)
-        config.int8_calibrator = calibrator
-        pin_score_head_fp32(trt, network, config)
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise OodSegError(f'TensorRT failed to build an engine from {onnx_path} '
@@ -184,7 +98,7 @@ class TensorRTBackend(Backend):
     name = 'tensorrt'
 
     def __init__(self, bundle_path, outputs: Sequence[str], fp16: bool = True,
-                 int8: bool = False, calib_dir=None, calib_images: int = 100,
+                 int8: bool = False, calib_camvid=None, calib_frames: int = 0,
                  input_size=None, workspace_mb: int = 4096,
                  force_engine_update: bool = False, build_only: bool = False,
                  rebuild: bool = True, engine_path=None, warmup: int = 3,
@@ -203,8 +117,13 @@ class TensorRTBackend(Backend):
         doc = read_bundle_json(bundle_path)
         self.input_size = tuple(int(v) for v in (input_size or doc['config']['input_size']))
         wanted = canonical_outputs(outputs)
-        onnx_path = ensure_onnx(bundle_path, wanted, self.input_size,
-                                fp16=self.precision == 'fp16')
+        if self.precision == 'int8':
+            from ..quantize import ensure_int8
+            onnx_path = ensure_int8(bundle_path, wanted, self.input_size, camvid=calib_camvid,
+                                    calib_frames=calib_frames)
+        else:
+            onnx_path = ensure_onnx(bundle_path, wanted, self.input_size,
+                                    fp16=self.precision == 'fp16')
         check_tensorrt_ops(onnx_path)
         key = engine_key(file_sha256(onnx_path), self.precision, self.input_size,
                          torch.cuda.get_device_name(), torch.cuda.get_device_capability(),
@@ -213,47 +132,37 @@ class TensorRTBackend(Backend):
         self.engine_path = Path(engine_path) if engine_path else cache / engine_file_name(key)
         action, reason = plan_engine(self.engine_path, key, force_engine_update, rebuild)
         if action == 'build':
-            self._build(onnx_path, key, reason, workspace_mb, calib_dir, calib_images)
+            self._build(onnx_path, key, reason, workspace_mb)
         self.output_names = ['semantic'] + wanted
         self.engine = None
         self.cuda_graphs = bool(cuda_graphs)
         self._graph = None
         if build_only:
             return
-        self._load(rebuild=rebuild, onnx_path=onnx_path, key=key, workspace_mb=workspace_mb,
-                   calib_dir=calib_dir, calib_images=calib_images)
+        self._load(rebuild=rebuild, onnx_path=onnx_path, key=key, workspace_mb=workspace_mb)
         self._allocate()
         for _ in range(max(1, int(warmup))):
             self._execute()
         torch.cuda.synchronize()
 
     # -- engine ----------------------------------------------------------------------
-    def _build(self, onnx_path, key, reason, workspace_mb, calib_dir, calib_images):
-        calibrator = None
-        if self.precision == 'int8':
-            if calib_dir is None:
-                raise OodSegError('INT8 needs calibration frames: give calib_dir '
-                                  '(--calib-dir), e.g. the CamVid train images')
-            files = calibration_files(calib_dir, calib_images)
-            cache = self.engine_path.with_name(self.engine_path.stem + '.calib')
-            calibrator = make_calibrator(self.trt, files, self.input_size, cache)
+    def _build(self, onnx_path, key, reason, workspace_mb):
         LOG.warning('building TensorRT %s engine %s (%s): this can take several minutes '
                     '(much longer on Jetson) and happens once per GPU, TensorRT version, '
                     'precision and input size', self.precision, self.engine_path, reason)
-        build_engine(self.trt, onnx_path, self.engine_path, self.precision, workspace_mb,
-                     calibrator)
+        build_engine(self.trt, onnx_path, self.engine_path, self.precision, workspace_mb)
         write_sidecar(self.engine_path, key, workspace_mb=int(workspace_mb),
                       onnx=Path(onnx_path).name)
         LOG.warning('TensorRT engine ready: %s', self.engine_path)
 
-    def _load(self, rebuild, onnx_path, key, workspace_mb, calib_dir, calib_images):
+    def _load(self, rebuild, onnx_path, key, workspace_mb):
         trt = self.trt
         self.logger = trt.Logger(trt.Logger.WARNING)
         self.runtime = trt.Runtime(self.logger)
         self.engine = self.runtime.deserialize_cuda_engine(self.engine_path.read_bytes())
         if self.engine is None and rebuild:
             self._build(onnx_path, key, 'the cached engine failed to deserialize',
-                        workspace_mb, calib_dir, calib_images)
+                        workspace_mb)
             self.engine = self.runtime.deserialize_cuda_engine(self.engine_path.read_bytes())
         if self.engine is None:
             raise OodSegError(f'TensorRT cannot deserialize {self.engine_path} (corrupt or '

@@ -1,0 +1,213 @@
+"""
+Tests for the int8 QDQ graph (:mod:`ood_seg_ros.quantize`), its cache and its backends.
+
+The graph is made from a tiny bundle, calibrated on 3 CamVid ``train`` frames. The
+checks read the graph itself: which nodes consume dequantised tensors and which
+tensors are quantised; the sidecar checks forge a graph the way a copy would.
+"""
+
+import json
+import shutil
+import types
+
+from model_helpers import save_tiny_bundle
+import numpy as np
+import onnx
+from ood_seg_ros import quantize as Q
+from ood_seg_ros.errors import OodSegError
+from ood_seg_ros.export import onnx_sidecar, source_sha256
+from ood_seg_ros.runtime import tensorrt_backend as TB
+from ood_seg_ros.runtime.onnxruntime_backend import OnnxRuntimeBackend
+import pytest
+from repo_paths import CAMVID
+
+SIZE = (64, 96)
+OUTPUTS = ['probs', 'moose_entropy', 'pgn_uni_p1']
+needs_camvid = pytest.mark.skipif(not (CAMVID / 'train' / 'images').is_dir(),
+                                  reason='CamVid train frames are not available')
+pytestmark = [needs_camvid, pytest.mark.usefixtures('torch_threads')]
+
+
+@pytest.fixture(scope='module')
+def bundle(tmp_path_factory):
+    """A tiny bundle with its int8 graph made (3 calibration frames)."""
+    path = save_tiny_bundle(tmp_path_factory.mktemp('q') / 'b', SIZE)
+    Q.ensure_int8(path, OUTPUTS, SIZE, camvid=str(CAMVID), calib_frames=3)
+    return path
+
+
+def graph_facts(path):
+    """(quantised node names, nodes reading a quantised weight, producers of Q inputs)."""
+    model = onnx.load(str(path))
+    inits = {i.name for i in model.graph.initializer}
+    producer = {o: n.name for n in model.graph.node for o in n.output}
+    consumers = {}
+    for n in model.graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    dq_weight = {o for n in model.graph.node if n.op_type == 'DequantizeLinear'
+                 and n.input[0] in inits for o in n.output}
+    weighted = {n.name for n in model.graph.node if any(i in dq_weight for i in n.input)}
+    quantised = [n.input[0] for n in model.graph.node if n.op_type == 'QuantizeLinear'
+                 and n.input[0] not in inits]
+    return model, weighted, quantised, producer, consumers
+
+
+def test_calibration_frames_are_evenly_spaced_over_the_sorted_train_list():
+    all_frames = Q.calibration_frames(str(CAMVID), 10 ** 6)
+    assert all_frames == sorted(all_frames)
+    got = Q.calibration_frames(str(CAMVID), 5)
+    assert got[0] == all_frames[0] and got[-1] == all_frames[-1]
+    step = (len(all_frames) - 1) / 4
+    assert got == [all_frames[round(k * step)] for k in range(5)]
+    with pytest.raises(OodSegError, match='calib-frames'):
+        Q.calibration_frames(str(CAMVID), 0)
+
+
+def test_int8_graph_quantises_the_trunk_and_not_the_score_head(bundle):
+    path = Q.int8_path(bundle, OUTPUTS, SIZE)
+    model, weighted, quantised, producer, consumers = graph_facts(path)
+    convs = [n.name for n in model.graph.node if n.op_type == 'Conv']
+    trunk_convs = [c for c in convs if c.startswith(Q.TRUNK_SCOPES)]
+    assert trunk_convs and set(trunk_convs) <= weighted     # every trunk conv: int8 weights
+    nodes = {n.name: n for n in model.graph.node}
+
+    def feeds_trunk_only(name):     # the exporter's Identity aliases of shared weights
+        return nodes[name].op_type == 'Identity' and all(
+            c.name.startswith(Q.TRUNK_SCOPES) for o in nodes[name].output
+            for c in consumers[o])
+
+    head = [n for n in weighted if not n.startswith(Q.TRUNK_SCOPES)
+            and not feeds_trunk_only(n)]
+    assert head == []                                       # no score-head weight quantised
+    for tensor in quantised:     # every quantised activation is a trunk tensor
+        trunk_made = producer.get(tensor, '').startswith(Q.TRUNK_SCOPES)
+        readers = [c for q in consumers[tensor] if q.op_type == 'QuantizeLinear'
+                   for dq in consumers[q.output[0]] for c in consumers[dq.output[0]]]
+        trunk_read = any(n.name.startswith(Q.TRUNK_SCOPES) for n in readers)
+        assert trunk_made or trunk_read or tensor == 'image', tensor
+    meta = {p.key: p.value for p in model.metadata_props}
+    assert meta['ood_seg.precision'] == 'int8'
+    assert json.loads(meta['ood_seg.calibration'])['frames'] == 3
+
+
+def test_kept_float_scopes_are_not_quantised(bundle, tmp_path):
+    out = tmp_path / 'keep.onnx'
+    Q.ensure_int8(bundle, OUTPUTS, SIZE, camvid=str(CAMVID), calib_frames=3,
+                  keep_float=('/net/classifier/',), out_path=out)
+    model, weighted, quantised, producer, _ = graph_facts(out)
+    assert '/net/classifier/Conv' not in weighted
+    assert not [t for t in quantised if producer.get(t, '').startswith('/net/classifier/')]
+    _, full, full_q, full_producer, _ = graph_facts(Q.int8_path(bundle, OUTPUTS, SIZE))
+    assert '/net/classifier/Conv' in full      # the default graph does quantise it
+    assert [t for t in full_q if full_producer.get(t, '').startswith('/net/classifier/')]
+
+
+def test_int8_sidecar_refuses_stale_and_forged_graphs(bundle, tmp_path):
+    path = Q.int8_path(bundle, OUTPUTS, SIZE)
+    fp32 = source_sha256(bundle, OUTPUTS, SIZE)
+    assert Q.int8_mismatch(path, fp32) is None
+    assert 'source hash' in Q.int8_mismatch(path, 'f' * 64)          # other weights
+    record = Q.recorded_calibration(path)
+    assert Q.int8_mismatch(path, fp32, dict(record, frames=4)) == \
+        'calibrated on other frames or settings'
+    # a foreign int8 graph (other calibration) copied in with the sidecar rewritten
+    forged = tmp_path / 'b'
+    shutil.copytree(bundle, forged)
+    fpath = Q.int8_path(forged, OUTPUTS, SIZE)
+    other = tmp_path / 'other.onnx'
+    Q.ensure_int8(bundle, OUTPUTS, SIZE, camvid=str(CAMVID), calib_frames=2, out_path=other)
+    shutil.copy(other, fpath)
+    side = json.loads(onnx_sidecar(fpath).read_text())
+    side['onnx_sha256'] = json.loads(onnx_sidecar(other).read_text())['onnx_sha256']
+    onnx_sidecar(fpath).write_text(json.dumps(side))
+    assert 'embedded' in Q.int8_mismatch(fpath, fp32)
+    with pytest.raises(OodSegError, match='ood-seg export --int8'):
+        OnnxRuntimeBackend(forged, OUTPUTS, device='cpu', threads=1, int8=True)
+    # with frames the backend makes it again
+    be = OnnxRuntimeBackend(forged, OUTPUTS, device='cpu', threads=1, int8=True,
+                            calib_camvid=str(CAMVID), calib_frames=3)
+    assert Q.int8_mismatch(fpath, fp32) is None and be.describe()['precision'] == 'int8'
+
+
+def test_missing_int8_graph_is_one_line_naming_the_command(tmp_path):
+    path = save_tiny_bundle(tmp_path / 'b', SIZE)
+    with pytest.raises(OodSegError) as err:
+        Q.ensure_int8(path, OUTPUTS, SIZE)
+    assert 'no int8 graph' in str(err.value) or 'no usable int8 graph' in str(err.value)
+    assert 'ood-seg export --int8' in str(err.value) and '\n' not in str(err.value)
+
+
+def test_ort_int8_backend_runs_the_quantised_graph(bundle):
+    fp = OnnxRuntimeBackend(bundle, OUTPUTS, device='cpu', threads=1)
+    q = OnnxRuntimeBackend(bundle, OUTPUTS, device='cpu', threads=1, int8=True)
+    assert q.onnx_path.name.endswith('_int8.onnx') and fp.onnx_path.name.endswith('_fp32.onnx')
+    img = np.random.default_rng(0).integers(0, 256, SIZE + (3,), dtype=np.uint8)
+    a, b = fp.infer(img), q.infer(img)
+    assert set(a) == set(b)
+    for k in OUTPUTS:
+        assert b[k].shape == a[k].shape and np.isfinite(b[k]).all()
+    assert not np.array_equal(a['probs'], b['probs'])        # int8 arithmetic, not fp32
+    np.testing.assert_allclose(b['probs'].sum(0), 1.0, atol=1e-4)   # float softmax
+
+
+class FakeTrt:
+    """The parts of the TensorRT 10 API that build_engine touches, recording the calls."""
+
+    class BuilderFlag:
+        INT8, FP16 = 'INT8', 'FP16'
+
+    class NetworkDefinitionCreationFlag:
+        STRONGLY_TYPED = 3
+
+    class MemoryPoolType:
+        WORKSPACE = 'workspace'
+
+    def __init__(self):
+        self.flags, self.created, self.parsed = set(), None, None
+        fake = self
+
+        class Config:
+            def set_memory_pool_limit(self, pool, size):
+                pass
+
+            def set_flag(self, flag):
+                fake.flags.add(flag)
+
+        class Builder:
+            def __init__(self, logger):
+                pass
+
+            def create_network(self, flags):
+                fake.created = flags
+                return object()
+
+            def create_builder_config(self):
+                return Config()
+
+            def build_serialized_network(self, network, config):
+                return b'engine'
+
+        class Parser:
+            def __init__(self, network, logger):
+                self.num_errors = 0
+
+            def parse_from_file(self, path):
+                fake.parsed = path
+                return True
+
+        self.Builder, self.OnnxParser, self.Logger = Builder, Parser, \
+            types.SimpleNamespace
+        self.Logger = lambda level: None
+        self.Logger.WARNING = 2
+
+
+@pytest.mark.parametrize('precision,flags,typed', [
+    ('int8', {'INT8'}, False), ('fp16', set(), True), ('fp32', set(), False)])
+def test_tensorrt_builds_int8_from_the_qdq_graph_with_the_int8_flag(
+        tmp_path, precision, flags, typed):
+    trt = FakeTrt()
+    TB.build_engine(trt, tmp_path / 'g_int8.onnx', tmp_path / 'e.plan', precision, 64)
+    assert trt.flags == flags
+    assert bool(trt.created) == typed
+    assert (tmp_path / 'e.plan').read_bytes() == b'engine'
