@@ -172,8 +172,9 @@ def quantize_graph(fp32_path, out_path, frames, input_size,
                         quant_format=QuantFormat.QDQ, per_channel=True,
                         activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
                         nodes_to_quantize=nodes, calibrate_method=CalibrationMethod.MinMax,
-                        extra_options={'ActivationSymmetric': True, 'WeightSymmetric': True,
-                                       'CalibMaxIntermediateOutputs': 5})
+                        # no CalibMaxIntermediateOutputs: ONNX Runtime 1.32 drops the
+                        # collected outputs at that count without computing their ranges
+                        extra_options={'ActivationSymmetric': True, 'WeightSymmetric': True})
         graph = onnx.load(str(tmp))
         del graph.metadata_props[:]
         for k, v in (metadata or {}).items():

@@ -3,7 +3,13 @@ Network timing: plain vs OoD outputs in PyTorch and ONNX Runtime, and a peer net
 
 Every figure is a median over timed runs of contenders *interleaved* in one process on
 the same input (the order rotates every run), so load from other processes hits all of
-them alike and the ratios hold on a shared CPU where absolute times do not.
+them alike and the ratios hold on a shared CPU where absolute times do not. Ratios are
+medians of the per-round ratios (:func:`round_ratio`: both contenders of a ratio ran in
+the same round), not ratios of medians.
+
+The torch model is the one the node's torch backend runs: BatchNorms folded into the
+convolutions (:func:`ood_seg_ros.model.fold.fold_batch_norms`). ONNX Runtime runs the
+graph of the chosen precision (fp32, or the int8 QDQ graph of :mod:`ood_seg_ros.quantize`).
 
 - ``plain``: ``semantic`` only (what a segmentation-only network computes);
 - ``node``: the outputs the node requests (:func:`node_outputs`: heatmap score, the
@@ -11,6 +17,7 @@ them alike and the ratios hold on a shared CPU where absolute times do not.
 - ``full`` (torch): every score the bundle can compute; ``overhead`` = full / plain.
 """
 
+import os
 import statistics
 import time
 from typing import Callable, Dict
@@ -30,6 +37,17 @@ def interleaved(fns: Dict[str, Callable[[], object]], runs: int, warmup: int,
 
     ``sync`` (e.g. ``torch.cuda.synchronize``) is called before and after every run.
     """
+    return {n: median_ms(v) for n, v in interleaved_samples(fns, runs, warmup, sync).items()}
+
+
+def round_ratio(samples: Dict[str, list], num: str, den: str) -> float:
+    """Median over rounds of ``num`` / ``den`` time (both ran in the same round)."""
+    return round(statistics.median(a / b for a, b in zip(samples[num], samples[den])), 4)
+
+
+def interleaved_samples(fns: Dict[str, Callable[[], object]], runs: int, warmup: int,
+                        sync: Callable[[], None] = None) -> Dict[str, list]:
+    """Seconds of every timed run of each callable, per round (see :func:`interleaved`)."""
     names = list(fns)
     times = {n: [] for n in names}
     for i in range(warmup + runs):
@@ -43,7 +61,7 @@ def interleaved(fns: Dict[str, Callable[[], object]], runs: int, warmup: int,
                 sync()
             if i >= warmup:
                 times[name].append(time.perf_counter() - t)
-    return {n: median_ms(v) for n, v in times.items()}
+    return times
 
 
 def node_outputs(bundle_path, input_size) -> list:
@@ -64,6 +82,7 @@ def bench_torch(bundle_path, device, height, width, fp16, runs, warmup,
     """
     import torch
     from ..model import load_bundle, ModelConfig, OodSegNet
+    from ..model.fold import fold_batch_norms
     if bundle_path:
         model = load_bundle(bundle_path).model
         node = node_outputs(bundle_path, (height, width))
@@ -72,6 +91,7 @@ def bench_torch(bundle_path, device, height, width, fp16, runs, warmup,
         node = ['probs']
     dtype = torch.float16 if fp16 else torch.float32
     model.to(device=device, dtype=dtype).eval()
+    folded = fold_batch_norms(model)        # as the node's torch backend runs it
     if compile_scores:
         model.compile_scores()
     x = torch.rand(1, 3, height, width, device=device, dtype=dtype)
@@ -83,11 +103,13 @@ def bench_torch(bundle_path, device, height, width, fp16, runs, warmup,
         runners = {k: _runner(model, fn, v, x, graphs) for k, v in variants.items()}
         if device == 'cuda':
             torch.cuda.reset_peak_memory_stats()
-        ms = interleaved(runners, runs, warmup,
-                         torch.cuda.synchronize if device == 'cuda' else None)
+        samples = interleaved_samples(runners, runs, warmup,
+                                      torch.cuda.synchronize if device == 'cuda' else None)
+    ms = {k: median_ms(v) for k, v in samples.items()}
     res = {'plain_ms': ms['plain'], 'node_ms': ms['node'], 'full_ms': ms['full'],
-           'overhead': round(ms['full'] / ms['plain'], 4),
-           'overhead_torch': round(ms['node'] / ms['plain'], 4),
+           'overhead': round_ratio(samples, 'full', 'plain'),
+           'overhead_torch': round_ratio(samples, 'node', 'plain'),
+           'torch_batchnorms_folded': folded,
            'node_outputs': node, 'torch_threads': torch.get_num_threads(),
            'model_cuda_graphs': bool(graphs), 'model_compile_scores': bool(compile_scores),
            'model_compiled': bool(compile_model),
@@ -133,24 +155,41 @@ def ort_runner(backend, x) -> Callable[[], object]:
     return lambda: backend.session.run(names, feed)
 
 
-def ort_backends(bundle_path, height, width, threads=0):
-    """ONNX Runtime backends (CPU) of the plain and the node graph at (height, width)."""
+def ort_backends(bundle_path, height, width, threads=0, **precision):
+    """
+    ONNX Runtime backends (CPU) of the plain and the node graph at (height, width).
+
+    ``precision``: OnnxRuntimeBackend keywords (``int8``, ``calib_camvid``).
+    """
     from ..runtime.onnxruntime_backend import OnnxRuntimeBackend
     size = (height, width)
     return {name: OnnxRuntimeBackend(bundle_path, outs, device='cpu', input_size=size,
-                                     threads=threads)
+                                     threads=threads, **precision)
             for name, outs in (('plain', []), ('node', node_outputs(bundle_path, size)))}
 
 
-def bench_ort(bundle_path, height, width, runs, warmup, threads=0) -> dict:
-    """Interleaved plain / node network timing in ONNX Runtime (CPU, backend settings)."""
+def bench_ort(bundle_path, height, width, runs, warmup, threads=0, **precision) -> dict:
+    """
+    Interleaved plain / node network timing in ONNX Runtime (CPU, backend settings).
+
+    With ``int8`` the fp32 node graph joins the rotation: ``ort_int8_vs_fp32`` is the
+    int8 node graph's time over the fp32 one's.
+    """
     import numpy as np
-    be = ort_backends(bundle_path, height, width, threads)
+    be = ort_backends(bundle_path, height, width, threads, **precision)
+    if precision.get('int8'):
+        be['node_fp32'] = ort_backends(bundle_path, height, width, threads)['node']
     x = np.random.default_rng(0).random((1, 3, height, width), dtype=np.float32)
-    ms = interleaved({k: ort_runner(b, x) for k, b in be.items()}, runs, warmup)
-    return {'ort_plain_ms': ms['plain'], 'ort_node_ms': ms['node'],
-            'overhead_ort': round(ms['node'] / ms['plain'], 4),
-            'ort_threads': be['node'].threads, 'ort_spinning': be['node'].spinning}
+    samples = interleaved_samples({k: ort_runner(b, x) for k, b in be.items()}, runs, warmup)
+    res = {'ort_plain_ms': median_ms(samples['plain']),
+           'ort_node_ms': median_ms(samples['node']),
+           'overhead_ort': round_ratio(samples, 'node', 'plain'),
+           'ort_precision': be['node'].precision,
+           'ort_threads': be['node'].threads, 'ort_spinning': be['node'].spinning}
+    if 'node_fp32' in samples:
+        res['ort_node_fp32_ms'] = median_ms(samples['node_fp32'])
+        res['ort_int8_vs_fp32'] = round_ratio(samples, 'node', 'node_fp32')
+    return res
 
 
 def peer_session(path, threads=0):
@@ -178,9 +217,11 @@ def peer_session(path, threads=0):
 
 
 def compare_onnx(path, ours: Dict[str, Callable[[], object]], height, width, runs,
-                 warmup, threads=0) -> dict:
+                 warmup, threads=0, pairs=()) -> dict:
     """
     Time another ONNX network interleaved with ours; ratios ours / peer.
+
+    ``pairs``: (a, b) names of ours whose per-round ratio is reported too.
 
     ``ours``: named no-argument callables (e.g. our network with the node's outputs, our
     whole frame). The peer runs at its fixed input size, else at (height, width), on
@@ -191,10 +232,15 @@ def compare_onnx(path, ours: Dict[str, Callable[[], object]], height, width, run
     inp = sess.get_inputs()[0]
     shape = [d if isinstance(d, int) else s for d, s in zip(inp.shape, (1, 3, height, width))]
     x = np.random.default_rng(0).random(shape, dtype=np.float32)
-    ms = interleaved({'peer': lambda: sess.run(None, {inp.name: x}), **ours}, runs, warmup)
+    load = list(os.getloadavg())
+    samples = interleaved_samples({'peer': lambda: sess.run(None, {inp.name: x}), **ours},
+                                  runs, warmup)
     res = {'peer_onnx': str(getattr(path, 'name', path)).rsplit('/', 1)[-1],
-           'peer_input': shape[2:], 'peer_ms': ms['peer']}
+           'peer_input': shape[2:], 'peer_ms': median_ms(samples['peer']),
+           'compare_load_average': [load, list(os.getloadavg())]}
     for k in ours:
-        res[f'ours_{k}_ms'] = ms[k]
-        res[f'ratio_{k}_vs_peer'] = round(ms[k] / ms['peer'], 4)
+        res[f'ours_{k}_ms'] = median_ms(samples[k])
+        res[f'ratio_{k}_vs_peer'] = round_ratio(samples, k, 'peer')
+    for a, b in pairs:
+        res[f'ratio_{a}_vs_{b}'] = round_ratio(samples, a, b)
     return res

@@ -13,12 +13,13 @@ from .model import interleaved, median_ms
 
 
 def build_pipeline(bundle_path, backend, device='cpu', fp16=False, threads=0,
-                   cuda_graphs=False, compile_scores=False, input_size=None):
+                   cuda_graphs=False, compile_scores=False, input_size=None, **precision):
     """
     Pipeline of the bundle as the node builds it: the bundle's usable heatmap score.
 
     ``input_size`` (H, W) runs the network at that size (e.g. the frame's) instead of the
-    bundle's; ``threads`` 0 keeps the backend's default.
+    bundle's; ``threads`` 0 keeps the backend's default; ``precision``: backend keywords
+    (``int8``, ``calib_camvid``).
     """
     from ..errors import OodSegError
     from ..model.bundle import read_bundle_json
@@ -30,6 +31,7 @@ def build_pipeline(bundle_path, backend, device='cpu', fp16=False, threads=0,
         opts['compile_scores'] = True
     if threads:
         opts['threads'] = threads
+    opts.update(precision)
     doc = read_bundle_json(bundle_path)
     size = doc['config']['input_size']
     if input_size is not None:
@@ -40,20 +42,29 @@ def build_pipeline(bundle_path, backend, device='cpu', fp16=False, threads=0,
 
 
 def compare_with_peer(path, bundle_path, pipeline, frame_size, runs, warmup,
-                      threads=0) -> dict:
+                      threads=0, **precision) -> dict:
     """
     ``--compare-onnx``: the peer vs our network (node outputs, ONNX Runtime) and frame.
 
     Our whole frame is ``pipeline.process`` on a camera-like frame of ``frame_size``;
-    the peer and our network run at the pipeline's input size.
+    the peer and our network run at the pipeline's input size. Our network is the
+    pipeline's own ONNX Runtime graph (its precision) when it has one; ``plain``, our
+    segmentation-only graph in that precision, runs in the same rotation
+    (``ratio_network_vs_plain``: the OoD overhead).
     """
     from .model import compare_onnx, ort_backends, ort_runner
     h, w = pipeline.input_size
-    net = ort_backends(bundle_path, h, w, threads)['node']
+    be = ort_backends(bundle_path, h, w, threads, **precision)
+    net = pipeline.backend if getattr(pipeline.backend, 'name', '') == 'onnxruntime' \
+        else be['node']
     x = np.random.default_rng(0).random((1, 3, h, w), dtype=np.float32)
     frame = sample_frame(*frame_size, np.random.default_rng(0))
-    ours = {'network': ort_runner(net, x), 'frame': lambda: pipeline.process(frame)}
-    return compare_onnx(path, ours, h, w, runs, warmup, threads)
+    ours = {'network': ort_runner(net, x), 'plain': ort_runner(be['plain'], x),
+            'frame': lambda: pipeline.process(frame)}
+    res = compare_onnx(path, ours, h, w, runs, warmup, threads,
+                       pairs=(('network', 'plain'),))
+    res['ours_precision'] = net.precision
+    return res
 
 
 def synthetic_outputs(height, width, n_classes, n_blobs, seed=0):

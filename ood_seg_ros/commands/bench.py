@@ -6,8 +6,11 @@ after ``--warmup`` runs, measured in one process on the same input:
 
 - ``plain_ms``: network with segmentation output only; ``node_ms``: with the outputs
   the node needs; ``full_ms``: with every OoD output; ``overhead_torch`` = node / plain,
-  ``overhead`` = full / plain (runs interleaved); ``--backend onnxruntime`` adds
-  ``ort_plain_ms``, ``ort_node_ms`` and ``overhead_ort``;
+  ``overhead`` = full / plain (runs interleaved; ratios are medians of per-round
+  ratios); the torch model has its BatchNorms folded, as the node's torch backend runs
+  it; ``--backend onnxruntime`` adds ``ort_plain_ms``, ``ort_node_ms`` and
+  ``overhead_ort``, in the graph of ``--precision`` (int8: the quantised graph, made
+  from ``--camvid`` train frames when missing, and ``ort_int8_vs_fp32``);
 - ``--compare-onnx FILE``: another ONNX network timed interleaved with ours (our
   network with the node's outputs, and our whole frame with ``--backend``);
 - ``meta_<n>_segments_ms``: meta classification + segment records (``--meta-segments``);
@@ -39,6 +42,12 @@ class BenchCommand(Command):
         parser.add_argument('--height', type=int, default=360)
         parser.add_argument('--width', type=int, default=480)
         parser.add_argument('--fp16', action='store_true', help='half precision (CUDA)')
+        parser.add_argument('--precision', default=None, choices=['fp32', 'fp16', 'int8'],
+                            help='fp16: as --fp16; int8: the quantised graph on onnxruntime '
+                                 '(ONNX Runtime timing, --backend and --compare-onnx), '
+                                 'interleaved with the fp32 graph')
+        from ..data.datasets import add_dataset_option
+        add_dataset_option(parser, required=False)
         parser.add_argument('--runs', type=int, default=20)
         parser.add_argument('--warmup', type=int, default=5)
         parser.add_argument('--threads', type=int, default=0,
@@ -95,6 +104,15 @@ class BenchCommand(Command):
         from ..errors import OodSegError
         from ..model.bundle import default_bundle_path
         from ..model.config import parse_size
+        if args.precision == 'fp16':
+            args.fp16 = True
+        elif args.fp16 and args.precision:
+            raise OodSegError(f'--fp16 and --precision {args.precision}: choose one')
+        int8 = _int8_options(args)
+        if int8 and args.backend not in (None, 'onnxruntime'):
+            raise OodSegError('--precision int8 runs on onnxruntime: use --backend onnxruntime')
+        if int8 and args.device != 'cpu':
+            raise OodSegError('--precision int8 is timed on the CPU (--device cpu)')
         if args.threads:
             torch.set_num_threads(args.threads)
         if args.device == 'cuda' and not torch.cuda.is_available():
@@ -105,17 +123,18 @@ class BenchCommand(Command):
             raise OodSegError('--soak needs --node')
         bundle = args.bundle or default_bundle_path()
         res = {'device': args.device, 'height': args.height, 'width': args.width,
-               'precision': 'fp16' if args.fp16 else 'fp32', 'runs': args.runs,
+               'precision': 'int8' if int8 else 'fp16' if args.fp16 else 'fp32',
+               'runs': args.runs,
                'bundle': os.path.basename(str(bundle).rstrip('/')) if bundle else None,
                'machine': _machine(args.device), 'load_average': list(os.getloadavg())}
-        ort_cpu = args.backend == 'onnxruntime' and args.device == 'cpu'
+        ort_cpu = (args.backend == 'onnxruntime' or int8) and args.device == 'cpu'
         if not args.skip_model:
             res.update(M.bench_torch(bundle, args.device, args.height, args.width, args.fp16,
                                      args.runs, args.warmup, args.cuda_graphs,
                                      args.compile_scores, args.compile_model))
             if ort_cpu:
                 res.update(M.bench_ort(bundle, args.height, args.width, args.runs, args.warmup,
-                                       args.threads))
+                                       args.threads, **int8))
         pipe = None
         if args.postprocess or args.backend or args.meta_segments or args.compare_onnx:
             pipe = _pipeline(args, bundle, res)
@@ -168,13 +187,23 @@ def _ints(text):
         raise OodSegError(f'expected comma-separated integers, got {text!r}') from None
 
 
+def _int8_options(args) -> dict:
+    """OnnxRuntimeBackend keywords of --precision int8 ({} otherwise)."""
+    from ..data.datasets import dataset_spec
+    if args.precision != 'int8':
+        return {}
+    return {'int8': True, 'calib_camvid': dataset_spec(args)}
+
+
 def _pipeline(args, bundle, res):
     """Build the bundle's Pipeline for --postprocess, --backend, --meta-segments, ..."""
     from ..bench.pipeline import build_pipeline
-    backend = args.backend or ('onnxruntime' if args.compare_onnx else 'torch')
+    int8 = _int8_options(args)
+    backend = args.backend or ('onnxruntime' if args.compare_onnx or int8 else 'torch')
     pipe = build_pipeline(bundle, backend, args.device, args.fp16, args.threads, args.cuda_graphs,
                           args.compile_scores,
-                          (args.height, args.width) if args.model_input == 'frame' else None)
+                          (args.height, args.width) if args.model_input == 'frame' else None,
+                          **int8)
     res['heatmap_score'] = pipe.score_name
     res['network_input'] = list(pipe.input_size)
     return pipe
@@ -184,7 +213,7 @@ def _compare(args, bundle, pipe):
     """Time --compare-onnx: the peer vs our network (node outputs) and our whole frame."""
     from ..bench.pipeline import compare_with_peer
     return compare_with_peer(args.compare_onnx, bundle, pipe, (args.height, args.width),
-                             args.runs, args.warmup, args.threads)
+                             args.runs, args.warmup, args.threads, **_int8_options(args))
 
 
 def _machine(device):

@@ -13,11 +13,13 @@ from model_helpers import save_tiny_bundle
 import numpy as np
 from ood_seg_ros import cli
 from ood_seg_ros.bench import frames as FR
+from ood_seg_ros.bench import model as BM
 from ood_seg_ros.bench.pipeline import segment_grid
 from ood_seg_ros.meta import MetaClassifier
 from ood_seg_ros.pipeline import Pipeline
 from ood_seg_ros.segments import find_segments
 import pytest
+from repo_paths import CAMVID
 import torch
 
 H, W = 64, 96
@@ -49,7 +51,35 @@ def _bench(capsys, *args):
     return rc, (json.loads(out.out) if rc == 0 else out.err)
 
 
-def test_compare_onnx_times_the_peer_interleaved_with_ours(bundle, peer, capsys):
+def fixed_rounds(monkeypatch, seconds):
+    """Run every contender as the bench would, but report ``seconds(name, round)``."""
+    real = BM.interleaved_samples
+
+    def samples(fns, runs, warmup, sync=None):
+        real(fns, 1, 0, sync)                       # the contenders really run
+        return {n: [seconds(n, i) for i in range(runs)] for n in fns}
+
+    monkeypatch.setattr(BM, 'interleaved_samples', samples)
+
+
+def per_round(name, i):
+    """Per-round seconds whose ratio medians differ from the ratios of the medians."""
+    base = {'peer': 1.0, 'plain': 1.0, 'node_fp32': 1.0}.get(name, 2.0)
+    return base * (1.0, 3.0, 1.5)[i % 3] * (1.0 if name in ('peer', 'plain') else
+                                            (1.1, 0.5, 1.2)[i % 3])
+
+
+def test_ratios_are_medians_of_per_round_ratios():
+    samples = {n: [per_round(n, i) for i in range(3)] for n in ('network', 'peer')}
+    brute = sorted(a / b for a, b in zip(samples['network'], samples['peer']))[1]
+    assert BM.round_ratio(samples, 'network', 'peer') == pytest.approx(brute, abs=1e-4)
+    medians = np.median(samples['network']) / np.median(samples['peer'])
+    assert abs(brute - medians) > 0.1          # the example tells the two apart
+
+
+def test_compare_onnx_times_the_peer_interleaved_with_ours(bundle, peer, capsys,
+                                                           monkeypatch):
+    fixed_rounds(monkeypatch, per_round)
     rc, res = _bench(capsys, '--bundle', str(bundle), '--skip-model',
                      '--compare-onnx', str(peer))
     assert rc == 0
@@ -57,7 +87,9 @@ def test_compare_onnx_times_the_peer_interleaved_with_ours(bundle, peer, capsys)
     for k in ('network', 'frame'):
         assert res[f'ours_{k}_ms'] > 0 and res['peer_ms'] > 0
         assert res[f'ratio_{k}_vs_peer'] == pytest.approx(
-            res[f'ours_{k}_ms'] / res['peer_ms'], rel=1e-3)
+            np.median([per_round(k, i) / per_round('peer', i) for i in range(3)]), abs=1e-4)
+    assert res['ratio_network_vs_plain'] == res['ratio_network_vs_peer']   # same plain/peer
+    assert res['ours_precision'] == 'fp32' and len(res['compare_load_average']) == 2
 
 
 def test_compare_onnx_refuses_a_bad_file(bundle, tmp_path, capsys):
@@ -68,13 +100,15 @@ def test_compare_onnx_refuses_a_bad_file(bundle, tmp_path, capsys):
     assert rc == 2 and 'cannot load' in err and len(err.strip().splitlines()) == 1
 
 
-def test_json_overheads_are_the_ratios_of_the_times(bundle, capsys):
+def test_json_overheads_are_the_ratios_of_the_times(bundle, capsys, monkeypatch):
+    fixed_rounds(monkeypatch, per_round)
     rc, res = _bench(capsys, '--bundle', str(bundle), '--backend', 'onnxruntime',
                      '--meta-segments', '5')
     assert rc == 0
-    assert res['overhead_torch'] == pytest.approx(res['node_ms'] / res['plain_ms'], rel=1e-3)
-    assert res['overhead_ort'] == pytest.approx(res['ort_node_ms'] / res['ort_plain_ms'],
-                                                rel=1e-3)
+    want = np.median([per_round('node', i) / per_round('plain', i) for i in range(3)])
+    assert res['overhead_torch'] == pytest.approx(want, abs=1e-4)
+    assert res['overhead_ort'] == pytest.approx(want, abs=1e-4)
+    assert res['ort_precision'] == 'fp32' and res['ort_threads'] == 0
     assert res['node_outputs'] == Pipeline.required_outputs({'heatmap_score':
                                                              'moose_entropy'})
     assert res['meta_5_segments_ms'] > 0 and res['fps'] > 0
@@ -181,3 +215,35 @@ def test_package_makes_openmp_wait_passively_before_torch(env, expected):
                            'print(ood_seg_ros.TORCH_IMPORTED_FIRST)'], env=base,
                           capture_output=True, text=True, check=True).stdout.strip()
     assert late == 'True'
+
+
+def test_torch_timing_runs_the_folded_model_as_the_node_does(bundle):
+    from ood_seg_ros.model import load_bundle
+    from ood_seg_ros.model.fold import fold_batch_norms
+    from ood_seg_ros.runtime.torch_backend import TorchBackend
+    res = BM.bench_torch(str(bundle), 'cpu', H, W, False, 1, 0)
+    expected = fold_batch_norms(load_bundle(bundle).model.eval())
+    assert res['torch_batchnorms_folded'] == expected > 0
+    node = TorchBackend(bundle, ['probs'], device='cpu').model
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) and not _in_probe(node, m)
+                   for m in node.modules())
+
+
+def _in_probe(model, module):
+    from ood_seg_ros.model.deeplab import Probe
+    return any(module is m for p in model.modules() if isinstance(p, Probe)
+               for m in p.modules())
+
+
+@pytest.mark.skipif(not (CAMVID / 'train' / 'images').is_dir(),
+                    reason='CamVid train frames are not available')
+def test_int8_bench_times_the_quantised_graph_against_fp32(bundle, capsys):
+    rc, res = _bench(capsys, '--bundle', str(bundle), '--precision', 'int8', '--camvid',
+                     str(CAMVID), '--threads', '1')
+    assert rc == 0, res
+    assert res['precision'] == 'int8' and res['ort_precision'] == 'int8'
+    assert res['ort_int8_vs_fp32'] > 0 and res['ort_node_fp32_ms'] > 0
+    assert res['ort_threads'] == 1
+    rc, err = _bench(capsys, '--bundle', str(bundle), '--precision', 'int8', '--backend',
+                     'torch')
+    assert rc == 2 and 'onnxruntime' in err
