@@ -30,12 +30,12 @@ from .model.config import parse_size, size_key
 from .pipeline import normalise, Pipeline, runtime_for_size, upsample_map, usable_score
 from .scores import ALL_SCORES
 from .train.loop import evaluate_miou
-
-TORCH = {'backend': 'torch'}    # the backend of the evaluation unless one is given
 from .viz import overlay
 
 # Obstacle-mode entries of Pipeline.infer kept per frame (see Pipeline.obstacle_outputs).
 OBSTACLE_KEYS = ('drivable', 'region_weight', 'band', 'band_rows')
+
+TORCH = {'backend': 'torch'}    # the backend of the evaluation unless one is given
 
 
 def _nan_to_none(x):
@@ -86,7 +86,7 @@ def dataset_miou(bundle_path, dataset, split: str = 'test', device: str = 'cpu',
 
 def pipeline_miou(pipe: Pipeline, dataset, split: str = 'test', limit: int = 0) -> Dict:
     """
-    mIoU of the pipeline's ``semantic`` output (its backend and precision) on a split.
+    Return the mIoU of the pipeline's ``semantic`` output (its backend and precision) on a split.
 
     Frames go through :meth:`Pipeline.infer` (letterbox as the node does) and are
     compared at label size; the protocol of ``ood-seg eval --backend onnxruntime``.

@@ -494,7 +494,8 @@ class Pipeline:
         """Build the pipeline that ``settings`` describe (see :meth:`from_bundle`)."""
         s = settings
         pipe = cls.from_bundle(s.bundle, backend=s.backend_name(), device=s.device,
-                               fp16=s.precision_name() == 'fp16', score=s.score, threshold=s.threshold,
+                               fp16=s.precision_name() == 'fp16', score=s.score,
+                               threshold=s.threshold,
                                all_scores=s.all_scores, input_size=s.input_size,
                                geometry=s.geometry, region=s.region, band=s.band,
                                band_rows=s.band_rows, band_width=s.band_width, flip=s.flip,

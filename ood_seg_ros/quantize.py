@@ -76,7 +76,7 @@ def code_sha256() -> str:
 
 
 def calibration_record(frames, keep_float: Sequence[str] = DEFAULT_KEEP_FLOAT) -> dict:
-    """What the int8 graph is calibrated on and how (stored in its sidecar and metadata)."""
+    """Describe the calibration frames and settings (kept in the sidecar and metadata)."""
     names = [Path(f).name for f in frames]
     return {'split': CALIB_SPLIT, 'frames': len(names),
             'selection': 'evenly spaced over the sorted split list',
@@ -95,7 +95,7 @@ def int8_source(fp32_source: str, record: dict) -> str:
 
 
 def recorded_calibration(path) -> Optional[dict]:
-    """The calibration record in the sidecar of ``path`` (None when it has none)."""
+    """Return the calibration record in the sidecar of ``path`` (None: it has none)."""
     from .export import onnx_sidecar
     try:
         doc = json.loads(onnx_sidecar(path).read_text())
@@ -133,7 +133,7 @@ class FrameReader:
         self.index = 0
 
     def get_next(self):
-        """The next frame as ``{input: array}``, None after the last."""
+        """Return the next frame as ``{input: array}``, None after the last."""
         from .data.images import read_rgb
         from .pipeline import Letterbox
         if self.index >= len(self.files):

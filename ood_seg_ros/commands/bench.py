@@ -188,7 +188,7 @@ def _ints(text):
 
 
 def _int8_options(args) -> dict:
-    """OnnxRuntimeBackend keywords of --precision int8 ({} otherwise)."""
+    """Return the OnnxRuntimeBackend keywords of --precision int8 ({} otherwise)."""
     from ..data.datasets import dataset_spec
     if args.precision != 'int8':
         return {}

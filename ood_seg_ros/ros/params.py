@@ -102,7 +102,8 @@ SETTINGS = {'backend': 'backend', 'device': 'device', 'fp16': 'fp16',
             'region': 'heatmap_region', 'band': 'high_res_band', 'flip': 'flip_average',
             'precision': 'precision'}
 _ONE_OF = {'backend': BACKENDS, 'precision': ('',) + PRECISIONS,
-           'input_transport': TRANSPORTS, 'qos_reliability': RELIABILITIES, 'geometry': GEOMETRIES, 'heatmap_region': REGIONS}
+           'input_transport': TRANSPORTS, 'qos_reliability': RELIABILITIES,
+           'geometry': GEOMETRIES, 'heatmap_region': REGIONS}
 
 
 def validate(name: str, value) -> None:

@@ -114,7 +114,7 @@ class OnnxRuntimeBackend(Backend):
         self._check_graph(outputs, input_size)
 
     def _cached_graph(self, outputs, size, force: bool = False) -> Path:
-        """The cached graph of this precision (exported / quantised when needed)."""
+        """Return the cached graph of this precision (exported / quantised when needed)."""
         if self.int8:
             from ..quantize import ensure_int8
             camvid, frames = self.calib

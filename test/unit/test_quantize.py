@@ -30,7 +30,7 @@ pytestmark = [needs_camvid, pytest.mark.usefixtures('torch_threads')]
 
 @pytest.fixture(scope='module')
 def bundle(tmp_path_factory):
-    """A tiny bundle with its int8 graph made (3 calibration frames)."""
+    """Save a tiny bundle and make its int8 graph (3 calibration frames)."""
     path = save_tiny_bundle(tmp_path_factory.mktemp('q') / 'b', SIZE)
     Q.ensure_int8(path, OUTPUTS, SIZE, camvid=str(CAMVID), calib_frames=3)
     return path
