@@ -211,3 +211,19 @@ def test_tensorrt_builds_int8_from_the_qdq_graph_with_the_int8_flag(
     assert trt.flags == flags
     assert bool(trt.created) == typed
     assert (tmp_path / 'e.plan').read_bytes() == b'engine'
+
+
+def test_cli_export_int8_writes_the_graph_and_states_its_calibration(tmp_path, capsys):
+    from ood_seg_ros import cli
+    path = save_tiny_bundle(tmp_path / 'b', SIZE)
+    rc = cli.main(['export', '--bundle', str(path), '--int8', '--outputs', 'probs',
+                   '--json'])
+    err = capsys.readouterr().err
+    assert rc == 2 and '--camvid' in err and len(err.strip().splitlines()) == 1
+    rc = cli.main(['export', '--bundle', str(path), '--int8', '--outputs', 'probs',
+                   '--camvid', str(CAMVID), '--calib-frames', '2', '--json'])
+    res = json.loads(capsys.readouterr().out)
+    assert rc == 0 and res['precision'] == 'int8'
+    assert res['calibration']['frames'] == 2 and res['calibration']['split'] == 'train'
+    assert res['path'] == str(Q.int8_path(path, ['probs'], SIZE))
+    assert 'QuantizeLinear' in res['ops'] and res['tensorrt_unsupported'] == []
