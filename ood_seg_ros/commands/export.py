@@ -49,6 +49,10 @@ class ExportCommand(Command):
         from ..data.datasets import add_dataset_option
         from ..quantize import CALIB_FRAMES
         add_dataset_option(parser, required=False)
+        parser.add_argument('--int8-target', default='cpu', choices=['cpu', 'tensorrt'],
+                            help='ONNX --int8: activations uint8 asymmetric for ONNX Runtime '
+                                 '(cpu) or int8 symmetric for TensorRT (--format tensorrt '
+                                 'makes that one itself)')
         parser.add_argument('--calib-frames', type=int, default=CALIB_FRAMES,
                             help='--int8: calibration frames, evenly spaced over the sorted '
                                  f'train list (default {CALIB_FRAMES})')
@@ -98,7 +102,8 @@ class ExportCommand(Command):
                                       '--dataset (its train split is used)')
                 calibration_frames(spec, args.calib_frames)     # bad count: one line
                 path = ensure_int8(bundle, outputs, size, camvid=spec,
-                                   calib_frames=args.calib_frames, out_path=args.out)
+                                   calib_frames=args.calib_frames, out_path=args.out,
+                                   target=args.int8_target)
             else:
                 path = export_onnx(bundle, outputs, args.out, size, args.fp16, args.opset,
                                    args.dynamic)

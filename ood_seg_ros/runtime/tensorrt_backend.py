@@ -10,8 +10,9 @@ Precision:
   head in float32 through explicit casts) as a *strongly typed* network, so TensorRT
   keeps exactly the graph's precisions;
 - ``fp32``: the fp32 graph, no reduced-precision flags;
-- ``int8``: *explicit quantization* of the QDQ graph of :mod:`ood_seg_ros.quantize`
-  (int8 trunk with the scales calibrated on CamVid train frames, float score head):
+- ``int8``: *explicit quantization* of the ``tensorrt`` QDQ graph of
+  :mod:`ood_seg_ros.quantize` (int8 trunk, symmetric int8 activations and weights with
+  the scales calibrated on CamVid train frames, float score head):
   TensorRT sees the Q/DQ layers and runs exactly the quantised layers in int8; the
   network is weakly typed with ``BuilderFlag.INT8`` only, so every layer outside the
   Q/DQ pairs (the score head) stays float32. No TensorRT calibrator is involved.
@@ -120,7 +121,7 @@ class TensorRTBackend(Backend):
         if self.precision == 'int8':
             from ..quantize import ensure_int8
             onnx_path = ensure_int8(bundle_path, wanted, self.input_size, camvid=calib_camvid,
-                                    calib_frames=calib_frames)
+                                    calib_frames=calib_frames, target='tensorrt')
         else:
             onnx_path = ensure_onnx(bundle_path, wanted, self.input_size,
                                     fp16=self.precision == 'fp16')

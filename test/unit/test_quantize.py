@@ -141,7 +141,7 @@ def test_missing_int8_graph_is_one_line_naming_the_command(tmp_path):
 def test_ort_int8_backend_runs_the_quantised_graph(bundle):
     fp = OnnxRuntimeBackend(bundle, OUTPUTS, device='cpu', threads=1)
     q = OnnxRuntimeBackend(bundle, OUTPUTS, device='cpu', threads=1, int8=True)
-    assert q.onnx_path.name.endswith('_int8.onnx') and fp.onnx_path.name.endswith('_fp32.onnx')
+    assert q.onnx_path.name.endswith('_int8-cpu.onnx') and fp.onnx_path.name.endswith('_fp32.onnx')
     img = np.random.default_rng(0).integers(0, 256, SIZE + (3,), dtype=np.uint8)
     a, b = fp.infer(img), q.infer(img)
     assert set(a) == set(b)
@@ -227,3 +227,20 @@ def test_cli_export_int8_writes_the_graph_and_states_its_calibration(tmp_path, c
     assert res['calibration']['frames'] == 2 and res['calibration']['split'] == 'train'
     assert res['path'] == str(Q.int8_path(path, ['probs'], SIZE))
     assert 'QuantizeLinear' in res['ops'] and res['tensorrt_unsupported'] == []
+
+
+def test_tensorrt_graph_has_symmetric_int8_activations_and_the_cpu_graph_uint8(bundle):
+    trt = Q.ensure_int8(bundle, OUTPUTS, SIZE, camvid=str(CAMVID), calib_frames=3,
+                        target='tensorrt')
+    assert trt == Q.int8_path(bundle, OUTPUTS, SIZE, 'tensorrt')
+    for path, dtype, zero in ((trt, onnx.TensorProto.INT8, True),
+                              (Q.int8_path(bundle, OUTPUTS, SIZE), onnx.TensorProto.UINT8,
+                               False)):
+        model = onnx.load(str(path))
+        inits = {i.name: i for i in model.graph.initializer}
+        points = [inits[n.input[2]] for n in model.graph.node
+                  if n.op_type == 'QuantizeLinear' and n.input[0] not in inits]
+        assert points and {p.data_type for p in points} == {dtype}
+        values = np.concatenate([onnx.numpy_helper.to_array(p).ravel() for p in points])
+        assert (values == 0).all() == zero      # TensorRT: zero point 0 everywhere
+    assert Q.recorded_calibration(trt)['activations'] == 'int8 symmetric'
