@@ -244,3 +244,22 @@ def test_tensorrt_graph_has_symmetric_int8_activations_and_the_cpu_graph_uint8(b
         values = np.concatenate([onnx.numpy_helper.to_array(p).ravel() for p in points])
         assert (values == 0).all() == zero      # TensorRT: zero point 0 everywhere
     assert Q.recorded_calibration(trt)['activations'] == 'int8 symmetric'
+
+
+def test_eval_runs_the_chosen_backend_and_precision(tmp_path, capsys):
+    from ood_seg_ros import cli
+    from ood_seg_ros.evaluate import pipeline_miou
+    from ood_seg_ros.pipeline import Pipeline
+    path = save_tiny_bundle(tmp_path / 'b', SIZE)
+    args = ['eval', '--bundle', str(path), '--camvid', str(CAMVID), '--limit', '2', '--json']
+    assert cli.main(args + ['--backend', 'onnxruntime', '--threads', '1']) == 0
+    res = json.loads(capsys.readouterr().out)
+    ref = pipeline_miou(Pipeline.from_bundle(path, backend='torch', device='cpu'),
+                        f'camvid:{CAMVID}', 'test', 2)
+    assert res['camvid']['backend']['backend'] == 'onnxruntime'
+    assert res['camvid']['miou'] == pytest.approx(ref['miou'], abs=0.01)
+    assert cli.main(args + ['--precision', 'int8', '--calib-frames', '2']) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res['camvid']['backend']['precision'] == 'int8' and res['backend']['int8']
+    assert 0.0 <= res['camvid']['miou'] <= 1.0
+    assert cli.main(args + ['--precision', 'int8', '--backend', 'torch']) == 2
