@@ -34,11 +34,11 @@ import cv2
 import numpy as np
 
 from .errors import OodSegError
+from .imagecodec import MAX_FRAME_PIXELS
 from .meta import MetaClassifier
 from .model.budget import check_memory
 from .model.bundle import read_bundle_json
 from .model.config import ModelConfig, parse_size, size_key
-from .msg import MAX_FRAME_PIXELS
 from .obstacle import (band_input_size, band_rows, drivable_ids, drivable_mask, flip_average,
                        fuse_band, ObstacleSettings, region_distance, region_score, region_weight,
                        REGIONS)

@@ -23,7 +23,7 @@ def lively(model, seed=0):
 def sml_stats(n_classes, seed=0):
     """Plausible per-member SML and fused-score statistics (``ModelConfig.sml_stats``)."""
     from ood_seg_ros.model.config import SML_MEMBERS
-    from ood_seg_ros.sml import STAT_SCORES
+    from ood_seg_ros.tools.sml import STAT_SCORES
     g = torch.Generator().manual_seed(seed)
     members = {}
     for m in SML_MEMBERS:

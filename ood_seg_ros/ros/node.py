@@ -27,7 +27,7 @@ from .params import apply_set, check_set, descriptor, NODE_NAME, PARAMETERS, \
     pipeline_settings, read_config, RUNTIME, with_bundle_defaults
 from .rebuild import Rebuilder
 from ..errors import OodSegError
-from ..msg.image_codec import FrameError
+from ..imagecodec.image_codec import FrameError
 from ..pipeline import Pipeline
 
 

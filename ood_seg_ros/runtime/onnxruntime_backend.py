@@ -79,7 +79,7 @@ class OnnxRuntimeBackend(Backend):
         if onnx_path is None:
             if self.bundle_path is None:
                 raise OodSegError('onnxruntime backend: give a bundle or an ONNX file')
-            from ..export import canonical_outputs, ensure_onnx
+            from .onnx_cache import canonical_outputs, ensure_onnx
             from ..model.bundle import read_bundle_json
             doc = read_bundle_json(self.bundle_path)
             size = tuple(input_size or doc['config']['input_size'])
@@ -104,7 +104,7 @@ class OnnxRuntimeBackend(Backend):
 
     def _check_provenance(self) -> None:
         """Refuse a given ONNX file that was not exported from this bundle's network."""
-        from ..export import bundle_sha256
+        from .onnx_cache import bundle_sha256
         meta = self.session.get_modelmeta().custom_metadata_map
         got = meta.get('ood_seg.bundle_sha256')
         if got is None:

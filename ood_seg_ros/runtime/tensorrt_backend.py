@@ -191,7 +191,7 @@ class TensorRTBackend(Backend):
                  cuda_graphs: bool = False, device: str = 'cuda'):
         trt = import_tensorrt()
         import torch
-        from ..export import canonical_outputs, check_tensorrt_ops, ensure_onnx
+        from .onnx_cache import canonical_outputs, check_tensorrt_ops, ensure_onnx
         from ..model.bundle import read_bundle_json
         if not torch.cuda.is_available():
             raise OodSegError('the tensorrt backend needs a CUDA GPU (torch sees none)')

@@ -15,12 +15,12 @@ import sys
 import cv2
 from model_helpers import lively, sml_stats
 import numpy as np
-from ood_seg_ros import export as E
 from ood_seg_ros.errors import OodSegError
 from ood_seg_ros.model import ModelConfig, OodSegNet, save_bundle
 from ood_seg_ros.pipeline import Pipeline
 from ood_seg_ros.runtime import engine_cache as EC
 from ood_seg_ros.runtime import make_backend
+from ood_seg_ros.runtime import onnx_cache as E
 from ood_seg_ros.runtime.onnxruntime_backend import OnnxRuntimeBackend
 from ood_seg_ros.runtime.torch_backend import TorchBackend
 import pytest
@@ -128,7 +128,7 @@ def test_ort_backend_refuses_or_rebuilds_a_graph_of_another_network(tmp_path, ca
         dst.write_bytes(src.read_bytes())
         os.utime(dst, (1e9, 1e9))
     assert (Path(own) / 'derived' / theirs.onnx_path.name).exists()
-    with caplog.at_level('WARNING', logger='ood_seg_ros.export'):
+    with caplog.at_level('WARNING', logger='ood_seg_ros.runtime.onnx_cache'):
         rebuilt = OnnxRuntimeBackend(own, OUTPUTS, device='cpu', threads=1)
     assert 'other weights, config or export options' in caplog.text
     a, b = rebuilt.infer(img), ref.infer(img)
@@ -138,7 +138,7 @@ def test_ort_backend_refuses_or_rebuilds_a_graph_of_another_network(tmp_path, ca
     mine.onnx_path.write_bytes(theirs.onnx_path.read_bytes())
     E.onnx_sidecar(mine.onnx_path).unlink()
     caplog.clear()
-    with caplog.at_level('WARNING', logger='ood_seg_ros.export'):
+    with caplog.at_level('WARNING', logger='ood_seg_ros.runtime.onnx_cache'):
         OnnxRuntimeBackend(own, OUTPUTS, device='cpu', threads=1)
     assert 'no provenance sidecar' in caplog.text
     # 4. A graph without ood_seg metadata (not made by ood-seg export): refused.

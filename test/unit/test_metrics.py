@@ -1,11 +1,11 @@
-"""Tests of ood_seg_ros.metrics against scikit-learn, brute force and hand-worked cases."""
+"""Tests of ood_seg_ros.tools.metrics against scikit-learn, brute force and hand-worked cases."""
 
 import math
 import time
 
 import numpy as np
-from ood_seg_ros import metrics as M
 from ood_seg_ros.errors import OodSegError
+from ood_seg_ros.tools import metrics as M
 import pytest
 from sklearn.metrics import average_precision_score, r2_score, roc_auc_score
 

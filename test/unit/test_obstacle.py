@@ -6,11 +6,11 @@ import cv2
 from model_helpers import save_tiny_bundle
 import numpy as np
 from ood_seg_ros.errors import OodSegError
-from ood_seg_ros.evaluate import calibration_update
 from ood_seg_ros.obstacle import (band_input_size, drivable_ids, drivable_mask, fill_rows,
                                   fuse_band, ObstacleSettings, parse_band_rows,
                                   region_distance, region_weight)
 from ood_seg_ros.pipeline import Letterbox, normalise, Pipeline, runtime_for_size
+from ood_seg_ros.tools.evaluate import calibration_update
 import pytest
 
 pytestmark = pytest.mark.usefixtures('torch_threads')
