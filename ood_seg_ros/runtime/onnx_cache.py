@@ -97,7 +97,7 @@ def bundle_sha256(bundle_path) -> str:
     a replaced ``weights.pt`` can be older than the graph exported from the previous one.
     """
     from ..model.bundle import read_bundle_json, WEIGHTS
-    from .engine_cache import file_sha256
+    from ..files import file_sha256
     doc = read_bundle_json(bundle_path)
     wpath = Path(bundle_path) / WEIGHTS
     try:
@@ -151,7 +151,7 @@ def onnx_mismatch(path, expected_source: str) -> Optional[str]:
     file's own SHA-256, so a graph of other weights, a graph copied in from another
     bundle and a damaged file are all told apart from a cache hit.
     """
-    from .engine_cache import file_sha256
+    from ..files import file_sha256
     path = Path(path)
     if not path.exists():
         return f'no graph {path.name} yet'
@@ -225,9 +225,11 @@ def export_onnx(bundle_path, outputs: Optional[Sequence[str]] = None, out_path=N
     import onnx
     import torch
     from ..model import load_bundle
+    from ..model.bundle import Bundle
 
     if opset < 17:
         raise OodSegError(f'ONNX opset must be >= 17, got {opset}')
+    bundle_path = Bundle.of(bundle_path)    # bundle.json read once for all below
     bundle = load_bundle(bundle_path, outputs=outputs)
     model = bundle.model.eval()
     outs = canonical_outputs(model.outputs)
@@ -305,12 +307,10 @@ def export_onnx(bundle_path, outputs: Optional[Sequence[str]] = None, out_path=N
 
 def _write_sidecar(onnx_file, side: Path, source: str, meta: dict) -> None:
     """Record the source hash and the ONNX file's SHA-256 next to it (atomic write)."""
-    from .engine_cache import file_sha256
+    from ..files import atomic_write_text, file_sha256
     doc = {'source_sha256': source, 'onnx_sha256': file_sha256(onnx_file),
            **{k.split('.', 1)[1]: v for k, v in meta.items() if k != 'ood_seg.class_names'}}
-    tmp = side.with_name(f'.{side.name}.{os.getpid()}.tmp')
-    tmp.write_text(json.dumps(doc, indent=2) + '\n')
-    os.replace(tmp, side)
+    atomic_write_text(side, json.dumps(doc, indent=2) + '\n')
 
 
 def ensure_onnx(bundle_path, outputs: Sequence[str], input_size: Tuple[int, int],

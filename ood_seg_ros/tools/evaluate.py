@@ -1,6 +1,10 @@
 """
 Offline evaluation: dataset mIoU, SMIYC OoD metrics per score, meta classification.
 
+Calibration (the heatmap score, its scale and the segment threshold written into the
+bundle) is :mod:`ood_seg_ros.tools.calibrate`; the segment data for fitting the meta
+classifier, :func:`ood_seg_ros.tools.meta_fit.load_meta_dataset`.
+
 The evaluator runs the bundle's network once per frame with every score output, keeps
 the score maps at decoder resolution (small) and upsamples them to label resolution for
 the metrics (the same bilinear upsampling the pipeline uses). Segments, their features
@@ -11,13 +15,14 @@ numbers describe exactly what the node publishes.
 import json
 import math
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional
 
 import cv2
 import numpy as np
 import torch
 
 from . import metrics as M
+from .calibrate import calibrate
 from .data.datasets import KINDS, open_dataset
 from .data.images import read_rgb
 from .data.labelled import load_pairs
@@ -27,8 +32,8 @@ from .train.loop import evaluate_miou
 from ..errors import OodSegError
 from ..model import load_bundle
 from ..model.bundle import read_bundle_json
-from ..model.config import parse_size, size_key
-from ..pipeline import normalise, Pipeline, runtime_for_size, upsample_map, usable_score
+from ..model.config import parse_size
+from ..pipeline import Pipeline, runtime_for_size, upsample_map, usable_score
 from ..scores import ALL_SCORES
 from ..viz import overlay
 
@@ -94,8 +99,8 @@ def id_false_detections(bundle_path, dataset, split='test', device='cpu', limit=
     obstacle = obstacle or {}
     pipe = Pipeline.from_bundle(bundle_path, backend='torch', device=device,
                                 input_size=input_size, geometry=geometry, **obstacle,
-                                **_score_kw(bundle_path, input_size,
-                                            obstacle.get('region', 'all')))
+                                **score_kw(bundle_path, input_size,
+                                           obstacle.get('region', 'all')))
     pairs = open_dataset(dataset).list_pairs(split)
     if limit:
         pairs = pairs[:limit]
@@ -219,155 +224,6 @@ class OodEvaluation:
                 np.concatenate(groups), per_frame)
 
 
-def choose_score(tables: Dict[str, Dict[str, Dict]], reference: str = 'msp',
-                 candidates: Optional[Sequence[str]] = None) -> Dict:
-    """
-    Choose the default heatmap score by the product's rule, over several validation sets.
-
-    ``tables``: set name -> score -> metrics with ``ap``. A score is eligible when its AP
-    is at least the ``reference`` score's (MSP of the same network) on every set. Among
-    the eligible, the best worst-case *relative* AP wins: on each set a score's AP is
-    divided by the best AP any candidate reaches there, and the score whose smallest
-    ratio is largest is chosen (ties: the best mean ratio). Relative AP puts sets of
-    different difficulty on one scale, so the hardest set (tiny obstacles, AP ~0.02)
-    does not decide alone, and a score that fails one anomaly type (a MOoSe score on
-    road obstacles, a global one on objects in the scene) loses. Returns the choice with
-    per-score worst / mean AP and ratios and the eligible list.
-    """
-    sets = list(tables)
-    if not sets:
-        raise OodSegError('score selection needs at least one validation set')
-    names = [n for n in (candidates or tables[sets[0]]) if all(n in tables[s] for s in sets)]
-
-    def ap(s, n):
-        v = tables[s][n]['ap']
-        return float(v) if v is not None and np.isfinite(v) else float('nan')
-
-    if any(not np.isfinite(ap(s, reference)) for s in sets):
-        raise OodSegError('calibration needs OoD and in-distribution pixels in every set')
-    best_ap = {s: max([ap(s, n) for n in names if np.isfinite(ap(s, n))] or [0.0])
-               for s in sets}
-
-    def ratio(s, n):
-        return ap(s, n) / best_ap[s] if best_ap[s] > 0 else 0.0
-
-    summary = {n: {'worst_ap': min(ap(s, n) for s in sets),
-                   'mean_ap': float(np.mean([ap(s, n) for s in sets])),
-                   'worst_ratio': min(ratio(s, n) for s in sets),
-                   'mean_ratio': float(np.mean([ratio(s, n) for s in sets])),
-                   'per_set_ap': {s: ap(s, n) for s in sets}} for n in names}
-    eligible = [n for n in names if all(ap(s, n) >= ap(s, reference) for s in sets)]
-    pool = eligible or [reference]
-    best = max(pool, key=lambda n: (summary[n]['worst_ratio'], summary[n]['mean_ratio']))
-    return {'heatmap_score': best, 'reference': reference, 'eligible': eligible,
-            'best_ap_per_set': best_ap, 'summary': summary}
-
-
-def score_normalisation(evaluations: Sequence[OodEvaluation], name: str,
-                        percentiles=(1.0, 99.9)) -> List[float]:
-    """(lo, hi) of a score: the percentiles per set (valid pixels), averaged over sets."""
-    los, his = [], []
-    for ev in evaluations:
-        vals = np.concatenate([ev.low_score(i, name).ravel() for i in range(ev.n)])
-        lo, hi = np.percentile(vals, percentiles)
-        los.append(lo)
-        his.append(hi)
-    lo, hi = float(np.mean(los)), float(np.mean(his))
-    return [lo, hi if hi > lo else lo + 1e-6]
-
-
-def calibrate(evaluations, percentiles=(1.0, 99.9), reference: str = 'msp',
-              select: Optional[Dict[str, 'OodEvaluation']] = None,
-              select_notes: Optional[Dict[str, str]] = None) -> Dict:
-    """
-    Choose the heatmap score, its normalisation and the segment threshold.
-
-    ``evaluations``: one :class:`OodEvaluation` or a dict name -> evaluation, all at the
-    same network input size and on held-out validation data. ``select``: more sets that
-    join only the choice of the score (e.g. a synthetic anomaly type the held-out sets
-    lack), never the fitted constants; ``select_notes`` says per set why it is
-    selection-only. The score follows :func:`choose_score` over all the sets;
-    normalisation per score: (lo, hi) = the given percentiles of its values, averaged
-    over the ``evaluations`` sets; segment threshold: the chosen score's best pixel-F1
-    threshold per ``evaluations`` set, in normalised units, averaged.
-    """
-    if isinstance(evaluations, OodEvaluation):
-        evaluations = {'validation': evaluations}
-    evs = dict(evaluations)
-    select = dict(select or {})
-    clash = sorted(set(evs) & set(select))
-    if clash:
-        raise OodSegError(f'sets given both for fitting and for selection only: {clash}')
-    tables = {k: ev.pixel_and_component(components=False) for k, ev in evs.items()}
-    sel_tables = {k: ev.pixel_and_component(components=False) for k, ev in select.items()}
-    choice = choose_score(tables | sel_tables, reference)
-    best = choice['heatmap_score']
-    first = next(iter(evs.values()))
-    names = [n for n in tables[next(iter(tables))] if n in first.low_maps[0]]
-    norms = {n: score_normalisation(list(evs.values()), n, percentiles) for n in names}
-    lo, hi = norms[best]
-    thr = [tables[k][best]['best_f1_threshold'] for k in tables]
-    seg = [float(np.clip((t - lo) / (hi - lo), 0.05, 0.95)) for t in thr if np.isfinite(t)]
-    seg_thr = float(np.mean(seg)) if seg else 0.5
-    size = size_key(first.pipeline.input_size)
-    return {'heatmap_score': best, 'normalisation': norms, 'segment_threshold': seg_thr,
-            'calibrated_size': size, 'region': first.pipeline.region,
-            'calibration': {'sets': list(evs), 'input_size': size,
-                            'heatmap_region': first.pipeline.region,
-                            'band': first.pipeline.band, 'flip': first.pipeline.flip,
-                            'geometry': first.pipeline.geometry,
-                            'percentiles': list(percentiles), 'rule': (
-                                f'AP >= {reference} on every set, then the best worst-case '
-                                f'AP relative to the best score of each set'),
-                            'eligible': choice['eligible'],
-                            'selection_only_sets': {k: (select_notes or {}).get(k, '')
-                                                    for k in select},
-                            'ap': {k: t[best]['ap'] for k, t in (tables | sel_tables).items()},
-                            'reference_ap': {k: t[reference]['ap']
-                                             for k, t in (tables | sel_tables).items()},
-                            'worst_ap': choice['summary'][best]['worst_ap'],
-                            'ranking': _ranking(choice)}}
-
-
-def _ranking(choice: Dict, top: int = 8) -> List[Dict]:
-    """Return the best ``top`` scores by (worst-case, mean) relative AP, with per-set AP."""
-    summ = choice['summary']
-    names = sorted(summ, key=lambda n: (-summ[n]['worst_ratio'], -summ[n]['mean_ratio']))[:top]
-    return [{'score': n, 'eligible': n in choice['eligible'], **summ[n]} for n in names]
-
-
-def calibration_update(runtime: dict, cal: Dict, bundle_size) -> Dict:
-    """
-    Runtime updates for ``bundle.json`` from a :func:`calibrate` result.
-
-    Heatmap score, normalisation and segment threshold are stored per input size under
-    ``sizes`` (a score chosen at 480x960 need not be the best at 360x480); at the
-    bundle's own input size they are also the top-level settings. A region mode other
-    than ``all`` is stored under ``sizes[size].regions[region]`` only, leaving the
-    ``all`` settings as they are.
-    """
-    size = cal['calibrated_size']
-    sizes = dict((runtime or {}).get('sizes') or {})
-    entry = {'heatmap_score': cal['heatmap_score'],
-             'normalisation': cal['normalisation'],
-             'segment_threshold': cal['segment_threshold'],
-             'calibration': cal['calibration']}
-    region = cal.get('region', 'all')
-    if region != 'all':
-        old = dict(sizes.get(size) or {})
-        old['regions'] = {**(old.get('regions') or {}), region: entry}
-        sizes[size] = old
-        return {'sizes': sizes}
-    sizes[size] = {**entry, **({'regions': sizes[size]['regions']}
-                               if (sizes.get(size) or {}).get('regions') else {})}
-    upd = {'sizes': sizes}
-    if size == size_key(bundle_size):
-        upd.update({k: cal[k] for k in ('heatmap_score', 'normalisation',
-                                        'segment_threshold', 'calibrated_size',
-                                        'calibration')})
-    return upd
-
-
 def meta_effect(evaluation: OodEvaluation, meta, track: str = 'anomaly') -> Dict:
     """Meta classifier on a test set: AUROC, R², FP removed, TP kept, component F1 ±meta."""
     feats, is_fp, iou, _, per_frame = evaluation.segment_records()
@@ -434,8 +290,7 @@ def write_plots(evaluation: OodEvaluation, table: Dict, out_dir: Path, top: int 
     files.append('pr_curve.png')
     name, norm = evaluation.pipeline.score_name, evaluation.pipeline.norm
     for i, rgb in enumerate(evaluation.frames):
-        heat = normalise(evaluation.pipeline.heat_at(evaluation.low_maps[i], rgb.shape[:2]),
-                         *norm)
+        heat = norm.apply(evaluation.pipeline.heat_at(evaluation.low_maps[i], rgb.shape[:2]))
         image = overlay(rgb, heat, gt=evaluation.labels[i], colour_bar=True, scale=norm,
                         label=name)
         cv2.imwrite(str(out_dir / f'overlay_{i}.png'), image)
@@ -460,7 +315,8 @@ def evaluate_bundle(bundle_path, ood_root=None, dataset=None, split='test',
     single-set shape (``scores``, ``heatmap_score``, ``meta``, ...); with several it holds
     one such object per set under ``sets`` (by folder name), and ``heatmap_score``.
     ``calibrate_only``: return ``{'calibration': ...}`` chosen over all the sets, with
-    ``select_roots`` joining only the choice of the score (see :func:`calibrate`).
+    ``select_roots`` joining only the choice of the score (see
+    :func:`ood_seg_ros.tools.calibrate.calibrate`).
     ``dataset`` (``KIND:PATH``): mIoU on its ``split``, under the key of its kind.
     ``obstacle``: Pipeline.from_bundle keywords of obstacle mode (``region``, ``band``,
     ``band_rows``, ``band_width``, ``flip``); calibration is then that region's.
@@ -488,7 +344,7 @@ def evaluate_bundle(bundle_path, ood_root=None, dataset=None, split='test',
         raise OodSegError(f'OoD sets need distinct folder names, got {names}')
     pipe = Pipeline.from_bundle(bundle_path, backend='torch', device=device,
                                 all_scores=True, input_size=input_size, geometry=geometry,
-                                **obstacle, **_score_kw(bundle_path, input_size, region))
+                                **obstacle, **score_kw(bundle_path, input_size, region))
     evs = {set_name(r): OodEvaluation(pipe, OodDataset(r), limit, progress) for r in roots}
     if calibrate_only:
         sel = {set_name(r): OodEvaluation(pipe, OodDataset(r), limit, progress)
@@ -499,7 +355,7 @@ def evaluate_bundle(bundle_path, ood_root=None, dataset=None, split='test',
         epipe = Pipeline.from_bundle(entropy_bundle, backend='torch', device=device,
                                      all_scores=True, input_size=input_size,
                                      geometry=geometry, **obstacle,
-                                     **_score_kw(entropy_bundle, input_size, region))
+                                     **score_kw(entropy_bundle, input_size, region))
     per_set = {}
     for root in roots:
         name = set_name(root)
@@ -557,7 +413,7 @@ def threshold_rates(ev: OodEvaluation) -> Dict:
     pipe = ev.pipeline
     tp = fp = pos = neg = 0
     for i in range(ev.n):
-        heat = normalise(ev.score_map(i, pipe.score_name), *pipe.norm) > pipe.threshold
+        heat = pipe.norm.apply(ev.score_map(i, pipe.score_name)) > pipe.threshold
         lab = ev.labels[i]
         tp += int((heat & (lab == 1)).sum())
         fp += int((heat & (lab == 0)).sum())
@@ -574,7 +430,7 @@ def _write_metrics(result: Dict, out_dir) -> None:
         (Path(out_dir) / 'metrics.json').write_text(to_json(result) + '\n')
 
 
-def _score_kw(bundle_path, input_size=None, region: str = 'all') -> Dict:
+def score_kw(bundle_path, input_size=None, region: str = 'all') -> Dict:
     """
     Keyword arguments choosing a score the bundle can normalise (see usable_score).
 
@@ -583,14 +439,6 @@ def _score_kw(bundle_path, input_size=None, region: str = 'all') -> Dict:
     doc = read_bundle_json(bundle_path)
     size = parse_size(input_size) if input_size else doc['config']['input_size']
     return {'score': usable_score(runtime_for_size(doc.get('runtime', {}), size, region)[0])}
-
-
-def update_bundle_runtime(bundle_path, updates: Dict) -> None:
-    """Merge ``updates`` into the bundle's runtime settings (bundle.json)."""
-    path = Path(bundle_path) / 'bundle.json'
-    doc = json.loads(path.read_text())
-    doc.setdefault('runtime', {}).update(updates)
-    path.write_text(json.dumps(doc, indent=2) + '\n')
 
 
 def table_text(result: Dict) -> str:
@@ -622,37 +470,3 @@ def table_text(result: Dict) -> str:
 
 def _f(v) -> float:
     return float('nan') if v is None else float(v)
-
-
-def load_meta_dataset(bundle_path, ood_root, device='cpu', limit=0, progress=None,
-                      pipeline: Optional[Pipeline] = None, input_size=None,
-                      geometry='letterbox', obstacle=None):
-    """
-    Segment features / targets on one or several OoD sets for meta classifier training.
-
-    Returns (pipeline, features, is_fp, iou, groups, set_of_segment, frames_per_set):
-    ``groups`` are image ids unique across the sets (for grouped cross-validation),
-    ``set_of_segment`` the set name of every segment, ``frames_per_set`` the number of
-    frames read from each set (frames without segments count too).
-    """
-    roots = [ood_root] if isinstance(ood_root, (str, Path)) else list(ood_root)
-    obstacle = obstacle or {}
-    pipe = pipeline or Pipeline.from_bundle(
-        bundle_path, backend='torch', device=device, input_size=input_size,
-        geometry=geometry, **obstacle,
-        **_score_kw(bundle_path, input_size, obstacle.get('region', 'all')))
-    feats, is_fp, iou, groups, sets = [], [], [], [], []
-    frames = {}
-    offset = 0
-    for root in roots:
-        ev = OodEvaluation(pipe, OodDataset(root), limit, progress)
-        f, fp, io, g, _ = ev.segment_records()
-        feats.append(f)
-        is_fp.append(fp)
-        iou.append(io)
-        groups.append(g + offset)
-        sets.append(np.full(len(fp), set_name(root), dtype=object))
-        frames[set_name(root)] = ev.n
-        offset += ev.n
-    return (pipe, np.concatenate(feats), np.concatenate(is_fp), np.concatenate(iou),
-            np.concatenate(groups), np.concatenate(sets), frames)

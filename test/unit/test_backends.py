@@ -16,6 +16,7 @@ import cv2
 from model_helpers import lively, sml_stats
 import numpy as np
 from ood_seg_ros.errors import OodSegError
+from ood_seg_ros.files import file_sha256
 from ood_seg_ros.model import ModelConfig, OodSegNet, save_bundle
 from ood_seg_ros.pipeline import Pipeline
 from ood_seg_ros.runtime import engine_cache as EC
@@ -173,7 +174,7 @@ def test_tensorrt_cache_key_follows_the_weights(tmp_path):
 
     def current_key():
         onnx_path = E.ensure_onnx(own, wanted, SIZE, fp16=True)
-        return EC.engine_key(EC.file_sha256(onnx_path), 'fp16', SIZE, 'NVIDIA H200', (9, 0),
+        return EC.engine_key(file_sha256(onnx_path), 'fp16', SIZE, 'NVIDIA H200', (9, 0),
                              '10.3.0')
     old = current_key()
     engine = tmp_path / 'engines' / EC.engine_file_name(old)
@@ -317,7 +318,7 @@ def test_engine_cache_sidecar_mismatch(tmp_path):
     EC.write_sidecar(engine, key())
     side = json.loads(EC.sidecar_path(engine).read_text())
     assert side['tensorrt_version'] == '10.3.0'
-    assert side['engine_sha256'] == EC.file_sha256(engine)
+    assert side['engine_sha256'] == file_sha256(engine)
     assert EC.plan_engine(engine, key()) == ('load', 'cache hit')
     assert EC.plan_engine(engine, key(), force=True)[0] == 'build'
     for field, value in [('gpu_name', 'Orin'), ('compute_capability', '8.7'),

@@ -12,9 +12,9 @@ from ood_seg_ros.model import load_bundle, ModelConfig, OodSegNet
 from ood_seg_ros.model.config import SML_MEMBERS
 from ood_seg_ros.model.deeplab import upsample
 from ood_seg_ros.pipeline import Pipeline, runtime_for_size
+from ood_seg_ros.tools.calibrate import calibrate, calibration_update, choose_score
 from ood_seg_ros.tools.data.ood_sets import OodDataset
-from ood_seg_ros.tools.evaluate import (calibrate, calibration_update, choose_score,
-                                        evaluate_bundle, id_false_detections, OodEvaluation)
+from ood_seg_ros.tools.evaluate import evaluate_bundle, id_false_detections, OodEvaluation
 from ood_seg_ros.tools.protocol import check_held_out, trained_splits
 from ood_seg_ros.tools.sml import gather_sml_stats
 import pytest
@@ -278,7 +278,7 @@ def test_train_meta_on_several_sets(tmp_path, bundle, capsys):
 
 
 def test_fp_rate_threshold_bounds_false_detections_on_every_set():
-    from ood_seg_ros.meta import fp_rate_threshold
+    from ood_seg_ros.tools.meta_fit import fp_rate_threshold
     rng = np.random.default_rng(9)
     p = rng.random(200)
     is_fp = rng.random(200) < 0.7

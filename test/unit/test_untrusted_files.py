@@ -135,7 +135,7 @@ def test_foreign_onnx_cache_with_a_rewritten_sidecar_is_exported_again(bundle, t
     import shutil
     import numpy as np
     from ood_seg_ros.runtime import onnx_cache as E
-    from ood_seg_ros.runtime.engine_cache import file_sha256
+    from ood_seg_ros.files import file_sha256
     from ood_seg_ros.runtime.onnxruntime_backend import OnnxRuntimeBackend
     size = SMALL['input_size']
     path = E.ensure_onnx(bundle, ['msp'], size)

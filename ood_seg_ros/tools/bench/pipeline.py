@@ -86,8 +86,7 @@ def bench_postprocess(pipeline, height, width, n_blobs, runs, warmup) -> dict:
     # Outputs of a network run at the pipeline's input size, post-processed for a frame
     # of (height, width): what the node pays per frame. The blob map is put through the
     # inverse of the heatmap normalisation so its blobs cross the segment threshold.
-    lo, hi = pipeline.norm
-    out[pipeline.score_name] = (lo + out[pipeline.score_name] * (hi - lo)).astype('float32')
+    out[pipeline.score_name] = pipeline.norm.invert(out[pipeline.score_name])
     samples, stages, n_seg = [], {}, 0
     for i in range(warmup + runs):
         t = time.perf_counter()

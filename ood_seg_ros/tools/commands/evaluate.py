@@ -46,8 +46,8 @@ class EvalCommand(Command):
         """Evaluate and print a table or JSON."""
         from tqdm import tqdm
         from ...errors import OodSegError
-        from ..evaluate import (calibration_update, evaluate_bundle, id_false_detections,
-                                table_text, to_json, update_bundle_runtime)
+        from ..calibrate import calibration_update, update_bundle_runtime
+        from ..evaluate import evaluate_bundle, id_false_detections, table_text, to_json
         from ..data.datasets import dataset_spec, open_dataset
         from ...model.bundle import default_bundle_path, read_bundle_json
         from ...model.config import parse_size

@@ -20,11 +20,10 @@ class SmlStatsCommand(Command):
     def main(self, args) -> int:
         """Gather the statistics and write them into the bundle's config."""
         import json
-        from pathlib import Path
         from ..data.datasets import dataset_spec, open_dataset
         from ..data.images import read_rgb
         from ...model import load_bundle
-        from ...model.config import ModelConfig
+        from ...model.bundle import update_bundle_json
         from ..sml import gather_sml_stats
         bundle = load_bundle(args.bundle, outputs=['probs'], device=args.device)
         ds = open_dataset(dataset_spec(args))
@@ -37,11 +36,8 @@ class SmlStatsCommand(Command):
             pairs = pairs[:args.limit]
         stats = gather_sml_stats(bundle.model, (read_rgb(p) for p, _ in pairs))
         stats = {'split': args.split, 'dataset': ds.identity, **stats}
-        path = Path(args.bundle) / 'bundle.json'
-        doc = json.loads(path.read_text())
-        doc['config']['sml_stats'] = stats
-        ModelConfig.from_dict(doc['config'], source=str(path))  # validate before writing
-        path.write_text(json.dumps(doc, indent=2) + '\n')
+        # checked against the schema and the config, then written atomically
+        update_bundle_json(args.bundle, lambda doc: doc['config'].update(sml_stats=stats))
         g = stats['members']['global']
         summary = {'bundle': str(args.bundle), 'split': args.split, 'frames': stats['frames'],
                    'global_mean': [round(v, 3) for v in g['mean']],

@@ -42,10 +42,10 @@ class TrainMetaCommand(Command):
         """Extract segments on the sets, choose features, fit, store meta.json in the bundle."""
         from pathlib import Path
         from ...errors import OodSegError
-        from ..evaluate import load_meta_dataset, to_json
-        from ...meta import choose_config, fit_meta, fp_rate_threshold, select_features
-        from ...model.bundle import read_bundle_json
-        from ...pipeline import meta_file
+        from ..evaluate import to_json
+        from ..meta_fit import (choose_config, fit_meta, fp_rate_threshold, load_meta_dataset,
+                                select_features)
+        from ...model.bundle import meta_file, read_bundle_json
         from ..protocol import check_held_out
         check_held_out(read_bundle_json(args.bundle).get('info', {}), args.ood_set,
                        'fit the meta classifier')

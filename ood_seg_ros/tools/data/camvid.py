@@ -13,18 +13,12 @@ import numpy as np
 from .images import IMAGE_SUFFIXES, read_gray, read_rgb
 from .labelled import ClassInfo, IGNORE, LabelledDataset
 from ...errors import OodSegError
+from ...model.default_classes import CAMVID_CLASSES, CAMVID_PALETTE as PALETTE
 
-CAMVID_CLASSES = (
-    'Sky', 'Building', 'Pole', 'Road', 'Pavement', 'Tree', 'SignSymbol', 'Fence', 'Car',
-    'Pedestrian', 'Bicyclist')
 NUM_CLASSES = len(CAMVID_CLASSES)
 ROAD = CAMVID_CLASSES.index('Road')
 FILE_VOID = 11  # void value in the label files
 VOID = IGNORE  # void value in memory (ignore index)
-# SegNet's CamVid colours (RGB) of the 11 classes
-PALETTE = ((128, 128, 128), (128, 0, 0), (192, 192, 128), (128, 64, 128), (60, 40, 222),
-           (128, 128, 0), (192, 128, 128), (64, 64, 128), (64, 0, 128), (64, 64, 0),
-           (0, 128, 192))
 SPLITS = ('train', 'val', 'test')
 
 
