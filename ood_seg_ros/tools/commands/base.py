@@ -61,21 +61,25 @@ def print_result(result: dict, as_json: bool) -> None:
         print(f'{key:>{width}}: {shown}')
 
 
+OBSTACLE_OPTIONS = (   # flag, argparse keywords
+    ('--heatmap-region', {'default': 'all', 'choices': ['all', 'drivable'], 'help': (
+        'all: the whole frame; drivable: the score weighted by the drivable-area prior, '
+        'segments must touch the road (calibration and meta classifier of that mode)')}),
+    ('--band', {'action': 'store_true',
+                'help': 'second, high-resolution pass over the road band, fused in'}),
+    ('--band-rows', {'default': None, 'help': 'band TOP:BOTTOM as fractions of the frame '
+                     "height, or auto (from the drivable region); default: the bundle's"}),
+    ('--band-width', {'type': int, 'default': None, 'help': (
+        "network width of the band pass at most; 0: the frame's own")}),
+    ('--flip', {'action': 'store_true',
+                'help': 'average with the horizontally mirrored frame (2x the network)'}),
+)
+
+
 def add_obstacle_options(parser: argparse.ArgumentParser) -> None:
     """Obstacle mode: ``--heatmap-region``, ``--band`` (+ rows, width), ``--flip``."""
-    parser.add_argument('--heatmap-region', default='all', choices=['all', 'drivable'],
-                        help='all: the whole frame; drivable: the score weighted by the '
-                             'drivable-area prior, segments must touch the road (calibration '
-                             'and meta classifier of that mode)')
-    parser.add_argument('--band', action='store_true',
-                        help='second, high-resolution pass over the road band, fused in')
-    parser.add_argument('--band-rows', default=None,
-                        help='band TOP:BOTTOM as fractions of the frame height, or auto '
-                             "(from the drivable region); default: the bundle's")
-    parser.add_argument('--band-width', type=int, default=None,
-                        help="network width of the band pass at most; 0: the frame's own")
-    parser.add_argument('--flip', action='store_true',
-                        help='average with the horizontally mirrored frame (2x the network)')
+    for flag, keywords in OBSTACLE_OPTIONS:
+        parser.add_argument(flag, **keywords)
 
 
 def obstacle_kw(args: argparse.Namespace) -> dict:

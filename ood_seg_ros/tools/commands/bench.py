@@ -24,8 +24,6 @@ import platform
 
 from .base import add_bundle_option, add_json_option, Command, print_result
 
-# node_bench.py and node_soak.py take the frame from here (until they move to bench/).
-
 
 class BenchCommand(Command):
     """Measure network, post-processing and pipeline speed (JSON)."""
