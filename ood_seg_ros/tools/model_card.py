@@ -16,7 +16,7 @@ import time
 import cv2
 import numpy as np
 
-from ..model.bundle import read_bundle_json
+from ..model.bundle import META_JSON, read_bundle_json
 
 STATE = 'recipe_stage.json'   # a stage's record in the recipe's work folder
 
@@ -126,7 +126,7 @@ def _calibration(doc) -> list:
 
 
 def _meta(bundle: Path) -> list:
-    path = bundle / 'meta.json'
+    path = bundle / META_JSON
     if not path.is_file():
         return ['## Meta classifier', '', 'none (too few segments to fit one).', '']
     cv = json.loads(path.read_text()).get('info', {}).get('cv', {})

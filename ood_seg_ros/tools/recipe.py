@@ -36,8 +36,9 @@ from typing import Callable, List, Optional
 
 from .model_card import STATE
 from ..errors import OodSegError
+from ..model.bundle import BUNDLE_JSON, META_JSON, WEIGHTS
 
-BUNDLE_FILES = ('bundle.json', 'weights.pt', 'meta.json')
+BUNDLE_FILES = (BUNDLE_JSON, WEIGHTS, META_JSON)
 
 
 @dataclass
@@ -244,7 +245,7 @@ class Recipe:
             bundle_hash(Path(stage.bundle_in), h)
         for path in stage.reads:
             p = Path(path)
-            if (p / 'bundle.json').is_file():
+            if (p / BUNDLE_JSON).is_file():
                 bundle_hash(p, h)
             elif p == self.ds.root:
                 self._data_fingerprint(h)
@@ -345,7 +346,7 @@ def stage_parser() -> argparse.ArgumentParser:
 
 def _copy_bundle(src: Path, dst: Path) -> None:
     """Copy a bundle's files and derived graphs (not training runs) to a new folder."""
-    if not (src / 'bundle.json').is_file():
+    if not (src / BUNDLE_JSON).is_file():
         raise OodSegError(f'stage input {src} is not a bundle (no bundle.json)')
     dst.mkdir(parents=True)
     for name in BUNDLE_FILES:

@@ -13,7 +13,7 @@ from pathlib import Path
 import sys
 
 import cv2
-from model_helpers import lively, sml_stats
+from model_helpers import count_bundle_json_reads, lively, sml_stats
 import numpy as np
 from ood_seg_ros.errors import OodSegError
 from ood_seg_ros.files import file_sha256
@@ -363,3 +363,28 @@ def test_tensorrt_engine_matches_torch(bundle):
         assert np.abs(a[k] - b[k]).max() <= 1e-3 * (1 + np.abs(b[k]).max()), k
     again = TensorRTBackend(bundle, OUTPUTS, fp16=False, rebuild=False)  # cache hit
     assert again.engine_path == trt_be.engine_path
+
+
+@pytest.mark.parametrize('backend', ['onnxruntime', 'torch'])
+def test_node_start_up_reads_bundle_json_once(bundle, ort_backend, monkeypatch, backend):
+    """The node's own start-up path (settings -> pipeline -> backend -> ONNX cache)."""
+    from ood_seg_ros.pipeline import PipelineSettings
+    from ood_seg_ros.ros.node import OodNodeBody
+    settings = PipelineSettings(bundle=str(bundle), backend=backend, device='cpu', threads=1)
+    reads = count_bundle_json_reads(monkeypatch)    # ort_backend exported the node's graph
+    pipe = OodNodeBody._make_pipeline((settings, 1))    # a cache hit, one warm-up run
+    assert pipe.backend.name == backend
+    if backend == 'onnxruntime':        # the cached graph, not a new export
+        assert pipe.backend.onnx_path == ort_backend.onnx_path
+    assert reads == [str(bundle / 'bundle.json')]
+
+
+def test_the_read_counter_sees_every_read(bundle, monkeypatch):
+    from ood_seg_ros.model.bundle import Bundle, read_bundle_json
+    reads = count_bundle_json_reads(monkeypatch)
+    read_bundle_json(bundle)
+    Bundle.read(bundle)
+    json.loads((bundle / 'bundle.json').read_text())
+    with open(bundle / 'bundle.json') as f:
+        f.read()
+    assert len(reads) == 4

@@ -1,9 +1,7 @@
-"""The Bundle: read once at the node's start-up; one validated, atomic writer."""
+"""The Bundle's one validated, atomic writer (read once: test_backends.py)."""
 
-import builtins
 import json
 import os
-import pathlib
 import signal
 import subprocess
 import sys
@@ -11,8 +9,6 @@ import sys
 from model_helpers import save_tiny_bundle
 from ood_seg_ros.errors import OodSegError
 from ood_seg_ros.model import bundle as B
-from ood_seg_ros.pipeline import PipelineSettings
-from ood_seg_ros.ros.node import OodNodeBody
 import pytest
 from repo_paths import ROOT
 
@@ -23,55 +19,6 @@ SIZE = (64, 96)
 def tiny(tmp_path_factory):
     """Save a tiny bundle (moose_entropy heatmap, natural bounds)."""
     return save_tiny_bundle(tmp_path_factory.mktemp('bundle') / 'b', SIZE)
-
-
-def count_bundle_json_reads(monkeypatch):
-    """Count every read of a ``bundle.json`` through open() or Path.read_text/bytes."""
-    reads = []
-    real_open, real_text, real_bytes = builtins.open, pathlib.Path.read_text, \
-        pathlib.Path.read_bytes
-
-    def is_bundle_json(file):
-        return isinstance(file, (str, os.PathLike)) and \
-            os.path.basename(os.fspath(file)) == B.BUNDLE_JSON
-
-    def counting_open(file, mode='r', *args, **kw):
-        if is_bundle_json(file) and 'r' in mode:
-            reads.append(os.fspath(file))
-        return real_open(file, mode, *args, **kw)
-
-    def counting_text(self, *args, **kw):
-        if is_bundle_json(self):
-            reads.append(str(self))
-        return real_text(self, *args, **kw)
-
-    def counting_bytes(self):
-        if is_bundle_json(self):
-            reads.append(str(self))
-        return real_bytes(self)
-
-    monkeypatch.setattr(builtins, 'open', counting_open)
-    monkeypatch.setattr(pathlib.Path, 'read_text', counting_text)
-    monkeypatch.setattr(pathlib.Path, 'read_bytes', counting_bytes)
-    return reads
-
-
-def test_the_read_counter_sees_a_read(tiny, monkeypatch):
-    reads = count_bundle_json_reads(monkeypatch)
-    B.read_bundle_json(tiny)
-    json.loads((tiny / B.BUNDLE_JSON).read_text())
-    assert len(reads) == 2
-
-
-@pytest.mark.parametrize('backend', ['onnxruntime', 'torch'])
-def test_node_start_up_reads_bundle_json_once(tiny, monkeypatch, backend):
-    """The node's own start-up path (settings -> pipeline -> backend -> ONNX cache)."""
-    settings = PipelineSettings(bundle=str(tiny), backend=backend, device='cpu', threads=1)
-    OodNodeBody._make_pipeline((settings, 0))       # a first start exports the graph
-    reads = count_bundle_json_reads(monkeypatch)
-    pipe = OodNodeBody._make_pipeline((settings, 1))    # a cache hit, one warm-up run
-    assert pipe.backend.name == backend
-    assert reads == [str(tiny / B.BUNDLE_JSON)]
 
 
 def test_the_writer_checks_before_writing(tiny, tmp_path):
