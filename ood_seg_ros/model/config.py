@@ -6,7 +6,7 @@ from typing import List, Optional, Tuple
 
 from .backbones import backbone_names
 from .budget import check_memory
-from .default_classes import CAMVID_CLASSES
+from .default_classes import DEFAULT_CLASS_NAMES
 from ..errors import OodSegError
 from ..scores import (ALL_SCORES, EXTRA_OUTPUTS, needs, NEEDS_SML, NEEDS_STATS, SCORES,
                       STANDARD_SCORES)
@@ -74,7 +74,7 @@ class ModelConfig:
     """
 
     backbone: str = 'lite0'
-    class_names: Tuple[str, ...] = CAMVID_CLASSES
+    class_names: Tuple[str, ...] = DEFAULT_CLASS_NAMES
     ignore_index: int = 255
     palette: Optional[Tuple[Tuple[int, int, int], ...]] = None
     output_stride: int = 16

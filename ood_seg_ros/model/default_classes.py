@@ -10,6 +10,7 @@ no dataset code.
 CAMVID_CLASSES = (
     'Sky', 'Building', 'Pole', 'Road', 'Pavement', 'Tree', 'SignSymbol', 'Fence', 'Car',
     'Pedestrian', 'Bicyclist')
+DEFAULT_CLASS_NAMES = CAMVID_CLASSES     # of a bundle that names none
 # SegNet's CamVid colours (RGB) of the 11 classes
 CAMVID_PALETTE = ((128, 128, 128), (128, 0, 0), (192, 192, 128), (128, 64, 128),
                   (60, 40, 222), (128, 128, 0), (192, 128, 128), (64, 64, 128),
