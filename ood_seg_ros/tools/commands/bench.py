@@ -16,7 +16,9 @@ after ``--warmup`` runs, measured in one process on the same input:
   synthetic network outputs with ``--segments`` blobs (``--postprocess``);
 - ``end_to_end_ms`` / ``fps``: frame in -> FrameResult through a backend, with
   per-stage medians (``--backend``);
-- ``node_*``: input -> output latency through a running node over real DDS (``--node``).
+- ``node_*``: input -> output latency through a running node over real DDS (``--node``);
+- ``cold_*`` / ``warm_*``: seconds from starting the node to its first heatmap, first
+  with nothing cached and then with the cached graph (``--startup``).
 """
 
 import os
@@ -69,6 +71,10 @@ class BenchCommand(Command):
                                  'interleaved with ours and print the ratios')
         parser.add_argument('--meta-segments', default='', metavar='N,N',
                             help='time meta classification at these segment counts')
+        parser.add_argument('--startup', action='store_true',
+                            help='seconds from starting ood_node to its first heatmap: cold '
+                                 '(nothing cached) and warm (graph cached), on a copy of '
+                                 'the bundle')
         parser.add_argument('--obstacle', action='store_true',
                             help='cost of the obstacle-mode options end to end (drivable '
                                  'prior, road band, flip, the whole frame at band resolution)')
@@ -140,6 +146,10 @@ class BenchCommand(Command):
         elif args.node:
             from ..bench.node import bench_node
             res.update(bench_node(bundle, args.height, args.width, args.runs, args.warmup))
+        if args.startup:
+            from ..bench.startup import bench_startup
+            res.update(bench_startup(bundle, args.height, args.width,
+                                     args.backend or 'auto', args.device))
         res['torch_threads'] = torch.get_num_threads()
         res['load_average_end'] = list(os.getloadavg())
         res['peak_rss_mb'] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
