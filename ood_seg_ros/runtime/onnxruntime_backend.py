@@ -75,43 +75,43 @@ class OnnxRuntimeBackend(Backend):
         self.fp16 = bool(fp16)
         self.threads = int(threads)
         self.spinning = bool(spinning)
+        bundle = None
+        if bundle_path is not None:
+            from ..model.bundle import Bundle
+            bundle = Bundle.of(bundle_path)     # read once; passed to the ONNX cache
         self.bundle_path = Path(bundle_path) if bundle_path is not None else None
         if onnx_path is None:
-            if self.bundle_path is None:
+            if bundle is None:
                 raise OodSegError('onnxruntime backend: give a bundle or an ONNX file')
-            from ..export import canonical_outputs, ensure_onnx
-            from ..model.bundle import read_bundle_json
-            doc = read_bundle_json(self.bundle_path)
-            size = tuple(input_size or doc['config']['input_size'])
+            from .onnx_cache import canonical_outputs, ensure_onnx
+            size = tuple(input_size or bundle.input_size)
             wanted = canonical_outputs(outputs)
-            self.onnx_path = ensure_onnx(self.bundle_path, wanted, size, self.fp16)
+            self.onnx_path = ensure_onnx(bundle, wanted, size, self.fp16)
             try:
                 self.session = self._open(self.onnx_path)
             except OodSegError as exc:  # a damaged cache file: export again, once
                 LOG.warning('%s; exporting it again', exc)
-                self.onnx_path = ensure_onnx(self.bundle_path, wanted, size, self.fp16,
-                                             force=True)
+                self.onnx_path = ensure_onnx(bundle, wanted, size, self.fp16, force=True)
                 self.session = self._open(self.onnx_path)
         else:
             self.onnx_path = Path(onnx_path)
             self.session = self._open(self.onnx_path)
-            if self.bundle_path is not None:
-                self._check_provenance()
-        if input_size is None and self.bundle_path is not None:
-            from ..model.bundle import read_bundle_json
-            input_size = read_bundle_json(self.bundle_path)['config']['input_size']
+            if bundle is not None:
+                self._check_provenance(bundle)
+        if input_size is None and bundle is not None:
+            input_size = bundle.input_size
         self._check_graph(outputs, input_size)
 
-    def _check_provenance(self) -> None:
+    def _check_provenance(self, bundle) -> None:
         """Refuse a given ONNX file that was not exported from this bundle's network."""
-        from ..export import bundle_sha256
+        from .onnx_cache import bundle_sha256
         meta = self.session.get_modelmeta().custom_metadata_map
         got = meta.get('ood_seg.bundle_sha256')
         if got is None:
             raise OodSegError(f'{self.onnx_path} has no ood_seg provenance metadata: it was '
                               f'not exported by ood-seg export; export it from '
                               f'{self.bundle_path}')
-        if got != bundle_sha256(self.bundle_path):
+        if got != bundle_sha256(bundle):
             raise OodSegError(f'{self.onnx_path} was exported from another network (bundle '
                               f'hash {got[:12]}), not from {self.bundle_path}; export it '
                               f'again from this bundle')

@@ -24,9 +24,9 @@ from typing import Dict, Sequence
 import numpy as np
 
 from .base import Backend
-from .engine_cache import engine_file_name, engine_key, file_sha256, plan_engine, \
-    write_sidecar
+from .engine_cache import engine_file_name, engine_key, plan_engine, write_sidecar
 from ..errors import OodSegError
+from ..files import file_sha256
 from ..model.bundle import derived_dir
 
 LOG = logging.getLogger(__name__)
@@ -191,8 +191,8 @@ class TensorRTBackend(Backend):
                  cuda_graphs: bool = False, device: str = 'cuda'):
         trt = import_tensorrt()
         import torch
-        from ..export import canonical_outputs, check_tensorrt_ops, ensure_onnx
-        from ..model.bundle import read_bundle_json
+        from .onnx_cache import canonical_outputs, check_tensorrt_ops, ensure_onnx
+        from ..model.bundle import Bundle
         if not torch.cuda.is_available():
             raise OodSegError('the tensorrt backend needs a CUDA GPU (torch sees none)')
         if device not in ('cuda', 'auto') and not str(device).startswith('cuda'):
@@ -200,16 +200,16 @@ class TensorRTBackend(Backend):
         self.trt = trt
         self.device = 'cuda'
         self.precision = 'int8' if int8 else ('fp16' if fp16 else 'fp32')
-        doc = read_bundle_json(bundle_path)
-        self.input_size = tuple(int(v) for v in (input_size or doc['config']['input_size']))
+        bundle = Bundle.of(bundle_path)    # read once; passed to the ONNX cache
+        self.input_size = tuple(int(v) for v in (input_size or bundle.input_size))
         wanted = canonical_outputs(outputs)
-        onnx_path = ensure_onnx(bundle_path, wanted, self.input_size,
+        onnx_path = ensure_onnx(bundle, wanted, self.input_size,
                                 fp16=self.precision == 'fp16')
         check_tensorrt_ops(onnx_path)
         key = engine_key(file_sha256(onnx_path), self.precision, self.input_size,
                          torch.cuda.get_device_name(), torch.cuda.get_device_capability(),
                          trt.__version__)
-        cache = derived_dir(bundle_path) / 'engines'
+        cache = derived_dir(bundle) / 'engines'
         self.engine_path = Path(engine_path) if engine_path else cache / engine_file_name(key)
         action, reason = plan_engine(self.engine_path, key, force_engine_update, rebuild)
         if action == 'build':
