@@ -5,6 +5,8 @@ from glob import glob
 from setuptools import find_packages, setup
 
 PACKAGE = 'ood_seg_ros'
+# what ood_seg_ros/tools/ imports beyond the node's dependencies (requirements.txt too)
+TOOLS_EXTRA = ['scikit-learn>=1.4', 'matplotlib>=3.8', 'tqdm>=4.66', 'rosbags>=0.10']
 
 setup(
     name=PACKAGE,
@@ -24,8 +26,10 @@ setup(
     description='Out-of-distribution segmentation for ROS 2: DeepLabv3+ with MOoSe probes '
                 'and PGN scores, segment meta classification.',
     license='Apache-2.0',
-    # fleet-eval runs on Ray; the node and every other command work without it
-    extras_require={'test': ['pytest'], 'fleet': ['ray>=2.9']},
+    # the node needs none of these (package.xml: what it imports); the offline tools
+    # (ood-seg) need 'tools'; fleet-eval runs on Ray, every other command works without it
+    extras_require={'test': ['pytest'], 'fleet': ['ray>=2.9'],
+                    'tools': TOOLS_EXTRA},
     entry_points={
         'console_scripts': [
             'ood-seg = ood_seg_ros.cli:main',

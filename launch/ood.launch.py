@@ -98,38 +98,31 @@ def _node(context):
     return [(LifecycleNode if lifecycle else Node)(**kwargs)]
 
 
+# name, default value (None: the package's config/ood.yaml), description
+ARGUMENTS = (
+    ('params_file', None, 'YAML file with the ood_node parameters'),
+    ('image_topic', '/camera/image_raw', 'input image topic (compressed: '
+                                         '<image_topic>/compressed)'),
+    ('camera_info_topic', '', 'camera info topic (empty: camera_info beside image_topic)'),
+    ('namespace', '', 'node namespace; outputs are <namespace>/ood/...'),
+    ('model', '', 'model bundle folder (empty: from params_file)'),
+    ('backend', '', 'auto, torch, onnxruntime or tensorrt (empty: from params_file)'),
+    ('input_transport', '', 'raw or compressed (empty: from params_file)'),
+    ('use_sim_time', 'false', 'use the /clock topic (bag replay)'),
+    ('lifecycle', 'false', 'true: a managed lifecycle node (LifecycleNode)'),
+    ('autostart', '', 'lifecycle node: true configures and activates it at start, false '
+                      'waits for a lifecycle manager (empty: from params_file, default true)'),
+    ('exit_on_error', '', 'true: exit (and shut the launch down) when the model cannot be '
+                          'loaded (empty: from params_file, default false)'),
+)
+
+
 def generate_launch_description():
     """Launch arguments and the ood_node action."""
     default_params = os.path.join(get_package_share_directory(PACKAGE), 'config', 'ood.yaml')
     return LaunchDescription([
-        DeclareLaunchArgument('params_file', default_value=default_params,
-                              description='YAML file with the ood_node parameters'),
-        DeclareLaunchArgument('image_topic', default_value='/camera/image_raw',
-                              description='input image topic (compressed: '
-                                          '<image_topic>/compressed)'),
-        DeclareLaunchArgument('camera_info_topic', default_value='',
-                              description='camera info topic (empty: camera_info beside '
-                                          'image_topic)'),
-        DeclareLaunchArgument('namespace', default_value='',
-                              description='node namespace; outputs are <namespace>/ood/...'),
-        DeclareLaunchArgument('model', default_value='',
-                              description='model bundle folder (empty: from params_file)'),
-        DeclareLaunchArgument('backend', default_value='',
-                              description='auto, torch, onnxruntime or tensorrt '
-                                          '(empty: from params_file)'),
-        DeclareLaunchArgument('input_transport', default_value='',
-                              description='raw or compressed (empty: from params_file)'),
-        DeclareLaunchArgument('use_sim_time', default_value='false',
-                              description='use the /clock topic (bag replay)'),
-        DeclareLaunchArgument('lifecycle', default_value='false',
-                              description='true: a managed lifecycle node (LifecycleNode)'),
-        DeclareLaunchArgument('autostart', default_value='',
-                              description='lifecycle node: true configures and activates it '
-                                          'at start, false waits for a lifecycle manager '
-                                          '(empty: from params_file, default true)'),
-        DeclareLaunchArgument('exit_on_error', default_value='',
-                              description='true: exit (and shut the launch down) when the '
-                                          'model cannot be loaded (empty: from params_file, '
-                                          'default false)'),
+        *(DeclareLaunchArgument(name, description=text,
+                                default_value=default_params if value is None else value)
+          for name, value, text in ARGUMENTS),
         OpaqueFunction(function=_node),
     ])

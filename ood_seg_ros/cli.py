@@ -5,9 +5,9 @@ import signal
 import sys
 from typing import Iterable, Optional
 
-from .commands import COMMANDS
-from .commands.base import Command
 from .errors import exit_now, exit_status, Terminated
+from .tools.commands import COMMANDS
+from .tools.commands.base import Command
 
 
 def build_parser(commands: Optional[Iterable[Command]] = None) -> argparse.ArgumentParser:
@@ -42,7 +42,7 @@ def main(argv=None, commands: Optional[Iterable[Command]] = None) -> int:
     finally:
         signal.signal(signal.SIGTERM, previous)
     if argv is None and status in (130, 143):
-        from .export import abort_exports
+        from .runtime.onnx_cache import abort_exports
         exit_now(status, [abort_exports])   # the command has unwound: skip the teardown
     return status
 

@@ -10,7 +10,8 @@ Steps (one implementation, shared by the node, the evaluator and bag replay):
    score maps at decoder resolution (stride 4); every output is cropped to the frame's
    content before use;
 3. heatmap: the chosen score, normalised to [0, 1] with the bundle's constants for this
-   input size (``(s - lo) / (hi - lo)``, clipped), upsampled bilinearly to frame size;
+   input size (:class:`ood_seg_ros.heatmap_scale.HeatmapScale`), upsampled bilinearly to
+   frame size;
 4. segments: threshold the normalised decoder-resolution heatmap, 8-connected
    components, minimum size; per-segment features (:mod:`ood_seg_ros.segments`);
 5. meta classifier: P(false positive) per segment; segments above its threshold are
@@ -34,18 +35,20 @@ import cv2
 import numpy as np
 
 from .errors import OodSegError
+from .heatmap_scale import HeatmapScale
+from .imagecodec import MAX_FRAME_PIXELS
 from .meta import MetaClassifier
 from .model.budget import check_memory
-from .model.bundle import read_bundle_json
+from .model.bundle import Bundle, meta_file, read_bundle_json
 from .model.config import ModelConfig, parse_size, size_key
-from .msg import MAX_FRAME_PIXELS
 from .obstacle import (band_input_size, band_rows, drivable_ids, drivable_mask, flip_average,
                        fuse_band, ObstacleSettings, region_distance, region_score, region_weight,
                        REGIONS)
-from .quantize import PRECISIONS
+from .runtime.int8_graph import PRECISIONS
 from .runtime import auto_backend, make_backend
 from .scores import ALL_SCORES, natural_range, SCORES
-from .segments import find_segments, MOOSE_NAMES, segment_boxes, SegmentFeatureExtractor
+from .segments import DEFAULT_PGN_NAMES, find_segments, MOOSE_NAMES, Segment, \
+    segment_records, SegmentFeatureExtractor
 
 LOG = logging.getLogger(__name__)
 
@@ -57,20 +60,8 @@ DEFAULT_RUNTIME = {
     'segment_threshold': 0.5,
     'min_segment_px': 64,
     'meta_threshold': 0.5,
-    'meta_pgn_names': ['pgn_uni_p0.5', 'pgn_oh_p1', 'pgn_uni_p1', 'pgn_uni_p2'],
+    'meta_pgn_names': list(DEFAULT_PGN_NAMES),
 }
-
-
-@dataclass
-class Segment:
-    """One OoD segment. ``bbox`` = (x0, y0, x1, y1) in frame pixels, end exclusive."""
-
-    id: int  # noqa: A003 - vision_msgs naming; value in FrameResult.instances, 0 = dropped
-    bbox: tuple
-    area: int               # frame pixels
-    score: float            # mean normalised heatmap over the segment
-    meta_score: float       # P(true OoD) from the meta classifier (1 - P(false positive))
-    kept: bool
 
 
 @dataclass
@@ -149,12 +140,6 @@ def upsample_map(m: np.ndarray, size, linear: bool = True) -> np.ndarray:
         return m
     return cv2.resize(m, (w, h), interpolation=cv2.INTER_LINEAR if linear else
                       cv2.INTER_NEAREST)
-
-
-def normalise(score: np.ndarray, lo: float, hi: float) -> np.ndarray:
-    """Map a raw score to [0, 1]: (s - lo) / (hi - lo), clipped."""
-    scale = 1.0 / max(hi - lo, 1e-12)
-    return np.clip((score - lo) * scale, 0.0, 1.0).astype(np.float32, copy=False)
 
 
 def check_frame(frame, max_pixels: int = MAX_FRAME_PIXELS) -> None:
@@ -308,11 +293,6 @@ def touching_segments(labels: np.ndarray, n: int, region: np.ndarray):
     return lut[labels], int(touch.sum())
 
 
-def meta_file(region: str = 'all') -> str:
-    """File name of the meta classifier of a region mode in a bundle."""
-    return 'meta.json' if region == 'all' else f'meta_{region}.json'
-
-
 def load_region_metas(bundle_path) -> Dict[str, Optional[MetaClassifier]]:
     """Meta classifiers of the bundle by region mode (``all``: None without meta.json)."""
     metas: Dict[str, Optional[MetaClassifier]] = {}
@@ -457,8 +437,9 @@ class Pipeline:
         obstacle mode (see the module docstring); ``meta_<region>.json`` is that mode's
         meta classifier where the bundle has one.
         """
-        doc = read_bundle_json(bundle_path)
-        runtime = doc.get('runtime', {})
+        bundle = Bundle.of(bundle_path)     # bundle.json read once, passed down
+        doc = bundle.doc
+        runtime = bundle.runtime
         config = ModelConfig.from_dict(doc['config'])
         size = parse_size(input_size) if input_size is not None else \
             tuple(doc['config']['input_size'])
@@ -467,9 +448,9 @@ class Pipeline:
         if input_size is not None:
             backend_options['input_size'] = size
             check_memory(config, size, f'{bundle_path}')
-        be = make_backend(backend, bundle_path, outputs, device=device, fp16=fp16,
+        be = make_backend(backend, bundle, outputs, device=device, fp16=fp16,
                           **backend_options)
-        metas = load_region_metas(bundle_path)
+        metas = load_region_metas(bundle)
         if metas.get('all') is None:
             LOG.error(
                 'bundle %s has no meta.json: meta classifier OFF, every segment is kept '
@@ -479,7 +460,7 @@ class Pipeline:
             opts = dict(backend_options, input_size=band_size)
             if getattr(be, 'name', '') == 'torch':
                 opts['bundle'] = be.bundle      # share the loaded (folded) network
-            return make_backend(backend, bundle_path, outputs, device=device, fp16=fp16,
+            return make_backend(backend, bundle, outputs, device=device, fp16=fp16,
                                 **opts)
 
         rows = None if band_rows is None else band_rows
@@ -510,9 +491,9 @@ class Pipeline:
         self.score_name = name
 
     def score_normalisation(self, name: str, runtime: Optional[dict] = None,
-                            computed: bool = True) -> Tuple[float, float]:
+                            computed: bool = True) -> HeatmapScale:
         """
-        Return (lo, hi) of score ``name``; OodSegError where set_score would refuse it.
+        Return the scale (lo, hi) of ``name``; OodSegError where set_score would refuse it.
 
         ``computed`` False: do not require the running backend to compute ``name`` (the
         check before rebuilding the pipeline for it).
@@ -524,17 +505,16 @@ class Pipeline:
                               f'(outputs: {", ".join(self.backend.output_names)})')
         return self._normalisation(name, runtime)
 
-    def _normalisation(self, name: str, runtime: Optional[dict] = None):
+    def _normalisation(self, name: str, runtime: Optional[dict] = None) -> HeatmapScale:
         runtime = self.runtime if runtime is None else runtime
         table = runtime.get('normalisation', {})
         if name in table:
-            lo, hi = table[name]
-            return float(lo), float(hi)
+            return HeatmapScale.of(table[name])
         natural = natural_range(name, len(self.class_names))
         if natural is not None:
             if 'base_normalisation' in runtime:     # region score: max(s - lo, 0) * w
-                return 0.0, natural[1] - natural[0]
-            return natural
+                return HeatmapScale(0.0, natural[1] - natural[0])
+            return HeatmapScale(*natural)
         raise OodSegError(f'the bundle has no normalisation for score {name!r}; '
                           f'calibrate it with ood-seg eval --calibrate')
 
@@ -693,7 +673,7 @@ class Pipeline:
             bad = int(raw.size - np.count_nonzero(np.isfinite(raw)))
             raise NonFiniteOutput(f'heatmap score {self.score_name}: {bad} of {raw.size} '
                                   f'values are NaN/inf (broken weights or backend)')
-        low = normalise(self.heat_low(out), *self.norm)
+        low = self.norm.apply(self.heat_low(out))
         # min_segment_px is given at model input resolution; convert to decoder pixels.
         min_low = max(1, int(round(self.runtime['min_segment_px'] / DECODER_STRIDE ** 2)))
         labels, n = find_segments(low, self.threshold, min_low)
@@ -713,39 +693,21 @@ class Pipeline:
     def classify_segments(self, labels: np.ndarray, n: int, low: np.ndarray,
                           feats: np.ndarray, frame_size):
         """
-        Meta classification and segment records, vectorised over the n segments.
+        Meta classification of the n segments, then their records (:func:`segment_records`).
 
         ``labels`` (h, w) int32 at decoder resolution, ``low`` the normalised heatmap
         there, ``feats`` (n, F). Returns (segments in label order, kept-instance ids
         (h, w) uint16 with kept segments renumbered 1..k).
         """
-        lh, lw = low.shape
         if not n:
-            return [], np.zeros((lh, lw), np.uint16)
-        fh, fw = frame_size
+            return [], np.zeros(low.shape, np.uint16)
         if self.meta is not None:
             p_fp = self.meta_fp_proba(feats)
             keep = p_fp <= self.meta.threshold
         else:
             p_fp = np.zeros(n)
             keep = np.ones(n, bool)
-        flat = labels.ravel()
-        areas = np.bincount(flat, minlength=n + 1)[1:]
-        sums = np.bincount(flat, weights=low.ravel(), minlength=n + 1)[1:]
-        new_ids = np.zeros(n + 1, np.uint16)
-        new_ids[1:][keep] = np.arange(1, int(keep.sum()) + 1)
-        sy, sx = fh / lh, fw / lw
-        x0, y0, x1, y1 = segment_boxes(labels, n).T
-        columns = zip(new_ids[1:].tolist(), np.floor(x0 * sx).astype(int).tolist(),
-                      np.floor(y0 * sy).astype(int).tolist(),
-                      np.minimum(fw, np.ceil(x1 * sx)).astype(int).tolist(),
-                      np.minimum(fh, np.ceil(y1 * sy)).astype(int).tolist(),
-                      np.round(areas * (sx * sy)).astype(int).tolist(),
-                      (sums / np.maximum(areas, 1)).tolist(), (1.0 - p_fp).tolist(),
-                      keep.tolist())
-        segments = [Segment(i, (a, b, c, d), area, score, meta, k)
-                    for i, a, b, c, d, area, score, meta, k in columns]
-        return segments, new_ids[labels]
+        return segment_records(labels, n, low, frame_size, 1.0 - p_fp, keep)
 
     def postprocess(self, out: Dict[str, np.ndarray], frame_size) -> FrameResult:
         """Heatmap, semantic, segments and meta classification from network outputs."""
@@ -754,7 +716,7 @@ class Pipeline:
         low, labels, n, feats = self.segment(out)
         t1 = time.perf_counter()
         if 'band' in out:   # the band keeps its own resolution in the published heatmap
-            heatmap = normalise(self.heat_at(out, (fh, fw)), *self.norm)
+            heatmap = self.norm.apply(self.heat_at(out, (fh, fw)))
         else:
             heatmap = upsample_map(low, (fh, fw))
         semantic = upsample_map(out['semantic'].astype(np.uint8), (fh, fw), linear=False)

@@ -242,7 +242,7 @@ def standardised_max_logit(logits: torch.Tensor, mean: torch.Tensor,
     SML = -(max_c z - mu_c^) / sigma_c^ with c^ the predicted class; logits (B, C, H, W).
 
     ``mean`` / ``std`` (C,) are the per-class statistics of the max logit of pixels
-    predicted as that class (gathered on the training split, :mod:`ood_seg_ros.sml`).
+    predicted as that class (gathered on the training split, :mod:`ood_seg_ros.tools.sml`).
     The per-pixel statistics are selected with the one-hot of c^ (no Gather: plain
     multiply-add in every runtime).
     """

@@ -22,6 +22,8 @@ finding the non-zero labels; the rest is exact and costs O(number of segment pix
 be C-contiguous (otherwise numpy copies them).
 """
 
+from dataclasses import dataclass
+
 import numpy as np
 from scipy import ndimage
 
@@ -125,6 +127,48 @@ def segment_boxes(labels, n):
     return boxes
 
 
+@dataclass
+class Segment:
+    """One OoD segment. ``bbox`` = (x0, y0, x1, y1) in frame pixels, end exclusive."""
+
+    id: int  # noqa: A003 - vision_msgs naming; value in FrameResult.instances, 0 = dropped
+    bbox: tuple
+    area: int               # frame pixels
+    score: float            # mean normalised heatmap over the segment
+    meta_score: float       # P(true OoD) from the meta classifier (1 - P(false positive))
+    kept: bool
+
+
+def segment_records(labels, n, heat, frame_size, meta_score, keep):
+    """
+    Build the records of segments 1..n at frame size and the kept-instance ids.
+
+    ``labels`` (h, w) int32 and ``heat`` (the normalised heatmap) at decoder resolution,
+    ``frame_size`` (H, W), ``meta_score`` (n,) P(true OoD), ``keep`` (n,) bool. Boxes and
+    areas are scaled to the frame; kept segments get ids 1..k in label order (0:
+    dropped). Returns (segments in label order, ids (h, w) uint16).
+    """
+    lh, lw = heat.shape
+    fh, fw = frame_size
+    flat = labels.ravel()
+    areas = np.bincount(flat, minlength=n + 1)[1:]
+    sums = np.bincount(flat, weights=heat.ravel(), minlength=n + 1)[1:]
+    new_ids = np.zeros(n + 1, np.uint16)
+    new_ids[1:][keep] = np.arange(1, int(keep.sum()) + 1)
+    sy, sx = fh / lh, fw / lw
+    x0, y0, x1, y1 = segment_boxes(labels, n).T
+    columns = zip(new_ids[1:].tolist(), np.floor(x0 * sx).astype(int).tolist(),
+                  np.floor(y0 * sy).astype(int).tolist(),
+                  np.minimum(fw, np.ceil(x1 * sx)).astype(int).tolist(),
+                  np.minimum(fh, np.ceil(y1 * sy)).astype(int).tolist(),
+                  np.round(areas * (sx * sy)).astype(int).tolist(),
+                  (sums / np.maximum(areas, 1)).tolist(), np.asarray(meta_score).tolist(),
+                  np.asarray(keep).tolist())
+    segments = [Segment(i, (a, b, c, d), area, score, meta, k)
+                for i, a, b, c, d, area, score, meta, k in columns]
+    return segments, new_ids[labels]
+
+
 def segment_areas(labels, n):
     """Return the pixel counts of segments 1..n as an (n,) int64 array."""
     labels = np.asarray(labels)
@@ -201,8 +245,31 @@ class SegmentFeatureExtractor:
         maps: dict name -> (H, W) score map; must hold every name in ``map_names``
         (other entries are ignored).
         region: (H, W) bool drivable region (``drivable_overlap``; None: overlap 0).
-        Row i holds the features of label id i + 1.
+        Row i holds the features of label id i + 1. The groups, in column order: the
+        boundary split (sizes), dispersion, region means (class probabilities), the
+        neighbourhood's classes, centroids, score-map statistics, drivable overlap.
         """
+        labels, n, probs, map_arrays = self._checked(labels, n, probs, maps)
+        out = np.zeros((max(n, 0), self.n_features), dtype=np.float64)
+        if n <= 0:
+            return out
+        px = SegmentPixels.of(labels, n)
+        if px is None:
+            return out
+        C = self.n_classes
+        p = np.take(probs.reshape(C, -1), px.idx, axis=1)  # (C, n_fg), in the dtype of probs
+        if p.dtype not in (np.float32, np.float64):
+            p = p.astype(np.float64)
+        blocks = [px.size_features(), dispersion_features(px, p), class_means(px, p),
+                  neighbour_classes(px, probs), px.centroids()]
+        blocks += [px.stats(np.take(m.ravel(), px.idx)) for m in map_arrays]
+        if self.region:
+            blocks.append(region_overlap(px, region))
+        np.concatenate(blocks, axis=1, out=out)
+        return out
+
+    def _checked(self, labels, n, probs, maps):
+        """Check the shapes; return (labels, n, probs, map arrays in ``map_names`` order)."""
         labels = np.asarray(labels)
         n = int(n)
         if labels.ndim != 2:
@@ -224,170 +291,204 @@ class SegmentFeatureExtractor:
                 raise OodSegError(f'segment features: score map {name!r} has shape '
                                   f'{m.shape}, expected {(H, W)}')
             map_arrays.append(m)
-        F = self.n_features
-        out = np.zeros((max(n, 0), F), dtype=np.float64)
-        if n <= 0:
-            return out
+        return labels, n, probs, map_arrays
 
+
+class SegmentPixels:
+    """
+    The foreground pixels of segments 1..n, split into inner and boundary pixels.
+
+    Built by :meth:`of`. Region ids: inner pixels of segment k -> k, boundary pixels ->
+    n + k. Sums over regions go through runs (maximal stretches of equal region id in the
+    raster-ordered pixel list): np.add.reduceat per run (float64 accumulation), then
+    np.bincount over the run ids; the same result as np.bincount over pixels, about 3x
+    cheaper.
+    """
+
+    @classmethod
+    def of(cls, labels: np.ndarray, n: int):
+        """Return the pixels of ``labels`` (H, W) with ids 1..n; None when there are none."""
         flat = labels.ravel()
         idx = np.flatnonzero(flat != 0)  # via bool: faster than on int labels
         if idx.size == 0:
-            return out
+            return None
         lab = flat[idx].astype(np.intp)
         if lab.min() < 1 or lab.max() > n:
             raise OodSegError(f'segment features: labels must lie in 0..{n}, got '
                               f'{int(lab.min())}..{int(lab.max())}')
-        rows, cols = np.divmod(idx, W)
+        return cls(labels, n, idx, lab)
 
-        # Neighbour indices with coordinates clipped into the image: a clipped
-        # out-of-image neighbour lands on the pixel itself or on another of its in-image
-        # 8-neighbours, so "all neighbours equal" and the neighbourhood set are exact and
-        # out-of-image neighbours count as inside.
-        def neighbour_rows_cols(r, c):
-            r_of = {-1: np.maximum(r - 1, 0) * W, 0: r * W, 1: np.minimum(r + 1, H - 1) * W}
-            c_of = {-1: np.maximum(c - 1, 0), 0: c, 1: np.minimum(c + 1, W - 1)}
-            return r_of, c_of
-
-        r_of, c_of = neighbour_rows_cols(rows, cols)
-        n_fg = idx.size
-        buf_i = np.empty(n_fg, dtype=np.intp)
-        buf_l = np.empty(n_fg, dtype=flat.dtype)
-        buf_b = np.empty(n_fg, dtype=bool)
-        bd = np.zeros(n_fg, dtype=bool)
-        lab_t = flat[idx]
-        for dr, dc in _SHIFTS:
-            np.add(r_of[dr], c_of[dc], out=buf_i)
-            np.take(flat, buf_i, out=buf_l)
-            np.not_equal(buf_l, lab_t, out=buf_b)
-            bd |= buf_b
-        del buf_i, buf_l, buf_b, r_of, c_of
-
-        # Region ids: inner pixels -> k, boundary pixels -> n + k. Sums over regions go
-        # through runs (maximal stretches of equal region id in the raster-ordered pixel
-        # list): np.add.reduceat per run (float64 accumulation), then np.bincount over
-        # the run ids. Same result as np.bincount over pixels, about 3x cheaper.
-        g = lab + n * bd
-        n_g = 2 * n + 1
-        brk = np.empty(n_fg, dtype=bool)
+    def __init__(self, labels, n, idx, lab):
+        self.shape = labels.shape
+        self.flat = labels.ravel()
+        self.n, self.idx, self.lab = n, idx, lab
+        self.rows, self.cols = np.divmod(idx, self.shape[1])
+        self.bd = self._boundary()
+        n_g = self.n_g = 2 * n + 1
+        g = self.g = lab + n * self.bd
+        brk = np.empty(idx.size, dtype=bool)
         brk[0] = True
         np.not_equal(g[1:], g[:-1], out=brk[1:])
-        starts = np.flatnonzero(brk)
-        g_run = g[starts]
-        lab_run = lab[starts]
-        del brk
-
-        def region_sums(x):
-            """Return the (2n + 1,) float64 sums of x (n_fg,) per region id."""
-            run = np.add.reduceat(x, starts, dtype=np.float64)
-            return np.bincount(g_run, weights=run, minlength=n_g)
-
-        def segment_sums(x):
-            """Return the (n,) float64 sums of x (n_fg,) per segment."""
-            run = np.add.reduceat(x, starts, dtype=np.float64)
-            return np.bincount(lab_run, weights=run, minlength=n + 1)[1:]
-
+        self.starts = np.flatnonzero(brk)
+        self.g_run = g[self.starts]
+        self.lab_run = lab[self.starts]
         cnt_g = np.bincount(g, minlength=n_g).astype(np.float64)
-        s_in = cnt_g[1:n + 1]
-        s_bd = cnt_g[n + 1:]
-        s_all = s_in + s_bd
-        s_bd1 = np.maximum(s_bd, 1.0)
-        inv_in = 1.0 / np.maximum(s_in, 1.0)
-        inv_bd = 1.0 / s_bd1
-        inv_all = 1.0 / np.maximum(s_all, 1.0)
-        frac_cross = s_in * s_bd * inv_all  # for the segment variance from the parts
+        self.s_in = cnt_g[1:n + 1]
+        self.s_bd = cnt_g[n + 1:]
+        self.s_all = self.s_in + self.s_bd
+        self.s_bd1 = np.maximum(self.s_bd, 1.0)
+        self.inv_in = 1.0 / np.maximum(self.s_in, 1.0)
+        self.inv_bd = 1.0 / self.s_bd1
+        self.inv_all = 1.0 / np.maximum(self.s_all, 1.0)
+        self.frac_cross = self.s_in * self.s_bd * self.inv_all  # segment variance from parts
 
-        out[:, 0] = s_all
-        out[:, 1] = s_in
-        out[:, 2] = s_bd
-        out[:, 3] = s_all / s_bd1
-        out[:, 4] = s_in / s_bd1
-        col = 5
+    def neighbours(self, rows, cols):
+        """
+        Neighbour offsets of pixels (rows, cols): (row offsets * W, column) per shift.
 
-        def stats(x):
-            """Fill the 8 STAT_NAMES columns for the per-pixel values x (n_fg,)."""
-            nonlocal col
-            sum_g = region_sums(x)
-            mean_g = np.empty(n_g, dtype=np.float64)
-            mean_g[0] = 0.0
-            mean_in = sum_g[1:n + 1] * inv_in
-            mean_bd = sum_g[n + 1:] * inv_bd
-            mean_g[1:n + 1] = mean_in
-            mean_g[n + 1:] = mean_bd
-            mean = (sum_g[1:n + 1] + sum_g[n + 1:]) * inv_all
-            dev = x - mean_g[g]
-            dev *= dev
-            m2_g = region_sums(dev)
-            m2_in = m2_g[1:n + 1]
-            m2_bd = m2_g[n + 1:]
-            d_mean = mean_in - mean_bd
-            block = out[:, col:col + 8]
-            block[:, 0] = mean
-            block[:, 1] = mean_in
-            block[:, 2] = mean_bd
-            block[:, 3] = mean * s_all * inv_bd
-            block[:, 4] = mean_in * s_in * inv_bd
-            block[:, 5] = (m2_in + m2_bd + frac_cross * d_mean * d_mean) * inv_all
-            block[:, 6] = m2_in * inv_in
-            block[:, 7] = m2_bd * inv_bd
-            col += 8
+        Coordinates are clipped into the image: a clipped out-of-image neighbour lands on
+        the pixel itself or on another of its in-image 8-neighbours, so "all neighbours
+        equal" and the neighbourhood set are exact and out-of-image neighbours count as
+        inside.
+        """
+        H, W = self.shape
+        r_of = {-1: np.maximum(rows - 1, 0) * W, 0: rows * W,
+                1: np.minimum(rows + 1, H - 1) * W}
+        c_of = {-1: np.maximum(cols - 1, 0), 0: cols, 1: np.minimum(cols + 1, W - 1)}
+        return r_of, c_of
 
-        pflat = probs.reshape(C, H * W)
-        p = np.take(pflat, idx, axis=1)  # (C, n_fg), in the dtype of probs
-        if p.dtype not in (np.float32, np.float64):
-            p = p.astype(np.float64)
-        # Dispersion maps in the precision of probs (float32 normally), accumulated in
-        # float64. Top-2 by a running max (cheaper than np.partition).
-        tiny = np.finfo(p.dtype).tiny
-        p1 = p[0].copy()
-        p2 = np.full_like(p1, -np.inf)
-        ent = p[0] * np.log(np.maximum(p[0], tiny))
-        tmp = np.empty_like(p1)
-        for c in range(1, C):
-            pc = p[c]
-            np.minimum(p1, pc, out=tmp)
-            np.maximum(p2, tmp, out=p2)
-            np.maximum(p1, pc, out=p1)
-            np.maximum(pc, tiny, out=tmp)
-            np.log(tmp, out=tmp)
-            tmp *= pc
-            ent += tmp
-        ent *= -1.0 / np.log(C)
-        stats(ent)
-        stats(1.0 - p1 + p2)
-        stats(1.0 - p1)
+    def _boundary(self) -> np.ndarray:
+        """Return the (n_fg,) bool mask of boundary pixels (a neighbour of another label)."""
+        r_of, c_of = self.neighbours(self.rows, self.cols)
+        n_fg = self.idx.size
+        buf_i = np.empty(n_fg, dtype=np.intp)
+        buf_l = np.empty(n_fg, dtype=self.flat.dtype)
+        buf_b = np.empty(n_fg, dtype=bool)
+        bd = np.zeros(n_fg, dtype=bool)
+        lab_t = self.flat[self.idx]
+        for dr, dc in _SHIFTS:
+            np.add(r_of[dr], c_of[dc], out=buf_i)
+            np.take(self.flat, buf_i, out=buf_l)
+            np.not_equal(buf_l, lab_t, out=buf_b)
+            bd |= buf_b
+        return bd
 
-        for c in range(C):
-            out[:, col + c] = segment_sums(p[c]) * inv_all
-        col += C
+    def region_sums(self, x):
+        """Return the (2n + 1,) float64 sums of x (n_fg,) per region id."""
+        run = np.add.reduceat(x, self.starts, dtype=np.float64)
+        return np.bincount(self.g_run, weights=run, minlength=self.n_g)
 
-        # Neighbourhood: (segment, pixel) pairs with a differing label, deduplicated;
-        # only boundary pixels have such neighbours.
-        jb = np.flatnonzero(bd)
-        if jb.size:
-            r_of, c_of = neighbour_rows_cols(rows[jb], cols[jb])
-            nb = np.stack([r_of[dr] + c_of[dc] for dr, dc in _SHIFTS])  # (8, n_bd)
-            lab_b = lab[jb]
-            sel_s, sel_j = np.nonzero(flat[nb] != lab_b)
-            hw = H * W
-            key = np.unique(lab_b[sel_j] * hw + nb[sel_s, sel_j])
-            seg_k, pix = np.divmod(key, hw)
-            pix_u, inv = np.unique(pix, return_inverse=True)
-            cls = np.take(pflat, pix_u, axis=1).argmax(axis=0)[inv]
-            hist = np.bincount(seg_k * C + cls, minlength=(n + 1) * C).reshape(n + 1, C)[1:]
-            tot = hist.sum(axis=1, keepdims=True)
-            out[:, col:col + C] = hist / np.maximum(tot, 1)
-        col += C
+    def segment_sums(self, x):
+        """Return the (n,) float64 sums of x (n_fg,) per segment."""
+        run = np.add.reduceat(x, self.starts, dtype=np.float64)
+        return np.bincount(self.lab_run, weights=run, minlength=self.n + 1)[1:]
 
-        out[:, col] = segment_sums(rows) * inv_all / H
-        out[:, col + 1] = segment_sums(cols) * inv_all / W
-        col += 2
+    def size_features(self) -> np.ndarray:
+        """Boundary group (n, 5): ``S, S_in, S_bd, S_rel, S_rel_in``."""
+        return np.stack([self.s_all, self.s_in, self.s_bd, self.s_all / self.s_bd1,
+                         self.s_in / self.s_bd1], axis=1)
 
-        for m in map_arrays:
-            stats(np.take(m.ravel(), idx))
-        if self.region and region is not None:
-            region = np.asarray(region, dtype=bool)
-            if region.shape != (H, W):
-                raise OodSegError(f'segment features: region has shape {region.shape}, '
-                                  f'expected {(H, W)}')
-            out[:, col] = segment_sums(np.take(region.ravel(), idx)) * inv_all
+    def stats(self, x) -> np.ndarray:
+        """Return the (n, 8) :data:`STAT_NAMES` columns of per-pixel values x (n_fg,)."""
+        n = self.n
+        sum_g = self.region_sums(x)
+        mean_g = np.empty(self.n_g, dtype=np.float64)
+        mean_g[0] = 0.0
+        mean_in = sum_g[1:n + 1] * self.inv_in
+        mean_bd = sum_g[n + 1:] * self.inv_bd
+        mean_g[1:n + 1] = mean_in
+        mean_g[n + 1:] = mean_bd
+        mean = (sum_g[1:n + 1] + sum_g[n + 1:]) * self.inv_all
+        dev = x - mean_g[self.g]
+        dev *= dev
+        m2_g = self.region_sums(dev)
+        m2_in = m2_g[1:n + 1]
+        m2_bd = m2_g[n + 1:]
+        d_mean = mean_in - mean_bd
+        block = np.empty((n, 8), dtype=np.float64)
+        block[:, 0] = mean
+        block[:, 1] = mean_in
+        block[:, 2] = mean_bd
+        block[:, 3] = mean * self.s_all * self.inv_bd
+        block[:, 4] = mean_in * self.s_in * self.inv_bd
+        block[:, 5] = (m2_in + m2_bd + self.frac_cross * d_mean * d_mean) * self.inv_all
+        block[:, 6] = m2_in * self.inv_in
+        block[:, 7] = m2_bd * self.inv_bd
+        return block
+
+    def centroids(self) -> np.ndarray:
+        """Return (n, 2): mean row / H and mean column / W of each segment."""
+        H, W = self.shape
+        return np.stack([self.segment_sums(self.rows) * self.inv_all / H,
+                         self.segment_sums(self.cols) * self.inv_all / W], axis=1)
+
+
+def dispersion_features(px: SegmentPixels, p: np.ndarray) -> np.ndarray:
+    """
+    Dispersion group (n, 24): entropy, margin and variation ratio statistics.
+
+    ``p`` (C, n_fg) are the foreground pixels' probabilities; per-pixel values in their
+    precision (float32 normally), accumulated in float64. Top-2 by a running max
+    (cheaper than np.partition).
+    """
+    C = p.shape[0]
+    tiny = np.finfo(p.dtype).tiny
+    p1 = p[0].copy()
+    p2 = np.full_like(p1, -np.inf)
+    ent = p[0] * np.log(np.maximum(p[0], tiny))
+    tmp = np.empty_like(p1)
+    for c in range(1, C):
+        pc = p[c]
+        np.minimum(p1, pc, out=tmp)
+        np.maximum(p2, tmp, out=p2)
+        np.maximum(p1, pc, out=p1)
+        np.maximum(pc, tiny, out=tmp)
+        np.log(tmp, out=tmp)
+        tmp *= pc
+        ent += tmp
+    ent *= -1.0 / np.log(C)
+    return np.concatenate([px.stats(ent), px.stats(1.0 - p1 + p2), px.stats(1.0 - p1)],
+                          axis=1)
+
+
+def class_means(px: SegmentPixels, p: np.ndarray) -> np.ndarray:
+    """Region group (n, C): mean softmax probability of each class over the segment."""
+    return np.stack([px.segment_sums(p[c]) * px.inv_all for c in range(p.shape[0])], axis=1)
+
+
+def neighbour_classes(px: SegmentPixels, probs: np.ndarray) -> np.ndarray:
+    """
+    Neighbours group (n, C): class fractions of each segment's neighbourhood pixels.
+
+    (segment, pixel) pairs with a differing label, deduplicated; only boundary pixels
+    have such neighbours. A pixel's class is the argmax of ``probs`` (C, H, W).
+    """
+    C = probs.shape[0]
+    out = np.zeros((px.n, C), dtype=np.float64)
+    jb = np.flatnonzero(px.bd)
+    if not jb.size:
         return out
+    r_of, c_of = px.neighbours(px.rows[jb], px.cols[jb])
+    nb = np.stack([r_of[dr] + c_of[dc] for dr, dc in _SHIFTS])  # (8, n_bd)
+    lab_b = px.lab[jb]
+    sel_s, sel_j = np.nonzero(px.flat[nb] != lab_b)
+    hw = px.flat.size
+    key = np.unique(lab_b[sel_j] * hw + nb[sel_s, sel_j])
+    seg_k, pix = np.divmod(key, hw)
+    pix_u, inv = np.unique(pix, return_inverse=True)
+    cls = np.take(probs.reshape(C, -1), pix_u, axis=1).argmax(axis=0)[inv]
+    hist = np.bincount(seg_k * C + cls, minlength=(px.n + 1) * C).reshape(px.n + 1, C)[1:]
+    tot = hist.sum(axis=1, keepdims=True)
+    out[:] = hist / np.maximum(tot, 1)
+    return out
+
+
+def region_overlap(px: SegmentPixels, region) -> np.ndarray:
+    """Return (n, 1): the fraction of each segment inside ``region`` (None: zeros)."""
+    if region is None:
+        return np.zeros((px.n, 1), dtype=np.float64)
+    region = np.asarray(region, dtype=bool)
+    if region.shape != px.shape:
+        raise OodSegError(f'segment features: region has shape {region.shape}, '
+                          f'expected {px.shape}')
+    return (px.segment_sums(np.take(region.ravel(), px.idx)) * px.inv_all)[:, None]

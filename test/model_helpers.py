@@ -1,5 +1,9 @@
 """Shared helpers for tests that need a small network with informative outputs."""
 
+import builtins
+import os
+import pathlib
+
 import torch
 from torch import nn
 
@@ -23,7 +27,7 @@ def lively(model, seed=0):
 def sml_stats(n_classes, seed=0):
     """Plausible per-member SML and fused-score statistics (``ModelConfig.sml_stats``)."""
     from ood_seg_ros.model.config import SML_MEMBERS
-    from ood_seg_ros.sml import STAT_SCORES
+    from ood_seg_ros.tools.sml import STAT_SCORES
     g = torch.Generator().manual_seed(seed)
     members = {}
     for m in SML_MEMBERS:
@@ -52,3 +56,34 @@ def save_tiny_bundle(path, size, info=None):
             m.weight.data.uniform_(0.5, 2.0)
     return save_bundle(path, model.eval(), runtime={'heatmap_score': 'moose_entropy'},
                        info=info, half=False)
+
+
+def count_bundle_json_reads(monkeypatch):
+    """Count every read of a ``bundle.json`` through open() or Path.read_text/bytes."""
+    reads = []
+    real_open, real_text, real_bytes = builtins.open, pathlib.Path.read_text, \
+        pathlib.Path.read_bytes
+
+    def is_bundle_json(file):
+        return isinstance(file, (str, os.PathLike)) and \
+            os.path.basename(os.fspath(file)) == 'bundle.json'
+
+    def counting_open(file, mode='r', *args, **kw):
+        if is_bundle_json(file) and 'r' in mode:
+            reads.append(os.fspath(file))
+        return real_open(file, mode, *args, **kw)
+
+    def counting_text(self, *args, **kw):
+        if is_bundle_json(self):
+            reads.append(str(self))
+        return real_text(self, *args, **kw)
+
+    def counting_bytes(self):
+        if is_bundle_json(self):
+            reads.append(str(self))
+        return real_bytes(self)
+
+    monkeypatch.setattr(builtins, 'open', counting_open)
+    monkeypatch.setattr(pathlib.Path, 'read_text', counting_text)
+    monkeypatch.setattr(pathlib.Path, 'read_bytes', counting_bytes)
+    return reads

@@ -19,11 +19,11 @@ import types
 
 import numpy as np
 # node_executable, NETNS and netns_problem are used by the tests through this module
-from ood_seg_ros.bagtools.node_process import console_script as node_executable  # noqa: F401
-from ood_seg_ros.bagtools.node_process import NETNS, netns_problem  # noqa: F401
-from ood_seg_ros.bagtools.node_process import node_env, NodeProcess
-from ood_seg_ros.msg.topics import output_topic
+from ood_seg_ros.imagecodec.topics import output_topic
 from ood_seg_ros.ros.main import DDS_PROFILE_VARS
+from ood_seg_ros.tools.bagtools.node_process import console_script as node_executable  # noqa: F401
+from ood_seg_ros.tools.bagtools.node_process import NETNS, netns_problem  # noqa: F401
+from ood_seg_ros.tools.bagtools.node_process import node_env, NodeProcess
 
 OUTPUTS = ('heatmap', 'mask', 'semantic', 'color')     # keys of the node's TOPICS
 FRAME_SIZE = (60, 80)      # (H, W) of the test frames; the test model runs at 64 x 64

@@ -20,10 +20,10 @@ import tempfile
 import time
 
 import numpy as np
-from ood_seg_ros.bagtools.offline import run_offline
-from ood_seg_ros.bagtools.report import first_per_stamp
-from ood_seg_ros.fleet import driver, jobs as J, report
 from ood_seg_ros.pipeline import Pipeline, PipelineSettings
+from ood_seg_ros.tools.bagtools.offline import run_offline
+from ood_seg_ros.tools.bagtools.report import first_per_stamp
+from ood_seg_ros.tools.fleet import driver, jobs as J, report
 from sklearn.metrics import average_precision_score, roc_curve
 
 

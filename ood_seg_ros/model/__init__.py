@@ -1,8 +1,8 @@
 """Network definitions: EfficientNet-Lite backbone, DeepLabv3+, MOoSe probes, bundle."""
 
-from .bundle import build_model, Bundle, load_bundle, save_bundle
+from .bundle import build_model, Bundle, load_bundle, LoadedBundle, save_bundle
 from .config import ModelConfig
 from .deeplab import OodSegNet
 
-__all__ = ['Bundle', 'build_model', 'load_bundle', 'save_bundle', 'ModelConfig',
-           'OodSegNet']
+__all__ = ['Bundle', 'build_model', 'load_bundle', 'LoadedBundle', 'save_bundle',
+           'ModelConfig', 'OodSegNet']

@@ -9,6 +9,11 @@ Layout::
     <bundle>/weights.pt    state dict (float16 or float32 tensors)
     <bundle>/meta.json     meta classifier (plain JSON), optional
     <bundle>/derived/      generated artefacts: ONNX graphs, TensorRT engines (ignored by git)
+
+:class:`Bundle` is the folder with its ``bundle.json`` read and validated once; pass it
+down instead of the path (it is path-like, so ``Path(bundle)`` still gives the folder)
+and every reader takes the parsed document from it. :func:`write_bundle_json` and
+:func:`update_bundle_json` are the one writer: validated, then atomic.
 """
 
 from dataclasses import dataclass, field
@@ -16,7 +21,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional, Tuple
 
 import torch
 
@@ -24,6 +29,7 @@ from .backbones import check_state, load_imagenet
 from .config import ModelConfig
 from .deeplab import OodSegNet
 from ..errors import OodSegError
+from ..files import atomic_write_text
 from ..schema import validate_bundle
 
 FORMAT_VERSION = 1
@@ -32,9 +38,74 @@ WEIGHTS = 'weights.pt'
 META_JSON = 'meta.json'
 
 
-@dataclass
+def meta_file(region: str = 'all') -> str:
+    """File name of the meta classifier of a heatmap region mode (``all``: meta.json)."""
+    return META_JSON if region == 'all' else f'meta_{region}.json'
+
+
+@dataclass(frozen=True, eq=False)
 class Bundle:
-    """A loaded bundle: config, network and settings."""
+    """
+    A bundle folder and its ``bundle.json``, read and validated once (:meth:`read`).
+
+    Path-like (``os.fspath`` gives the folder): hand it to anything that takes a bundle
+    path; :func:`read_bundle_json` and :func:`load_bundle` take the document from it
+    instead of reading the file again.
+    """
+
+    path: Path
+    doc: dict
+
+    @classmethod
+    def read(cls, path) -> 'Bundle':
+        """Read and check ``<path>/bundle.json``."""
+        return cls(Path(path), _read_bundle_file(Path(path)))
+
+    @classmethod
+    def of(cls, bundle) -> 'Bundle':
+        """Return ``bundle`` when it is a Bundle already, else read the folder it names."""
+        return bundle if isinstance(bundle, Bundle) else cls.read(bundle)
+
+    def __fspath__(self) -> str:
+        """Return the folder, so that ``Path(bundle)`` and ``open`` work on it."""
+        return os.fspath(self.path)
+
+    def __str__(self) -> str:
+        """Return the folder (as in log lines and error messages)."""
+        return str(self.path)
+
+    @property
+    def config(self) -> dict:
+        """Return the ``config`` section (the network: architecture, classes, input size)."""
+        return self.doc['config']
+
+    @property
+    def runtime(self) -> dict:
+        """Return the ``runtime`` section (heatmap score, normalisation, thresholds)."""
+        return self.doc.get('runtime', {})
+
+    @property
+    def info(self) -> dict:
+        """Return the free-form ``info`` section (provenance, metrics)."""
+        return self.doc.get('info', {})
+
+    @property
+    def input_size(self) -> Tuple[int, int]:
+        """Return the bundle's own network input size (H, W)."""
+        return tuple(int(v) for v in self.config['input_size'])
+
+    def model_config(self) -> ModelConfig:
+        """Return the checked :class:`ModelConfig` of ``config``."""
+        return ModelConfig.from_dict(self.config, source=str(self.path / BUNDLE_JSON))
+
+    def meta_path(self, region: str = 'all') -> Path:
+        """Path of the meta classifier of a region mode (it may not exist)."""
+        return self.path / meta_file(region)
+
+
+@dataclass
+class LoadedBundle:
+    """A bundle with its network loaded: config, network and settings."""
 
     path: Optional[Path]
     config: ModelConfig
@@ -83,13 +154,40 @@ def save_bundle(path, model: OodSegNet, runtime: dict = None, info: dict = None,
     torch.save(state, path / WEIGHTS)
     doc = {'format_version': FORMAT_VERSION, 'config': model.config.to_dict(),
            'runtime': runtime or {}, 'info': info or {}}
-    (path / BUNDLE_JSON).write_text(json.dumps(doc, indent=2) + '\n')
+    write_bundle_json(path, doc)
     return path
 
 
+def write_bundle_json(path, doc: dict) -> Path:
+    """
+    Check ``doc`` against the schema, then replace ``<path>/bundle.json`` atomically.
+
+    A bad document raises OodSegError before anything is written; a writer killed
+    half-way leaves the old file whole (:func:`ood_seg_ros.files.atomic_write_text`).
+    """
+    target = Path(path) / BUNDLE_JSON
+    validate_bundle(doc, str(target))
+    ModelConfig.from_dict(doc['config'], source=str(target))
+    return atomic_write_text(target, json.dumps(doc, indent=2) + '\n')
+
+
+def update_bundle_json(path, change: Callable[[dict], None]) -> dict:
+    """Read ``<path>/bundle.json``, let ``change`` edit the document, write it back."""
+    doc = _read_bundle_file(Path(path))
+    change(doc)
+    write_bundle_json(path, doc)
+    return doc
+
+
 def read_bundle_json(path) -> dict:
-    """Read and check ``bundle.json`` of bundle folder ``path``."""
-    path = Path(path)
+    """Return the checked ``bundle.json`` of a bundle folder (of a Bundle: no read)."""
+    if isinstance(path, Bundle):
+        return path.doc
+    return _read_bundle_file(Path(path))
+
+
+def _read_bundle_file(path: Path) -> dict:
+    """Read and check ``bundle.json`` of bundle folder ``path`` (the one reader)."""
     if not path.is_dir():
         raise OodSegError(f'model bundle {path} does not exist or is not a folder')
     jpath = path / BUNDLE_JSON
@@ -108,10 +206,10 @@ def read_bundle_json(path) -> dict:
     return validate_bundle(doc, str(jpath))
 
 
-def load_bundle(path, outputs=None, device='cpu') -> Bundle:
-    """Load a bundle folder; the weights must match the stored config exactly."""
-    path = Path(path)
+def load_bundle(path, outputs=None, device='cpu') -> LoadedBundle:
+    """Load a bundle folder (or :class:`Bundle`); the weights must match its config."""
     doc = read_bundle_json(path)
+    path = Path(path)
     config = ModelConfig.from_dict(doc['config'], source=str(path / BUNDLE_JSON))
     model = OodSegNet(config, outputs)
     wpath = path / WEIGHTS
@@ -127,7 +225,7 @@ def load_bundle(path, outputs=None, device='cpu') -> Bundle:
     model.load_state_dict({k: v.float() if v.is_floating_point() else v
                            for k, v in state.items()})
     model.eval().to(device)
-    return Bundle(path, config, model, doc.get('runtime', {}), doc.get('info', {}))
+    return LoadedBundle(path, config, model, doc.get('runtime', {}), doc.get('info', {}))
 
 
 # torch.save's zip layout: <archive>/data.pkl (the pickled structure, small),

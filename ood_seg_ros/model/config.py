@@ -6,7 +6,7 @@ from typing import List, Optional, Tuple
 
 from .backbones import backbone_names
 from .budget import check_memory
-from ..data.datasets import default_classes
+from .default_classes import DEFAULT_CLASS_NAMES
 from ..errors import OodSegError
 from ..scores import (ALL_SCORES, EXTRA_OUTPUTS, needs, NEEDS_SML, NEEDS_STATS, SCORES,
                       STANDARD_SCORES)
@@ -69,12 +69,12 @@ class ModelConfig:
     'std': [C]}}}`` for every member of :data:`SML_MEMBERS`; None when not gathered.
     ``class_names``, ``ignore_index`` (the label value losses and metrics ignore) and
     ``palette`` (RGB per class, or None) come from the training dataset
-    (:mod:`ood_seg_ros.data.datasets`); a bundle that names no classes has the default
-    kind's.
+    (:mod:`ood_seg_ros.tools.data.datasets`); a bundle that names no classes has CamVid's
+    (:mod:`.default_classes`).
     """
 
     backbone: str = 'lite0'
-    class_names: Tuple[str, ...] = default_classes().names
+    class_names: Tuple[str, ...] = DEFAULT_CLASS_NAMES
     ignore_index: int = 255
     palette: Optional[Tuple[Tuple[int, int, int], ...]] = None
     output_stride: int = 16

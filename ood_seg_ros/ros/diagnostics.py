@@ -15,7 +15,7 @@ from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 import numpy as np
 from rclpy.clock import Clock, ClockType
 
-from ..msg import topics
+from ..imagecodec import topics
 
 STAT_WINDOW = 256
 # publication sequence numbers that mean "not supported by this RMW"

@@ -5,7 +5,7 @@ Subscriptions of ``ood_node``: the camera image (raw or compressed) and camera_i
 ``image/compressed`` (``sensor_msgs/CompressedImage``): QoS KEEP_LAST ``qos_depth``
 with ``qos_reliability`` (default best effort, depth 1: matches reliable and
 best-effort publishers and always processes the newest frame). Frames are converted by
-:mod:`ood_seg_ros.msg.image_codec`. ``camera_info`` (beside the image, remapped with
+:mod:`ood_seg_ros.imagecodec.image_codec`. ``camera_info`` (beside the image, remapped with
 it) gets a deeper best-effort queue so none is dropped while a frame is processed.
 """
 
@@ -16,8 +16,8 @@ from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPo
 from rclpy.subscription import Subscription
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 
-from ..msg import topics
-from ..msg.image_codec import compressed_to_rgb, image_to_rgb
+from ..imagecodec import topics
+from ..imagecodec.image_codec import compressed_to_rgb, image_to_rgb
 
 RELIABILITY = {'best_effort': ReliabilityPolicy.BEST_EFFORT,
                'reliable': ReliabilityPolicy.RELIABLE}

@@ -203,7 +203,7 @@ def main(args=None) -> int:
                 pass
         rclpy.try_shutdown()
     if args is None:        # the ood_node process itself: skip the slow teardown
-        from ..export import abort_exports
+        from ..runtime.onnx_cache import abort_exports
         exit_now(code, [abort_exports, logging.shutdown])
     return code
 

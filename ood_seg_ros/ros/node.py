@@ -27,11 +27,11 @@ from .params import apply_set, check_set, descriptor, NODE_NAME, PARAMETERS, \
     pipeline_settings, read_config, RUNTIME, with_bundle_defaults
 from .rebuild import Rebuilder
 from ..errors import OodSegError
-from ..msg.image_codec import FrameError
+from ..imagecodec.image_codec import FrameError
 from ..pipeline import Pipeline
 
 
-class _OodCore:
+class OodNodeBody:
     """Parameters, model, subscription, publishing and diagnostics of both node kinds."""
 
     _lifecycle = False
@@ -306,7 +306,7 @@ class _OodCore:
             self.get_logger().warning(HINT.format(what=problem))
 
 
-class OodNode(_OodCore, Node):
+class OodNode(OodNodeBody, Node):
     """The OoD segmentation node: loads the model and subscribes at construction."""
 
     def __init__(self, node_name: str = NODE_NAME, **kwargs):
@@ -319,7 +319,7 @@ class OodNode(_OodCore, Node):
             self._subscribe()
 
 
-class OodLifecycleNode(_OodCore, LifecycleNode):
+class OodLifecycleNode(OodNodeBody, LifecycleNode):
     """
     Lifecycle variant: configure = parameters and publishers, activate = model + input.
 

@@ -1,7 +1,7 @@
 """
 Publishers of ``ood_node`` and the messages they carry.
 
-Every output is a relative name (:mod:`ood_seg_ros.msg.topics`), RELIABLE, KEEP_LAST 1,
+Every output is a relative name (:mod:`ood_seg_ros.imagecodec.topics`), RELIABLE, KEEP_LAST 1,
 and carries the input header unchanged; an output without subscribers is not computed
 or sent; images are serialised straight to CDR (:func:`image_cdr`):
 
@@ -26,8 +26,8 @@ from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPo
 from sensor_msgs.msg import CameraInfo, Image
 from std_msgs.msg import String
 
-from ..msg import topics
-from ..msg.image_codec import image_cdr
+from ..imagecodec import topics
+from ..imagecodec.image_codec import image_cdr
 from ..viz import overlay
 
 OUT_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1,

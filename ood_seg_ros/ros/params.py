@@ -18,12 +18,12 @@ from rclpy.parameter import Parameter
 import yaml
 
 from ..errors import OodSegError
+from ..imagecodec import MAX_FRAME_PIXELS
 from ..model.bundle import default_bundle_path
 from ..model.config import parse_size
-from ..msg import MAX_FRAME_PIXELS
 from ..obstacle import parse_band_rows, REGIONS
 from ..pipeline import GEOMETRIES, Pipeline, PipelineSettings
-from ..quantize import PRECISIONS
+from ..runtime.int8_graph import PRECISIONS
 from ..runtime import BACKENDS
 from ..scores import ALL_SCORES
 

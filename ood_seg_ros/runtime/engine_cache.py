@@ -9,27 +9,17 @@ engine's SHA-256, so a copied, renamed, truncated or foreign engine is detected 
 TensorRT deserialises it. Pure Python: no TensorRT or CUDA needed.
 """
 
-import hashlib
 import json
-import os
 from pathlib import Path
 import re
 from typing import List, Tuple
 
 from ..errors import OodSegError
+from ..files import atomic_write_text, file_sha256
 
 KEY_FIELDS = ('gpu_name', 'compute_capability', 'tensorrt_version', 'precision',
               'input_size', 'onnx_sha256')
 PRECISIONS = ('fp32', 'fp16', 'int8')
-
-
-def file_sha256(path) -> str:
-    """SHA-256 hex digest of a file, read in 1 MiB chunks."""
-    h = hashlib.sha256()
-    with open(path, 'rb') as f:
-        for chunk in iter(lambda: f.read(1 << 20), b''):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def engine_key(onnx_sha256: str, precision: str, input_size, gpu_name: str,
@@ -65,11 +55,7 @@ def sidecar_path(engine_path) -> Path:
 def write_sidecar(engine_path, key: dict, **extra) -> Path:
     """Record ``key`` and the engine's SHA-256 next to the engine (atomic write)."""
     doc = {**key, 'engine_sha256': file_sha256(engine_path), **extra}
-    path = sidecar_path(engine_path)
-    tmp = path.with_name(f'.{path.name}.{os.getpid()}.tmp')
-    tmp.write_text(json.dumps(doc, indent=2) + '\n')
-    os.replace(tmp, path)
-    return path
+    return atomic_write_text(sidecar_path(engine_path), json.dumps(doc, indent=2) + '\n')
 
 
 def key_mismatches(engine_path, key: dict, check_hash: bool = True) -> List[str]:

@@ -7,10 +7,11 @@ and export options differs from the one recorded beside the graph), or given exp
 with ``onnx_path`` (then it must carry this bundle's hash in its metadata). The graph's
 input size must be the requested one, or the bundle's when none is requested.
 
-``int8=True`` runs the statically quantised QDQ graph of :mod:`ood_seg_ros.quantize`
-(int8 trunk, float score head). It must exist in the cache (``ood-seg export --int8``)
-unless ``calib_camvid`` names a CamVid root: then a missing or stale one is made from
-``calib_frames`` frames of its ``train`` split.
+``int8=True`` runs the statically quantised QDQ graph (int8 trunk, float score head;
+made by :mod:`ood_seg_ros.tools.quantize`, checked by :mod:`.int8_graph`). It must exist
+in the cache (``ood-seg export --int8``) unless the caller passes ``make_int8``, a
+callable ``(bundle, outputs, size, force, target) -> path`` that makes a missing or stale one
+(the offline tools pass one that calibrates on dataset frames; the node never does).
 
 Session settings, measured on a shared 2-core x86 CPU at 360x480 (median ms per network
 run while other processes loaded the CPU): graph optimisation level ALL (500; EXTENDED
@@ -58,7 +59,7 @@ class OnnxRuntimeBackend(Backend):
     def __init__(self, bundle_path, outputs: Sequence[str], device: str = 'auto',
                  fp16: bool = False, input_size=None, threads: int = 0,
                  onnx_path=None, spinning: bool = False, int8: bool = False,
-                 calib_camvid=None, calib_frames: int = 0):
+                 make_int8=None):
         try:
             import onnxruntime as ort
         except ImportError:
@@ -82,57 +83,58 @@ class OnnxRuntimeBackend(Backend):
         self.device = 'cuda' if use_cuda else 'cpu'
         self.fp16 = bool(fp16)
         self.int8 = bool(int8)
-        self.calib = (calib_camvid, calib_frames)
+        self.make_int8 = make_int8
         self.threads = int(threads)
         self.spinning = bool(spinning)
+        bundle = None
+        if bundle_path is not None:
+            from ..model.bundle import Bundle
+            bundle = Bundle.of(bundle_path)     # read once; passed to the ONNX cache
         self.bundle_path = Path(bundle_path) if bundle_path is not None else None
         if onnx_path is None:
-            if self.bundle_path is None:
+            if bundle is None:
                 raise OodSegError('onnxruntime backend: give a bundle or an ONNX file')
-            from ..export import canonical_outputs
-            from ..model.bundle import read_bundle_json
-            doc = read_bundle_json(self.bundle_path)
-            size = tuple(input_size or doc['config']['input_size'])
+            from .onnx_cache import canonical_outputs
+            size = tuple(input_size or bundle.input_size)
             wanted = canonical_outputs(outputs)
-            self.onnx_path = self._cached_graph(wanted, size)
+            self.onnx_path = self._cached_graph(bundle, wanted, size)
             try:
                 self.session = self._open(self.onnx_path)
             except OodSegError as exc:  # a damaged cache file: export again, once
-                if self.int8 and not calib_camvid:
+                if self.int8 and make_int8 is None:
                     raise
                 LOG.warning('%s; exporting it again', exc)
-                self.onnx_path = self._cached_graph(wanted, size, force=True)
+                self.onnx_path = self._cached_graph(bundle, wanted, size, force=True)
                 self.session = self._open(self.onnx_path)
         else:
             self.onnx_path = Path(onnx_path)
             self.session = self._open(self.onnx_path)
-            if self.bundle_path is not None:
-                self._check_provenance()
-        if input_size is None and self.bundle_path is not None:
-            from ..model.bundle import read_bundle_json
-            input_size = read_bundle_json(self.bundle_path)['config']['input_size']
+            if bundle is not None:
+                self._check_provenance(bundle)
+        if input_size is None and bundle is not None:
+            input_size = bundle.input_size
         self._check_graph(outputs, input_size)
 
-    def _cached_graph(self, outputs, size, force: bool = False) -> Path:
+    def _cached_graph(self, bundle, outputs, size, force: bool = False) -> Path:
         """Return the cached graph of this precision (exported / quantised when needed)."""
         if self.int8:
-            from ..quantize import ensure_int8
-            camvid, frames = self.calib
-            return ensure_int8(self.bundle_path, outputs, size, camvid=camvid,
-                               calib_frames=frames, force=force)
-        from ..export import ensure_onnx
-        return ensure_onnx(self.bundle_path, outputs, size, self.fp16, force=force)
+            if self.make_int8 is not None:
+                return self.make_int8(bundle, outputs, size, force, 'cpu')
+            from .int8_graph import cached_int8
+            return cached_int8(bundle, outputs, size)
+        from .onnx_cache import ensure_onnx
+        return ensure_onnx(bundle, outputs, size, self.fp16, force=force)
 
-    def _check_provenance(self) -> None:
+    def _check_provenance(self, bundle) -> None:
         """Refuse a given ONNX file that was not exported from this bundle's network."""
-        from ..export import bundle_sha256
+        from .onnx_cache import bundle_sha256
         meta = self.session.get_modelmeta().custom_metadata_map
         got = meta.get('ood_seg.bundle_sha256')
         if got is None:
             raise OodSegError(f'{self.onnx_path} has no ood_seg provenance metadata: it was '
                               f'not exported by ood-seg export; export it from '
                               f'{self.bundle_path}')
-        if got != bundle_sha256(self.bundle_path):
+        if got != bundle_sha256(bundle):
             raise OodSegError(f'{self.onnx_path} was exported from another network (bundle '
                               f'hash {got[:12]}), not from {self.bundle_path}; export it '
                               f'again from this bundle')

@@ -11,7 +11,7 @@ Precision:
   keeps exactly the graph's precisions;
 - ``fp32``: the fp32 graph, no reduced-precision flags;
 - ``int8``: *explicit quantization* of the ``tensorrt`` QDQ graph of
-  :mod:`ood_seg_ros.quantize` (int8 trunk, symmetric int8 activations and weights with
+  :mod:`ood_seg_ros.tools.quantize` (int8 trunk, symmetric int8 activations and weights with
   the scales calibrated on CamVid train frames, float score head):
   TensorRT sees the Q/DQ layers and runs exactly the quantised layers in int8; the
   network is weakly typed with ``BuilderFlag.INT8`` only, so every layer outside the
@@ -27,9 +27,9 @@ from typing import Dict, Sequence
 import numpy as np
 
 from .base import Backend
-from .engine_cache import engine_file_name, engine_key, file_sha256, plan_engine, \
-    write_sidecar
+from .engine_cache import engine_file_name, engine_key, plan_engine, write_sidecar
 from ..errors import OodSegError
+from ..files import file_sha256
 from ..model.bundle import derived_dir
 
 LOG = logging.getLogger(__name__)
@@ -99,15 +99,15 @@ class TensorRTBackend(Backend):
     name = 'tensorrt'
 
     def __init__(self, bundle_path, outputs: Sequence[str], fp16: bool = True,
-                 int8: bool = False, calib_camvid=None, calib_frames: int = 0,
+                 int8: bool = False, make_int8=None,
                  input_size=None, workspace_mb: int = 4096,
                  force_engine_update: bool = False, build_only: bool = False,
                  rebuild: bool = True, engine_path=None, warmup: int = 3,
                  cuda_graphs: bool = False, device: str = 'cuda'):
         trt = import_tensorrt()
         import torch
-        from ..export import canonical_outputs, check_tensorrt_ops, ensure_onnx
-        from ..model.bundle import read_bundle_json
+        from .onnx_cache import canonical_outputs, check_tensorrt_ops, ensure_onnx
+        from ..model.bundle import Bundle
         if not torch.cuda.is_available():
             raise OodSegError('the tensorrt backend needs a CUDA GPU (torch sees none)')
         if device not in ('cuda', 'auto') and not str(device).startswith('cuda'):
@@ -115,21 +115,23 @@ class TensorRTBackend(Backend):
         self.trt = trt
         self.device = 'cuda'
         self.precision = 'int8' if int8 else ('fp16' if fp16 else 'fp32')
-        doc = read_bundle_json(bundle_path)
-        self.input_size = tuple(int(v) for v in (input_size or doc['config']['input_size']))
+        bundle = Bundle.of(bundle_path)    # read once; passed to the ONNX cache
+        self.input_size = tuple(int(v) for v in (input_size or bundle.input_size))
         wanted = canonical_outputs(outputs)
         if self.precision == 'int8':
-            from ..quantize import ensure_int8
-            onnx_path = ensure_int8(bundle_path, wanted, self.input_size, camvid=calib_camvid,
-                                    calib_frames=calib_frames, target='tensorrt')
+            if make_int8 is not None:        # the tools calibrate; the node never does
+                onnx_path = make_int8(bundle, wanted, self.input_size, False, 'tensorrt')
+            else:
+                from .int8_graph import cached_int8
+                onnx_path = cached_int8(bundle, wanted, self.input_size, target='tensorrt')
         else:
-            onnx_path = ensure_onnx(bundle_path, wanted, self.input_size,
+            onnx_path = ensure_onnx(bundle, wanted, self.input_size,
                                     fp16=self.precision == 'fp16')
         check_tensorrt_ops(onnx_path)
         key = engine_key(file_sha256(onnx_path), self.precision, self.input_size,
                          torch.cuda.get_device_name(), torch.cuda.get_device_capability(),
                          trt.__version__)
-        cache = derived_dir(bundle_path) / 'engines'
+        cache = derived_dir(bundle) / 'engines'
         self.engine_path = Path(engine_path) if engine_path else cache / engine_file_name(key)
         action, reason = plan_engine(self.engine_path, key, force_engine_update, rebuild)
         if action == 'build':

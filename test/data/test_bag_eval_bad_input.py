@@ -9,7 +9,7 @@ import json
 
 import numpy as np
 from ood_seg_ros.cli import main as cli_main
-from ood_seg_ros.data import bags
+from ood_seg_ros.tools.data import bags
 import pytest
 import ros_helpers as rh
 

@@ -1,8 +1,8 @@
 """make-bag writes to a temporary name and renames at the end: bad input leaves nothing."""
 
 import numpy as np
-from ood_seg_ros.data import bags
 from ood_seg_ros.errors import OodSegError
+from ood_seg_ros.tools.data import bags
 import pytest
 
 

@@ -6,9 +6,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 from ood_seg_ros.cli import main as cli_main
-from ood_seg_ros.data import bags
 from ood_seg_ros.errors import OodSegError
-from ood_seg_ros.msg.image_codec import array_to_rgb
+from ood_seg_ros.imagecodec.image_codec import array_to_rgb
+from ood_seg_ros.tools.data import bags
 import pytest
 from repo_paths import ROOT, SAMPLE_BAG
 import yaml
@@ -214,7 +214,7 @@ def test_write_rejects_bad_input(tmp_path):
 
 
 def test_timing_summary_hand_worked():
-    from ood_seg_ros.bagtools.report import timing_summary
+    from ood_seg_ros.tools.bagtools.report import timing_summary
     req = ('/h', '/m')
     frames = [{'publish_ns': 0, 'recv_ns': {'/h': 10_000_000, '/m': 30_000_000}},
               {'publish_ns': 100_000_000, 'recv_ns': {'/h': 150_000_000}},     # dropped
@@ -340,7 +340,7 @@ def _live_skip_reason():
         return 'ood_seg_ros.ros.node does not exist yet'
     if importlib.util.find_spec('rclpy') is None:
         return 'rclpy is not installed'
-    from ood_seg_ros.bagtools.node_process import namespace_available
+    from ood_seg_ros.tools.bagtools.node_process import namespace_available
     if not namespace_available():
         return 'cannot create a private network namespace (unshare -n needs root)'
     return None

@@ -6,8 +6,8 @@ from pathlib import Path
 import cv2
 from matplotlib.path import Path as MplPath
 import numpy as np
-from ood_seg_ros.data import camvid, coco_objects
 from ood_seg_ros.errors import OodSegError
+from ood_seg_ros.tools.data import camvid, coco_objects
 import pytest
 from repo_paths import CAMVID, COCO
 

@@ -7,8 +7,8 @@ import sys
 
 import numpy as np
 from ood_seg_ros.cli import main as cli_main
-from ood_seg_ros.data import bags
-from ood_seg_ros.fleet import driver, jobs as J, report
+from ood_seg_ros.tools.data import bags
+from ood_seg_ros.tools.fleet import driver, jobs as J, report
 import pytest
 from sklearn.metrics import average_precision_score, roc_curve
 
@@ -146,7 +146,7 @@ def test_merged_metrics_equal_pooled_and_rerun_skips(fleet, ray_cluster, tmp_pat
 
 def _crashing(job):
     """Run the real task, except that a bag named ``crash*`` ends its worker process."""
-    from ood_seg_ros.fleet.task import run_job
+    from ood_seg_ros.tools.fleet.task import run_job
     if Path(job.bag).name.startswith('crash'):
         os._exit(1)
     return run_job(job)
@@ -202,7 +202,7 @@ def test_interrupt_keeps_finished_results(fleet, tmp_path):
     calls = []
 
     def interrupted_after_one(job):
-        from ood_seg_ros.fleet.task import run_job
+        from ood_seg_ros.tools.fleet.task import run_job
         if calls:
             raise KeyboardInterrupt
         calls.append(job)

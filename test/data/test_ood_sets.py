@@ -6,9 +6,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 from ood_seg_ros import cli
-from ood_seg_ros.data import camvid, coco_objects, ood_sets
-from ood_seg_ros.data.coco_objects import CocoObject
 from ood_seg_ros.errors import OodSegError
+from ood_seg_ros.tools.data import camvid, coco_objects, ood_sets
+from ood_seg_ros.tools.data.coco_objects import CocoObject
 import pytest
 from repo_paths import CAMVID, COCO, SHARED_DATA
 

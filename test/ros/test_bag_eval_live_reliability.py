@@ -14,7 +14,7 @@ import sys
 import time
 
 from ood_seg_ros.cli import main as cli_main
-from ood_seg_ros.data import bags
+from ood_seg_ros.tools.data import bags
 import pytest
 from repo_paths import SAMPLE_BAG
 import ros_helpers as rh
@@ -25,7 +25,7 @@ pytestmark = pytest.mark.dds
 
 def _live_skip():
     pytest.importorskip('rclpy')
-    from ood_seg_ros.bagtools.node_process import namespace_available
+    from ood_seg_ros.tools.bagtools.node_process import namespace_available
     if not namespace_available():
         pytest.skip('cannot create a private network namespace (unshare -n needs root)')
 

@@ -11,11 +11,10 @@ import subprocess
 import sys
 
 from model_helpers import save_tiny_bundle
+from ood_seg_ros.errors import OodSegError
+from ood_seg_ros.tools.bench.startup import cached_graphs, copy_without_cache
 import pytest
 import ros_helpers as rh
-
-from ood_seg_ros.bench.startup import cached_graphs, copy_without_cache
-from ood_seg_ros.errors import OodSegError
 
 
 def test_copy_without_cache_leaves_out_only_the_top_level_cache(tmp_path):
@@ -43,7 +42,7 @@ def test_startup_cold_exports_and_warm_reuses_the_cache(tmp_path):
     if rh.node_executable() is None:
         pytest.skip('the ood_node console script is not installed (pip install -e .)')
     bundle = save_tiny_bundle(tmp_path / 'tiny', (64, 96))
-    code = ('import json; from ood_seg_ros.bench.startup import bench_startup; '
+    code = ('import json; from ood_seg_ros.tools.bench.startup import bench_startup; '
             f'print(json.dumps(bench_startup({str(bundle)!r}, 64, 96, "onnxruntime", "cpu")))')
     proc = subprocess.run(rh.NETNS + [sys.executable, '-c', code], capture_output=True,
                           text=True, timeout=600)

@@ -6,14 +6,14 @@ import subprocess
 import sys
 import time
 
-from ood_seg_ros.data import bags
+from ood_seg_ros.tools.data import bags
 
 SCRIPT = r"""
 import sys, time
 import numpy as np
 from ood_seg_ros import cli
-from ood_seg_ros.commands.base import Command
-from ood_seg_ros.data import bags
+from ood_seg_ros.tools.commands.base import Command
+from ood_seg_ros.tools.data import bags
 
 def run(args):
     with bags.BagWriter(args.out) as bag:      # as bag-eval writes its output bag

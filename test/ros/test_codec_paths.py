@@ -8,9 +8,9 @@ a reference written here with numpy, or both must refuse the encoding.
 """
 
 import numpy as np
-from ood_seg_ros.data import bags
 from ood_seg_ros.errors import OodSegError
-from ood_seg_ros.msg import image_codec as codec
+from ood_seg_ros.imagecodec import image_codec as codec
+from ood_seg_ros.tools.data import bags
 import pytest
 
 H, W = 5, 7

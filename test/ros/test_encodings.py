@@ -8,7 +8,7 @@ issue 11 (large messages) and are tested there once it is merged.
 import numpy as np
 import pytest
 
-codec = pytest.importorskip('ood_seg_ros.msg.image_codec')
+codec = pytest.importorskip('ood_seg_ros.imagecodec.image_codec')
 
 ENCODINGS = ['32FC1', '16UC1', 'bayer_rggb8', 'bayer_bggr16', 'yuv422', 'yuv422_yuy2',
              'mono16', 'x' * 10240, '']

@@ -26,7 +26,7 @@ class _Logger:
 class _Core:
     """The node state _report_input_loss reads: the monitor, the hint flag, the logger."""
 
-    _report_input_loss = node._OodCore._report_input_loss
+    _report_input_loss = node.OodNodeBody._report_input_loss
 
     def __init__(self):
         self.input_loss, self._loss_hinted, self.logger = InputLossMonitor(), False, _Logger()

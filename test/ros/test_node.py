@@ -33,7 +33,7 @@ import time
 
 import cv2
 import numpy as np
-from ood_seg_ros.msg.image_headers import compressed_size
+from ood_seg_ros.imagecodec.image_headers import compressed_size
 import pytest
 from repo_paths import ROOT
 import ros_helpers as rh
@@ -149,7 +149,7 @@ def runs(bundle, thresholds, share_prefix, tmp_path_factory):
         procs[name] = subprocess.Popen(
             rh.NETNS + [sys.executable, str(Path(rh.__file__)), str(path)], env=env,
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    code = ('import json; from ood_seg_ros.bench.node import bench_node; '
+    code = ('import json; from ood_seg_ros.tools.bench.node import bench_node; '
             f'print(json.dumps(bench_node({str(bundle)!r}, 60, 80, 8, 2, backend="torch")))')
     bench = subprocess.Popen(rh.NETNS + [sys.executable, '-c', code], stdout=subprocess.PIPE,
                              stderr=subprocess.STDOUT, text=True)
@@ -319,7 +319,7 @@ def test_config_declares_every_node_parameter():
 
 # -- conversion and message construction (no DDS) ----------------------------------------
 def test_image_conversion_against_numpy():
-    codec = pytest.importorskip('ood_seg_ros.msg.image_codec')
+    codec = pytest.importorskip('ood_seg_ros.imagecodec.image_codec')
     rgb = rh.sample_frame(3, (5, 7))
     assert np.array_equal(codec.image_to_rgb('rgb8', 5, 7, 21, rgb.tobytes()), rgb)
     assert np.array_equal(codec.image_to_rgb('bgr8', 5, 7, 21, rgb[:, :, ::-1].tobytes()), rgb)
@@ -342,7 +342,7 @@ def test_image_conversion_against_numpy():
 
 
 def test_compressed_conversion():
-    codec = pytest.importorskip('ood_seg_ros.msg.image_codec')
+    codec = pytest.importorskip('ood_seg_ros.imagecodec.image_codec')
     rgb = rh.sample_frame(4)
     png = cv2.imencode('.png', rgb[:, :, ::-1])[1].tobytes()
     assert np.array_equal(codec.compressed_to_rgb(png), rgb)
@@ -360,7 +360,7 @@ def test_compressed_conversion():
 
 def test_image_cdr_deserialises_with_rclpy():
     pytest.importorskip('rclpy')
-    codec = pytest.importorskip('ood_seg_ros.msg.image_codec')
+    codec = pytest.importorskip('ood_seg_ros.imagecodec.image_codec')
     from rclpy.serialization import deserialize_message
     from sensor_msgs.msg import Image
     from std_msgs.msg import Header

@@ -10,9 +10,9 @@ import subprocess
 import sys
 import time
 
-from ood_seg_ros.bagtools import node_process as npr
 from ood_seg_ros.errors import OodSegError
-from ood_seg_ros.msg.topics import output_topic
+from ood_seg_ros.imagecodec.topics import output_topic
+from ood_seg_ros.tools.bagtools import node_process as npr
 import pytest
 
 # a stand-in node: says 'ready' once its signal handlers are installed, then sleeps
@@ -112,7 +112,8 @@ def _dead(pid):
 
 def test_node_dies_with_its_parent(tmp_path):
     """A driver that dies without stopping its node: the node gets SIGTERM (no orphan)."""
-    code = ('import sys, os, time; from ood_seg_ros.bagtools.node_process import NodeProcess; '
+    code = ('import sys, os, time; '
+            'from ood_seg_ros.tools.bagtools.node_process import NodeProcess; '
             f'n = NodeProcess([sys.executable, "-c", {STAND_IN!r}, "plain"]); '
             'print(n.pid, flush=True); time.sleep(1.0); os._exit(0)')
     out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,

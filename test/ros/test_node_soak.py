@@ -11,7 +11,7 @@ import json
 import subprocess
 import sys
 
-from ood_seg_ros.bench.soak import proc_stats
+from ood_seg_ros.tools.bench.soak import proc_stats
 import pytest
 import ros_helpers as rh
 
@@ -31,7 +31,7 @@ def test_soak_of_40_frames_reports_counters(tmp_path):
     if reason or rh.node_executable() is None:
         pytest.skip(reason or 'the ood_node console script is not installed')
     bundle = rh.make_test_bundle(tmp_path / 'b')
-    code = ('import json; from ood_seg_ros.bench.soak import soak_node; '
+    code = ('import json; from ood_seg_ros.tools.bench.soak import soak_node; '
             f'print("SOAK " + json.dumps(soak_node({str(bundle)!r}, 60, 80, 40, '
             'backend="torch", device="cpu", bad_every=5, sample_every=10, '
             'baseline_frame=20, large_frames=3, large_size=(120, 160))))')

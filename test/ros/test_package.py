@@ -34,6 +34,9 @@ IMPORT_SOURCES = {
     'tqdm': 'python3-tqdm', 'yaml': 'python3-yaml',
     'onnx': None, 'onnxruntime': None, 'rosbags': None, 'torch': None, 'tensorrt': None,
     'ray': None}   # ray: the optional fleet extra (pip install ood_seg_ros[fleet])
+# pip names of the modules only the offline tools import (setup.py extras, requirements.txt)
+TOOL_PIP_NAMES = {'sklearn': 'scikit-learn', 'matplotlib': 'matplotlib', 'tqdm': 'tqdm',
+                  'rosbags': 'rosbags', 'ray': 'ray'}
 
 
 def _setup_py_version() -> str:
@@ -134,9 +137,16 @@ def test_editable_install_imports_from_this_checkout():
     assert Path(ood_seg_ros.__file__).resolve().parent == ROOT / 'ood_seg_ros'
 
 
-def _third_party_imports():
+def _is_tool(path: Path) -> bool:
+    rel = path.relative_to(ROOT / 'ood_seg_ros').parts
+    return rel[0] == 'tools' or rel == ('cli.py',)
+
+
+def _third_party_imports(side: str = 'all'):
     found = set()
     for path in (ROOT / 'ood_seg_ros').rglob('*.py'):
+        if side != 'all' and _is_tool(path) != (side == 'tools'):
+            continue
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Import):
                 found |= {a.name.split('.')[0] for a in node.names}
@@ -151,10 +161,43 @@ def test_every_imported_module_is_declared():
     declared = {d.name for d in pkg.exec_depends}
     imported = _third_party_imports()
     assert imported <= set(IMPORT_SOURCES), sorted(imported - set(IMPORT_SOURCES))
-    missing = {m: IMPORT_SOURCES[m] for m in imported
+    node = _third_party_imports('node')
+    missing = {m: IMPORT_SOURCES[m] for m in node
                if IMPORT_SOURCES[m] is not None and IMPORT_SOURCES[m] not in declared}
-    assert not missing, f'imported but not in package.xml: {missing}'
+    assert not missing, f'the node imports them but package.xml lacks: {missing}'
     pip = (ROOT / 'requirements.txt').read_text()
     for module, name in (('pydantic', 'pydantic'), ('onnx', 'onnx'), ('rosbags', 'rosbags'),
                          ('onnxruntime', 'onnxruntime'), ('ray', 'ray')):
         assert f'\n{name}' in pip, f'{module} is not in requirements.txt'
+
+
+def test_the_nodes_python_exec_depends_are_exactly_what_it_imports():
+    """A robot installs no tool's package: package.xml's python3-* keys = the node's."""
+    pkg = parse_package(str(ROOT / 'package.xml'))
+    declared = {d.name for d in pkg.exec_depends if d.name.startswith('python3-')}
+    node = _third_party_imports('node')
+    wanted = {IMPORT_SOURCES[m] for m in node
+              if (IMPORT_SOURCES[m] or '').startswith('python3-')}
+    assert declared == wanted
+    assert 'sklearn' not in node and 'tqdm' not in node and 'matplotlib' not in node
+
+
+def test_the_tools_extra_packages_are_pip_extras():
+    """What only the tools import is in requirements.txt and a setup.py extra."""
+    tree = ast.parse((ROOT / 'setup.py').read_text())
+    names = {n.targets[0].id: n.value for n in tree.body if isinstance(n, ast.Assign)}
+    spec = next(k.value for k in ast.walk(tree)
+                if isinstance(k, ast.keyword) and k.arg == 'extras_require')
+    extras = {}
+    for key, value in zip(spec.keys, spec.values):
+        value = names.get(getattr(value, 'id', None), value)
+        extras[key.value] = [e.value for e in value.elts]
+    tool_only = _third_party_imports('tools') - _third_party_imports('node')
+    assert tool_only == set(TOOL_PIP_NAMES), tool_only
+    pip = (ROOT / 'requirements.txt').read_text()
+    listed = {e.split('>')[0].split('=')[0] for e in extras['tools'] + extras['fleet']}
+    for module in tool_only:
+        assert f'\n{TOOL_PIP_NAMES[module]}' in pip, module
+        assert TOOL_PIP_NAMES[module] in listed, module
+    readme = (ROOT / 'README.md').read_text()
+    assert 'ood_seg_ros[tools]' in readme

@@ -40,7 +40,7 @@ from rclpy.parameter import Parameter
 from sensor_msgs.msg import Image
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 import ros_helpers as rh
-from ood_seg_ros.bagtools.node_process import NodeProcess, node_env
+from ood_seg_ros.tools.bagtools.node_process import NodeProcess, node_env
 
 spec = json.loads(open(sys.argv[1]).read())
 node = NodeProcess(spec['cmd'], log=spec['log'], env=node_env(),

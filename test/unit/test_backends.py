@@ -13,14 +13,15 @@ from pathlib import Path
 import sys
 
 import cv2
-from model_helpers import lively, sml_stats
+from model_helpers import count_bundle_json_reads, lively, sml_stats
 import numpy as np
-from ood_seg_ros import export as E
 from ood_seg_ros.errors import OodSegError
+from ood_seg_ros.files import file_sha256
 from ood_seg_ros.model import ModelConfig, OodSegNet, save_bundle
 from ood_seg_ros.pipeline import Pipeline
 from ood_seg_ros.runtime import engine_cache as EC
 from ood_seg_ros.runtime import make_backend
+from ood_seg_ros.runtime import onnx_cache as E
 from ood_seg_ros.runtime.onnxruntime_backend import OnnxRuntimeBackend
 from ood_seg_ros.runtime.torch_backend import TorchBackend
 import pytest
@@ -128,7 +129,7 @@ def test_ort_backend_refuses_or_rebuilds_a_graph_of_another_network(tmp_path, ca
         dst.write_bytes(src.read_bytes())
         os.utime(dst, (1e9, 1e9))
     assert (Path(own) / 'derived' / theirs.onnx_path.name).exists()
-    with caplog.at_level('WARNING', logger='ood_seg_ros.export'):
+    with caplog.at_level('WARNING', logger='ood_seg_ros.runtime.onnx_cache'):
         rebuilt = OnnxRuntimeBackend(own, OUTPUTS, device='cpu', threads=1)
     assert 'other weights, config or export options' in caplog.text
     a, b = rebuilt.infer(img), ref.infer(img)
@@ -138,7 +139,7 @@ def test_ort_backend_refuses_or_rebuilds_a_graph_of_another_network(tmp_path, ca
     mine.onnx_path.write_bytes(theirs.onnx_path.read_bytes())
     E.onnx_sidecar(mine.onnx_path).unlink()
     caplog.clear()
-    with caplog.at_level('WARNING', logger='ood_seg_ros.export'):
+    with caplog.at_level('WARNING', logger='ood_seg_ros.runtime.onnx_cache'):
         OnnxRuntimeBackend(own, OUTPUTS, device='cpu', threads=1)
     assert 'no provenance sidecar' in caplog.text
     # 4. A graph without ood_seg metadata (not made by ood-seg export): refused.
@@ -173,7 +174,7 @@ def test_tensorrt_cache_key_follows_the_weights(tmp_path):
 
     def current_key():
         onnx_path = E.ensure_onnx(own, wanted, SIZE, fp16=True)
-        return EC.engine_key(EC.file_sha256(onnx_path), 'fp16', SIZE, 'NVIDIA H200', (9, 0),
+        return EC.engine_key(file_sha256(onnx_path), 'fp16', SIZE, 'NVIDIA H200', (9, 0),
                              '10.3.0')
     old = current_key()
     engine = tmp_path / 'engines' / EC.engine_file_name(old)
@@ -317,7 +318,7 @@ def test_engine_cache_sidecar_mismatch(tmp_path):
     EC.write_sidecar(engine, key())
     side = json.loads(EC.sidecar_path(engine).read_text())
     assert side['tensorrt_version'] == '10.3.0'
-    assert side['engine_sha256'] == EC.file_sha256(engine)
+    assert side['engine_sha256'] == file_sha256(engine)
     assert EC.plan_engine(engine, key()) == ('load', 'cache hit')
     assert EC.plan_engine(engine, key(), force=True)[0] == 'build'
     for field, value in [('gpu_name', 'Orin'), ('compute_capability', '8.7'),
@@ -372,3 +373,28 @@ def test_node_thread_setting_reaches_the_ort_session(bundle, threads):
     opts = pipe.backend.session.get_session_options()
     assert opts.intra_op_num_threads == threads
     assert pipe.backend.describe()['threads'] == threads
+
+
+@pytest.mark.parametrize('backend', ['onnxruntime', 'torch'])
+def test_node_start_up_reads_bundle_json_once(bundle, ort_backend, monkeypatch, backend):
+    """The node's own start-up path (settings -> pipeline -> backend -> ONNX cache)."""
+    from ood_seg_ros.pipeline import PipelineSettings
+    from ood_seg_ros.ros.node import OodNodeBody
+    settings = PipelineSettings(bundle=str(bundle), backend=backend, device='cpu', threads=1)
+    reads = count_bundle_json_reads(monkeypatch)    # ort_backend exported the node's graph
+    pipe = OodNodeBody._make_pipeline((settings, 1))    # a cache hit, one warm-up run
+    assert pipe.backend.name == backend
+    if backend == 'onnxruntime':        # the cached graph, not a new export
+        assert pipe.backend.onnx_path == ort_backend.onnx_path
+    assert reads == [str(bundle / 'bundle.json')]
+
+
+def test_the_read_counter_sees_every_read(bundle, monkeypatch):
+    from ood_seg_ros.model.bundle import Bundle, read_bundle_json
+    reads = count_bundle_json_reads(monkeypatch)
+    read_bundle_json(bundle)
+    Bundle.read(bundle)
+    json.loads((bundle / 'bundle.json').read_text())
+    with open(bundle / 'bundle.json') as f:
+        f.read()
+    assert len(reads) == 4

@@ -1,5 +1,5 @@
 """
-Tests of ``ood-seg bench`` and its parts (``ood_seg_ros.bench``).
+Tests of ``ood-seg bench`` and its parts (``ood_seg_ros.tools.bench``).
 
 Speed itself is never asserted here (the benchmark command prints it); these tests check
 that the figures are what they claim to be: the ratios are the ratios of the printed
@@ -12,12 +12,12 @@ import json
 from model_helpers import save_tiny_bundle
 import numpy as np
 from ood_seg_ros import cli
-from ood_seg_ros.bench import frames as FR
-from ood_seg_ros.bench import model as BM
-from ood_seg_ros.bench.pipeline import segment_grid
 from ood_seg_ros.meta import MetaClassifier
 from ood_seg_ros.pipeline import Pipeline
 from ood_seg_ros.segments import find_segments
+from ood_seg_ros.tools.bench import frames as FR
+from ood_seg_ros.tools.bench import model as BM
+from ood_seg_ros.tools.bench.pipeline import segment_grid
 import pytest
 from repo_paths import CAMVID
 import torch

@@ -14,10 +14,10 @@ import math
 
 from model_helpers import lively
 import numpy as np
-from ood_seg_ros import export as E
 from ood_seg_ros import scores as S
 from ood_seg_ros.model import ModelConfig, OodSegNet, save_bundle
 from ood_seg_ros.model.fold import fold_batch_norms
+from ood_seg_ros.runtime import onnx_cache as E
 import pytest
 import torch
 from torch import nn

@@ -5,10 +5,11 @@ import json
 import cv2
 from model_helpers import save_tiny_bundle
 import numpy as np
-from ood_seg_ros.data.ood_sets import OodDataset
 from ood_seg_ros.errors import OodSegError
-from ood_seg_ros.evaluate import calibrate, evaluate_bundle, OodEvaluation, to_json
 from ood_seg_ros.pipeline import FrameResult, Pipeline
+from ood_seg_ros.tools.calibrate import calibrate
+from ood_seg_ros.tools.data.ood_sets import OodDataset
+from ood_seg_ros.tools.evaluate import evaluate_bundle, OodEvaluation, to_json
 import pytest
 
 H, W = 96, 128

@@ -22,9 +22,9 @@ from model_helpers import lively, sml_stats
 import numpy as np
 import onnx
 from onnx import helper, TensorProto
-from ood_seg_ros import export as E
 from ood_seg_ros.errors import OodSegError
 from ood_seg_ros.model import ModelConfig, OodSegNet, save_bundle
+from ood_seg_ros.runtime import onnx_cache as E
 from ood_seg_ros.scores import ALL_SCORES
 import pytest
 from repo_paths import CAMVID, ROOT

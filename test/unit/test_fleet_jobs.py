@@ -5,7 +5,7 @@ import subprocess
 import sys
 
 from ood_seg_ros.errors import OodSegError
-from ood_seg_ros.fleet import jobs as J
+from ood_seg_ros.tools.fleet import jobs as J
 import pytest
 from repo_paths import ROOT
 
@@ -65,7 +65,7 @@ def test_job_keys_and_missing_bags(tmp_path):
 
 def test_the_node_and_the_cli_do_not_import_ray():
     code = ('import sys; import ood_seg_ros.cli as c; c.build_parser(); '
-            'import ood_seg_ros.ros.node; import ood_seg_ros.fleet.report; '
+            'import ood_seg_ros.ros.node; import ood_seg_ros.tools.fleet.report; '
             'sys.exit(1 if "ray" in sys.modules else 0)')
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     proc = subprocess.run([sys.executable, '-c', code], env=env, capture_output=True,

@@ -11,7 +11,7 @@ import struct
 
 import cv2
 import numpy as np
-from ood_seg_ros.msg.image_headers import check_compressed, compressed_size, \
+from ood_seg_ros.imagecodec.image_headers import check_compressed, compressed_size, \
     CompressedFrameError, declared_format, signature
 import pytest
 
@@ -99,7 +99,7 @@ def test_garbage_empty_and_unreadable_headers():
 
 
 def test_node_conversion_refuses_a_webp_bomb_without_decoding():
-    codec = pytest.importorskip('ood_seg_ros.msg.image_codec')
+    codec = pytest.importorskip('ood_seg_ros.imagecodec.image_codec')
     with pytest.raises(codec.FrameError) as err:
         codec.compressed_to_rgb(_webp_bomb(), max_pixels=4096 * 4096, fmt='webp')
     assert err.value.kind == 'too_large'

@@ -1,11 +1,12 @@
-"""Tests for ood_seg_ros.meta against scikit-learn references."""
+"""The meta classifier (ood_seg_ros.meta) and its fitting (tools.meta_fit) against scikit-learn."""
 
 import json
 import warnings
 
 import numpy as np
 from ood_seg_ros.errors import OodSegError
-from ood_seg_ros.meta import fit_meta, group_folds, MetaClassifier
+from ood_seg_ros.meta import MetaClassifier
+from ood_seg_ros.tools.meta_fit import fit_meta, group_folds
 import pytest
 from sklearn.linear_model import LinearRegression, LogisticRegression
 from sklearn.metrics import r2_score, roc_auc_score

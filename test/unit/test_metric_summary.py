@@ -1,11 +1,11 @@
-"""Mergeable summaries (ood_seg_ros.metric_summary) against scikit-learn and the exact metrics."""
+"""Mergeable summaries (tools.metric_summary) against scikit-learn and the exact metrics."""
 
 import math
 
 import numpy as np
-from ood_seg_ros import metric_summary as S
-from ood_seg_ros import metrics as M
 from ood_seg_ros.errors import OodSegError
+from ood_seg_ros.tools import metric_summary as S
+from ood_seg_ros.tools import metrics as M
 import pytest
 from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 

@@ -1,11 +1,11 @@
-"""Tests of ood_seg_ros.metrics against scikit-learn, brute force and hand-worked cases."""
+"""Tests of ood_seg_ros.tools.metrics against scikit-learn, brute force and hand-worked cases."""
 
 import math
 import time
 
 import numpy as np
-from ood_seg_ros import metrics as M
 from ood_seg_ros.errors import OodSegError
+from ood_seg_ros.tools import metrics as M
 import pytest
 from sklearn.metrics import average_precision_score, r2_score, roc_auc_score
 
@@ -37,6 +37,23 @@ def _fpr95_brute(s, y):
     raise AssertionError('unreachable')
 
 
+def _assert_matches_sklearn(res, s, y):
+    """AP and AUROC as scikit-learn, FPR95 as the brute-force threshold walk."""
+    assert res['ap'] == pytest.approx(average_precision_score(y, s), abs=1e-12)
+    assert res['auroc'] == pytest.approx(roc_auc_score(y, s), abs=1e-12)
+    assert res['fpr95'] == pytest.approx(_fpr95_brute(s, y), abs=1e-12)
+
+
+def _pool_and_check(acc, frames):
+    """Add the frames to ``acc``; check the pooled result against scikit-learn."""
+    for f in frames:
+        acc.add(*f)
+    s, y = _sk(frames)
+    res = acc.result()
+    _assert_matches_sklearn(res, s, y)
+    return res, s
+
+
 @pytest.mark.parametrize('seed', [0, 1, 2])
 def test_pixel_metrics_match_sklearn_with_ties(seed):
     rng = np.random.default_rng(seed)
@@ -44,9 +61,7 @@ def test_pixel_metrics_match_sklearn_with_ties(seed):
     s, y = _sk(frames)
     assert len(np.unique(s)) < s.size / 10   # heavy ties
     res = M.pixel_metrics(*frames[0])
-    assert res['ap'] == pytest.approx(average_precision_score(y, s), abs=1e-12)
-    assert res['auroc'] == pytest.approx(roc_auc_score(y, s), abs=1e-12)
-    assert res['fpr95'] == pytest.approx(_fpr95_brute(s, y), abs=1e-12)
+    _assert_matches_sklearn(res, s, y)
     assert res['n_pos'] == int(y.sum()) and res['n_neg'] == int((y == 0).sum())
     assert 'undefined' not in res
 
@@ -64,13 +79,7 @@ def test_accumulator_exact_pools_frames():
     rng = np.random.default_rng(3)
     frames = _frames(rng, 6)
     acc = M.PixelMetricAccumulator(mode='exact')
-    for f in frames:
-        acc.add(*f)
-    s, y = _sk(frames)
-    res = acc.result()
-    assert res['ap'] == pytest.approx(average_precision_score(y, s), abs=1e-12)
-    assert res['auroc'] == pytest.approx(roc_auc_score(y, s), abs=1e-12)
-    assert res['fpr95'] == pytest.approx(_fpr95_brute(s, y), abs=1e-12)
+    res, s = _pool_and_check(acc, frames)
     assert res['n_frames'] == 6
     # pooled is not the mean of per-frame APs in general: check pooling really happened
     assert res['n_pos'] + res['n_neg'] == s.size
@@ -86,13 +95,7 @@ def test_binned_equals_exact_when_scores_sit_in_bins():
         lab[rng.random(lab.shape) < 0.05] = 255
         frames.append(((k + 0.5) / n_bins, lab))
     acc = M.PixelMetricAccumulator('binned', n_bins=n_bins, score_range=(0, 1))
-    for f in frames:
-        acc.add(*f)
-    s, y = _sk(frames)
-    res = acc.result()
-    assert res['ap'] == pytest.approx(average_precision_score(y, s), abs=1e-12)
-    assert res['auroc'] == pytest.approx(roc_auc_score(y, s), abs=1e-12)
-    assert res['fpr95'] == pytest.approx(_fpr95_brute(s, y), abs=1e-12)
+    res, s = _pool_and_check(acc, frames)
     assert res['n_clamped'] == 0
 
 
@@ -265,17 +268,13 @@ def _component_frame():
     """
     lab = np.zeros((40, 80), np.uint8)
     pred = np.zeros((40, 80), bool)
-    lab[2:10, 2:10] = 1
-    pred[2:10, 2:10] = True
-    lab[2:10, 20:28] = 1
-    pred[3:7, 21:28] = True
-    pred[20:30, 2:12] = True
-    lab[20:28, 30:38] = 1
-    lab[20:28, 42:50] = 1
-    pred[22:26, 30:50] = True
-    lab[35:37, 20:24] = 1
-    pred[34:39, 19:31] = True
-    pred[12:18, 60:76] = True
+    # (rows, cols) of the GT components A, B, C, D, E and of the predicted blobs
+    for r0, r1, c0, c1 in ((2, 10, 2, 10), (2, 10, 20, 28), (20, 28, 30, 38),
+                           (20, 28, 42, 50), (35, 37, 20, 24)):
+        lab[r0:r1, c0:c1] = 1
+    for r0, r1, c0, c1 in ((2, 10, 2, 10), (3, 7, 21, 28), (20, 30, 2, 12), (22, 26, 30, 50),
+                           (34, 39, 19, 31), (12, 18, 60, 76)):
+        pred[r0:r1, c0:c1] = True
     lab[12:18, 67:69] = 255
     score = np.where(pred, 0.9, 0.2).astype(np.float32)
     score[12:18, 40:51] = 0.5              # 66 px equal to the threshold: not predicted (>)

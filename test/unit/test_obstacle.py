@@ -6,11 +6,11 @@ import cv2
 from model_helpers import save_tiny_bundle
 import numpy as np
 from ood_seg_ros.errors import OodSegError
-from ood_seg_ros.evaluate import calibration_update
 from ood_seg_ros.obstacle import (band_input_size, drivable_ids, drivable_mask, fill_rows,
                                   fuse_band, ObstacleSettings, parse_band_rows,
                                   region_distance, region_weight)
-from ood_seg_ros.pipeline import Letterbox, normalise, Pipeline, runtime_for_size
+from ood_seg_ros.pipeline import Letterbox, Pipeline, runtime_for_size
+from ood_seg_ros.tools.calibrate import calibration_update
 import pytest
 
 pytestmark = pytest.mark.usefixtures('torch_threads')
@@ -127,7 +127,7 @@ def test_band_crop_and_fusion_against_cropping_by_hand(bundle):
     np.testing.assert_allclose(pipe.heat_at(out, (100, 400)), fused, atol=1e-6)
     assert (fused[40:85] > first[40:85]).any()               # the band changed something
     res = pipe.process(frame)
-    np.testing.assert_allclose(res.heatmap, normalise(fused, *pipe.norm), atol=1e-6)
+    np.testing.assert_allclose(res.heatmap, pipe.norm.apply(fused), atol=1e-6)
     # Decoder grid: outside the band rows the first pass, inside at least it.
     low = pipe.heat_low(out)
     r0, r1 = round(0.4 * low.shape[0]), round(0.85 * low.shape[0])

@@ -2,8 +2,8 @@
 
 from pathlib import Path
 
-from ood_seg_ros import evaluate
 from ood_seg_ros.cli import main as cli_main
+from ood_seg_ros.tools import evaluate
 import pytest
 from repo_paths import ROOT
 

@@ -7,16 +7,16 @@ import cv2
 from model_helpers import save_tiny_bundle
 import numpy as np
 from ood_seg_ros import cli
-from ood_seg_ros.data.ood_sets import OodDataset
 from ood_seg_ros.errors import OodSegError
-from ood_seg_ros.evaluate import (calibrate, calibration_update, choose_score,
-                                  evaluate_bundle, id_false_detections, OodEvaluation)
 from ood_seg_ros.model import load_bundle, ModelConfig, OodSegNet
 from ood_seg_ros.model.config import SML_MEMBERS
 from ood_seg_ros.model.deeplab import upsample
 from ood_seg_ros.pipeline import Pipeline, runtime_for_size
-from ood_seg_ros.protocol import check_held_out, trained_splits
-from ood_seg_ros.sml import gather_sml_stats
+from ood_seg_ros.tools.calibrate import calibrate, calibration_update, choose_score
+from ood_seg_ros.tools.data.ood_sets import OodDataset
+from ood_seg_ros.tools.evaluate import evaluate_bundle, id_false_detections, OodEvaluation
+from ood_seg_ros.tools.protocol import check_held_out, trained_splits
+from ood_seg_ros.tools.sml import gather_sml_stats
 import pytest
 import torch
 
@@ -172,7 +172,7 @@ def test_multi_set_eval_and_calibration_per_size(tmp_path, bundle):
 
 def test_fused_score_statistics_match_network_outputs(bundle):
     """sml-stats' pixel mean / std of fused members equal numpy over the graph's maps."""
-    from ood_seg_ros.sml import STAT_SCORES
+    from ood_seg_ros.tools.sml import STAT_SCORES
     model = load_bundle(bundle).model
     rng = np.random.default_rng(7)
     frames = [rng.integers(0, 255, (H, W, 3), dtype=np.uint8) for _ in range(3)]
@@ -278,7 +278,7 @@ def test_train_meta_on_several_sets(tmp_path, bundle, capsys):
 
 
 def test_fp_rate_threshold_bounds_false_detections_on_every_set():
-    from ood_seg_ros.meta import fp_rate_threshold
+    from ood_seg_ros.tools.meta_fit import fp_rate_threshold
     rng = np.random.default_rng(9)
     p = rng.random(200)
     is_fp = rng.random(200) < 0.7

@@ -1,5 +1,5 @@
 """
-Tests for the int8 QDQ graph (:mod:`ood_seg_ros.quantize`), its cache and its backends.
+Tests for the int8 QDQ graph (:mod:`ood_seg_ros.tools.quantize`), its cache and its backends.
 
 The graph is made from a tiny bundle, calibrated on 3 CamVid ``train`` frames. The
 checks read the graph itself: which nodes consume dequantised tensors and which
@@ -13,9 +13,9 @@ import types
 from model_helpers import save_tiny_bundle
 import numpy as np
 import onnx
-from ood_seg_ros import quantize as Q
+from ood_seg_ros.tools import quantize as Q
 from ood_seg_ros.errors import OodSegError
-from ood_seg_ros.export import onnx_sidecar, source_sha256
+from ood_seg_ros.runtime.onnx_cache import onnx_sidecar, source_sha256
 from ood_seg_ros.runtime import tensorrt_backend as TB
 from ood_seg_ros.runtime.onnxruntime_backend import OnnxRuntimeBackend
 import pytest
@@ -126,7 +126,7 @@ def test_int8_sidecar_refuses_stale_and_forged_graphs(bundle, tmp_path):
         OnnxRuntimeBackend(forged, OUTPUTS, device='cpu', threads=1, int8=True)
     # with frames the backend makes it again
     be = OnnxRuntimeBackend(forged, OUTPUTS, device='cpu', threads=1, int8=True,
-                            calib_camvid=str(CAMVID), calib_frames=3)
+                            make_int8=Q.int8_maker(str(CAMVID), 3))
     assert Q.int8_mismatch(fpath, fp32) is None and be.describe()['precision'] == 'int8'
 
 
@@ -248,7 +248,7 @@ def test_tensorrt_graph_has_symmetric_int8_activations_and_the_cpu_graph_uint8(b
 
 def test_eval_runs_the_chosen_backend_and_precision(tmp_path, capsys):
     from ood_seg_ros import cli
-    from ood_seg_ros.evaluate import pipeline_miou
+    from ood_seg_ros.tools.evaluate import pipeline_miou
     from ood_seg_ros.pipeline import Pipeline
     path = save_tiny_bundle(tmp_path / 'b', SIZE)
     args = ['eval', '--bundle', str(path), '--camvid', str(CAMVID), '--limit', '2', '--json']

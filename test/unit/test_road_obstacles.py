@@ -1,8 +1,8 @@
 """Road obstacles: perspective-consistent sizes, labels, and frames without road."""
 
 import numpy as np
-from ood_seg_ros.data import road_obstacles as R
 from ood_seg_ros.errors import OodSegError
+from ood_seg_ros.tools.data import road_obstacles as R
 import pytest
 
 ROAD, SKY, VOID = 3, 0, 255

@@ -223,13 +223,11 @@ def test_find_segments_hand_made():
     ], dtype=np.float32)
     labels, n = find_segments(hm, 0.6, min_size=1)
     # Diagonal pixels (0,0)-(1,1) form one component; threshold is inclusive.
-    want = np.array([
-        [1, 0, 0, 0, 0, 0],
-        [0, 1, 0, 0, 2, 2],
-        [0, 0, 0, 0, 2, 2],
-        [0, 0, 0, 0, 0, 0],
-        [0, 0, 3, 0, 0, 4],
-    ], dtype=np.int32)
+    want = np.zeros(hm.shape, np.int32)     # raster order of the first pixels
+    want[0, 0] = want[1, 1] = 1
+    want[1:3, 4:6] = 2
+    want[4, 2] = 3
+    want[4, 5] = 4
     assert n == 4 and labels.dtype == np.int32
     np.testing.assert_array_equal(labels, want)
     labels, n = find_segments(hm, 0.6, min_size=2)

@@ -6,8 +6,8 @@ import sys
 
 from ood_seg_ros.errors import OodSegError
 from ood_seg_ros.model import load_bundle
-from ood_seg_ros.train.augment import augment_batch
-from ood_seg_ros.train.loop import entropy_max_loss, TrainConfig, Trainer
+from ood_seg_ros.tools.train.augment import augment_batch
+from ood_seg_ros.tools.train.loop import entropy_max_loss, TrainConfig, Trainer
 import pytest
 from repo_paths import CAMVID
 import torch
@@ -145,8 +145,9 @@ def test_the_same_command_runs_under_torchrun_ddp(tmp_path):
 
 @needs_data
 def test_cached_probe_training_freezes_the_base_and_records_splits(tmp_path):
-    from ood_seg_ros.data.camvid import load_split
-    from ood_seg_ros.train.probe_cache import cache_features, LOSS_STRIDE, train_probes_cached
+    from ood_seg_ros.tools.data.camvid import load_split
+    from ood_seg_ros.tools.train.probe_cache import (cache_features, LOSS_STRIDE,
+                                                     train_probes_cached)
     Trainer(_cfg(tmp_path), log=lambda *_: None).run()
     base = load_bundle(tmp_path / 'base' / 'bundle')
     assert base.info['trained_splits'] == ['train']

@@ -8,7 +8,7 @@ tests check both the error and that the marker was never created.
 
 from ood_seg_ros.errors import OodSegError
 from ood_seg_ros.model import load_bundle, ModelConfig, OodSegNet, save_bundle
-from ood_seg_ros.train.loop import load_checkpoint
+from ood_seg_ros.tools.train.loop import load_checkpoint
 import pytest
 from repo_paths import CAMVID
 import torch
@@ -70,7 +70,7 @@ def test_checkpoint_of_plain_state_loads(tmp_path):
 
 @pytest.mark.data
 def test_train_resume_refuses_a_crafted_checkpoint(tmp_path):
-    from ood_seg_ros.train.loop import TrainConfig, Trainer
+    from ood_seg_ros.tools.train.loop import TrainConfig, Trainer
     out = tmp_path / 'run'
     out.mkdir()
     marker = tmp_path / 'pwned'
@@ -114,7 +114,7 @@ def test_pickle_in_a_json_file_is_a_clear_error(bundle, tmp_path, name):
 
 def test_pickle_as_onnx_cache_file_is_rebuilt_not_run(bundle, tmp_path):
     import pickle
-    from ood_seg_ros import export as E
+    from ood_seg_ros.runtime import onnx_cache as E
     from ood_seg_ros.runtime.onnxruntime_backend import OnnxRuntimeBackend
     marker = tmp_path / 'pwned'
     path = E.ensure_onnx(bundle, ['msp'], SMALL['input_size'])
@@ -134,8 +134,8 @@ def test_foreign_onnx_cache_with_a_rewritten_sidecar_is_exported_again(bundle, t
     import json
     import shutil
     import numpy as np
-    from ood_seg_ros import export as E
-    from ood_seg_ros.runtime.engine_cache import file_sha256
+    from ood_seg_ros.runtime import onnx_cache as E
+    from ood_seg_ros.files import file_sha256
     from ood_seg_ros.runtime.onnxruntime_backend import OnnxRuntimeBackend
     size = SMALL['input_size']
     path = E.ensure_onnx(bundle, ['msp'], size)

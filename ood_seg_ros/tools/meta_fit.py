@@ -1,0 +1,293 @@
+"""
+Fitting the meta classifier of OoD segments (methods §5), with scikit-learn.
+
+Grouped K-fold evaluation and the final fit of :class:`ood_seg_ros.meta.MetaClassifier`
+(the numpy runtime the node runs), the feature-set choice by leave-one-set-out AUROC and
+the threshold for a target false-positive rate, and the segment data they fit on
+(:func:`load_meta_dataset`). scikit-learn is imported lazily inside the functions that
+use it.
+"""
+
+import math
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from .data.ood_sets import OodDataset
+from .evaluate import OodEvaluation, score_kw, set_name
+from ..errors import OodSegError
+from ..meta import MetaClassifier
+from ..pipeline import Pipeline
+
+_MAX_ITER = 10000
+
+
+def group_folds(groups, n_splits, seed=0):
+    """
+    Return the (N,) fold index in 0..k-1 of each sample, grouped by ``groups``.
+
+    scikit-learn's GroupKFold on group ids relabelled by a random permutation (``seed``),
+    so that ties in group size are broken randomly but reproducibly. k = min(n_splits,
+    number of groups); all samples of one group land in the same fold.
+    """
+    from sklearn.model_selection import GroupKFold
+
+    groups = np.asarray(groups)
+    uniq, codes = np.unique(groups, return_inverse=True)
+    k = min(int(n_splits), uniq.size)
+    folds = np.zeros(groups.shape[0], dtype=np.int64)
+    if k < 2:
+        return folds
+    perm = np.random.default_rng(seed).permutation(uniq.size)
+    split = GroupKFold(n_splits=k).split(np.zeros((groups.shape[0], 1)), groups=perm[codes])
+    for f, (_, test) in enumerate(split):
+        folds[test] = f
+    return folds
+
+
+def _fit_models(X, y_fp, iou, C=1.0):
+    """
+    Fit scaler + logistic regression (L2, ``C``) + linear regression; return the parameters.
+
+    One-class training data gives a constant classifier (coef 0, intercept = smoothed
+    log prior odds); iou None gives a zero regression.
+    """
+    from sklearn.linear_model import LinearRegression, LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    scaler = StandardScaler().fit(X)
+    Xs = scaler.transform(X)
+    n_fp = int(y_fp.sum())
+    n_tp = int(y_fp.size - n_fp)
+    if n_fp == 0 or n_tp == 0:
+        coef = np.zeros(X.shape[1])
+        intercept = math.log((n_fp + 0.5) / (n_tp + 0.5))
+    else:
+        clf = LogisticRegression(C=float(C), max_iter=_MAX_ITER).fit(Xs, y_fp)
+        coef = clf.coef_[0]
+        intercept = float(clf.intercept_[0])
+    if iou is None:
+        reg_coef, reg_intercept = np.zeros(X.shape[1]), 0.0
+    else:
+        reg = LinearRegression().fit(Xs, iou)
+        reg_coef, reg_intercept = reg.coef_, float(reg.intercept_)
+    return scaler.mean_, scaler.scale_, coef, intercept, reg_coef, reg_intercept
+
+
+def fit_meta(features, is_false_positive, iou, feature_names, groups, n_splits=5,
+             threshold=0.5, seed=0, target_tp_kept=None, C=1.0, return_oof=False):
+    """
+    Evaluate the meta classifier by grouped K-fold, then fit it on all segments.
+
+    features: (N, F) segment features; is_false_positive: (N,) bool (segment has no
+    overlap with ground-truth OoD); iou: (N,) segment IoU in [0, 1] or None (no meta
+    regression); feature_names: F names; groups: (N,) image ids (segments of one image
+    never split across folds); threshold: drop when P(false positive) > threshold.
+
+    Per fold the scaler, logistic regression (L2, C = 1) and linear regression are fitted
+    on the training segments only; out-of-fold predictions are pooled over folds.
+    Report keys: n_segments, n_fp, n_groups, n_splits (requested), n_splits_used,
+    threshold, auroc (P(fp) vs truth), r2 (unclipped linear IoU prediction),
+    fp_removed (share of false positives dropped), tp_kept (share of true segments kept),
+    warnings (list of str for degenerate cases). Unavailable metrics are None.
+    ``target_tp_kept`` (e.g. 0.9): choose the threshold instead, as the smallest one that
+    keeps at least that share of the true segments in the out-of-fold predictions
+    (report key ``threshold_rule``); fp_removed / tp_kept are then reported at it.
+    ``return_oof``: also return the out-of-fold P(false positive) per segment (report key
+    ``p_oof``, a numpy array; None without cross-validation).
+    Returns ``(MetaClassifier, report)``; the report is also stored in ``info['cv']``.
+    """
+    from sklearn.metrics import r2_score, roc_auc_score
+
+    X = np.asarray(features, dtype=np.float64)
+    if X.ndim != 2:
+        raise OodSegError(f'fit_meta: features must be (N, F), got shape {X.shape}')
+    N, F = X.shape
+    if N == 0:
+        raise OodSegError('fit_meta: no segments to fit the meta classifier on')
+    names = [str(n) for n in feature_names]
+    if len(names) != F:
+        raise OodSegError(f'fit_meta: {len(names)} feature names for {F} feature columns')
+    if not np.isfinite(X).all():
+        bad = names[int(np.flatnonzero(~np.isfinite(X).all(axis=0))[0])]
+        raise OodSegError(f'fit_meta: non-finite values in feature {bad!r}')
+    y = np.asarray(is_false_positive).astype(bool).reshape(-1)
+    g = np.asarray(groups).reshape(-1)
+    if y.shape != (N,) or g.shape != (N,):
+        raise OodSegError(f'fit_meta: is_false_positive and groups need {N} entries, got '
+                          f'{y.shape[0]} and {g.shape[0]}')
+    t = None
+    if iou is not None:
+        t = np.asarray(iou, dtype=np.float64).reshape(-1)
+        if t.shape != (N,) or not np.isfinite(t).all():
+            raise OodSegError(f'fit_meta: iou must hold {N} finite values')
+    if not 0.0 <= float(threshold) <= 1.0:
+        raise OodSegError(f'fit_meta: threshold must be in [0, 1], got {threshold}')
+    if int(n_splits) < 2:
+        raise OodSegError(f'fit_meta: n_splits must be >= 2, got {n_splits}')
+
+    n_fp = int(y.sum())
+    n_groups = int(np.unique(g).size)
+    k = min(int(n_splits), n_groups)
+    report = {'n_segments': N, 'n_fp': n_fp, 'n_groups': n_groups,
+              'n_splits': int(n_splits), 'n_splits_used': k if k >= 2 else 0,
+              'threshold': float(threshold), 'auroc': None, 'r2': None,
+              'fp_removed': None, 'tp_kept': None, 'warnings': []}
+    warn = report['warnings']
+    one_class = n_fp == 0 or n_fp == N
+    if one_class:
+        which = 'false positives' if n_fp == N else 'true segments'
+        warn.append(f'one class only: all {N} segments are {which}; the classifier is '
+                    f'a constant prior and AUROC is undefined')
+    if t is None:
+        warn.append('no iou given: meta regression skipped')
+    if k < 2:
+        warn.append(f'cross-validation skipped: {n_groups} image group(s), need >= 2')
+    else:
+        if k < int(n_splits):
+            warn.append(f'only {n_groups} image groups for n_splits={n_splits}: '
+                        f'used {k} folds')
+        folds = group_folds(g, k, seed)
+        p_oof = np.empty(N)
+        iou_oof = np.empty(N)
+        for f in range(k):
+            tr = folds != f
+            te = ~tr
+            clf = MetaClassifier(names, *_fit_models(X[tr], y[tr],
+                                                     None if t is None else t[tr], C),
+                                 threshold=threshold)
+            p_oof[te] = clf.predict_fp_proba(X[te])
+            iou_oof[te] = clf.predict_iou(X[te], clip=False)
+        if target_tp_kept is not None and not one_class:
+            p_true = np.sort(p_oof[~y])
+            need = int(np.ceil(float(target_tp_kept) * p_true.size))
+            threshold = float(p_true[max(need, 1) - 1])
+            report['threshold'] = threshold
+            report['threshold_rule'] = f'keep >= {float(target_tp_kept):g} of true segments'
+        drop = p_oof > threshold
+        report['_p_oof'] = p_oof
+        if not one_class:
+            report['auroc'] = float(roc_auc_score(y, p_oof))
+        if n_fp > 0:
+            report['fp_removed'] = float(drop[y].mean())
+        if n_fp < N:
+            report['tp_kept'] = float((~drop[~y]).mean())
+        if t is not None:
+            if np.ptp(t) > 0:
+                report['r2'] = float(r2_score(t, iou_oof))
+            else:
+                warn.append('iou is constant: R^2 undefined')
+
+    report['C'] = float(C)
+    p_oof = report.pop('_p_oof', None)
+    clf = MetaClassifier(names, *_fit_models(X, y, t, C), threshold=threshold,
+                         info={'cv': report})
+    if return_oof:
+        report = {**report, 'p_oof': p_oof}
+    return clf, report
+
+
+# Features that describe the training domain rather than the segment's uncertainty:
+# class probabilities, neighbourhood classes and image position. ``transfer`` drops them.
+DOMAIN_FEATURE_PREFIXES = ('prob_c', 'nbr_c', 'centroid_')
+FEATURE_SETS = ('all', 'transfer')
+
+
+def select_features(names, feature_set: str):
+    """Column indices and names of a feature set ('all' or 'transfer')."""
+    if feature_set not in FEATURE_SETS:
+        raise OodSegError(f'unknown feature set {feature_set!r}; use {FEATURE_SETS}')
+    idx = [i for i, n in enumerate(names)
+           if feature_set == 'all' or not str(n).startswith(DOMAIN_FEATURE_PREFIXES)]
+    return idx, [names[i] for i in idx]
+
+
+def transfer_auroc(features, is_false_positive, sets, C=1.0):
+    """
+    Leave-one-set-out AUROC: fit on all sets but one, score the held-out set.
+
+    Returns {held-out set: AUROC or None (one class)}; shows whether features transfer
+    between datasets, which grouped K-fold inside one set cannot.
+    """
+    from sklearn.metrics import roc_auc_score
+    X = np.asarray(features, dtype=np.float64)
+    y = np.asarray(is_false_positive).astype(bool)
+    sets = np.asarray(sets)
+    out = {}
+    for held in sorted(set(sets.tolist())):
+        tr, te = sets != held, sets == held
+        if len(set(y[tr].tolist())) < 2 or len(set(y[te].tolist())) < 2:
+            out[held] = None
+            continue
+        params = _fit_models(X[tr], y[tr], None, C)
+        clf = MetaClassifier([f'f{i}' for i in range(X.shape[1])], *params)
+        out[held] = float(roc_auc_score(y[te], clf.predict_fp_proba(X[te])))
+    return out
+
+
+def choose_config(feats, is_fp, sets, names, feature_sets, cs):
+    """Pick (feature set, C) by the worst leave-one-set-out AUROC; return choice + table."""
+    table = []
+    for fs in feature_sets:
+        idx, _ = select_features(names, fs)
+        for c in cs:
+            per = transfer_auroc(feats[:, idx], is_fp, sets, c)
+            vals = [v for v in per.values() if v is not None]
+            table.append({'features': fs, 'C': c, 'transfer_auroc': per,
+                          'worst': float(min(vals)) if vals else float('nan')})
+    scored = [t for t in table if np.isfinite(t['worst'])]
+    best = max(scored, key=lambda t: t['worst']) if scored else table[0]
+    return best, table
+
+
+def fp_rate_threshold(p_oof, is_fp, sets, frames, target):
+    """
+    Largest P(false positive) threshold with <= ``target`` kept false segments per frame.
+
+    Checked on every set separately (out-of-fold probabilities); a segment is kept when
+    its probability is <= the threshold.
+    """
+    cands = np.unique(np.concatenate([[0.0], p_oof]))
+    best = 0.0
+    for t in cands:
+        ok = all(((p_oof <= t) & is_fp & (sets == name)).sum() / n <= target
+                 for name, n in frames.items() if n)
+        if not ok:
+            break
+        best = float(t)
+    return best
+
+
+def load_meta_dataset(bundle_path, ood_root, device='cpu', limit=0, progress=None,
+                      pipeline: Optional[Pipeline] = None, input_size=None,
+                      geometry='letterbox', obstacle=None):
+    """
+    Segment features / targets on one or several OoD sets for meta classifier training.
+
+    Returns (pipeline, features, is_fp, iou, groups, set_of_segment, frames_per_set):
+    ``groups`` are image ids unique across the sets (for grouped cross-validation),
+    ``set_of_segment`` the set name of every segment, ``frames_per_set`` the number of
+    frames read from each set (frames without segments count too).
+    """
+    roots = [ood_root] if isinstance(ood_root, (str, Path)) else list(ood_root)
+    obstacle = obstacle or {}
+    pipe = pipeline or Pipeline.from_bundle(
+        bundle_path, backend='torch', device=device, input_size=input_size,
+        geometry=geometry, **obstacle,
+        **score_kw(bundle_path, input_size, obstacle.get('region', 'all')))
+    feats, is_fp, iou, groups, sets = [], [], [], [], []
+    frames = {}
+    offset = 0
+    for root in roots:
+        ev = OodEvaluation(pipe, OodDataset(root), limit, progress)
+        f, fp, io, g, _ = ev.segment_records()
+        feats.append(f)
+        is_fp.append(fp)
+        iou.append(io)
+        groups.append(g + offset)
+        sets.append(np.full(len(fp), set_name(root), dtype=object))
+        frames[set_name(root)] = ev.n
+        offset += ev.n
+    return (pipe, np.concatenate(feats), np.concatenate(is_fp), np.concatenate(iou),
+            np.concatenate(groups), np.concatenate(sets), frames)
