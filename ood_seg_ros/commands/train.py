@@ -104,6 +104,8 @@ class TrainCommand(Command):
         parser.add_argument('--time-limit', type=float, default=0.0,
                             help='fit the LR schedule into this many minutes (0: no limit)')
         parser.add_argument('--val-every', type=int, default=1, help='validate every N epochs')
+        parser.add_argument('--val-limit', type=int, default=0,
+                            help='validate on the first N frames of the val split (0: all)')
         parser.add_argument('--seed', type=int, default=0)
         parser.add_argument('--resume', action='store_true', help='continue from checkpoint.pt')
         add_json_option(parser)
@@ -121,7 +123,7 @@ class TrainCommand(Command):
             crop=[int(v) for v in args.crop.split(',')], class_weights=args.class_weights,
             max_steps=args.max_steps, subset=args.subset, device=args.device,
             amp=not args.no_amp, seed=args.seed, time_limit_min=args.time_limit,
-            val_every=args.val_every,
+            val_every=args.val_every, val_limit=args.val_limit,
             init_bundle=getattr(args, 'init_bundle', ''),
             ood_proxy=getattr(args, 'ood_proxy', ''),
             ood_lambda=getattr(args, 'lam', 0.9), ood_ratio=getattr(args, 'ood_ratio', 0.1),

@@ -62,6 +62,7 @@ class TrainConfig:
     amp: bool = True
     time_limit_min: float = 0.0         # fit the schedule into this many minutes
     val_every: int = 1                  # validate every N epochs (and at the end)
+    val_limit: int = 0                  # validate on the first N val frames only (0: all)
     model: Dict = field(default_factory=dict)   # ModelConfig overrides / probe shape
     imagenet: bool = True               # base: start from the backbone's ImageNet weights
     freeze_stages: int = 0              # base / entropy: first N backbone stages frozen
@@ -96,6 +97,8 @@ def load_train_data(cfg: TrainConfig, class_names=None) -> tuple:
     vimgs, vlabs, _ = ds.load_split([cfg.val_split])
     if cfg.subset:
         imgs, labs, vimgs, vlabs = (a[:cfg.subset] for a in (imgs, labs, vimgs, vlabs))
+    if cfg.val_limit:
+        vimgs, vlabs = vimgs[:cfg.val_limit], vlabs[:cfg.val_limit]
     return ds, imgs, labs, vimgs, vlabs
 
 

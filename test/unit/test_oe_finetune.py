@@ -178,8 +178,9 @@ def test_decoder_only_energy_finetune_keeps_encoder_and_probe_inputs(tmp_path):
     init = str(tmp_path / 'base' / 'bundle')
     cfg = _cfg(tmp_path, 'entropy', init_bundle=init, model={}, ood_proxy=str(tmp_path / 'proxy'),
                ood_ratio=1.0, max_steps=3, epochs=3, lr=1e-2, optimizer='adam',
-               ood_loss='energy', train_part='decoder', photometric=True)
+               ood_loss='energy', train_part='decoder', photometric=True, val_limit=2)
     tr = Trainer(cfg, log=lambda *_: None)
+    assert len(tr.val_images) == 2 and tr.n_id == 4
     m = tr.model
     encoder = list(m.backbone.parameters()) + list(m.aspp.parameters())
     assert not {id(p) for p in encoder} & {id(p) for p in tr.params}
