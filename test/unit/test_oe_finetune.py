@@ -226,3 +226,22 @@ def test_unknown_train_part_loss_or_margins_are_clear_errors():
         check_oe_options(TrainConfig(stage='entropy', ood_loss='hinge'))
     with pytest.raises(OodSegError, match='m_in < m_out'):
         check_oe_options(TrainConfig(stage='entropy', ood_loss='energy', m_in=-3, m_out=-5))
+
+
+@pytest.mark.data
+def test_sml_stats_every_kth_frame(tmp_path, capsys):
+    import json
+    import shutil
+    from ood_seg_ros import cli
+    from repo_paths import ROOT
+    bundle = tmp_path / 'b'
+    shutil.copytree(ROOT / 'models' / 'camvid_lite0', bundle)
+    before = (bundle / 'bundle.json').read_text()
+    args = ['sml-stats', '--bundle', str(bundle), '--camvid', str(CAMVID)]
+    assert cli.main(args + ['--every', '0']) == 2
+    assert '--every must be >= 1' in capsys.readouterr().err
+    assert (bundle / 'bundle.json').read_text() == before      # nothing written
+    assert cli.main(args + ['--every', '150', '--json']) == 0   # frames 0, 150, 300
+    out = json.loads(capsys.readouterr().out)
+    assert out['frames'] == 3
+    assert json.loads((bundle / 'bundle.json').read_text())['config']['sml_stats']['frames'] == 3
