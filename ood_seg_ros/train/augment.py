@@ -126,7 +126,7 @@ class PhotoAug:
 
 
 def class_groups(class_names) -> Tuple[Tuple[int, ...], ...]:
-    """The (ground, vegetation) id groups of a class list; empty groups left out."""
+    """Return the (ground, vegetation) id groups of a class list; empty groups left out."""
     lower = [n.strip().lower() for n in class_names]
     groups = (tuple(i for i, n in enumerate(lower) if n in GROUND_NAMES),
               tuple(i for i, n in enumerate(lower) if n in VEGETATION_NAMES))

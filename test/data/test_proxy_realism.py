@@ -75,8 +75,8 @@ def test_mixed_placement_draws_road_at_the_given_rate():
 def test_make_ood_set_mixed_band_and_jpeg(tmp_path):
     if not (CAMVID / 'train' / 'images').is_dir() or not (COCO / 'images').is_dir():
         pytest.skip(f'shared data not found in {SHARED_DATA}')
-    kw = dict(seed=4, limit=6, placement='mixed', road_fraction=0.5, ignore_band_px=3,
-              jpeg_quality=(50, 70), objects_per_frame=(2, 3))
+    kw = {'seed': 4, 'limit': 6, 'placement': 'mixed', 'road_fraction': 0.5,
+          'ignore_band_px': 3, 'jpeg_quality': (50, 70), 'objects_per_frame': (2, 3)}
     ood_sets.make_ood_set(CAMVID, COCO, 'train', 'a', tmp_path / 'a', **kw)
     ood_sets.make_ood_set(CAMVID, COCO, 'train', 'a', tmp_path / 'b', **kw)
     info = json.loads((tmp_path / 'a' / 'info.json').read_text())

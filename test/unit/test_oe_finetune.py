@@ -12,7 +12,8 @@ from repo_paths import CAMVID, COCO
 import torch
 
 pytestmark = [pytest.mark.usefixtures('torch_threads'), pytest.mark.torch_threads(2)]
-OFF = dict(p_gamma=0.0, p_hue=0.0, p_class=0.0, p_blur=0.0, p_noise=0.0, p_jpeg=0.0)
+OFF = {'p_gamma': 0.0, 'p_hue': 0.0, 'p_class': 0.0, 'p_blur': 0.0, 'p_noise': 0.0,
+       'p_jpeg': 0.0}
 
 
 # ---------------------------------------------------------------- energy-margin loss
@@ -155,17 +156,9 @@ def test_class_groups_from_names():
 
 # ---------------------------------------------------------------- decoder-only fine-tune
 
-SMALL = {'output_stride': 16, 'input_size': (96, 128), 'aspp_channels': 32,
-         'decoder_channels': 32, 'low_level_project': 16, 'probe_channels': 16}
-
-
 def _cfg(tmp_path, stage, **kw):
-    base = {'stage': stage, 'camvid': str(CAMVID), 'train_splits': ['train'],
-            'val_split': 'val', 'out': str(tmp_path / stage), 'epochs': 1, 'batch_size': 2,
-            'lr': 0.01, 'crop': [96, 128], 'subset': 4, 'device': 'cpu', 'amp': False,
-            'seed': 0, 'model': dict(SMALL)}
-    base.update(kw)
-    return TrainConfig(**base)
+    from test_train import _cfg as train_cfg     # the tiny CamVid config of test_train
+    return train_cfg(tmp_path, stage, **kw)
 
 
 @pytest.mark.data
