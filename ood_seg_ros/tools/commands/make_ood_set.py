@@ -33,9 +33,18 @@ class MakeOodSetCommand(Command):
         parser.add_argument('--limit', type=int, default=None, help='only the first N frames')
         parser.add_argument('--objects', type=_pair, default=(1, 3), metavar='MIN,MAX',
                             help='objects per frame, inclusive (default: 1,3)')
-        parser.add_argument('--placement', default='scene', choices=('scene', 'road'),
+        parser.add_argument('--placement', default='scene', choices=('scene', 'road', 'mixed'),
                             help='scene: objects anywhere (default); road: road obstacles at '
-                                 'a perspective-consistent size, COCO and procedural objects')
+                                 'a perspective-consistent size, COCO and procedural objects; '
+                                 'mixed: road for --road-fraction of the frames, else scene')
+        parser.add_argument('--road-fraction', type=float, default=0.5,
+                            help='mixed placement: share of road-placement frames (0.5)')
+        parser.add_argument('--ignore-band', type=int, default=0, metavar='PX',
+                            help='training proxies: leave a PX-wide band around each object '
+                                 'out of the losses (255 in both labels; default 0, e.g. 4)')
+        parser.add_argument('--jpeg-quality', type=_pair, default=None, metavar='MIN,MAX',
+                            help='re-encode each composed frame as JPEG at a random quality '
+                                 'in MIN..MAX before writing (default: none, e.g. 60,95)')
         parser.add_argument('--procedural-fraction', type=float, default=0.5,
                             help='road placement: share of procedural objects (boxes, tyres, '
                                  'rocks, bags) among the placed ones (default: 0.5)')
@@ -60,7 +69,10 @@ class MakeOodSetCommand(Command):
                                overwrite=args.overwrite, progress=progress,
                                coco_map=read_coco_map(args.coco_map) if args.coco_map else None,
                                placement=args.placement,
-                               procedural_fraction=args.procedural_fraction)
+                               procedural_fraction=args.procedural_fraction,
+                               ignore_band_px=args.ignore_band,
+                               jpeg_quality=args.jpeg_quality,
+                               road_fraction=args.road_fraction)
         if args.json:
             print(json.dumps(summary, indent=1))
         else:

@@ -15,6 +15,9 @@ class SmlStatsCommand(Command):
                             help='split to gather on (default: train, as the SML paper)')
         parser.add_argument('--device', default='cpu', choices=['cpu', 'cuda'])
         parser.add_argument('--limit', type=int, default=0, help='first N frames only')
+        parser.add_argument('--every', type=int, default=1, metavar='K',
+                            help='every K-th frame of the split only (spread over all its '
+                                 'sequences; default 1: all), applied before --limit')
         add_json_option(parser)
 
     def main(self, args) -> int:
@@ -32,6 +35,10 @@ class SmlStatsCommand(Command):
             raise OodSegError(f'dataset {ds.identity} has classes {list(ds.classes.names)} '
                               f'but the bundle has {list(bundle.config.class_names)}')
         pairs = ds.list_pairs(args.split)
+        if args.every < 1:
+            from ..errors import OodSegError
+            raise OodSegError(f'--every must be >= 1, got {args.every}')
+        pairs = pairs[::args.every]
         if args.limit:
             pairs = pairs[:args.limit]
         stats = gather_sml_stats(bundle.model, (read_rgb(p) for p, _ in pairs))

@@ -40,6 +40,24 @@ class TrainCommand(Command):
             parser.add_argument('--reference-loss', action='store_true',
                                 help="the reference code's all-pixel mean instead of "
                                      'separately normalised in/out means')
+            parser.add_argument('--ood-loss', default='entropy', choices=['entropy', 'energy'],
+                                help='entropy maximisation (default) or the energy-margin '
+                                     'OE loss of Liu et al. 2020 (PEBAL, DenseHybrid)')
+            parser.add_argument('--m-in', type=float, default=-12.0,
+                                help='energy loss: in-distribution pixels pushed below this '
+                                     'energy (default -12)')
+            parser.add_argument('--m-out', type=float, default=-6.0,
+                                help='energy loss: OoD pixels pushed above this energy '
+                                     '(default -6)')
+            parser.add_argument('--energy-weight', type=float, default=0.1,
+                                help='energy loss: weight of the hinge terms beside CE (0.1)')
+            parser.add_argument('--train-part', default='all', choices=['all', 'decoder'],
+                                help='all: the whole segmentation network (default); decoder: '
+                                     'backbone and ASPP frozen with fixed BN statistics, so '
+                                     'the MOoSe probes stay valid')
+            parser.add_argument('--photometric', action='store_true',
+                                help='style augmentation: gamma, hue, colour of ground and '
+                                     'vegetation pixels, blur, noise, JPEG')
         if name == 'train-base':
             # lazy: the registry imports torch, which `ood-seg --help` should not wait for
             from ...model.backbones import backbone_names
@@ -86,6 +104,8 @@ class TrainCommand(Command):
         parser.add_argument('--time-limit', type=float, default=0.0,
                             help='fit the LR schedule into this many minutes (0: no limit)')
         parser.add_argument('--val-every', type=int, default=1, help='validate every N epochs')
+        parser.add_argument('--val-limit', type=int, default=0,
+                            help='validate on the first N frames of the val split (0: all)')
         parser.add_argument('--seed', type=int, default=0)
         parser.add_argument('--resume', action='store_true', help='continue from checkpoint.pt')
         add_json_option(parser)
@@ -103,12 +123,16 @@ class TrainCommand(Command):
             crop=[int(v) for v in args.crop.split(',')], class_weights=args.class_weights,
             max_steps=args.max_steps, subset=args.subset, device=args.device,
             amp=not args.no_amp, seed=args.seed, time_limit_min=args.time_limit,
-            val_every=args.val_every,
+            val_every=args.val_every, val_limit=args.val_limit,
             init_bundle=getattr(args, 'init_bundle', ''),
             ood_proxy=getattr(args, 'ood_proxy', ''),
             ood_lambda=getattr(args, 'lam', 0.9), ood_ratio=getattr(args, 'ood_ratio', 0.1),
             reference_loss=getattr(args, 'reference_loss', False),
             patience=getattr(args, 'patience', 0))
+        if stage == 'entropy':
+            cfg.ood_loss, cfg.m_in, cfg.m_out = args.ood_loss, args.m_in, args.m_out
+            cfg.energy_weight, cfg.train_part = args.energy_weight, args.train_part
+            cfg.photometric = args.photometric
         if stage == 'base':
             cfg.imagenet = args.imagenet
             cfg.freeze_stages = args.freeze_stages

@@ -21,7 +21,7 @@ from typing import NamedTuple, Optional
 import cv2
 import numpy as np
 
-from . import coco_objects, road_obstacles
+from . import coco_objects, proxy_realism, road_obstacles
 from .datasets import open_dataset
 from .images import frame_and_label, read_gray, read_rgb
 from .labelled import IGNORE as VOID
@@ -31,7 +31,7 @@ OOD = 1
 IN_DIST = 0
 JPEG_QUALITY = 95
 IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png', '.webp')
-PLACEMENTS = ('scene', 'road')
+PLACEMENTS = ('scene', 'road', 'mixed')
 
 
 @dataclass
@@ -214,7 +214,8 @@ def _write_image(path: Path, img: np.ndarray, params=()) -> None:
 def make_ood_set(dataset, coco_root, split, group, out_dir, seed, objects_per_frame=(1, 3),
                  limit=None, on_road_fraction=0.5, height_frac=(0.08, 0.4), feather_px=2.0,
                  overwrite=False, progress=None, coco_map=None, placement='scene',
-                 procedural_fraction=0.5) -> dict:
+                 procedural_fraction=0.5, ignore_band_px=0, jpeg_quality=None,
+                 road_fraction=0.5) -> dict:
     """
     Write an OoD set: every (sorted) frame of ``split`` with ``group`` objects pasted.
 
@@ -226,7 +227,14 @@ def make_ood_set(dataset, coco_root, split, group, out_dir, seed, objects_per_fr
     ``placement``: ``scene`` (anywhere, see :func:`compose_ood_frame`) or ``road`` (road
     obstacles at a perspective-consistent size, COCO and procedural objects, see
     :mod:`ood_seg_ros.tools.data.road_obstacles`; ``on_road_fraction`` / ``height_frac`` /
-    ``feather_px`` do not apply there).
+    ``feather_px`` do not apply there); ``mixed``: road placement for a share
+    ``road_fraction`` of the frames, scene placement for the rest.
+
+    Training-proxy realism (:mod:`ood_seg_ros.tools.data.proxy_realism`): ``ignore_band_px``
+    leaves a band around each object out of the losses (255 in both labels);
+    ``jpeg_quality`` ``(min, max)`` re-encodes each composed frame as JPEG at a random
+    quality before it is written (``None``: no re-encode; the defaults write the same
+    frames as before these options).
 
     Frame ``i`` uses ``frame_rng(seed, i)``, so a frame's content does not depend on ``limit``.
     ``progress`` optionally wraps the frame iterator, called as ``progress(iterable, total)``
@@ -239,6 +247,12 @@ def make_ood_set(dataset, coco_root, split, group, out_dir, seed, objects_per_fr
         raise OodSegError(f'placement must be one of {PLACEMENTS}, got {placement!r}')
     if limit is not None and int(limit) < 1:
         raise OodSegError(f'limit must be >= 1, got {limit}')
+    if int(ignore_band_px) < 0:
+        raise OodSegError(f'ignore band must be >= 0 px, got {ignore_band_px}')
+    if jpeg_quality is not None:
+        jpeg_quality = _check_range('jpeg_quality', jpeg_quality, 1, 100)
+    if not 0.0 <= road_fraction <= 1.0:
+        raise OodSegError(f'road_fraction must lie in [0, 1], got {road_fraction}')
     ds = open_dataset(dataset)
     pairs = ds.list_pairs(split)
     if limit is not None:
@@ -273,7 +287,8 @@ def make_ood_set(dataset, coco_root, split, group, out_dir, seed, objects_per_fr
     for index, (img_path, lab_path) in iterator:
         rgb, label = ds.load_pair(img_path, lab_path)
         rng = frame_rng(seed, index)
-        if placement == 'road':
+        where = proxy_realism.choose_placement(placement, rng, road_fraction)
+        if where == 'road':
             img, ood, sem, boxes = road_obstacles.place_on_road(
                 rgb, label, roads, objects, rng, n_objects=objects_per_frame,
                 procedural_fraction=procedural_fraction, void=VOID)
@@ -283,6 +298,7 @@ def make_ood_set(dataset, coco_root, split, group, out_dir, seed, objects_per_fr
                                     on_road_fraction=on_road_fraction,
                                     height_frac=height_frac, feather_px=feather_px,
                                     road_ids=roads)
+        res = _finish_proxy_frame(res, rng, ignore_band_px, jpeg_quality)
         name = ds.frame_name(img_path)
         _write_image(dirs['images'] / f'{name}.jpg', res.rgb,
                      (cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY))
@@ -294,6 +310,7 @@ def make_ood_set(dataset, coco_root, split, group, out_dir, seed, objects_per_fr
         n_void += int((res.ood_label == VOID).sum())
         n_pixels += res.ood_label.size
         frames.append({'index': index, 'name': name, 'ood_pixels': ood_px,
+                       'placement': where,
                        'objects': [p if isinstance(p, dict) else asdict(p)
                                    for p in res.placements]})
     counts = {
@@ -308,6 +325,9 @@ def make_ood_set(dataset, coco_root, split, group, out_dir, seed, objects_per_fr
         'group_description': coco_objects.GROUPS.get(group, group),
         'objects_per_frame': list(objects_per_frame), 'on_road_fraction': on_road_fraction,
         'height_frac': list(height_frac), 'feather_px': feather_px, 'limit': limit,
+        'road_fraction': road_fraction if placement == 'mixed' else None,
+        'ignore_band_px': int(ignore_band_px),
+        'jpeg_quality': list(jpeg_quality) if jpeg_quality is not None else None,
         'counts': counts, 'frames': frames,
     }
     try:
@@ -316,6 +336,17 @@ def make_ood_set(dataset, coco_root, split, group, out_dir, seed, objects_per_fr
         raise OodSegError(f'cannot write {out_dir / "info.json"}: {exc.strerror}') from None
     return {'out_dir': str(out_dir), 'seed': int(seed), 'split': split, 'group': group,
             **counts}
+
+
+def _finish_proxy_frame(res: PasteResult, rng, band_px: int, jpeg_quality) -> PasteResult:
+    """Apply the ignore band and the JPEG re-encode (no draw from ``rng`` when off)."""
+    if band_px:
+        res.ood_label, res.semantic = proxy_realism.ignore_band(res.ood_label, res.semantic,
+                                                                band_px, VOID)
+    if jpeg_quality is not None:
+        q = int(rng.integers(jpeg_quality[0], jpeg_quality[1] + 1))
+        res.rgb = proxy_realism.jpeg_reencode(res.rgb, q)
+    return res
 
 
 class OodSample(NamedTuple):
