@@ -44,8 +44,8 @@ from .model.config import ModelConfig, parse_size, size_key
 from .obstacle import (band_input_size, band_rows, drivable_ids, drivable_mask, flip_average,
                        fuse_band, ObstacleSettings, region_distance, region_score, region_weight,
                        REGIONS)
-from .runtime.int8_graph import PRECISIONS
 from .runtime import auto_backend, make_backend
+from .runtime.int8_graph import PRECISIONS
 from .scores import ALL_SCORES, natural_range, SCORES
 from .segments import DEFAULT_PGN_NAMES, find_segments, MOOSE_NAMES, Segment, \
     segment_records, SegmentFeatureExtractor

@@ -35,7 +35,7 @@ def zscore_map(pipeline, stats, frame, score):
 
 def main(argv=None) -> int:
     """Write the overlays; return the exit status."""
-    from ood_seg_ros.data.ood_sets import OodDataset
+    from ood_seg_ros.tools.data.ood_sets import OodDataset
     from ood_seg_ros.model.bundle import read_bundle_json
     from ood_seg_ros.model.deeplab import score_stats
     from ood_seg_ros.model.config import ModelConfig

@@ -23,8 +23,8 @@ from ..model.bundle import default_bundle_path
 from ..model.config import parse_size
 from ..obstacle import parse_band_rows, REGIONS
 from ..pipeline import GEOMETRIES, Pipeline, PipelineSettings
-from ..runtime.int8_graph import PRECISIONS
 from ..runtime import BACKENDS
+from ..runtime.int8_graph import PRECISIONS
 from ..scores import ALL_SCORES
 
 NODE_NAME = 'ood_node'

@@ -1,7 +1,8 @@
 """
-The int8 QDQ graph in the bundle's cache, as the runtime sees it: its name, its settings
-and whether it may be used. Making it (calibration on dataset frames, quantisation) is
-an offline tool: :mod:`ood_seg_ros.tools.quantize`.
+The int8 QDQ graph in the bundle's cache, as the runtime sees it.
+
+Its name, its settings and whether it may be used. Making it (calibration on dataset
+frames, quantisation) is an offline tool: :mod:`ood_seg_ros.tools.quantize`.
 
 The graph lies beside the fp32 one in ``<bundle>/derived/``
 (``model_<outputs hash>_<H>x<W>_int8-<target>.onnx``) with a JSON sidecar that records

@@ -47,8 +47,6 @@ TRUNK_SCOPES = ('/net/backbone/', '/net/aspp/', '/net/low_project/', '/net/decod
 DEFAULT_KEEP_FLOAT: Tuple[str, ...] = ()
 
 
-
-
 def calibration_frames(dataset, count: int = CALIB_FRAMES) -> list:
     """
     ``count`` ``train`` images evenly spaced over the sorted list (first and last in).
@@ -65,8 +63,6 @@ def calibration_frames(dataset, count: int = CALIB_FRAMES) -> list:
     return [images[i] for i in index]
 
 
-
-
 def calibration_record(frames, keep_float: Sequence[str] = DEFAULT_KEEP_FLOAT,
                        target: str = 'cpu') -> dict:
     """Describe the calibration frames and settings (kept in the sidecar and metadata)."""
@@ -79,12 +75,6 @@ def calibration_record(frames, keep_float: Sequence[str] = DEFAULT_KEEP_FLOAT,
             'weights': 'int8 symmetric per channel', 'target': target,
             'activations': TARGETS[target][0],
             'keep_float': sorted(keep_float)}
-
-
-
-
-
-
 
 
 def trunk_nodes(model, keep_float: Sequence[str] = DEFAULT_KEEP_FLOAT) -> list:

@@ -4,9 +4,9 @@ import json
 
 import cv2
 import numpy as np
-from ood_seg_ros.data import camvid, proxy_realism as P
-from ood_seg_ros.data import ood_sets
 from ood_seg_ros.errors import OodSegError
+from ood_seg_ros.tools.data import camvid, proxy_realism as P
+from ood_seg_ros.tools.data import ood_sets
 import pytest
 from repo_paths import CAMVID, COCO, SHARED_DATA
 

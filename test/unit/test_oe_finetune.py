@@ -5,8 +5,8 @@ import math
 import cv2
 import numpy as np
 from ood_seg_ros.errors import OodSegError
-from ood_seg_ros.train import augment as A
-from ood_seg_ros.train.loop import energy_margin_loss, TrainConfig, Trainer
+from ood_seg_ros.tools.train import augment as A
+from ood_seg_ros.tools.train.loop import energy_margin_loss, TrainConfig, Trainer
 import pytest
 from repo_paths import CAMVID, COCO
 import torch
@@ -163,7 +163,7 @@ def _cfg(tmp_path, stage, **kw):
 
 @pytest.mark.data
 def test_decoder_only_energy_finetune_keeps_encoder_and_probe_inputs(tmp_path):
-    from ood_seg_ros.data.ood_sets import make_ood_set
+    from ood_seg_ros.tools.data.ood_sets import make_ood_set
     from ood_seg_ros.model import load_bundle
     Trainer(_cfg(tmp_path, 'base', max_steps=2), log=lambda *_: None).run()
     make_ood_set(CAMVID, COCO, 'train', 'a', tmp_path / 'proxy', seed=1, limit=4,
@@ -211,7 +211,7 @@ def after_info_has(bundle, loss):
 
 
 def test_unknown_train_part_loss_or_margins_are_clear_errors():
-    from ood_seg_ros.train.loop import check_oe_options
+    from ood_seg_ros.tools.train.loop import check_oe_options
     check_oe_options(TrainConfig(stage='entropy', train_part='decoder', ood_loss='energy'))
     with pytest.raises(OodSegError, match='train_part'):
         check_oe_options(TrainConfig(stage='entropy', train_part='head'))

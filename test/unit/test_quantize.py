@@ -13,11 +13,11 @@ import types
 from model_helpers import save_tiny_bundle
 import numpy as np
 import onnx
-from ood_seg_ros.tools import quantize as Q
 from ood_seg_ros.errors import OodSegError
-from ood_seg_ros.runtime.onnx_cache import onnx_sidecar, source_sha256
 from ood_seg_ros.runtime import tensorrt_backend as TB
+from ood_seg_ros.runtime.onnx_cache import onnx_sidecar, source_sha256
 from ood_seg_ros.runtime.onnxruntime_backend import OnnxRuntimeBackend
+from ood_seg_ros.tools import quantize as Q
 import pytest
 from repo_paths import CAMVID
 

@@ -36,7 +36,7 @@ class SmlStatsCommand(Command):
                               f'but the bundle has {list(bundle.config.class_names)}')
         pairs = ds.list_pairs(args.split)
         if args.every < 1:
-            from ..errors import OodSegError
+            from ...errors import OodSegError
             raise OodSegError(f'--every must be >= 1, got {args.every}')
         pairs = pairs[::args.every]
         if args.limit:

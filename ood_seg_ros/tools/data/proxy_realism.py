@@ -2,7 +2,7 @@
 Finishing touches that make an OoD training proxy look less like a paste.
 
 Against the paste shortcut (ood_levers.md, "Outlier exposure done properly"): the
-object placement itself (:mod:`ood_seg_ros.data.road_obstacles`) already feathers the
+object placement itself (:mod:`ood_seg_ros.tools.data.road_obstacles`) already feathers the
 alpha, matches colour and brightness to the local road and adds a contact shadow. This
 module adds the frame-level steps:
 
