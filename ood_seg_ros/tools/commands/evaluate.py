@@ -5,21 +5,27 @@ import sys
 from .base import add_bundle_option, add_json_option, add_obstacle_options, check_out_dir, \
     Command, obstacle_kw
 
+PRECISION_OPTIONS = (
+    ('--backend', {'default': None, 'choices': ['torch', 'onnxruntime'],
+                   'help': 'run the network with this backend (default torch, onnxruntime '
+                           'for int8); onnxruntime: mIoU of the pipeline output at label '
+                           'size'}),
+    ('--precision', {'default': 'fp32', 'choices': ['fp32', 'int8'],
+                     'help': 'int8: the quantised graph on onnxruntime (made from '
+                             '--calib-frames train frames of --camvid/--dataset when '
+                             'missing)'}),
+    ('--threads', {'type': int, 'default': 0,
+                   'help': 'onnxruntime intra-op threads (0: its default)'}),
+    ('--calib-frames', {'type': int, 'default': 0,
+                        'help': 'int8: calibrate on this many train frames (0: the cached '
+                                'graph, or 20 when it must be made)'}),
+)
+
 
 def add_precision_options(parser) -> None:
     """``--backend``, ``--precision``, ``--threads``, ``--calib-frames`` (int8 graph)."""
-    parser.add_argument('--backend', default=None, choices=['torch', 'onnxruntime'],
-                        help='run the network with this backend (default torch, onnxruntime '
-                             'for int8); '
-                             'onnxruntime: mIoU of the pipeline output at label size')
-    parser.add_argument('--precision', default='fp32', choices=['fp32', 'int8'],
-                        help='int8: the quantised graph on onnxruntime (made from '
-                             '--calib-frames CamVid train frames of --camvid when missing)')
-    parser.add_argument('--threads', type=int, default=0,
-                        help='onnxruntime intra-op threads (0: its default)')
-    parser.add_argument('--calib-frames', type=int, default=0,
-                        help='int8: calibrate on this many train frames (0: the cached '
-                             'graph, or 20 when it must be made)')
+    for flag, options in PRECISION_OPTIONS:
+        parser.add_argument(flag, **options)
 
 
 def precision_kw(args, spec):
