@@ -7,9 +7,22 @@ private network namespace; ``gpu`` tests need CUDA and are skipped without it. S
 with ``-m``, e.g. ``pytest -m "not dds"`` for the quick ROS-free part.
 """
 
+import signal
+
 import pytest
 from repo_paths import SHARED_DATA
 import torch
+
+
+def pytest_configure(config):
+    """
+    Give SIGINT its default disposition for the session and the processes it starts.
+
+    A shell that starts pytest in the background without job control hands it SIGINT
+    ignored, and every child inherits that: the signal tests would then test the shell.
+    """
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def pytest_collection_modifyitems(config, items):
