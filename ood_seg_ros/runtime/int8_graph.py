@@ -87,8 +87,13 @@ def cached_int8(bundle_path, outputs: Sequence[str], input_size,
     path = int8_path(bundle_path, outs, size, target)
     reason = int8_mismatch(path, source_sha256(bundle_path, outs, size))
     if reason:
-        fmt = ' --int8-target tensorrt' if target == 'tensorrt' else ''
-        raise OodSegError(f'no usable int8 graph {path.name}: {reason}; make it with '
-                          f'{MAKE_HINT.replace(" --int8", " --int8" + fmt)} (calibrates on '
-                          f'{CALIB_FRAMES} {CALIB_SPLIT} frames)')
+        raise unusable(path, reason, target)
     return path
+
+
+def unusable(path: Path, reason: str, target: str = 'cpu') -> OodSegError:
+    """Return the one-line error for a missing or stale int8 graph, naming its command."""
+    fmt = ' --int8-target tensorrt' if target == 'tensorrt' else ''
+    return OodSegError(f'no usable int8 graph {path.name}: {reason}; make it with '
+                       f'{MAKE_HINT.replace(" --int8", " --int8" + fmt)} (calibrates on '
+                       f'{CALIB_FRAMES} {CALIB_SPLIT} frames)')

@@ -38,7 +38,7 @@ import numpy as np
 from ..errors import OodSegError
 from ..runtime.int8_graph import (  # noqa: F401 - the tools' names for them
     CALIB_FRAMES, CALIB_SPLIT, code_sha256, int8_mismatch, int8_path, int8_source,
-    MAKE_HINT, PRECISIONS, recorded_calibration, TARGETS)
+    MAKE_HINT, PRECISIONS, recorded_calibration, TARGETS, unusable)
 
 LOG = logging.getLogger(__name__)
 TRUNK_SCOPES = ('/net/backbone/', '/net/aspp/', '/net/low_project/', '/net/decoder',
@@ -181,8 +181,7 @@ def ensure_int8(bundle_path, outputs: Sequence[str], input_size, camvid=None,
     if not reason:
         return path
     if frames is None:
-        from ..runtime.int8_graph import cached_int8
-        return cached_int8(bundle_path, outs, size, target)     # the one-line refusal
+        raise unusable(path, reason, target)
     fp32 = ensure_onnx(bundle_path, outs, size)
     LOG.warning('making int8 graph %s: %s (%d %s frames)', path.name, reason, len(frames),
                 CALIB_SPLIT)
