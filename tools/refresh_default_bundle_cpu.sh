@@ -9,9 +9,13 @@
 #   road-obstacle val set joining only the choice of the score (--select-set: the base
 #   trained on val, so those sets rank scores but fit nothing), at the bundle size, at
 #   480x960 and in obstacle mode (drivable prior + road band),
-#   meta classifiers on the two real sets (all and drivable region).
+#   meta classifier on the two real sets.
+# Obstacle mode (drivable prior + road band) was fitted the same way and not shipped
+# (model card); its two commands are at the end, behind OBSTACLE=1.
 # Usage: tools/refresh_default_bundle_cpu.sh DATA_DIR OLD_BUNDLE OUT_DIR [STEP]
-# STEP (default: all): probes | continue | calibrate, to run from that step on.
+# STEP (default: probes): probes | continue | calibrate, to run from that step on; or
+#   oe: outlier exposure from OLD_BUNDLE (decoder only, energy-margin loss, photometric
+#   augmentation, on `train` and a road/scene proxy made from `train`), then calibrate.
 set -euo pipefail
 data=$1; old=$2; out=$3; step=${4:-probes}
 camvid=$data/camvid; coco=$data/coco128_seg
@@ -20,6 +24,18 @@ py=${PYTHON:-python3}
 ood() { "$py" -m ood_seg_ros.cli "$@"; }
 probe_args="--camvid $camvid --train-splits train --batch-size 16 --class-weights sqrt_median_freq
     --device cpu --cache-features --cache-scales 0.75,1"
+b=$out/probes2/bundle
+if [ "$step" = oe ]; then
+    ood make-ood-set --camvid "$camvid" --coco "$coco" --split train --group a --seed 18 \
+        --placement mixed --road-fraction 0.7 --objects 1,4 --ignore-band 4 \
+        --jpeg-quality 60,95 --out "$out/proxy_train" --overwrite
+    ood train-entropy --camvid "$camvid" --init-bundle "$old" --ood-proxy "$out/proxy_train" \
+        --out "$out/oe" --ood-loss energy --train-part decoder --photometric \
+        --crop 288,384 --batch-size 8 --lr 1e-4 --ood-ratio 1.0 --epochs 2 \
+        --max-steps ${OE_STEPS:-100} --val-every 100 --val-limit 16 --device cpu --seed 0
+    b=$out/oe/bundle
+    step=calibrate
+fi
 if [ "$step" = probes ]; then
     ood train-probes $probe_args --out "$out/probes" --init-bundle "$old" \
         --epochs 80 --time-limit 28 --patience 15 --val-every 4 --lr 0.01 \
@@ -31,7 +47,6 @@ if [ "$step" = continue ]; then
         --epochs 18 --time-limit 95 --patience 8 --val-every 2 --lr 0.006
     step=calibrate
 fi
-b=$out/probes2/bundle
 ood sml-stats --bundle "$b" --camvid "$camvid" --split train
 ood make-ood-set --camvid "$camvid" --coco "$coco" --split val --group b --seed 2 \
     --out "$out/ood_val_b" --overwrite
@@ -42,6 +57,8 @@ obstacle="--heatmap-region drivable --band --band-width 1024"
 ood eval --bundle "$b" $real $select --calibrate
 ood train-meta --bundle "$b" $real --max-fp-per-frame 0.5
 ood eval --bundle "$b" $real $select --calibrate --input-size 480x960
-ood eval --bundle "$b" $real --select-set "$out/road_val_b" --calibrate $obstacle
-ood train-meta --bundle "$b" $real --max-fp-per-frame 0.5 $obstacle
+if [ "${OBSTACLE:-0}" = 1 ]; then
+    ood eval --bundle "$b" $real --select-set "$out/road_val_b" --calibrate $obstacle
+    ood train-meta --bundle "$b" $real --max-fp-per-frame 0.5 $obstacle
+fi
 echo "refreshed bundle: $b"

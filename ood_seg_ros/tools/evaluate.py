@@ -186,9 +186,13 @@ class OodEvaluation:
         """Score ``name`` of frame ``i`` at decoder resolution (:meth:`Pipeline.heat_low`)."""
         return self.pipeline.heat_low(self.low_maps[i], name)
 
-    def pixel_and_component(self, scores=ALL_SCORES, components: bool = True
-                            ) -> Dict[str, Dict]:
-        """Per score: AP, FPR95, AUROC and (``components``) sIoU / PPV / mean F1."""
+    def pixel_and_component(self, scores=ALL_SCORES, components=True) -> Dict[str, Dict]:
+        """
+        Per score: AP, FPR95, AUROC and sIoU / PPV / mean F1 of its components.
+
+        ``components``: True (every score), False (none) or a collection of score names
+        (the component metrics, the slow part, of those only; the others get pixel metrics).
+        """
         table = {}
         for name in scores:
             if name not in self.low_maps[0]:
@@ -202,7 +206,7 @@ class OodEvaluation:
                      'best_f1_threshold': thr}
             if 'undefined' in pix:
                 entry['undefined'] = pix['undefined']
-            if components:
+            if components is True or (components and name in components):
                 entry.update(self._components(name, thr))
             table[name] = entry
         return table
@@ -333,7 +337,7 @@ def evaluate_bundle(bundle_path, ood_root=None, dataset=None, split='test',
                     entropy_bundle=None, out_dir=None, device='cpu', limit=0,
                     progress=None, calibrate_only=False, input_size=None,
                     geometry='letterbox', select_roots=(), select_notes=None,
-                    obstacle=None, backend_kw=None) -> Dict:
+                    obstacle=None, backend_kw=None, component_scores=None) -> Dict:
     """
     Full evaluation; returns the metrics object (see ``ood-seg eval``).
 
@@ -348,6 +352,8 @@ def evaluate_bundle(bundle_path, ood_root=None, dataset=None, split='test',
     ``band_rows``, ``band_width``, ``flip``); calibration is then that region's.
     ``backend_kw``: Pipeline.from_bundle backend keywords (default: torch); with another
     backend the dataset mIoU is that of the pipeline's output (:func:`pipeline_miou`).
+    ``component_scores``: names whose component metrics (sIoU, PPV, F1) are computed,
+    beside the published heatmap score (default: every score).
     """
     obstacle = obstacle or {}
     backend_kw = backend_kw or TORCH
@@ -392,7 +398,8 @@ def evaluate_bundle(bundle_path, ood_root=None, dataset=None, split='test',
     for root in roots:
         name = set_name(root)
         sub_dir = Path(out_dir) / name if out_dir and len(roots) > 1 else out_dir
-        per_set[name] = _evaluate_set(evs[name], root, pipe, epipe, limit, progress, sub_dir)
+        per_set[name] = _evaluate_set(evs[name], root, pipe, epipe, limit, progress, sub_dir,
+                                      component_scores)
     result['input_size'] = list(pipe.input_size)
     result['geometry'] = pipe.geometry
     result['heatmap_region'] = pipe.region
@@ -412,9 +419,10 @@ def evaluate_bundle(bundle_path, ood_root=None, dataset=None, split='test',
 
 
 def _evaluate_set(ev: OodEvaluation, root, pipe: Pipeline, epipe: Optional[Pipeline],
-                  limit, progress, out_dir) -> Dict:
+                  limit, progress, out_dir, component_scores=None) -> Dict:
     """Metrics of one OoD set: every score, meta classification, entmax rows, plots."""
-    table = ev.pixel_and_component()
+    components = True if component_scores is None else {*component_scores, pipe.score_name}
+    table = ev.pixel_and_component(components=components)
     res: Dict = {'scores': dict(table), 'ood_set': set_name(root), 'frames': ev.n}
     if ev.semantic_conf is not None:
         mi = M.miou(ev.semantic_conf)
@@ -428,7 +436,7 @@ def _evaluate_set(ev: OodEvaluation, root, pipe: Pipeline, epipe: Optional[Pipel
     res['at_segment_threshold'] = threshold_rates(ev)
     if epipe is not None:
         eev = OodEvaluation(epipe, OodDataset(root), limit, progress)
-        for k, v in eev.pixel_and_component().items():
+        for k, v in eev.pixel_and_component(components=components).items():
             res['scores'][f'entmax_{k}'] = v
     if out_dir:
         res['plots'] = write_plots(ev, table, Path(out_dir))

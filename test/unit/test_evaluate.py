@@ -108,6 +108,20 @@ def test_evaluator_reports_every_score_and_undefined_meta(bundle, ood_set, tmp_p
     assert any(p.startswith('overlay_') for p in res['plots'])
 
 
+def test_component_metrics_of_named_scores_only(bundle, ood_set):
+    full = evaluate_bundle(bundle, ood_root=ood_set)['scores']
+    res = evaluate_bundle(bundle, ood_root=ood_set, component_scores=['msp'])
+    chosen = res['heatmap_score']
+    assert set(res['scores']) == set(full)
+    for name, m in res['scores'].items():
+        assert m['ap'] == pytest.approx(full[name]['ap']), name
+        if name in ('msp', chosen):
+            assert {k: m[k] for k in ('siou', 'ppv', 'f1_mean')} == pytest.approx(
+                {k: full[name][k] for k in ('siou', 'ppv', 'f1_mean')}, nan_ok=True), name
+        else:
+            assert 'siou' not in m and 'f1_mean' not in m, name
+
+
 def test_entropy_bundle_rows_and_plots(bundle, ood_set, tmp_path):
     res = evaluate_bundle(bundle, ood_root=ood_set, entropy_bundle=bundle,
                           out_dir=tmp_path / 'ev2')

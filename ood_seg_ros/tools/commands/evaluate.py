@@ -78,6 +78,10 @@ class EvalCommand(Command):
         parser.add_argument('--out', default=None, help='folder for metrics.json and plots')
         parser.add_argument('--device', default='cpu', choices=['cpu', 'cuda'])
         parser.add_argument('--limit', type=int, default=0, help='first N frames only')
+        parser.add_argument('--component-scores', default=None,
+                            help='comma-separated scores whose component metrics (sIoU, PPV, '
+                                 'F1; the slow part) are computed, beside the heatmap score '
+                                 '(default: every score; the others get pixel metrics)')
         add_precision_options(parser)
         add_json_option(parser, 'the metrics')
 
@@ -106,6 +110,15 @@ class EvalCommand(Command):
         size = parse_size(args.input_size) if args.input_size else None
         obstacle = obstacle_kw(args)
         backend_kw = precision_kw(args, spec)
+        components = None
+        if args.component_scores is not None:
+            from ...scores import SCORES
+            components = [n.strip() for n in args.component_scores.split(',') if n.strip()]
+            unknown = [n for n in components
+                       if n not in SCORES and not n.startswith('entmax_')]
+            if unknown:
+                raise OodSegError(f'--component-scores: unknown score(s) {unknown}; known: '
+                                  f'{", ".join(sorted(SCORES))}')
 
         def progress(it, total):
             return tqdm(it, total=total, desc='eval', file=sys.stderr, disable=None)
@@ -142,7 +155,8 @@ class EvalCommand(Command):
                               split=args.split, entropy_bundle=args.entropy_bundle,
                               out_dir=args.out, device=args.device, limit=args.limit,
                               progress=progress, input_size=size, geometry=args.geometry,
-                              obstacle=obstacle, backend_kw=backend_kw)
+                              obstacle=obstacle, backend_kw=backend_kw,
+                              component_scores=components)
         if ds is not None:
             res[ds.kind]['detections'] = id_false_detections(
                 bundle, ds, args.split, device=args.device, limit=args.limit,
