@@ -31,8 +31,8 @@ if [ "$step" = oe ]; then
         --jpeg-quality 60,95 --out "$out/proxy_train" --overwrite
     ood train-entropy --camvid "$camvid" --init-bundle "$old" --ood-proxy "$out/proxy_train" \
         --out "$out/oe" --ood-loss energy --train-part decoder --photometric \
-        --crop 288,384 --batch-size 8 --lr 1e-4 --ood-ratio 1.0 --epochs 2 \
-        --max-steps ${OE_STEPS:-100} --val-every 100 --val-limit 16 --device cpu --seed 0
+        --crop 288,384 --batch-size 8 --lr 1e-4 --ood-ratio 1.0 --epochs 4 \
+        --max-steps 300 --val-every 100 --val-limit 16 --device cpu --seed 0
     b=$out/oe/bundle
     step=calibrate
 fi
