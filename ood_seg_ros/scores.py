@@ -214,8 +214,28 @@ def log_softmax(z: torch.Tensor, dim: int = 1) -> torch.Tensor:
     transpose a non-last axis to the end and back (about 40x slower than these five
     reductions and element-wise ops over the class axis).
     """
-    shifted = z - z.amax(dim, keepdim=True)
-    return shifted - shifted.exp().sum(dim, keepdim=True).log()
+    return log_softmax_lse(z, dim)[0]
+
+
+def log_softmax_lse(z: torch.Tensor, dim: int = 1) -> Tuple[torch.Tensor, torch.Tensor]:
+    """:func:`log_softmax` and the log-sum-exp it subtracts (keepdim): (z - lse, lse)."""
+    top = z.amax(dim, keepdim=True)
+    shifted = z - top
+    log_sum = shifted.exp().sum(dim, keepdim=True).log()
+    return shifted - log_sum, log_sum + top
+
+
+def member_mean(x: torch.Tensor) -> torch.Tensor:
+    """
+    Mean over the leading (member) axis of (M, ...) as a product with a 1/M row.
+
+    Same values as ``x.mean(0)`` up to float rounding; in ONNX Runtime a MatMul of
+    (1, M) x (M, N) is about 2.6x faster than ReduceMean over axis 0 (CPU, M = 5,
+    11x90x120 maps).
+    """
+    m = x.shape[0]
+    row = x.new_full((1, m), 1.0 / m)
+    return torch.matmul(row, x.reshape(m, -1)).view(x.shape[1:])
 
 
 def one_hot(index: torch.Tensor, n_classes: int, dtype) -> torch.Tensor:
@@ -255,13 +275,14 @@ def standardised_max_logit(logits: torch.Tensor, mean: torch.Tensor,
 
 
 def global_scores(logits: torch.Tensor, names: Iterable[str],
-                  sml_stats=None, logp: torch.Tensor = None) -> Dict[str, torch.Tensor]:
+                  sml_stats=None, logp: torch.Tensor = None,
+                  lse: torch.Tensor = None) -> Dict[str, torch.Tensor]:
     """
     Single-head scores from logits (B, C, H, W).
 
     ``msp``, ``entropy``, ``max_logit`` (= -max z), ``energy`` (= -logsumexp z, T = 1) and
-    ``sml`` (needs ``sml_stats`` = (mean (C,), std (C,)) of this head). ``logp``: the
-    head's :func:`log_softmax`, when the caller already has it (shared work).
+    ``sml`` (needs ``sml_stats`` = (mean (C,), std (C,)) of this head). ``logp``, ``lse``:
+    the head's :func:`log_softmax_lse`, when the caller already has it (shared work).
     """
     out = {}
     z = logits.float()
@@ -274,7 +295,7 @@ def global_scores(logits: torch.Tensor, names: Iterable[str],
     if 'max_logit' in names:
         out['max_logit'] = -z.amax(1)
     if 'energy' in names:
-        out['energy'] = -_logsumexp(z, 1)
+        out['energy'] = -(_logsumexp(z, 1) if lse is None else lse.squeeze(1))
     if 'sml' in names:
         if sml_stats is None:
             raise ValueError('sml needs per-class max-logit statistics (ood-seg sml-stats)')
@@ -292,19 +313,22 @@ def moose_scores(member_logits: Sequence[torch.Tensor], names: Iterable[str],
     """
     Compute the MOoSe scores over M members (probes + global head), equal weights.
 
-    ``member_logits``: M tensors (B, C, H, W) at the same resolution. p̄ = mean softmax;
+    ``member_logits``: M tensors (B, C, H, W) at the same resolution, or one stacked
+    (M, B, C, H, W) tensor. p̄ = mean softmax;
     MSP = 1 - max p̄, H = entropy(p̄), ML = -max_c mean_m z, MI = H(p̄) - mean_m H(p_m),
     energy = -logsumexp_c mean_m z, SML = mean_m SML_m with each member's own statistics
     (``sml_stats``: M pairs (mean (C,), std (C,)), in member order). The members are
-    stacked to (M, B, C, H, W), so every step is one op over all of them.
+    stacked to (M, B, C, H, W), so every step is one op over all of them; means over the
+    members are :func:`member_mean`.
     """
     names = set(names)
     out = {}
-    zs = torch.stack([z.float() for z in member_logits])
+    zs = (member_logits.float() if torch.is_tensor(member_logits)
+          else torch.stack([z.float() for z in member_logits]))
     if names & {'moose_msp', 'moose_entropy', 'moose_mi'}:
         logps = log_softmax(zs, 2)
         probs = logps.exp()
-        p_mean = probs.mean(0)
+        p_mean = member_mean(probs)
         if 'moose_msp' in names:
             out['moose_msp'] = 1.0 - p_mean.amax(1)
         if names & {'moose_entropy', 'moose_mi'}:
@@ -315,7 +339,7 @@ def moose_scores(member_logits: Sequence[torch.Tensor], names: Iterable[str],
                 mean_h = -(probs * logps).sum(2).mean(0)
                 out['moose_mi'] = (h_mean - mean_h).clamp_min(0.0)
     if names & {'moose_max_logit', 'moose_energy'}:
-        z_mean = zs.mean(0)
+        z_mean = member_mean(zs)
         if 'moose_max_logit' in names:
             out['moose_max_logit'] = -z_mean.amax(1)
         if 'moose_energy' in names:
@@ -376,6 +400,12 @@ def log_error_pnorms(logits: torch.Tensor, mode: str, ps: Sequence[float],
         else:
             log_abs = log_others
     elif mode == 'uni':
+        if not exact and 1.0 in ps:
+            # log Σ_h ((C-1)/C σ_h) = log((C-1)/C): Σ σ = 1, no pass over the classes.
+            rest = [p for p in ps if p != 1.0]
+            known = dict(zip(rest, log_error_pnorms(z, mode, rest, exact, logp)))
+            known[1.0] = torch.full_like(z[:, 0], math.log((c - 1.0) / c))
+            return [known[p] for p in ps]
         if exact:
             dev = (logp.exp() - 1.0 / c).abs()
             # Entries with |σ_h - 1/C| == 0 get log -1e4 (exp(p * -1e4) = 0), finite.
@@ -384,6 +414,8 @@ def log_error_pnorms(logits: torch.Tensor, mode: str, ps: Sequence[float],
             log_abs = logp + math.log((c - 1.0) / c)
     else:
         raise ValueError(f'unknown PGN label mode {mode!r}; use one of {PGN_MODES}')
+    if not ps:
+        return []
     # All p at once: (P, B, C, H, W) -> logsumexp over C -> (P, B, H, W). Python-float
     # scalars only (no host-to-device tensor copies: CUDA-graph capture forbids them).
     scaled = torch.stack([log_abs * float(p) for p in ps])
