@@ -440,23 +440,24 @@ def _eager_cpu(t: torch.Tensor) -> bool:
 
 
 def log_feature_pnorms(psi: torch.Tensor, ps: Sequence[float],
-                       with_bias: bool = True) -> List[torch.Tensor]:
+                       with_bias: bool = True, nonneg: bool = False) -> List[torch.Tensor]:
     """
     log‖ψ‖_p per pixel; see :func:`_log_feature_pnorms`.
 
     Eagerly on CPU the work is done in blocks of rows that fit in cache (about 2x
     faster: the computation is memory-bound); graphs and GPUs get one block.
+    ``nonneg``: ψ ≥ 0 is known (a ReLU output), see :func:`channel_power_sums`.
     """
     rows = max(1, 262144 // max(1, psi.shape[1] * psi.shape[3]))
     if not _eager_cpu(psi) or psi.shape[2] <= rows:
-        return _log_feature_pnorms(psi, ps, with_bias)
-    parts = [_log_feature_pnorms(psi[:, :, i:i + rows], ps, with_bias)
+        return _log_feature_pnorms(psi, ps, with_bias, nonneg)
+    parts = [_log_feature_pnorms(psi[:, :, i:i + rows], ps, with_bias, nonneg)
              for i in range(0, psi.shape[2], rows)]
     return [torch.cat([part[k] for part in parts], 1) for k in range(len(ps))]
 
 
 def _log_feature_pnorms(psi: torch.Tensor, ps: Sequence[float],
-                        with_bias: bool = True) -> List[torch.Tensor]:
+                        with_bias: bool = True, nonneg: bool = False) -> List[torch.Tensor]:
     """
     Compute log‖ψ‖_p per pixel (with a bias: log (‖ψ‖_p^p + 1)^{1/p}); psi (B, E, H, W).
 
@@ -467,16 +468,27 @@ def _log_feature_pnorms(psi: torch.Tensor, ps: Sequence[float],
     by those p (Log, Sign and Exp are the slow element-wise ops of CPU runtimes).
     """
     out = []
-    for p, s in zip(ps, channel_power_sums(psi, ps)):
+    for p, s in zip(ps, channel_power_sums(psi, ps, nonneg)):
         if with_bias:
             s = s + 1.0
         out.append(torch.log(s.clamp_min(_TINY)) / p)
     return out
 
 
-def channel_power_sums(x: torch.Tensor, ps: Sequence[float]) -> List[torch.Tensor]:
-    """Σ_e |x_e|^p per pixel for each p, float32; x (B, E, H, W) -> list of (B, H, W)."""
-    a = x.float().abs()
+def channel_power_sums(x: torch.Tensor, ps: Sequence[float],
+                       nonneg: bool = False) -> List[torch.Tensor]:
+    """
+    Σ_e |x_e|^p per pixel for each p, float32; x (B, E, H, W) -> list of (B, H, W).
+
+    ``nonneg``: x ≥ 0 is known (a ReLU output), so |x| = x and no Abs pass is made.
+    The work is on x flattened to (B, E, H·W): in ONNX Runtime the flattening is then
+    the only consumer of a convolution's output, so that output leaves the blocked
+    (NCHWc) layout once, and a square stays a plain Mul (a Mul of the 4-D map would
+    run in the blocked layout and need a layout conversion of its own).
+    """
+    a = x.float().flatten(2)
+    if not nonneg:
+        a = a.abs()
     log_a = nonzero = None
     out = []
     for p in ps:
@@ -491,7 +503,7 @@ def channel_power_sums(x: torch.Tensor, ps: Sequence[float]) -> List[torch.Tenso
                 log_a = torch.log(a.clamp_min(_TINY))
                 nonzero = torch.sign(a)
             terms = _pow_terms(log_a, nonzero, p)
-        out.append(channel_sum(terms))
+        out.append(channel_sum(terms).view_as(x[:, 0]))
     return out
 
 
@@ -500,7 +512,7 @@ def channel_sum(x: torch.Tensor) -> torch.Tensor:
     Σ over the channels of (B, E, H, W) -> (B, H, W), as a product with a ones row.
 
     A (1, E) x (E, HW) MatMul: in ONNX Runtime faster than ReduceSum over axis 1
-    (measured at E = 256, 90x120 decoder maps).
+    (measured at E = 256, 90x120 decoder maps). A flattened (B, E, N) x gives (B, N).
     """
     ones = x.new_ones(1, x.shape[1])
     return torch.matmul(ones, x.flatten(2)).view_as(x[:, 0])
@@ -508,19 +520,20 @@ def channel_sum(x: torch.Tensor) -> torch.Tensor:
 
 def log_pgn(logits: torch.Tensor, psi: torch.Tensor, names: Iterable[str],
             exact: bool = False, with_bias: bool = True,
-            logp: torch.Tensor = None) -> Dict[str, torch.Tensor]:
+            logp: torch.Tensor = None, psi_nonneg: bool = False) -> Dict[str, torch.Tensor]:
     """
     Compute log PGN maps for the requested ``pgn_<mode>_p<p>`` names (logits' size).
 
     ``logits`` = K ψ + b of the final 1x1 convolution (B, C, H, W); ``psi`` its input;
-    ``logp`` their :func:`log_softmax` when the caller has it. Each feature norm is
-    computed once and shared by both label modes.
+    ``logp`` their :func:`log_softmax` when the caller has it; ``psi_nonneg``: ψ is a
+    ReLU output (no Abs pass). Each feature norm is computed once and shared by both
+    label modes.
     """
     wanted = [parse_pgn_name(n) for n in names]
     if not wanted:
         return {}
     ps = sorted({p for _, p in wanted})
-    feat = dict(zip(ps, log_feature_pnorms(psi, ps, with_bias)))
+    feat = dict(zip(ps, log_feature_pnorms(psi, ps, with_bias, psi_nonneg)))
     if logp is None:
         logp = log_softmax(logits.float(), 1)
     out = {}

@@ -317,7 +317,7 @@ class OodSegNet(nn.Module):
             out.update(moose_fn(self._members(probe_low, logits_low), moose, sml or None))
         if pgn:
             out.update(pgn_fn(logits_low, psi, pgn, self.config.pgn_exact,
-                              self.config.pgn_bias, logp))
+                              self.config.pgn_bias, logp, self._psi_nonneg()))
         if deep:
             out.update(S.log_deep_pgn(logits_low, psi, phi, self.deep_layer(), deep,
                                       self.config.pgn_exact, logp))
@@ -339,6 +339,10 @@ class OodSegNet(nn.Module):
         probes = upsample(torch.cat(probe_low, 0), size)
         return torch.cat([probes, logits_low], 0).view(
             (len(probe_low) + 1, b) + tuple(logits_low.shape[1:]))
+
+    def _psi_nonneg(self) -> bool:
+        """Tell whether ψ is a ReLU output (the decoder's last block ends in one)."""
+        return isinstance(self.decoder[-1][-1], nn.ReLU)
 
     def _spatial(self, maps: Dict[str, torch.Tensor], label: torch.Tensor,
                  names: Sequence[str]) -> Dict[str, torch.Tensor]:
