@@ -330,7 +330,7 @@ class OodSegNet(nn.Module):
     @staticmethod
     def _members(probe_low: List[torch.Tensor], logits_low: torch.Tensor) -> torch.Tensor:
         """
-        The MOoSe members stacked to (M, B, C, h, w): the probes, then the global head.
+        Stack the MOoSe members to (M, B, C, h, w): the probes, then the global head.
 
         The probes are upsampled to the decoder resolution by one Resize (batched) and
         joined with the global logits by one Concat (no Split and re-stacking).

@@ -23,11 +23,11 @@ type. Profiled times are larger than unprofiled ones (the profiler records every
 node); the shares are what to read.
 """
 
+from collections import defaultdict
 import json
 import os
-import statistics
-from collections import defaultdict
 from pathlib import Path
+import statistics
 from typing import Dict, Iterable, List, Set
 
 DEFAULT_DIR = 'out/ort_profile'
@@ -142,7 +142,7 @@ def extra_by_op(node: dict, plain: dict) -> Dict[str, float]:
 
 def profile_graph(backend, x, runs: int, warmup: int, out_dir: Path, tag: str):
     """
-    An ONNX Runtime session of ``backend``'s graph with profiling on, and its regions.
+    Open ``backend``'s graph in an ONNX Runtime session with profiling on.
 
     Same session options as the backend; the optimised graph is saved as
     ``<tag>_optimised.onnx`` in ``out_dir`` (the profile's node names are its names).
@@ -202,7 +202,7 @@ def profile_ort(bundle_path, height: int, width: int, runs: int, warmup: int,
 
 
 def _summary(doc: dict, path: Path) -> dict:
-    """The bench JSON's part: totals, node graph by region, extra per op, top OoD nodes."""
+    """Return the bench JSON's part: totals, regions, extra per op, top OoD nodes."""
     node, plain = doc['graphs']['node'], doc['graphs']['plain']
     ood = [r for r in node['nodes'] if r['region'] != 'segmentation'][:TOP_NODES]
     return {'file': str(path), 'runs': node['runs'], 'load_average': doc['load_average'],
@@ -215,6 +215,6 @@ def _summary(doc: dict, path: Path) -> dict:
 
 
 def _top(table: Dict[str, float], n: int = TOP_NODES) -> Dict[str, float]:
-    """The ``n`` largest entries by absolute value."""
+    """Keep the ``n`` largest entries by absolute value."""
     keep: Iterable[str] = sorted(table, key=lambda k: -abs(table[k]))[:n]
     return {k: table[k] for k in keep}
