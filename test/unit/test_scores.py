@@ -256,6 +256,9 @@ def test_log_softmax_lse_and_member_mean_match_torch():
     assert torch.allclose(logp, F.log_softmax(z, 2), atol=1e-12)
     assert torch.allclose(lse, torch.logsumexp(z, 2, keepdim=True), atol=1e-12)
     assert torch.allclose(S.member_mean(z), sum(z.unbind(0)) / 5, atol=1e-12)
+    traced = torch.jit.trace(S.member_mean, (z,))            # the graph's MatMul form
+    assert 'matmul' in str(traced.graph)
+    assert torch.allclose(traced(z), sum(z.unbind(0)) / 5, atol=1e-12)
 
 
 def test_uni_pgn_error_norm_at_p1_is_its_constant():
