@@ -214,8 +214,31 @@ def log_softmax(z: torch.Tensor, dim: int = 1) -> torch.Tensor:
     transpose a non-last axis to the end and back (about 40x slower than these five
     reductions and element-wise ops over the class axis).
     """
-    shifted = z - z.amax(dim, keepdim=True)
-    return shifted - shifted.exp().sum(dim, keepdim=True).log()
+    return log_softmax_lse(z, dim)[0]
+
+
+def log_softmax_lse(z: torch.Tensor, dim: int = 1) -> Tuple[torch.Tensor, torch.Tensor]:
+    """:func:`log_softmax` and the log-sum-exp it subtracts (keepdim): (z - lse, lse)."""
+    top = z.amax(dim, keepdim=True)
+    shifted = z - top
+    log_sum = shifted.exp().sum(dim, keepdim=True).log()
+    return shifted - log_sum, log_sum + top
+
+
+def member_mean(x: torch.Tensor) -> torch.Tensor:
+    """
+    Mean over the leading (member) axis of (M, ...) as a product with a 1/M row.
+
+    Same values as ``x.mean(0)`` up to float rounding; on ONNX Runtime's CPU provider a
+    MatMul of (1, M) x (M, N) is much faster than ReduceMean over axis 0 (README,
+    "Where the OoD overhead goes"). Eagerly it is ``x.mean(0)`` (batch-independent
+    rounding, as before).
+    """
+    if not (torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()):
+        return x.mean(0)
+    m = x.shape[0]
+    row = x.new_full((1, m), 1.0 / m)
+    return torch.matmul(row, x.reshape(m, -1)).view(x.shape[1:])
 
 
 def one_hot(index: torch.Tensor, n_classes: int, dtype) -> torch.Tensor:
@@ -255,13 +278,14 @@ def standardised_max_logit(logits: torch.Tensor, mean: torch.Tensor,
 
 
 def global_scores(logits: torch.Tensor, names: Iterable[str],
-                  sml_stats=None, logp: torch.Tensor = None) -> Dict[str, torch.Tensor]:
+                  sml_stats=None, logp: torch.Tensor = None,
+                  lse: torch.Tensor = None) -> Dict[str, torch.Tensor]:
     """
     Single-head scores from logits (B, C, H, W).
 
     ``msp``, ``entropy``, ``max_logit`` (= -max z), ``energy`` (= -logsumexp z, T = 1) and
-    ``sml`` (needs ``sml_stats`` = (mean (C,), std (C,)) of this head). ``logp``: the
-    head's :func:`log_softmax`, when the caller already has it (shared work).
+    ``sml`` (needs ``sml_stats`` = (mean (C,), std (C,)) of this head). ``logp``, ``lse``:
+    the head's :func:`log_softmax_lse`, when the caller already has it (shared work).
     """
     out = {}
     z = logits.float()
@@ -274,7 +298,7 @@ def global_scores(logits: torch.Tensor, names: Iterable[str],
     if 'max_logit' in names:
         out['max_logit'] = -z.amax(1)
     if 'energy' in names:
-        out['energy'] = -_logsumexp(z, 1)
+        out['energy'] = -(_logsumexp(z, 1) if lse is None else lse.squeeze(1))
     if 'sml' in names:
         if sml_stats is None:
             raise ValueError('sml needs per-class max-logit statistics (ood-seg sml-stats)')
@@ -292,19 +316,26 @@ def moose_scores(member_logits: Sequence[torch.Tensor], names: Iterable[str],
     """
     Compute the MOoSe scores over M members (probes + global head), equal weights.
 
-    ``member_logits``: M tensors (B, C, H, W) at the same resolution. p̄ = mean softmax;
+    ``member_logits``: M tensors (B, C, H, W) at the same resolution, or one stacked
+    (M, B, C, H, W) tensor. p̄ = mean softmax;
     MSP = 1 - max p̄, H = entropy(p̄), ML = -max_c mean_m z, MI = H(p̄) - mean_m H(p_m),
     energy = -logsumexp_c mean_m z, SML = mean_m SML_m with each member's own statistics
     (``sml_stats``: M pairs (mean (C,), std (C,)), in member order). The members are
-    stacked to (M, B, C, H, W), so every step is one op over all of them.
+    stacked to (M, B, C, H, W), so every step is one op over all of them; means over the
+    members are :func:`member_mean`.
     """
     names = set(names)
     out = {}
-    zs = torch.stack([z.float() for z in member_logits])
+    zs = (member_logits.float() if torch.is_tensor(member_logits)
+          else torch.stack([z.float() for z in member_logits]))
     if names & {'moose_msp', 'moose_entropy', 'moose_mi'}:
-        logps = log_softmax(zs, 2)
-        probs = logps.exp()
-        p_mean = probs.mean(0)
+        # softmax as e / Σe of the max-shifted logits; each member's entropy from the
+        # same e (H = log Σe - Σ p·shifted): one pass fewer than exp(log_softmax)
+        shifted = zs - zs.amax(2, keepdim=True)
+        e = shifted.exp()
+        total = e.sum(2, keepdim=True)
+        probs = e / total
+        p_mean = member_mean(probs)
         if 'moose_msp' in names:
             out['moose_msp'] = 1.0 - p_mean.amax(1)
         if names & {'moose_entropy', 'moose_mi'}:
@@ -312,10 +343,10 @@ def moose_scores(member_logits: Sequence[torch.Tensor], names: Iterable[str],
             if 'moose_entropy' in names:
                 out['moose_entropy'] = h_mean
             if 'moose_mi' in names:
-                mean_h = -(probs * logps).sum(2).mean(0)
+                mean_h = member_mean(total.squeeze(2).log() - (probs * shifted).sum(2))
                 out['moose_mi'] = (h_mean - mean_h).clamp_min(0.0)
     if names & {'moose_max_logit', 'moose_energy'}:
-        z_mean = zs.mean(0)
+        z_mean = member_mean(zs)
         if 'moose_max_logit' in names:
             out['moose_max_logit'] = -z_mean.amax(1)
         if 'moose_energy' in names:
@@ -376,6 +407,12 @@ def log_error_pnorms(logits: torch.Tensor, mode: str, ps: Sequence[float],
         else:
             log_abs = log_others
     elif mode == 'uni':
+        if not exact and 1.0 in ps:
+            # log Σ_h ((C-1)/C σ_h) = log((C-1)/C): Σ σ = 1, no pass over the classes.
+            rest = [p for p in ps if p != 1.0]
+            known = dict(zip(rest, log_error_pnorms(z, mode, rest, exact, logp)))
+            known[1.0] = torch.full_like(z[:, 0], math.log((c - 1.0) / c))
+            return [known[p] for p in ps]
         if exact:
             dev = (logp.exp() - 1.0 / c).abs()
             # Entries with |σ_h - 1/C| == 0 get log -1e4 (exp(p * -1e4) = 0), finite.
@@ -384,10 +421,17 @@ def log_error_pnorms(logits: torch.Tensor, mode: str, ps: Sequence[float],
             log_abs = logp + math.log((c - 1.0) / c)
     else:
         raise ValueError(f'unknown PGN label mode {mode!r}; use one of {PGN_MODES}')
+    if not ps:
+        return []
     # All p at once: (P, B, C, H, W) -> logsumexp over C -> (P, B, H, W). Python-float
     # scalars only (no host-to-device tensor copies: CUDA-graph capture forbids them).
     scaled = torch.stack([log_abs * float(p) for p in ps])
-    lse = _logsumexp(scaled, 2)
+    if mode == 'uni' and not exact:
+        # p·log((C-1)/C σ_h) <= 0 and its largest term >= p·log((C-1)/C²): the sum of
+        # exps neither overflows nor underflows, no max shift needed
+        lse = scaled.exp().sum(2).log()
+    else:
+        lse = _logsumexp(scaled, 2)
     return [lse[i] / float(p) for i, p in enumerate(ps)]
 
 
@@ -408,23 +452,24 @@ def _eager_cpu(t: torch.Tensor) -> bool:
 
 
 def log_feature_pnorms(psi: torch.Tensor, ps: Sequence[float],
-                       with_bias: bool = True) -> List[torch.Tensor]:
+                       with_bias: bool = True, nonneg: bool = False) -> List[torch.Tensor]:
     """
     log‖ψ‖_p per pixel; see :func:`_log_feature_pnorms`.
 
     Eagerly on CPU the work is done in blocks of rows that fit in cache (about 2x
     faster: the computation is memory-bound); graphs and GPUs get one block.
+    ``nonneg``: ψ ≥ 0 is known (a ReLU output), see :func:`channel_power_sums`.
     """
     rows = max(1, 262144 // max(1, psi.shape[1] * psi.shape[3]))
     if not _eager_cpu(psi) or psi.shape[2] <= rows:
-        return _log_feature_pnorms(psi, ps, with_bias)
-    parts = [_log_feature_pnorms(psi[:, :, i:i + rows], ps, with_bias)
+        return _log_feature_pnorms(psi, ps, with_bias, nonneg)
+    parts = [_log_feature_pnorms(psi[:, :, i:i + rows], ps, with_bias, nonneg)
              for i in range(0, psi.shape[2], rows)]
     return [torch.cat([part[k] for part in parts], 1) for k in range(len(ps))]
 
 
 def _log_feature_pnorms(psi: torch.Tensor, ps: Sequence[float],
-                        with_bias: bool = True) -> List[torch.Tensor]:
+                        with_bias: bool = True, nonneg: bool = False) -> List[torch.Tensor]:
     """
     Compute log‖ψ‖_p per pixel (with a bias: log (‖ψ‖_p^p + 1)^{1/p}); psi (B, E, H, W).
 
@@ -435,16 +480,27 @@ def _log_feature_pnorms(psi: torch.Tensor, ps: Sequence[float],
     by those p (Log, Sign and Exp are the slow element-wise ops of CPU runtimes).
     """
     out = []
-    for p, s in zip(ps, channel_power_sums(psi, ps)):
+    for p, s in zip(ps, channel_power_sums(psi, ps, nonneg)):
         if with_bias:
             s = s + 1.0
         out.append(torch.log(s.clamp_min(_TINY)) / p)
     return out
 
 
-def channel_power_sums(x: torch.Tensor, ps: Sequence[float]) -> List[torch.Tensor]:
-    """Σ_e |x_e|^p per pixel for each p, float32; x (B, E, H, W) -> list of (B, H, W)."""
-    a = x.float().abs()
+def channel_power_sums(x: torch.Tensor, ps: Sequence[float],
+                       nonneg: bool = False) -> List[torch.Tensor]:
+    """
+    Σ_e |x_e|^p per pixel for each p, float32; x (B, E, H, W) -> list of (B, H, W).
+
+    ``nonneg``: x ≥ 0 is known (a ReLU output), so |x| = x and no Abs pass is made.
+    The work is on x flattened to (B, E, H·W): in ONNX Runtime the flattening is then
+    the only consumer of a convolution's output, so that output leaves the blocked
+    (NCHWc) layout once, and a square stays a plain Mul (a Mul of the 4-D map would
+    run in the blocked layout and need a layout conversion of its own).
+    """
+    a = x.float().flatten(2)
+    if not nonneg:
+        a = a.abs()
     log_a = nonzero = None
     out = []
     for p in ps:
@@ -459,7 +515,7 @@ def channel_power_sums(x: torch.Tensor, ps: Sequence[float]) -> List[torch.Tenso
                 log_a = torch.log(a.clamp_min(_TINY))
                 nonzero = torch.sign(a)
             terms = _pow_terms(log_a, nonzero, p)
-        out.append(channel_sum(terms))
+        out.append(channel_sum(terms).view_as(x[:, 0]))
     return out
 
 
@@ -468,7 +524,7 @@ def channel_sum(x: torch.Tensor) -> torch.Tensor:
     Σ over the channels of (B, E, H, W) -> (B, H, W), as a product with a ones row.
 
     A (1, E) x (E, HW) MatMul: in ONNX Runtime faster than ReduceSum over axis 1
-    (measured at E = 256, 90x120 decoder maps).
+    (measured at E = 256, 90x120 decoder maps). A flattened (B, E, N) x gives (B, N).
     """
     ones = x.new_ones(1, x.shape[1])
     return torch.matmul(ones, x.flatten(2)).view_as(x[:, 0])
@@ -476,19 +532,20 @@ def channel_sum(x: torch.Tensor) -> torch.Tensor:
 
 def log_pgn(logits: torch.Tensor, psi: torch.Tensor, names: Iterable[str],
             exact: bool = False, with_bias: bool = True,
-            logp: torch.Tensor = None) -> Dict[str, torch.Tensor]:
+            logp: torch.Tensor = None, psi_nonneg: bool = False) -> Dict[str, torch.Tensor]:
     """
     Compute log PGN maps for the requested ``pgn_<mode>_p<p>`` names (logits' size).
 
     ``logits`` = K ψ + b of the final 1x1 convolution (B, C, H, W); ``psi`` its input;
-    ``logp`` their :func:`log_softmax` when the caller has it. Each feature norm is
-    computed once and shared by both label modes.
+    ``logp`` their :func:`log_softmax` when the caller has it; ``psi_nonneg``: ψ is a
+    ReLU output (no Abs pass). Each feature norm is computed once and shared by both
+    label modes.
     """
     wanted = [parse_pgn_name(n) for n in names]
     if not wanted:
         return {}
     ps = sorted({p for _, p in wanted})
-    feat = dict(zip(ps, log_feature_pnorms(psi, ps, with_bias)))
+    feat = dict(zip(ps, log_feature_pnorms(psi, ps, with_bias, psi_nonneg)))
     if logp is None:
         logp = log_softmax(logits.float(), 1)
     out = {}

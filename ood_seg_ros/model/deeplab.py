@@ -303,8 +303,8 @@ class OodSegNet(nn.Module):
         moose = [n for n in base if S.SCORES[n].family == 'moose']
         deep = [n for n in base if S.SCORES[n].family == 'pgn_deep']
         # One log-softmax of the global head, shared by probs, global scores and PGN.
-        logp = (S.log_softmax(logits_low.float(), 1)
-                if 'probs' in want or names or pgn or deep else None)
+        logp, lse = (S.log_softmax_lse(logits_low.float(), 1)
+                     if 'probs' in want or names or pgn or deep else (None, None))
         if 'probs' in want:
             out['probs'] = logp.exp()
         global_fn, moose_fn, pgn_fn = self._score_fns
@@ -312,15 +312,12 @@ class OodSegNet(nn.Module):
         sml = [(self.sml_mean[i], self.sml_std[i]) for i in range(self.sml_mean.shape[0])
                ] if S.NEEDS_SML in parts else []
         if names:
-            out.update(global_fn(logits_low, names, sml[-1] if sml else None, logp))
+            out.update(global_fn(logits_low, names, sml[-1] if sml else None, logp, lse))
         if moose:
-            low_size = logits_low.shape[-2:]
-            # The four probes upsampled by one Resize (batched), then split again.
-            probes = upsample(torch.cat(probe_low, 0), low_size).split(x.shape[0], 0)
-            out.update(moose_fn(list(probes) + [logits_low], moose, sml or None))
+            out.update(moose_fn(self._members(probe_low, logits_low), moose, sml or None))
         if pgn:
             out.update(pgn_fn(logits_low, psi, pgn, self.config.pgn_exact,
-                              self.config.pgn_bias, logp))
+                              self.config.pgn_bias, logp, self._psi_nonneg()))
         if deep:
             out.update(S.log_deep_pgn(logits_low, psi, phi, self.deep_layer(), deep,
                                       self.config.pgn_exact, logp))
@@ -329,6 +326,23 @@ class OodSegNet(nn.Module):
         if spatial:
             out.update(self._spatial(out, logits_low.max(1).indices, spatial))
         return {k: out[k] for k in self.output_names()}
+
+    @staticmethod
+    def _members(probe_low: List[torch.Tensor], logits_low: torch.Tensor) -> torch.Tensor:
+        """
+        Stack the MOoSe members to (M, B, C, h, w): the probes, then the global head.
+
+        The probes are upsampled to the decoder resolution by one Resize (batched) and
+        joined with the global logits by one Concat (no Split and re-stacking).
+        """
+        b, size = logits_low.shape[0], logits_low.shape[-2:]
+        probes = upsample(torch.cat(probe_low, 0), size)
+        return torch.cat([probes, logits_low], 0).view(
+            (len(probe_low) + 1, b) + tuple(logits_low.shape[1:]))
+
+    def _psi_nonneg(self) -> bool:
+        """Tell whether ψ is a ReLU output (the decoder's last block ends in one)."""
+        return isinstance(self.decoder[-1][-1], nn.ReLU)
 
     def _spatial(self, maps: Dict[str, torch.Tensor], label: torch.Tensor,
                  names: Sequence[str]) -> Dict[str, torch.Tensor]:

@@ -247,3 +247,67 @@ def test_int8_bench_times_the_quantised_graph_against_fp32(bundle, capsys):
     rc, err = _bench(capsys, '--bundle', str(bundle), '--precision', 'int8', '--backend',
                      'torch')
     assert rc == 2 and 'onnxruntime' in err
+
+
+def test_profile_ort_attributes_every_node_once(bundle, tmp_path, capsys):
+    out = tmp_path / 'prof'
+    rc, res = _bench(capsys, '--bundle', str(bundle), '--skip-model', '--threads', '1',
+                     '--profile-ort', str(out))
+    assert rc == 0, res
+    summary = res['ort_profile']
+    doc = json.loads((out / 'ort_profile.json').read_text())
+    assert summary['file'] == str(out / 'ort_profile.json') and summary['runs'] == 3
+    for name in ('plain', 'node'):
+        g = doc['graphs'][name]
+        assert (out / g['trace']).is_file() and g['runs'] == 3 and g['run_ms'] > 0
+        # every node lands in one op type and one region: both tables sum to the total
+        nodes = sum(r['ms'] for r in g['nodes'])
+        for table in ('by_op', 'by_region'):
+            assert sum(g[table].values()) == pytest.approx(g['kernel_ms'], abs=1e-3)
+        assert nodes == pytest.approx(g['kernel_ms'], abs=1e-3)
+        assert 'unknown' not in g['by_region']
+        assert {r['op'] for r in g['nodes']} == set(g['by_op'])
+    assert set(doc['graphs']['plain']['by_region']) == {'segmentation'}
+    regions = set(doc['graphs']['node']['by_region'])
+    assert {'segmentation', 'probes'} <= regions
+    assert any(r.startswith('head:') and 'moose' in r for r in regions)
+    node, plain = doc['graphs']['node'], doc['graphs']['plain']
+    assert doc['extra_ms'] == pytest.approx(node['kernel_ms'] - plain['kernel_ms'], abs=1e-3)
+    assert sum(doc['extra_by_op'].values()) == pytest.approx(doc['extra_ms'], abs=1e-3)
+    assert summary['node_by_region'] == node['by_region']
+    assert summary['profiled_overhead'] == pytest.approx(
+        node['kernel_ms'] / plain['kernel_ms'], abs=1e-4)
+    assert all(r[2] != 'segmentation' for r in summary['top_ood_nodes'])
+
+
+def test_profile_regions_follow_the_data_flow():
+    from onnx import helper, TensorProto
+    from ood_seg_ros.tools.bench.ort_profile import node_regions
+
+    def node(name, inputs, output):
+        return helper.make_node('Relu', inputs[:1], [output], name=name)
+
+    nodes = [node('/net/backbone/a', ['image'], 'f'),
+             node('/net/classifier', ['f'], 'semantic'),
+             node('/net/probes.0/conv', ['f'], 'p'),
+             node('/net/Exp', ['p'], 'moose_mi'),
+             node('/net/Log', ['f'], 'pgn_uni_p1'),
+             node('/net/Sub', ['p'], 'fused_energy_moose_energy'),
+             node('/net/Add', ['f'], 'probs'),
+             node('/net/Dead', ['f'], 'dead')]
+    outs = ['semantic', 'moose_mi', 'pgn_uni_p1', 'fused_energy_moose_energy', 'probs']
+    graph = helper.make_graph(
+        nodes, 'g', [helper.make_tensor_value_info('image', TensorProto.FLOAT, [1])],
+        [helper.make_tensor_value_info(o, TensorProto.FLOAT, [1]) for o in outs])
+    assert node_regions(graph) == {
+        '/net/backbone/a': 'segmentation', '/net/classifier': 'segmentation',
+        '/net/probes.0/conv': 'probes', '/net/Exp': 'head:moose',
+        '/net/Log': 'head:pgn', '/net/Sub': 'head:fused', '/net/Add': 'head:probs',
+        '/net/Dead': 'head:unused'}
+
+
+def test_profile_ort_needs_the_cpu(bundle, capsys, monkeypatch):
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)
+    rc, err = _bench(capsys, '--bundle', str(bundle), '--skip-model', '--device', 'cuda',
+                     '--profile-ort')
+    assert rc == 2 and '--profile-ort' in err and len(err.strip().splitlines()) == 1

@@ -546,6 +546,8 @@ def test_folding_batch_norms_keeps_every_output():
     n_probe_bn = sum(isinstance(m, nn.BatchNorm2d) for m in ref.probes.modules())
     assert fold_batch_norms(folded) == n_bn - n_probe_bn > 0
     assert sum(isinstance(m, nn.BatchNorm2d) for m in folded.modules()) == n_probe_bn
+    # ψ stays a ReLU output, so the PGN feature norms may leave |ψ| out
+    assert ref._psi_nonneg() and folded._psi_nonneg()
     x = torch.rand(1, 3, *SIZE, generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
         want, got = ref(x), folded(x)

@@ -236,6 +236,44 @@ def test_feature_pnorms_blocked_path_matches_reference():
         assert torch.allclose(val.double(), ref, atol=1e-4), p
 
 
+def test_feature_pnorms_of_a_relu_output_skip_abs_with_the_same_values():
+    """``nonneg`` (ψ from a ReLU) leaves |ψ| out; direct and blocked paths equal float64."""
+    g = torch.Generator().manual_seed(12)
+    for rows in (7, 300):                                   # direct, blocked
+        psi = torch.relu(torch.randn(1, 16, rows, 64, generator=g))
+        a = psi.double()
+        for p, val, plain in zip(PS, S.log_feature_pnorms(psi, PS, nonneg=True),
+                                 S.log_feature_pnorms(psi, PS)):
+            ref = torch.log((a ** p * (a > 0)).sum(1) + 1.0) / p
+            assert torch.allclose(val.double(), ref, atol=1e-4), (rows, p)
+            assert torch.equal(val, plain), (rows, p)
+
+
+def test_log_softmax_lse_and_member_mean_match_torch():
+    g = torch.Generator().manual_seed(13)
+    z = torch.randn(5, 2, 11, 6, 7, generator=g, dtype=torch.float64) * 20
+    logp, lse = S.log_softmax_lse(z, 2)
+    assert torch.allclose(logp, F.log_softmax(z, 2), atol=1e-12)
+    assert torch.allclose(lse, torch.logsumexp(z, 2, keepdim=True), atol=1e-12)
+    assert torch.allclose(S.member_mean(z), sum(z.unbind(0)) / 5, atol=1e-12)
+    traced = torch.jit.trace(S.member_mean, (z,))            # the graph's MatMul form
+    assert 'matmul' in str(traced.graph)
+    assert torch.allclose(traced(z), sum(z.unbind(0)) / 5, atol=1e-12)
+
+
+def test_uni_pgn_error_norm_at_p1_is_its_constant():
+    """Σ_h (C-1)/C σ_h = (C-1)/C: the p = 1 map is log((C-1)/C) beside the other p."""
+    g = torch.Generator().manual_seed(14)
+    z = torch.randn(2, C, H, W, generator=g) * 5
+    ps = (0.5, 1.0, 2.0)
+    got = S.log_error_pnorms(z, 'uni', ps)
+    assert torch.equal(got[1], torch.full((2, H, W), math.log((C - 1.0) / C)))
+    sigma = F.softmax(z.double(), 1) * (C - 1.0) / C
+    for p, val in zip(ps, got):
+        ref = torch.log((sigma ** p).sum(1)) / p
+        assert torch.allclose(val.double(), ref, atol=1e-5), p
+
+
 # ---- global and MOoSe scores -----------------------------------------------------------
 
 def _np_softmax(z, axis):
@@ -288,6 +326,10 @@ def test_moose_properties(params):
     zm = z64.mean(0)
     lse = zm.max(1) + np.log(np.exp(zm - zm.max(1, keepdims=True)).sum(1))
     np.testing.assert_allclose(out['moose_energy'].numpy(), -lse, rtol=1e-5, atol=1e-4)
+    # The members stacked to one (M, B, C, H, W) tensor give the same maps.
+    stacked = S.moose_scores(torch.from_numpy(z), MOOSE_NO_SML)
+    for k, v in out.items():
+        assert torch.equal(stacked[k], v), k
     # Requesting a subset computes only that subset.
     assert set(S.moose_scores(members, ['moose_mi'])) == {'moose_mi'}
     assert set(S.moose_scores(members, ['moose_max_logit'])) == {'moose_max_logit'}

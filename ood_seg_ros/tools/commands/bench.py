@@ -11,6 +11,10 @@ after ``--warmup`` runs, measured in one process on the same input:
   it; ``--backend onnxruntime`` adds ``ort_plain_ms``, ``ort_node_ms`` and
   ``overhead_ort``, in the graph of ``--precision`` (int8: the quantised graph, made
   from ``--camvid`` train frames when missing, and ``ort_int8_vs_fp32``);
+- ``--profile-ort [DIR]``: the same two ONNX Runtime graphs under its profiler; the node
+  graph's time by region (segmentation, probes, score head parts) and its extra time per
+  op type (``ort_profile``; every node in ``DIR/ort_profile.json``,
+  :mod:`ood_seg_ros.tools.bench.ort_profile`);
 - ``--compare-onnx FILE``: another ONNX network timed interleaved with ours (our
   network with the node's outputs, and our whole frame with ``--backend``);
 - ``meta_<n>_segments_ms``: meta classification + segment records (``--meta-segments``);
@@ -78,6 +82,11 @@ class BenchCommand(Command):
         parser.add_argument('--compare-onnx', default=None, metavar='FILE',
                             help='time this ONNX network (one float32 1x3xHxW input) '
                                  'interleaved with ours and print the ratios')
+        parser.add_argument('--profile-ort', nargs='?', const='out/ort_profile', default=None,
+                            metavar='DIR',
+                            help='profile the ONNX Runtime plain and node graphs (CPU); '
+                                 'write the per-node breakdown to DIR (default: '
+                                 'out/ort_profile)')
         parser.add_argument('--meta-segments', default='', metavar='N,N',
                             help='time meta classification at these segment counts')
         parser.add_argument('--startup', action='store_true',
@@ -119,6 +128,8 @@ class BenchCommand(Command):
             raise OodSegError('--fp16 needs --device cuda')
         if args.soak and not args.node:
             raise OodSegError('--soak needs --node')
+        if args.profile_ort and args.device != 'cpu':
+            raise OodSegError('--profile-ort profiles ONNX Runtime on the CPU (--device cpu)')
         bundle = args.bundle or default_bundle_path()
         res = {'device': args.device, 'height': args.height, 'width': args.width,
                'precision': 'int8' if int8 else 'fp16' if args.fp16 else 'fp32',
@@ -133,6 +144,10 @@ class BenchCommand(Command):
             if ort_cpu:
                 res.update(M.bench_ort(bundle, args.height, args.width, args.runs, args.warmup,
                                        args.threads, **int8))
+        if args.profile_ort:
+            from ..bench.ort_profile import profile_ort
+            res.update(profile_ort(bundle, args.height, args.width, args.runs, args.warmup,
+                                   args.threads, args.profile_ort, **int8))
         pipe = None
         if args.postprocess or args.backend or args.meta_segments or args.compare_onnx:
             pipe = _pipeline(args, bundle, res)
