@@ -140,7 +140,7 @@ def extra_by_op(node: dict, plain: dict) -> Dict[str, float]:
                      for op in ops})
 
 
-def profile_graph(backend, x, runs: int, warmup: int, out_dir: Path, tag: str):
+def profile_graph(backend, x, warmup: int, out_dir: Path, tag: str):
     """
     Open ``backend``'s graph in an ONNX Runtime session with profiling on.
 
@@ -184,7 +184,7 @@ def profile_ort(bundle_path, height: int, width: int, runs: int, warmup: int,
     backends = ort_backends(bundle_path, height, width, threads, **precision)
     x = np.random.default_rng(0).random((1, 3, height, width), dtype=np.float32)
     load = list(os.getloadavg())
-    sessions = {k: profile_graph(b, x, runs, warmup, out, k) for k, b in backends.items()}
+    sessions = {k: profile_graph(b, x, warmup, out, k) for k, b in backends.items()}
     interleaved_samples({k: run for k, (run, _) in sessions.items()}, runs, warmup)
     graphs, traces = {}, {}
     for k, (_, finish) in sessions.items():

@@ -81,7 +81,8 @@ class EvalCommand(Command):
         parser.add_argument('--component-scores', default=None,
                             help='comma-separated scores whose component metrics (sIoU, PPV, '
                                  'F1; the slow part) are computed, beside the heatmap score '
-                                 '(default: every score; the others get pixel metrics)')
+                                 '(default: every score; the others get pixel metrics); '
+                                 'the --entropy-bundle rows follow the same names')
         add_precision_options(parser)
         add_json_option(parser, 'the metrics')
 
@@ -114,8 +115,7 @@ class EvalCommand(Command):
         if args.component_scores is not None:
             from ...scores import SCORES
             components = [n.strip() for n in args.component_scores.split(',') if n.strip()]
-            unknown = [n for n in components
-                       if n not in SCORES and not n.startswith('entmax_')]
+            unknown = [n for n in components if n not in SCORES]
             if unknown:
                 raise OodSegError(f'--component-scores: unknown score(s) {unknown}; known: '
                                   f'{", ".join(sorted(SCORES))}')
