@@ -426,7 +426,8 @@ class Pipeline:
                     threshold: Optional[float] = None, all_scores: bool = False,
                     input_size=None, geometry: str = 'letterbox', region: str = 'all',
                     band: bool = False, band_rows=None, band_width: Optional[int] = None,
-                    flip: bool = False, **backend_options) -> 'Pipeline':
+                    flip: bool = False, meta_pgn: Optional[Sequence[str]] = None,
+                    **backend_options) -> 'Pipeline':
         """
         Load bundle, meta classifier and backend; ``all_scores`` lets the score change.
 
@@ -435,11 +436,15 @@ class Pipeline:
         has them (``runtime.sizes``, written by ``ood-seg eval --calibrate --input-size``).
         ``region``, ``band`` (``band_rows`` 'T:B' or 'auto', ``band_width``) and ``flip``:
         obstacle mode (see the module docstring); ``meta_<region>.json`` is that mode's
-        meta classifier where the bundle has one.
+        meta classifier where the bundle has one. ``meta_pgn``: the PGN maps of the
+        segment features instead of ``runtime.meta_pgn_names``, for fitting a new meta
+        classifier (``ood-seg train-meta``): the bundle's own are then not loaded.
         """
         bundle = Bundle.of(bundle_path)     # bundle.json read once, passed down
         doc = bundle.doc
         runtime = bundle.runtime
+        if meta_pgn is not None:
+            runtime = {**runtime, 'meta_pgn_names': list(meta_pgn)}
         config = ModelConfig.from_dict(doc['config'])
         size = parse_size(input_size) if input_size is not None else \
             tuple(doc['config']['input_size'])
@@ -450,8 +455,8 @@ class Pipeline:
             check_memory(config, size, f'{bundle_path}')
         be = make_backend(backend, bundle, outputs, device=device, fp16=fp16,
                           **backend_options)
-        metas = load_region_metas(bundle)
-        if metas.get('all') is None:
+        metas = load_region_metas(bundle) if meta_pgn is None else {}
+        if metas.get('all') is None and meta_pgn is None:
             LOG.error(
                 'bundle %s has no meta.json: meta classifier OFF, every segment is kept '
                 '(train one with ood-seg train-meta)', bundle_path)

@@ -19,6 +19,8 @@ from .evaluate import OodEvaluation, score_kw, set_name
 from ..errors import OodSegError
 from ..meta import MetaClassifier
 from ..pipeline import Pipeline
+from ..scores import SCORES
+from ..segments import STAT_NAMES
 
 _MAX_ITER = 10000
 
@@ -241,6 +243,108 @@ def choose_config(feats, is_fp, sets, names, feature_sets, cs):
     return best, table
 
 
+def map_features(maps):
+    """Names of the per-map statistics of the score maps ``maps`` (``<map>_<stat>``)."""
+    return {f'{m}_{s}' for m in maps for s in STAT_NAMES}
+
+
+def columns_without(names, maps):
+    """Column indices of ``names`` that are not statistics of one of the maps ``maps``."""
+    drop = map_features(maps)
+    return [i for i, n in enumerate(names) if str(n) not in drop]
+
+
+def parse_meta_pgn(text, available):
+    """
+    PGN maps named by ``train-meta --meta-pgn``: ``none`` -> [], else comma-separated names.
+
+    Every name must be a PGN score map (``pgn_...``) in ``available`` (the bundle's
+    scores); OodSegError names the first bad one.
+    """
+    text = str(text).strip()
+    if text.lower() == 'none':
+        return []
+    names = [n.strip() for n in text.split(',') if n.strip()]
+    if not names:
+        raise OodSegError('--meta-pgn: give "none" or comma-separated PGN score names')
+    have = [a for a in available if a.startswith('pgn_')]
+    for n in names:
+        if n not in have:
+            raise OodSegError(f'--meta-pgn: {n!r} is not a PGN score map of this bundle '
+                              f'(it has {", ".join(have)})')
+    if len(set(names)) != len(names):
+        raise OodSegError(f'--meta-pgn: a name is repeated in {names}')
+    return names
+
+
+def pgn_maps_read(meta: MetaClassifier):
+    """The PGN score maps whose statistics the meta classifier ``meta`` reads."""
+    have = set(meta.feature_names)
+    return [m for m in SCORES if m.startswith('pgn_') and map_features([m]) & have]
+
+
+def runtime_pgn_names(bundle_path, pgn, region='all'):
+    """
+    ``runtime.meta_pgn_names`` after fitting region ``region``'s meta classifier on ``pgn``.
+
+    ``pgn`` plus the PGN maps that the bundle's other meta classifiers
+    (``meta_<region>.json``) read, so that every one of them stays computable.
+    """
+    from ..pipeline import load_region_metas
+    names = list(pgn)
+    for r, meta in load_region_metas(bundle_path).items():
+        if r != region and meta is not None:
+            names += [m for m in pgn_maps_read(meta) if m not in names]
+    return names
+
+
+def fit_chosen(feats, is_fp, iou, groups, sets, frames, names, features='auto',
+               cs=(1.0, 0.1, 0.01), folds=5, threshold=0.5, target_tp_kept=0.9,
+               max_fp_per_frame=0.0):
+    """
+    ``train-meta``'s fit: choose (feature set, C), fit, set the threshold, report per set.
+
+    (feature set, C) by the worst leave-one-set-out AUROC (:func:`choose_config`;
+    ``features`` 'auto' tries 'all' and 'transfer'); then :func:`fit_meta` with grouped
+    K-fold; ``max_fp_per_frame`` > 0 sets the threshold by :func:`fp_rate_threshold`
+    (overriding ``target_tp_kept``). Report: fit_meta's, plus ``features``,
+    ``selection`` (the choice table) and ``per_set`` (out-of-fold fp_removed, tp_kept,
+    false detections per frame). Returns ``(MetaClassifier, report)``.
+    """
+    feature_sets = ['all', 'transfer'] if features == 'auto' else [features]
+    choice, table = (choose_config(feats, is_fp, sets, names, feature_sets, cs)
+                     if len(set(sets.tolist())) > 1 else
+                     ({'features': feature_sets[-1], 'C': cs[0]}, []))
+    idx, used = select_features(names, choice['features'])
+    clf, report = fit_meta(feats[:, idx], is_fp, iou, used, groups, n_splits=folds,
+                           threshold=threshold, target_tp_kept=target_tp_kept or None,
+                           C=choice['C'], return_oof=True)
+    p_oof = report.pop('p_oof')
+    if max_fp_per_frame and p_oof is not None:
+        thr = fp_rate_threshold(p_oof, is_fp, sets, frames, max_fp_per_frame)
+        clf.threshold = report['threshold'] = thr
+        report['threshold_rule'] = (f'<= {max_fp_per_frame:g} false detections per '
+                                    f'frame on every set')
+        drop = p_oof > thr
+        report['fp_removed'] = float(drop[is_fp].mean()) if is_fp.any() else None
+        report['tp_kept'] = float((~drop[~is_fp]).mean()) if (~is_fp).any() else None
+    per_set = {}
+    for name in sorted(set(sets.tolist())):
+        m = sets == name
+        entry = {'n_segments': int(m.sum()), 'n_fp': int(is_fp[m].sum())}
+        if p_oof is not None:   # out-of-fold: each segment scored by a model not fit on it
+            drop = p_oof[m] > report['threshold']
+            fp = is_fp[m]
+            entry['fp_removed'] = float(drop[fp].mean()) if fp.any() else None
+            entry['tp_kept'] = float((~drop[~fp]).mean()) if (~fp).any() else None
+            entry['false_detections_per_frame'] = float((~drop[fp]).sum() / frames[name])
+        entry['frames'] = frames[name]
+        per_set[name] = entry
+    report.update({'features': choice['features'], 'selection': table, 'per_set': per_set})
+    clf.info['cv'] = report
+    return clf, report
+
+
 def fp_rate_threshold(p_oof, is_fp, sets, frames, target):
     """
     Largest P(false positive) threshold with <= ``target`` kept false segments per frame.
@@ -261,20 +365,21 @@ def fp_rate_threshold(p_oof, is_fp, sets, frames, target):
 
 def load_meta_dataset(bundle_path, ood_root, device='cpu', limit=0, progress=None,
                       pipeline: Optional[Pipeline] = None, input_size=None,
-                      geometry='letterbox', obstacle=None):
+                      geometry='letterbox', obstacle=None, meta_pgn=None):
     """
     Segment features / targets on one or several OoD sets for meta classifier training.
 
     Returns (pipeline, features, is_fp, iou, groups, set_of_segment, frames_per_set):
     ``groups`` are image ids unique across the sets (for grouped cross-validation),
     ``set_of_segment`` the set name of every segment, ``frames_per_set`` the number of
-    frames read from each set (frames without segments count too).
+    frames read from each set (frames without segments count too). ``meta_pgn``: the PGN
+    maps of the features (default: the bundle's ``runtime.meta_pgn_names``).
     """
     roots = [ood_root] if isinstance(ood_root, (str, Path)) else list(ood_root)
     obstacle = obstacle or {}
     pipe = pipeline or Pipeline.from_bundle(
         bundle_path, backend='torch', device=device, input_size=input_size,
-        geometry=geometry, **obstacle,
+        geometry=geometry, meta_pgn=meta_pgn, **obstacle,
         **score_kw(bundle_path, input_size, obstacle.get('region', 'all')))
     feats, is_fp, iou, groups, sets = [], [], [], [], []
     frames = {}

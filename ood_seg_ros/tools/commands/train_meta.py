@@ -31,6 +31,11 @@ class TrainMetaCommand(Command):
                             help='L2 inverse regularisation (repeat to let auto choose; '
                                  'default: 1, 0.1, 0.01)')
         parser.add_argument('--folds', type=int, default=5, help='grouped K-fold over images')
+        parser.add_argument('--meta-pgn', default=None, metavar='none|NAME[,NAME...]',
+                            help='PGN score maps whose statistics feed the segment features '
+                                 '("none": no PGN map; the node then does not compute them); '
+                                 'stored in the bundle as runtime.meta_pgn_names. Default: '
+                                 'the bundle\'s runtime.meta_pgn_names, bundle.json unchanged')
         parser.add_argument('--input-size', default=None,
                             help='network input HxW (default: the bundle input size)')
         add_obstacle_options(parser)
@@ -43,59 +48,39 @@ class TrainMetaCommand(Command):
         from pathlib import Path
         from ...errors import OodSegError
         from ..evaluate import to_json
-        from ..meta_fit import (choose_config, fit_meta, fp_rate_threshold, load_meta_dataset,
-                                select_features)
-        from ...model.bundle import meta_file, read_bundle_json
+        from ..meta_fit import fit_chosen, load_meta_dataset, parse_meta_pgn, runtime_pgn_names
+        from ...model.bundle import meta_file, read_bundle_json, update_bundle_json
+        from ...model.config import ModelConfig
         from ..protocol import check_held_out
-        check_held_out(read_bundle_json(args.bundle).get('info', {}), args.ood_set,
-                       'fit the meta classifier')
+        doc = read_bundle_json(args.bundle)
+        check_held_out(doc.get('info', {}), args.ood_set, 'fit the meta classifier')
+        pgn = None if args.meta_pgn is None else parse_meta_pgn(
+            args.meta_pgn, ModelConfig.from_dict(doc['config']).available_scores())
         pipe, feats, is_fp, iou, groups, sets, frames = load_meta_dataset(
             args.bundle, args.ood_set, device=args.device, limit=args.limit,
-            input_size=args.input_size, obstacle=obstacle_kw(args))
+            input_size=args.input_size, obstacle=obstacle_kw(args), meta_pgn=pgn)
         if len(is_fp) < 10:
             raise OodSegError(f'only {len(is_fp)} segments on {", ".join(args.ood_set)}: too '
                               f'few to fit a meta classifier')
         names = list(pipe.extractor.feature_names)
-        cs = args.C or [1.0, 0.1, 0.01]
-        feature_sets = ['all', 'transfer'] if args.features == 'auto' else [args.features]
-        choice, table = (choose_config(feats, is_fp, sets, names, feature_sets, cs)
-                         if len(set(sets.tolist())) > 1 else
-                         ({'features': feature_sets[-1], 'C': cs[0]}, []))
-        idx, used = select_features(names, choice['features'])
-        clf, report = fit_meta(feats[:, idx], is_fp, iou, used, groups, n_splits=args.folds,
-                               threshold=args.threshold,
-                               target_tp_kept=args.target_tp_kept or None, C=choice['C'],
-                               return_oof=True)
-        p_oof = report.pop('p_oof')
-        if args.max_fp_per_frame and p_oof is not None:
-            thr = fp_rate_threshold(p_oof, is_fp, sets, frames, args.max_fp_per_frame)
-            clf.threshold = report['threshold'] = thr
-            report['threshold_rule'] = (f'<= {args.max_fp_per_frame:g} false detections per '
-                                        f'frame on every set')
-            drop = p_oof > thr
-            report['fp_removed'] = float(drop[is_fp].mean()) if is_fp.any() else None
-            report['tp_kept'] = float((~drop[~is_fp]).mean()) if (~is_fp).any() else None
-        per_set = {}
-        for name in sorted(set(sets.tolist())):
-            m = sets == name
-            entry = {'n_segments': int(m.sum()), 'n_fp': int(is_fp[m].sum())}
-            if p_oof is not None:   # out-of-fold: each segment scored by a model not fit on it
-                drop = p_oof[m] > report['threshold']
-                fp = is_fp[m]
-                entry['fp_removed'] = float(drop[fp].mean()) if fp.any() else None
-                entry['tp_kept'] = float((~drop[~fp]).mean()) if (~fp).any() else None
-                entry['false_detections_per_frame'] = float((~drop[fp]).sum() / frames[name])
-            entry['frames'] = frames[name]
-            per_set[name] = entry
-        report.update({'features': choice['features'], 'selection': table, 'per_set': per_set})
-        clf.info['cv'] = report
+        clf, report = fit_chosen(feats, is_fp, iou, groups, sets, frames, names,
+                                 features=args.features, cs=args.C or [1.0, 0.1, 0.01],
+                                 folds=args.folds, threshold=args.threshold,
+                                 target_tp_kept=args.target_tp_kept,
+                                 max_fp_per_frame=args.max_fp_per_frame)
+        report['meta_pgn'] = list(pipe.extractor.pgn_names)
         clf.info['trained_on'] = [Path(s).name for s in args.ood_set]
         clf.info['heatmap_score'] = pipe.score_name
         clf.info['segment_threshold'] = pipe.threshold
         clf.info['input_size'] = list(pipe.input_size)
         clf.info['heatmap_region'] = pipe.region
+        runtime_pgn = None if pgn is None else runtime_pgn_names(args.bundle, pgn, pipe.region)
         clf.save(Path(args.bundle) / meta_file(pipe.region))
+        if runtime_pgn is not None:     # the node computes only the maps its metas read
+            update_bundle_json(args.bundle, lambda d: d.setdefault('runtime', {}).update(
+                meta_pgn_names=runtime_pgn))
         print(to_json(report) if args.json else json.dumps(
             {k: report[k] for k in ('n_segments', 'n_fp', 'auroc', 'r2', 'threshold',
-                                    'fp_removed', 'tp_kept', 'features', 'C') if k in report}))
+                                    'fp_removed', 'tp_kept', 'features', 'C', 'meta_pgn')
+             if k in report}))
         return 0

@@ -1,0 +1,114 @@
+#!/usr/bin/env python3
+"""
+Which score-map families the meta classifier needs: ``train-meta``'s fit without each one.
+
+Usage: tools/meta_ablation.py --bundle B --ood-set S [--ood-set S ...]
+       [--segments FILE.npz] [--max-fp-per-frame 0.5] [--json]
+
+The segments of the sets are extracted once (the slow part; ``--segments`` caches them,
+a later run with the same file reads them back), then every variant is fitted from the
+same rows with ``train-meta``'s own procedure (:func:`ood_seg_ros.tools.meta_fit.fit_chosen`:
+feature set and C by the worst leave-one-set-out AUROC, grouped 5-fold, threshold by false
+detections per frame). Variants drop the statistics of one family of maps: the PGN maps
+the features were extracted with, the MOoSe maps, the dispersion maps (entropy, margin,
+variation ratio). Prints a Markdown table (out-of-fold figures per set), or JSON.
+"""
+
+import argparse
+import json
+from pathlib import Path
+import sys
+
+import numpy as np
+
+from ood_seg_ros.errors import OodSegError
+from ood_seg_ros.segments import DISPERSION_NAMES, MOOSE_NAMES
+from ood_seg_ros.tools.meta_fit import columns_without, fit_chosen, load_meta_dataset
+
+
+def segments(args):
+    """(features, is_fp, iou, groups, sets, frames, names, pgn maps), cached in --segments."""
+    cache = Path(args.segments) if args.segments else None
+    if cache is not None and cache.exists():
+        z = np.load(cache, allow_pickle=False)
+        return (z['feats'], z['is_fp'], z['iou'], z['groups'], z['sets'].astype(object),
+                json.loads(str(z['frames'])), [str(n) for n in z['names']],
+                [str(n) for n in z['pgn']])
+    from ood_seg_ros.model.bundle import read_bundle_json
+    from ood_seg_ros.tools.protocol import check_held_out
+    check_held_out(read_bundle_json(args.bundle).get('info', {}), args.ood_set,
+                   'fit the meta classifier')
+    pipe, feats, is_fp, iou, groups, sets, frames = load_meta_dataset(
+        args.bundle, args.ood_set, device='cpu', input_size=args.input_size)
+    names = list(pipe.extractor.feature_names)
+    pgn = list(pipe.extractor.pgn_names)
+    if cache is not None:
+        np.savez(cache, feats=feats, is_fp=is_fp, iou=iou, groups=groups,
+                 sets=sets.astype(str), frames=json.dumps(frames), names=np.array(names),
+                 pgn=np.array(pgn, dtype=str))
+    return feats, is_fp, iou, groups, sets, frames, names, pgn
+
+
+def variants(pgn):
+    """(label, maps dropped) of every variant; the first is the reference."""
+    return [('all maps', []), ('without PGN', pgn), ('without MOoSe', list(MOOSE_NAMES)),
+            ('without entropy/margin/variation ratio', list(DISPERSION_NAMES)),
+            ('without PGN and MOoSe', pgn + list(MOOSE_NAMES))]
+
+
+def ablation(feats, is_fp, iou, groups, sets, frames, names, pgn, max_fp_per_frame):
+    """One row per variant: the chosen config, out-of-fold AUROC and per-set figures."""
+    rows = []
+    for label, maps in variants(pgn):
+        idx = columns_without(names, maps)
+        _, rep = fit_chosen(feats[:, idx], is_fp, iou, groups, sets, frames,
+                            [names[i] for i in idx], max_fp_per_frame=max_fp_per_frame)
+        chosen = [t for t in rep['selection']
+                  if t['features'] == rep['features'] and t['C'] == rep['C']]
+        rows.append({'variant': label, 'dropped_maps': maps, 'n_columns': len(idx),
+                     'features': rep['features'], 'C': rep['C'], 'auroc': rep['auroc'],
+                     'worst_transfer_auroc': chosen[0]['worst'] if chosen else None,
+                     'threshold': rep['threshold'], 'per_set': rep['per_set']})
+    return rows
+
+
+def _pct(v):
+    return 'n/a' if v is None else f'{100 * v:.1f}'
+
+
+def markdown(rows):
+    """The table of :func:`ablation` rows."""
+    sets = list(rows[0]['per_set'])
+    head = '| variant | features, C | OOF AUROC | worst transfer AUROC | ' + ' | '.join(
+        f'{s} FP removed / TP kept %' for s in sets) + ' |'
+    out = [head, '|' + '---|' * (4 + len(sets))]
+    for r in rows:
+        per = ' | '.join(f'{_pct(r["per_set"][s]["fp_removed"])} / '
+                         f'{_pct(r["per_set"][s]["tp_kept"])}' for s in sets)
+        out.append(f'| {r["variant"]} | {r["features"]}, {r["C"]:g} | {r["auroc"]:.3f} | '
+                   f'{r["worst_transfer_auroc"]:.3f} | {per} |')
+    return '\n'.join(out)
+
+
+def main(argv=None):
+    """Parse arguments, extract (or read) the segments, fit every variant, print."""
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser.add_argument('--bundle', required=True)
+    parser.add_argument('--ood-set', required=True, action='append')
+    parser.add_argument('--input-size', default=None)
+    parser.add_argument('--segments', default=None, help='cache of the extracted segments')
+    parser.add_argument('--max-fp-per-frame', type=float, default=0.5)
+    parser.add_argument('--json', action='store_true')
+    args = parser.parse_args(argv)
+    try:
+        data = segments(args)
+        rows = ablation(*data, max_fp_per_frame=args.max_fp_per_frame)
+    except OodSegError as e:
+        print(f'error: {e}', file=sys.stderr)
+        return 2
+    print(json.dumps(rows, indent=1) if args.json else markdown(rows))
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
