@@ -270,15 +270,15 @@ def parse_meta_pgn(text, available):
     have = [a for a in available if a.startswith('pgn_')]
     for n in names:
         if n not in have:
-            raise OodSegError(f'--meta-pgn: {n!r} is not a PGN score map of this bundle '
-                              f'(it has {", ".join(have)})')
+            raise OodSegError(f'--meta-pgn: {n!r} is not a PGN score map of this '
+                              f'bundle (it has {", ".join(have)})')
     if len(set(names)) != len(names):
         raise OodSegError(f'--meta-pgn: a name is repeated in {names}')
     return names
 
 
 def pgn_maps_read(meta: MetaClassifier):
-    """The PGN score maps whose statistics the meta classifier ``meta`` reads."""
+    """Return the PGN score maps whose statistics the meta classifier ``meta`` reads."""
     have = set(meta.feature_names)
     return [m for m in SCORES if m.startswith('pgn_') and map_features([m]) & have]
 
@@ -300,16 +300,16 @@ def runtime_pgn_names(bundle_path, pgn, region='all'):
 
 def fit_chosen(feats, is_fp, iou, groups, sets, frames, names, features='auto',
                cs=(1.0, 0.1, 0.01), folds=5, threshold=0.5, target_tp_kept=0.9,
-               max_fp_per_frame=0.0):
+               max_fp_per_frame=0.0, seed=0):
     """
     ``train-meta``'s fit: choose (feature set, C), fit, set the threshold, report per set.
 
     (feature set, C) by the worst leave-one-set-out AUROC (:func:`choose_config`;
     ``features`` 'auto' tries 'all' and 'transfer'); then :func:`fit_meta` with grouped
-    K-fold; ``max_fp_per_frame`` > 0 sets the threshold by :func:`fp_rate_threshold`
-    (overriding ``target_tp_kept``). Report: fit_meta's, plus ``features``,
-    ``selection`` (the choice table) and ``per_set`` (out-of-fold fp_removed, tp_kept,
-    false detections per frame). Returns ``(MetaClassifier, report)``.
+    K-fold (folds drawn with ``seed``); ``max_fp_per_frame`` > 0 sets the threshold by
+    :func:`fp_rate_threshold` (overriding ``target_tp_kept``). Report: fit_meta's, plus
+    ``features``, ``selection`` (the choice table) and ``per_set`` (out-of-fold
+    fp_removed, tp_kept, false detections per frame). Returns ``(MetaClassifier, report)``.
     """
     feature_sets = ['all', 'transfer'] if features == 'auto' else [features]
     choice, table = (choose_config(feats, is_fp, sets, names, feature_sets, cs)
@@ -318,7 +318,7 @@ def fit_chosen(feats, is_fp, iou, groups, sets, frames, names, features='auto',
     idx, used = select_features(names, choice['features'])
     clf, report = fit_meta(feats[:, idx], is_fp, iou, used, groups, n_splits=folds,
                            threshold=threshold, target_tp_kept=target_tp_kept or None,
-                           C=choice['C'], return_oof=True)
+                           C=choice['C'], seed=seed, return_oof=True)
     p_oof = report.pop('p_oof')
     if max_fp_per_frame and p_oof is not None:
         thr = fp_rate_threshold(p_oof, is_fp, sets, frames, max_fp_per_frame)

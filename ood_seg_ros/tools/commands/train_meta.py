@@ -35,7 +35,7 @@ class TrainMetaCommand(Command):
                             help='PGN score maps whose statistics feed the segment features '
                                  '("none": no PGN map; the node then does not compute them); '
                                  'stored in the bundle as runtime.meta_pgn_names. Default: '
-                                 'the bundle\'s runtime.meta_pgn_names, bundle.json unchanged')
+                                 "the bundle's runtime.meta_pgn_names, bundle.json unchanged")
         parser.add_argument('--input-size', default=None,
                             help='network input HxW (default: the bundle input size)')
         add_obstacle_options(parser)
