@@ -103,7 +103,7 @@ class GroupedProbes(nn.Module):
 
     def members(self, z: torch.Tensor, size: Sequence[int], resize) -> torch.Tensor:
         """
-        The probe logits ``z`` (B, P * C, h, w) upsampled to ``size``, as (P * B, C, H, W).
+        Upsample the probe logits ``z`` (B, P * C, h, w) to ``size``; (P * B, C, H, W).
 
         Bilinear (align_corners=False): with ``matmul_upsample`` two MatMuls, z @ Rw^T,
         then Rh @ that; otherwise ``resize(z, size)`` (``deeplab.upsample``, a Resize).
