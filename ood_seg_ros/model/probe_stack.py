@@ -1,5 +1,5 @@
 """
-Inference form of the four MOoSe probes: one stack of grouped convolutions.
+Export form of the four MOoSe probes: one stack of grouped convolutions.
 
 Every layer of a :class:`~ood_seg_ros.model.deeplab.Probe` acts on its own probe's
 channels only, so the four probes side by side are one network whose convolutions have
@@ -7,7 +7,8 @@ channels only, so the four probes side by side are one network whose convolution
 ``[i * n, (i + 1) * n)`` of every layer, its weights are copied there unchanged and each
 BatchNorm is folded into the convolution before it. The stack runs the four probes as
 one convolution per layer instead of four (fewer, larger kernels) and takes the four
-ASPP branches concatenated (see :meth:`~ood_seg_ros.model.deeplab.ASPP.forward_concat`).
+ASPP branches concatenated: the ASPP concatenates them once, for its projection
+(:class:`SplitProject`) and the stack.
 
 Its probe logits are upsampled to the decoder resolution by two MatMuls with the
 bilinear interpolation matrices (:func:`bilinear_matrix`; the same weights as
@@ -49,15 +50,12 @@ def _grouped_conv(pairs: Sequence, like: nn.Conv2d) -> nn.Conv2d:
 
 def _conv_bn_pairs(layers: List[nn.Module]):
     """Split a probe's layer list (after the first 1x1) into (conv, bn or None) pairs."""
-    pairs, i = [], 0
-    while i < len(layers):
-        layer = layers[i]
+    pairs = []
+    for layer, nxt in zip(layers, layers[1:] + [None]):
         if isinstance(layer, nn.Sequential):
             pairs.extend(_conv_bn_pairs(list(layer)))
         elif isinstance(layer, nn.Conv2d):
-            nxt = layers[i + 1] if i + 1 < len(layers) else None
             pairs.append((layer, nxt if isinstance(nxt, nn.BatchNorm2d) else None))
-        i += 1
     return pairs
 
 
@@ -127,7 +125,7 @@ class SplitProject(nn.Module):
 
     The pooled part is spatially constant: it is convolved once as a vector and added, so
     the projection reads the concatenated branches only, the tensor the grouped probes
-    read too (one Concat for both, a quarter fewer multiply-adds).
+    read too (one Concat for both, a fifth fewer multiply-adds).
     """
 
     def __init__(self, project: nn.Sequential, branch_channels: int):
