@@ -75,12 +75,22 @@ class ASPP(nn.Module):
             + [conv_bn_relu(cin, cout, 3, r, separable) for r in rates])
         self.pool = conv_bn_relu(cin, cout, 1)
         self.project = nn.Sequential(conv_bn_relu(cout * 5, cout, 1), nn.Dropout(0.1))
+        # export-time form of ``project`` (probe_stack.SplitProject), never trained
+        self.split_project = None
 
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, List[torch.Tensor],
                                                 torch.Tensor]:
-        """Return (projected ASPP output, the 4 branch outputs, pooled vector (B, C, 1, 1))."""
+        """
+        Return (projected ASPP output, the 4 branch outputs, pooled vector (B, C, 1, 1)).
+
+        In the export form (``split_project`` set) the branch outputs come as one tensor,
+        concatenated once for the projection and the grouped probes.
+        """
         branches = [b(x) for b in self.branches]
         pooled = self.pool(x.mean((2, 3), keepdim=True))
+        if self.split_project is not None:
+            cat = torch.cat(branches, 1)
+            return self.split_project(cat, pooled), cat, pooled
         out = self.project(torch.cat(branches + [pooled.expand_as(branches[0])], 1))
         return out, branches, pooled
 
@@ -146,6 +156,8 @@ class OodSegNet(nn.Module):
         self.probes = nn.ModuleList(
             Probe(2 * c.aspp_channels, c.probe_channels, c.n_classes, c.probe_depth,
                   c.probe_separable) for _ in range(4))
+        # export-time grouped form of the probes (probe_stack.fuse_probes), never trained
+        self.probe_stack = None
         self.register_buffer('mean', torch.tensor(c.mean).view(1, 3, 1, 1),
                              persistent=False)
         self.register_buffer('std', torch.tensor(c.std).view(1, 3, 1, 1), persistent=False)
@@ -204,6 +216,7 @@ class OodSegNet(nn.Module):
         self.probes = nn.ModuleList(
             Probe(2 * c.aspp_channels, width, c.n_classes, depth, separable)
             for _ in range(4)).to(dev)
+        self.probe_stack = None
 
     def freeze_base_for_probes(self) -> None:
         """Probe-only training mode: base frozen (no grad, BN statistics fixed)."""
@@ -265,7 +278,9 @@ class OodSegNet(nn.Module):
         psi, phi = self.decode(y)
         logits = self.classifier(psi)
         probe_logits = []
-        if with_probes:
+        if with_probes and self.probe_stack is not None:
+            probe_logits = self.probe_stack(branches, pooled)
+        elif with_probes:
             for probe, branch in zip(self.probes, branches):
                 # Probe inputs are detached: probes never send gradient into the base.
                 probe_logits.append(probe(branch.detach(), pooled.detach()))
@@ -327,18 +342,21 @@ class OodSegNet(nn.Module):
             out.update(self._spatial(out, logits_low.max(1).indices, spatial))
         return {k: out[k] for k in self.output_names()}
 
-    @staticmethod
-    def _members(probe_low: List[torch.Tensor], logits_low: torch.Tensor) -> torch.Tensor:
+    def _members(self, probe_low, logits_low: torch.Tensor) -> torch.Tensor:
         """
         Stack the MOoSe members to (M, B, C, h, w): the probes, then the global head.
 
-        The probes are upsampled to the decoder resolution by one Resize (batched) and
-        joined with the global logits by one Concat (no Split and re-stacking).
+        The probes are upsampled to the decoder resolution by one Resize (batched; the
+        grouped stack's output by its MatMuls) and joined with the global logits by one
+        Concat (no Split and re-stacking).
         """
         b, size = logits_low.shape[0], logits_low.shape[-2:]
-        probes = upsample(torch.cat(probe_low, 0), size)
+        if self.probe_stack is None:
+            probes = upsample(torch.cat(probe_low, 0), size)
+        else:
+            probes = self.probe_stack.members(probe_low, size, upsample)
         return torch.cat([probes, logits_low], 0).view(
-            (len(probe_low) + 1, b) + tuple(logits_low.shape[1:]))
+            (probes.shape[0] // b + 1, b) + tuple(logits_low.shape[1:]))
 
     def _psi_nonneg(self) -> bool:
         """Tell whether ψ is a ReLU output (the decoder's last block ends in one)."""

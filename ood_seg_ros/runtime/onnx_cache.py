@@ -226,12 +226,14 @@ def export_onnx(bundle_path, outputs: Optional[Sequence[str]] = None, out_path=N
     import torch
     from ..model import load_bundle
     from ..model.bundle import Bundle
+    from ..model.probe_stack import fuse_probes
 
     if opset < 17:
         raise OodSegError(f'ONNX opset must be >= 17, got {opset}')
     bundle_path = Bundle.of(bundle_path)    # bundle.json read once for all below
     bundle = load_bundle(bundle_path, outputs=outputs)
-    model = bundle.model.eval()
+    # the probes as one grouped stack, upsampled by MatMuls at a fixed size
+    model = fuse_probes(bundle.model.eval(), matmul_upsample=not dynamic)
     outs = canonical_outputs(model.outputs)
     h, w = parse_size(input_size or bundle.config.input_size)
     source = source_sha256(bundle_path, outs, (h, w), fp16, opset, dynamic)

@@ -42,7 +42,7 @@ from ..runtime.int8_graph import (  # noqa: F401 - the tools' names for them
 
 LOG = logging.getLogger(__name__)
 TRUNK_SCOPES = ('/net/backbone/', '/net/aspp/', '/net/low_project/', '/net/decoder',
-                '/net/classifier/', '/net/probes.')
+                '/net/classifier/', '/net/probes.', '/net/probe_stack/')
 # Scopes kept in float inside the trunk (by measurement; see the README's int8 table).
 DEFAULT_KEEP_FLOAT: Tuple[str, ...] = ()
 

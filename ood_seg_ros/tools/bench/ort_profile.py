@@ -46,7 +46,8 @@ def node_regions(graph) -> Dict[str, str]:
     Region of every node of an (optimised) ONNX graph (see the module docstring).
 
     ``graph``: an ``onnx.GraphProto``. A node is in the ``segmentation`` region when
-    ``semantic`` depends on it; probe nodes are named ``.../probes.<i>/...`` by the export.
+    ``semantic`` depends on it; probe nodes are named ``.../probe_stack/...`` by the export
+    (``.../probes.<i>/...`` in graphs exported before the grouped probe stack).
     """
     producer = {o: n for n in graph.node for o in n.output}
     feeds: Dict[str, Set[str]] = defaultdict(set)     # node name -> output names it feeds
@@ -58,7 +59,7 @@ def node_regions(graph) -> Dict[str, str]:
         outs = feeds.get(node.name, set())
         if 'semantic' in outs:
             regions[node.name] = 'segmentation'
-        elif '/probes.' in node.name:
+        elif '/probes.' in node.name or '/probe_stack/' in node.name:
             regions[node.name] = 'probes'
         else:
             fams = sorted({output_family(o) for o in outs}) or ['unused']
