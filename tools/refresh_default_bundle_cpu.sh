@@ -16,6 +16,8 @@
 # STEP (default: probes): probes | continue | calibrate, to run from that step on; or
 #   oe: outlier exposure from OLD_BUNDLE (decoder only, energy-margin loss, photometric
 #   augmentation, on `train` and a road/scene proxy made from `train`), then calibrate.
+#   OE_SEED (proxy seed, 18), OE_STEPS (300) and OE_TRAIN_SEED (0) set one round; a second
+#   round continues from the first round's bundle with a fresh proxy (model card).
 set -euo pipefail
 data=$1; old=$2; out=$3; step=${4:-probes}
 camvid=$data/camvid; coco=$data/coco128_seg
@@ -26,13 +28,14 @@ probe_args="--camvid $camvid --train-splits train --batch-size 16 --class-weight
     --device cpu --cache-features --cache-scales 0.75,1"
 b=$out/probes2/bundle
 if [ "$step" = oe ]; then
-    ood make-ood-set --camvid "$camvid" --coco "$coco" --split train --group a --seed 18 \
+    ood make-ood-set --camvid "$camvid" --coco "$coco" --split train --group a --seed "${OE_SEED:-18}" \
         --placement mixed --road-fraction 0.7 --objects 1,4 --ignore-band 4 \
         --jpeg-quality 60,95 --out "$out/proxy_train" --overwrite
     ood train-entropy --camvid "$camvid" --init-bundle "$old" --ood-proxy "$out/proxy_train" \
         --out "$out/oe" --ood-loss energy --train-part decoder --photometric \
         --crop 288,384 --batch-size 8 --lr 1e-4 --ood-ratio 1.0 --epochs 4 \
-        --max-steps 300 --val-every 100 --val-limit 16 --device cpu --seed 0
+        --max-steps "${OE_STEPS:-300}" --val-every 100 --val-limit 16 --device cpu \
+        --seed "${OE_TRAIN_SEED:-0}"
     b=$out/oe/bundle
     step=calibrate
 fi
