@@ -18,7 +18,7 @@ from .data.ood_sets import OodDataset
 from .evaluate import OodEvaluation, score_kw, set_name
 from ..errors import OodSegError
 from ..meta import MetaClassifier
-from ..pipeline import Pipeline
+from ..pipeline import load_region_metas, Pipeline
 from ..scores import SCORES
 from ..segments import STAT_NAMES
 
@@ -290,12 +290,17 @@ def runtime_pgn_names(bundle_path, pgn, region='all'):
     ``pgn`` plus the PGN maps that the bundle's other meta classifiers
     (``meta_<region>.json``) read, so that every one of them stays computable.
     """
-    from ..pipeline import load_region_metas
     names = list(pgn)
     for r, meta in load_region_metas(bundle_path).items():
         if r != region and meta is not None:
             names += [m for m in pgn_maps_read(meta) if m not in names]
     return names
+
+
+def _removed_kept(drop, is_fp):
+    """Shares of false segments dropped and of true segments kept (None if there are none)."""
+    return {'fp_removed': float(drop[is_fp].mean()) if is_fp.any() else None,
+            'tp_kept': float((~drop[~is_fp]).mean()) if (~is_fp).any() else None}
 
 
 def fit_chosen(feats, is_fp, iou, groups, sets, frames, names, features='auto',
@@ -325,18 +330,14 @@ def fit_chosen(feats, is_fp, iou, groups, sets, frames, names, features='auto',
         clf.threshold = report['threshold'] = thr
         report['threshold_rule'] = (f'<= {max_fp_per_frame:g} false detections per '
                                     f'frame on every set')
-        drop = p_oof > thr
-        report['fp_removed'] = float(drop[is_fp].mean()) if is_fp.any() else None
-        report['tp_kept'] = float((~drop[~is_fp]).mean()) if (~is_fp).any() else None
+        report.update(_removed_kept(p_oof > thr, is_fp))
     per_set = {}
     for name in sorted(set(sets.tolist())):
         m = sets == name
         entry = {'n_segments': int(m.sum()), 'n_fp': int(is_fp[m].sum())}
         if p_oof is not None:   # out-of-fold: each segment scored by a model not fit on it
-            drop = p_oof[m] > report['threshold']
-            fp = is_fp[m]
-            entry['fp_removed'] = float(drop[fp].mean()) if fp.any() else None
-            entry['tp_kept'] = float((~drop[~fp]).mean()) if (~fp).any() else None
+            drop, fp = p_oof[m] > report['threshold'], is_fp[m]
+            entry.update(_removed_kept(drop, fp))
             entry['false_detections_per_frame'] = float((~drop[fp]).sum() / frames[name])
         entry['frames'] = frames[name]
         per_set[name] = entry
