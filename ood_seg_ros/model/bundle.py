@@ -158,6 +158,34 @@ def save_bundle(path, model: OodSegNet, runtime: dict = None, info: dict = None,
     return path
 
 
+# What ``ood-seg eval --calibrate``, ``train-meta`` and ``sml-stats`` fit on the outputs of
+# one set of weights: a bundle trained from another (probes, entropy stage) must not
+# carry them over, or it runs stale constants silently.
+CALIBRATED_RUNTIME = ('heatmap_score', 'normalisation', 'segment_threshold', 'calibration',
+                      'sizes', 'calibrated_size', 'meta_threshold', 'meta_pgn_names')
+
+
+def save_retrained_bundle(path, model: OodSegNet, runtime: dict = None,
+                          info: dict = None) -> Tuple[Path, list]:
+    """
+    Save weights trained from another bundle without that bundle's fitted constants.
+
+    The init bundle's ``runtime`` keeps only what no fit produced (``min_segment_px``,
+    ``obstacle``, ``score_options``, ...); ``config.sml_stats`` (training-split score
+    statistics of the old weights) is left out, so scores that need them are unavailable
+    until ``ood-seg sml-stats``. Returns (path, the dropped names, e.g.
+    ``['config.sml_stats', 'runtime.heatmap_score']``).
+    """
+    runtime = dict(runtime or {})
+    dropped = [f'runtime.{k}' for k in CALIBRATED_RUNTIME if k in runtime]
+    kept = {k: v for k, v in runtime.items() if k not in CALIBRATED_RUNTIME}
+    path = save_bundle(path, model, runtime=kept, info=info)
+    if model.config.sml_stats is not None:
+        update_bundle_json(path, lambda doc: doc['config'].update(sml_stats=None))
+        dropped.insert(0, 'config.sml_stats')
+    return path, dropped
+
+
 def write_bundle_json(path, doc: dict) -> Path:
     """
     Check ``doc`` against the schema, then replace ``<path>/bundle.json`` atomically.

@@ -11,6 +11,7 @@ from ood_seg_ros.errors import OodSegError
 from ood_seg_ros.model import bundle as B
 import pytest
 from repo_paths import ROOT
+import torch
 
 SIZE = (64, 96)
 
@@ -105,3 +106,35 @@ def test_a_writer_killed_half_way_leaves_the_old_bundle_json(tiny):
     assert B.Bundle.read(tiny).doc == json.loads(before)
     for stray in tiny.glob('.bundle.json.*.tmp'):    # left by the killed writer: ignored
         stray.unlink()
+
+
+def test_a_retrained_bundle_leaves_the_old_weights_fitted_constants_out(tiny, tmp_path):
+    """Calibration, meta threshold and training-split statistics belong to the old weights."""
+    import numpy as np
+    from ood_seg_ros.tools.sml import gather_sml_stats
+    old = B.load_bundle(tiny)
+    rng = np.random.default_rng(0)
+    frames = [rng.integers(0, 255, (*old.config.input_size, 3), dtype=np.uint8)
+              for _ in range(2)]
+    stats = gather_sml_stats(old.model, frames, batch_size=2)
+    fitted = {'heatmap_score': 'fused_energy_moose_energy', 'segment_threshold': 0.7,
+              'normalisation': {'energy': [-3.0, 1.0]}, 'meta_threshold': 0.6,
+              'calibrated_size': '96x128', 'sizes': {'192x256': {'segment_threshold': 0.4}},
+              'calibration': {'sets': ['x']}, 'meta_pgn_names': ['pgn_uni_p1']}
+    kept = {'min_segment_px': 80, 'obstacle': {'margin': 0.02}}
+    B.update_bundle_json(tiny, lambda d: (d['runtime'].update({**fitted, **kept}),
+                                          d['config'].update(sml_stats=stats)))
+    old = B.load_bundle(tiny)
+    assert 'fused_energy_moose_energy' in old.config.available_scores()
+    path, dropped = B.save_retrained_bundle(tmp_path / 'new', old.model, old.runtime,
+                                            {'note': 'retrained'})
+    new = B.load_bundle(path)
+    assert new.runtime == kept
+    assert new.config.sml_stats is None
+    assert 'fused_energy_moose_energy' not in new.config.available_scores()
+    assert dropped == ['config.sml_stats'] + [f'runtime.{k}' for k in B.CALIBRATED_RUNTIME]
+    assert B.load_bundle(tiny).runtime == {**fitted, **kept}       # the old one untouched
+    sd = new.model.state_dict()
+    for k, v in old.model.state_dict().items():                    # saved as float16
+        assert torch.equal(v.half().float() if v.is_floating_point() else v, sd[k].float()
+                           if v.is_floating_point() else sd[k])

@@ -172,7 +172,11 @@ def test_decoder_only_energy_finetune_keeps_encoder_and_probe_inputs(tmp_path):
     cfg = _cfg(tmp_path, 'entropy', init_bundle=init, model={}, ood_proxy=str(tmp_path / 'proxy'),
                ood_ratio=1.0, max_steps=3, epochs=3, lr=1e-2, optimizer='adam',
                ood_loss='energy', train_part='decoder', photometric=True, val_limit=2)
-    tr = Trainer(cfg, log=lambda *_: None)
+    from ood_seg_ros.model.bundle import read_bundle_json, update_bundle_json
+    update_bundle_json(init, lambda d: d['runtime'].update(
+        heatmap_score='energy', segment_threshold=0.3, min_segment_px=80))
+    logs = []
+    tr = Trainer(cfg, log=logs.append)
     assert len(tr.val_images) == 2 and tr.n_id == 4
     m = tr.model
     encoder = list(m.backbone.parameters()) + list(m.aspp.parameters())
@@ -202,6 +206,10 @@ def test_decoder_only_energy_finetune_keeps_encoder_and_probe_inputs(tmp_path):
     for a, b in zip(before_in, probe_inputs(after)):
         assert torch.equal(a, b)
     assert after_info_has(result['bundle'], 'energy')
+    # The init bundle's calibration belongs to the old decoder: left out, and said once.
+    assert read_bundle_json(result['bundle'])['runtime'] == {'min_segment_px': 80}
+    told = [m for m in logs if 'runtime.heatmap_score' in str(m)]
+    assert len(told) == 1 and 'eval --calibrate' in told[0]
 
 
 def after_info_has(bundle, loss):

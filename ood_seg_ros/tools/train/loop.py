@@ -29,6 +29,7 @@ from ..metrics import miou
 from ..protocol import trained_data, trained_splits
 from ...errors import OodSegError
 from ...model import build_model, load_bundle, ModelConfig, save_bundle
+from ...model.bundle import save_retrained_bundle
 
 
 @dataclass
@@ -171,6 +172,13 @@ def _class_weights(labels: torch.Tensor, n: int, mode: str, device) -> Optional[
         raise OodSegError(f'class_weights must be none, sqrt_median_freq or median_freq, '
                           f'got {mode!r}')
     return w.float().to(device)
+
+
+def recalibrate_hint(dropped: List[str]) -> str:
+    """Return the log line after a retrained bundle left the init bundle's fitted constants out."""
+    return (f'left out the init bundle\'s fitted constants ({", ".join(dropped)}): they '
+            f'belong to the old weights. Before use run ood-seg sml-stats, then ood-seg '
+            f'eval --calibrate and ood-seg train-meta on the new bundle')
 
 
 def stage_provenance(info: dict, cfg: 'TrainConfig', device, extra: dict) -> dict:
@@ -456,8 +464,13 @@ class Trainer:
 
     def _save_bundle(self, path: Path, extra: dict):
         info = stage_provenance(self.provenance, self.cfg, self.device, extra)
-        runtime = getattr(self, 'init_runtime', {})
-        save_bundle(path, self.model, runtime=runtime, info=info)
+        if self.cfg.stage == 'base':
+            save_bundle(path, self.model, info=info)
+            return
+        _, dropped = save_retrained_bundle(path, self.model, self.init_runtime, info)
+        if dropped and not getattr(self, '_told_dropped', False):
+            self._told_dropped = True
+            self.log(recalibrate_hint(dropped))
 
     def _save_checkpoint(self):
         """

@@ -21,9 +21,11 @@ import torch
 import torch.nn.functional as F
 
 from .augment import IGNORE
-from .loop import _class_weights, evaluate_miou, load_train_data, stage_provenance, TrainConfig
+from .loop import (_class_weights, evaluate_miou, load_train_data, recalibrate_hint,
+                   stage_provenance, TrainConfig)
 from ...errors import OodSegError
-from ...model import load_bundle, save_bundle
+from ...model import load_bundle
+from ...model.bundle import save_retrained_bundle
 from ...model.deeplab import upsample
 
 LOSS_STRIDE = 4  # decoder resolution: the probes' loss is taken where the graph scores
@@ -154,8 +156,9 @@ def train_probes_cached(cfg: TrainConfig, scales: Sequence[float] = (0.75, 1.0, 
     info = stage_provenance(b.info, cfg, torch.device('cpu'), {
         'epoch': epoch, 'steps': step, 'best_val_miou': best,
         'feature_cache': {'scales': list(scales), 'flip': 'random'}, 'history': history})
-    runtime = dict(b.runtime)
     final = out / 'bundle'
     model.eval()
-    save_bundle(final, model, runtime=runtime, info=info)
+    _, dropped = save_retrained_bundle(final, model, b.runtime, info)
+    if dropped:
+        log(recalibrate_hint(dropped))
     return {'bundle': str(final), 'best_val_miou': best, 'epochs': epoch, 'steps': step}
