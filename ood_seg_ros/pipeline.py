@@ -185,6 +185,16 @@ def runtime_for_size(runtime: dict, input_size, region: str = 'all') -> Tuple[di
     return rt, False
 
 
+def default_region(runtime: dict, region: Optional[str] = None) -> str:
+    """
+    Return ``region``, or where it is None or empty the bundle's: ``runtime.heatmap_region``.
+
+    Bundles without the key run the ``all`` mode. The shipped bundle names the mode its
+    measurements chose (model card, "Obstacle mode").
+    """
+    return region or (runtime or {}).get('heatmap_region') or 'all'
+
+
 def usable_score(runtime: dict) -> str:
     """
     Return the bundle's heatmap score if it has normalisation constants, else moose_entropy.
@@ -227,7 +237,7 @@ class PipelineSettings:
     engine_path: str = ''
     force_engine_update: bool = False
     max_pixels: int = MAX_FRAME_PIXELS
-    region: str = 'all'
+    region: str = ''            # '': the bundle's (runtime.heatmap_region, else all)
     band: bool = False
     band_rows: Optional[str] = None
     band_width: Optional[int] = None
@@ -276,8 +286,9 @@ class PipelineSettings:
         doc = read_bundle_json(self.bundle)
         size = parse_size(self.input_size) if self.input_size else \
             doc['config']['input_size']
-        runtime, _ = runtime_for_size(doc.get('runtime', {}), size, self.region)
-        return replace(self, backend=self.backend_name(),
+        region = default_region(doc.get('runtime', {}), self.region)
+        runtime, _ = runtime_for_size(doc.get('runtime', {}), size, region)
+        return replace(self, backend=self.backend_name(), region=region,
                        score=self.score or runtime['heatmap_score'],
                        threshold=float(runtime['segment_threshold'] if self.threshold is None
                                        else self.threshold))
@@ -316,7 +327,7 @@ class Pipeline:
     def __init__(self, backend, class_names: Sequence[str], runtime: dict,
                  meta: Optional[MetaClassifier] = None, score: Optional[str] = None,
                  threshold: Optional[float] = None, max_pixels: int = MAX_FRAME_PIXELS,
-                 geometry: str = 'letterbox', region: str = 'all',
+                 geometry: str = 'letterbox', region: Optional[str] = None,
                  region_metas: Optional[Dict[str, MetaClassifier]] = None,
                  obstacle: Optional[ObstacleSettings] = None, band: bool = False,
                  flip: bool = False, band_factory=None):
@@ -342,6 +353,7 @@ class Pipeline:
         self.metas = {'all': meta, **{r: meta for r in REGIONS}, **(region_metas or {})}
         self.columns = {r: self._meta_columns(m) for r, m in self.metas.items()}
         self.region = 'all'
+        self.default_region = default_region(runtime)
         self.meta, self.meta_columns = meta, self.columns['all']
         self.score_name = ''
         self.set_region(region, score, threshold)
@@ -356,28 +368,31 @@ class Pipeline:
                               f'by this pipeline (retrain it with ood-seg train-meta)')
         return np.array([names.index(n) for n in meta.feature_names])
 
-    def set_region(self, region: str, score: Optional[str] = None,
+    def set_region(self, region: Optional[str], score: Optional[str] = None,
                    threshold: Optional[float] = None) -> None:
         """
         Switch the heatmap region (``all`` / ``drivable``): attribute swaps, no rebuild.
 
+        None or empty: the bundle's mode (:attr:`default_region`).
         Score, normalisation, segment threshold and meta classifier become the mode's
         (``score`` / ``threshold`` override them); the mode's score is kept only when the
         backend computes it, else the current score stays. All checks run before any
         attribute changes: a refused switch leaves the pipeline as it was.
         """
+        region = region or self.default_region
         state = self.region_state(region, score, threshold)
         self.region, self.runtime, self.calibrated_size = region, state[0], state[1]
         self.meta, self.meta_columns = self.metas[region], self.columns[region]
         self.norm, self.score_name, self.threshold = state[2:]
 
-    def region_state(self, region: str, score: Optional[str] = None,
+    def region_state(self, region: Optional[str], score: Optional[str] = None,
                      threshold: Optional[float] = None):
         """
         Check a region switch; return (runtime, calibrated, norm, score, threshold).
 
         OodSegError where :meth:`set_region` would refuse it; nothing changes here.
         """
+        region = region or self.default_region
         if region not in REGIONS:
             raise OodSegError(f'heatmap region must be one of {", ".join(REGIONS)}, '
                               f'got {region!r}')
@@ -424,8 +439,9 @@ class Pipeline:
     def from_bundle(cls, bundle_path, backend: str = 'auto', device: str = 'auto',
                     fp16: bool = False, score: Optional[str] = None,
                     threshold: Optional[float] = None, all_scores: bool = False,
-                    input_size=None, geometry: str = 'letterbox', region: str = 'all',
-                    band: bool = False, band_rows=None, band_width: Optional[int] = None,
+                    input_size=None, geometry: str = 'letterbox',
+                    region: Optional[str] = None, band: bool = False, band_rows=None,
+                    band_width: Optional[int] = None,
                     flip: bool = False, meta_pgn: Optional[Sequence[str]] = None,
                     **backend_options) -> 'Pipeline':
         """
@@ -483,7 +499,7 @@ class Pipeline:
                                fp16=s.precision_name() == 'fp16', score=s.score,
                                threshold=s.threshold,
                                all_scores=s.all_scores, input_size=s.input_size,
-                               geometry=s.geometry, region=s.region, band=s.band,
+                               geometry=s.geometry, region=s.region or None, band=s.band,
                                band_rows=s.band_rows, band_width=s.band_width, flip=s.flip,
                                **s.backend_options())
         pipe.max_pixels = s.max_pixels

@@ -134,6 +134,7 @@ class RuntimeSchema(RegionSchema):
     calibration: Optional[Dict[str, Any]] = None
     score_options: Optional[Dict[str, Any]] = None
     obstacle: Optional[ObstacleSchema] = None
+    heatmap_region: Optional[Literal['all', 'drivable']] = None
     sizes: Optional[Dict[Annotated[str, Field(pattern=r'^[1-9][0-9]*x[1-9][0-9]*$')],
                          SizeSchema]] = None
 

@@ -10,8 +10,11 @@
 #   trained on val, so those sets rank scores but fit nothing), at the bundle size, at
 #   480x960 and in obstacle mode (drivable prior + road band),
 #   meta classifier on the two real sets.
-# Obstacle mode (drivable prior + road band) was fitted the same way and not shipped
-# (model card); its two commands are at the end, behind OBSTACLE=1.
+# The default region (runtime.heatmap_region: all, or the drivable prior with its
+# margin / fall-off / floor) is chosen by tools/obstacle_sweep.py after the calibration.
+# Obstacle-mode calibration and meta classifier (drivable prior + road band) were fitted
+# the same way and not shipped (model card); their two commands are at the end, behind
+# OBSTACLE=1.
 # Usage: tools/refresh_default_bundle_cpu.sh DATA_DIR OLD_BUNDLE OUT_DIR [STEP]
 # STEP (default: probes): probes | continue | calibrate, to run from that step on; or
 #   oe: outlier exposure from OLD_BUNDLE (decoder only, energy-margin loss, photometric
@@ -57,9 +60,15 @@ ood make-ood-set --camvid "$camvid" --coco "$coco" --split val --group b --seed 
     --placement road --objects 2,5 --out "$out/road_val_b" --overwrite
 select="--select-set $out/road_val_b --select-set $out/ood_val_b"
 obstacle="--heatmap-region drivable --band --band-width 1024"
-ood eval --bundle "$b" $real $select --calibrate
-ood train-meta --bundle "$b" $real --max-fp-per-frame 0.5
-ood eval --bundle "$b" $real $select --calibrate --input-size 480x960
+ood eval --bundle "$b" $real $select --calibrate --heatmap-region all
+ood train-meta --bundle "$b" $real --max-fp-per-frame 0.5 --heatmap-region all
+ood eval --bundle "$b" $real $select --calibrate --input-size 480x960 --heatmap-region all
+# the bundle's default region: `all` against a grid of drivable priors, by the rule fixed
+# in tools/obstacle_sweep.py (real sets and both synthetic val sets); --apply writes the
+# winner into runtime.heatmap_region / runtime.obstacle only when the rule ships it
+"$py" "$(dirname "$0")/obstacle_sweep.py" --bundle "$b" $real \
+    --ood-set "$out/road_val_b" --ood-set "$out/ood_val_b" \
+    --report-set "$data/real_ood/fs_static" --out "$out/obstacle_sweep.json" --apply
 if [ "${OBSTACLE:-0}" = 1 ]; then
     ood eval --bundle "$b" $real --select-set "$out/road_val_b" --calibrate $obstacle
     ood train-meta --bundle "$b" $real --max-fp-per-frame 0.5 $obstacle

@@ -162,7 +162,8 @@ def save_bundle(path, model: OodSegNet, runtime: dict = None, info: dict = None,
 # one set of weights: a bundle trained from another (probes, entropy stage) must not
 # carry them over, or it runs stale constants silently.
 CALIBRATED_RUNTIME = ('heatmap_score', 'normalisation', 'segment_threshold', 'calibration',
-                      'sizes', 'calibrated_size', 'meta_threshold', 'meta_pgn_names')
+                      'sizes', 'calibrated_size', 'meta_threshold', 'meta_pgn_names',
+                      'heatmap_region')
 
 
 def save_retrained_bundle(path, model: OodSegNet, runtime: dict = None,

@@ -156,11 +156,12 @@ class OodNodeBody:
 
     # -- run-time parameters: pre-set resets, set validates, post-set applies ---------
     def _show_effective_parameters(self) -> None:
-        """Set heatmap_score and segment_threshold to the values in use (param get)."""
+        """Set heatmap_region, _score and segment_threshold to the values in use (param get)."""
         p = self.pipeline
         self._syncing = True
         try:
             results = self.set_parameters([
+                Parameter('heatmap_region', value=p.region),
                 Parameter('heatmap_score', value=p.score_name),
                 Parameter('segment_threshold', value=float(p.threshold))])
         finally:

@@ -72,9 +72,10 @@ PARAMETERS = {
     'segment_threshold': (0.0, _F, False, 'segment threshold on the heatmap in (0, 1); '
                           'reads the threshold in use once the model is loaded; set 0: the '
                           'bundle default (changeable at run time)'),
-    'heatmap_region': ('all', _S, False, 'all: the whole frame; drivable: obstacle mode, the '
-                       'score weighted by the drivable-area prior and segments touching it '
-                       '(changeable at run time, no rebuild)'),
+    'heatmap_region': ('', _S, False, 'all: the whole frame; drivable: obstacle mode, the '
+                       'score weighted by the drivable-area prior and segments touching it; '
+                       'reads the mode in use once the model is loaded; set empty: the '
+                       "bundle's (changeable at run time, no rebuild)"),
     'high_res_band': (False, _B, True, 'second, full-resolution pass over the road band '
                       '(rows: band_rows), fused into the heatmap'),
     'band_rows': ('', _S, True, 'road band TOP:BOTTOM as fractions of the frame height, or '
@@ -103,7 +104,7 @@ SETTINGS = {'backend': 'backend', 'device': 'device', 'fp16': 'fp16',
             'precision': 'precision'}
 _ONE_OF = {'backend': BACKENDS, 'precision': ('',) + PRECISIONS,
            'input_transport': TRANSPORTS, 'qos_reliability': RELIABILITIES,
-           'geometry': GEOMETRIES, 'heatmap_region': REGIONS}
+           'geometry': GEOMETRIES, 'heatmap_region': ('',) + REGIONS}
 
 
 def validate(name: str, value) -> None:
@@ -173,12 +174,13 @@ def read_config(values: Dict[str, object], overrides: Iterable[str], argv) -> di
 
 def with_bundle_defaults(params: List[Parameter], pipeline: Pipeline) -> List[Parameter]:
     """
-    Pre-set step: '' / 0.0 of heatmap_score / segment_threshold become the bundle's value.
+    Pre-set step: '' / 0.0 of heatmap_score, segment_threshold, heatmap_region become the bundle's.
 
     ``ros2 param set /ood_node segment_threshold 0.0`` resets the threshold to the
     bundle's and ``ros2 param get`` then reads that value, the one in use.
     """
-    resets = {'heatmap_score': ('', str(pipeline.runtime['heatmap_score'])),
+    resets = {'heatmap_region': ('', pipeline.default_region),
+              'heatmap_score': ('', str(pipeline.runtime['heatmap_score'])),
               'segment_threshold': (0.0, float(pipeline.runtime['segment_threshold']))}
     return [Parameter(q.name, value=resets[q.name][1])
             if q.name in resets and q.value == resets[q.name][0] else q for q in params]

@@ -33,7 +33,7 @@ from ..errors import OodSegError
 from ..model import load_bundle
 from ..model.bundle import read_bundle_json
 from ..model.config import parse_size
-from ..pipeline import Pipeline, runtime_for_size, upsample_map, usable_score
+from ..pipeline import default_region, Pipeline, runtime_for_size, upsample_map, usable_score
 from ..scores import ALL_SCORES
 from ..viz import overlay
 
@@ -125,8 +125,7 @@ def id_false_detections(bundle_path, dataset, split='test', device='cpu', limit=
     obstacle = obstacle or {}
     pipe = Pipeline.from_bundle(bundle_path, device=device, **(backend_kw or TORCH),
                                 input_size=input_size, geometry=geometry, **obstacle,
-                                **score_kw(bundle_path, input_size,
-                                           obstacle.get('region', 'all')))
+                                **score_kw(bundle_path, input_size, obstacle.get('region')))
     pairs = open_dataset(dataset).list_pairs(split)
     if limit:
         pairs = pairs[:limit]
@@ -357,7 +356,7 @@ def evaluate_bundle(bundle_path, ood_root=None, dataset=None, split='test',
     """
     obstacle = obstacle or {}
     backend_kw = backend_kw or TORCH
-    region = obstacle.get('region', 'all')
+    region = obstacle.get('region')
     result: Dict = {'bundle': str(bundle_path)}
     roots = [] if not ood_root else ([ood_root] if isinstance(ood_root, (str, Path))
                                      else list(ood_root))
@@ -470,15 +469,18 @@ def _write_metrics(result: Dict, out_dir) -> None:
         (Path(out_dir) / 'metrics.json').write_text(to_json(result) + '\n')
 
 
-def score_kw(bundle_path, input_size=None, region: str = 'all') -> Dict:
+def score_kw(bundle_path, input_size=None, region: Optional[str] = None) -> Dict:
     """
     Keyword arguments choosing a score the bundle can normalise (see usable_score).
 
-    The bundle's settings for ``input_size`` (default: its own size) and region are used.
+    The bundle's settings for ``input_size`` (default: its own size) and region (default:
+    the bundle's, :func:`ood_seg_ros.pipeline.default_region`) are used.
     """
     doc = read_bundle_json(bundle_path)
+    runtime = doc.get('runtime', {})
     size = parse_size(input_size) if input_size else doc['config']['input_size']
-    return {'score': usable_score(runtime_for_size(doc.get('runtime', {}), size, region)[0])}
+    return {'score': usable_score(runtime_for_size(runtime, size,
+                                                   default_region(runtime, region))[0])}
 
 
 def table_text(result: Dict) -> str:

@@ -381,7 +381,7 @@ def load_meta_dataset(bundle_path, ood_root, device='cpu', limit=0, progress=Non
     pipe = pipeline or Pipeline.from_bundle(
         bundle_path, backend='torch', device=device, input_size=input_size,
         geometry=geometry, meta_pgn=meta_pgn, **obstacle,
-        **score_kw(bundle_path, input_size, obstacle.get('region', 'all')))
+        **score_kw(bundle_path, input_size, obstacle.get('region')))
     feats, is_fp, iou, groups, sets = [], [], [], [], []
     frames = {}
     offset = 0

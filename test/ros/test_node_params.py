@@ -83,6 +83,9 @@ def test_resolved_settings_read_the_bundle():
     s = PipelineSettings(str(bundle), backend='torch', device='cpu').resolved()
     assert (s.backend, s.score) == ('torch', runtime['heatmap_score'])
     assert s.threshold == pytest.approx(runtime['segment_threshold'])
+    assert s.region == runtime.get('heatmap_region', 'all')     # '' -> the bundle's mode
+    assert PipelineSettings(str(bundle), backend='torch', region='all').resolved().region \
+        == 'all'
     given = PipelineSettings(str(bundle), backend='torch', score='msp', threshold=0.2)
     assert (given.resolved().score, given.resolved().threshold) == ('msp', 0.2)
 
@@ -98,6 +101,7 @@ class _Pipe:
         self.backend = _Backend()
         self.runtime = {'heatmap_score': 'moose_entropy', 'segment_threshold': 0.7}
         self.score_name, self.threshold = score, threshold
+        self.default_region = 'drivable'
 
     def score_normalisation(self, name, computed=True):
         if computed and name not in self.backend.output_names:
@@ -117,9 +121,14 @@ class _Pipe:
 def test_set_validates_and_post_set_applies():
     pipe = _Pipe()
     reset = params.with_bundle_defaults([Parameter('segment_threshold', value=0.0),
-                                         Parameter('heatmap_score', value='')], pipe)
+                                         Parameter('heatmap_score', value=''),
+                                         Parameter('heatmap_region', value='')], pipe)
     assert [(q.name, q.value) for q in reset] == [('segment_threshold', 0.7),
-                                                  ('heatmap_score', 'moose_entropy')]
+                                                  ('heatmap_score', 'moose_entropy'),
+                                                  ('heatmap_region', 'drivable')]
+    params.validate('heatmap_region', '')
+    with pytest.raises(OodSegError, match='heatmap_region'):
+        params.validate('heatmap_region', 'road')
     with pytest.raises(OodSegError, match='segment_threshold'):
         params.check_set([Parameter('segment_threshold', value=1.5)], pipe)
     with pytest.raises(OodSegError, match='no normalisation'):

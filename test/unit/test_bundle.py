@@ -120,7 +120,8 @@ def test_a_retrained_bundle_leaves_the_old_weights_fitted_constants_out(tiny, tm
     fitted = {'heatmap_score': 'fused_energy_moose_energy', 'segment_threshold': 0.7,
               'normalisation': {'energy': [-3.0, 1.0]}, 'meta_threshold': 0.6,
               'calibrated_size': '96x128', 'sizes': {'192x256': {'segment_threshold': 0.4}},
-              'calibration': {'sets': ['x']}, 'meta_pgn_names': ['pgn_uni_p1']}
+              'calibration': {'sets': ['x']}, 'meta_pgn_names': ['pgn_uni_p1'],
+              'heatmap_region': 'drivable'}
     kept = {'min_segment_px': 80, 'obstacle': {'margin': 0.02}}
     B.update_bundle_json(tiny, lambda d: (d['runtime'].update({**fitted, **kept}),
                                           d['config'].update(sml_stats=stats)))

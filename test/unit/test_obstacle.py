@@ -232,3 +232,30 @@ def json_copy(doc):
     """Return a deep copy of a JSON document."""
     import json
     return json.loads(json.dumps(doc))
+
+
+def test_the_bundle_names_its_default_region(bundle, tmp_path):
+    import shutil
+    from ood_seg_ros.model.bundle import update_bundle_json
+    from ood_seg_ros.pipeline import default_region, PipelineSettings
+    from ood_seg_ros.schema import validate_bundle
+    from ood_seg_ros.tools.evaluate import score_kw
+    plain = Pipeline.from_bundle(bundle, backend='torch', device='cpu')
+    assert (plain.region, plain.default_region) == ('all', 'all')    # no key: all
+    b = tmp_path / 'b'
+    shutil.copytree(bundle, b)
+    doc = update_bundle_json(b, lambda d: d['runtime'].update(heatmap_region='drivable'))
+    validate_bundle(doc, 'bundle.json')
+    assert default_region(doc['runtime']) == 'drivable'
+    assert default_region(doc['runtime'], 'all') == 'all'
+    pipe = Pipeline.from_bundle(b, backend='torch', device='cpu')
+    assert (pipe.region, pipe.default_region) == ('drivable', 'drivable')
+    pipe.set_region('all')
+    assert pipe.region == 'all'
+    pipe.set_region('')                               # empty: back to the bundle's mode
+    assert pipe.region == 'drivable'
+    assert Pipeline.from_bundle(b, backend='torch', device='cpu', region='all').region == 'all'
+    assert PipelineSettings(str(b), backend='torch').resolved().region == 'drivable'
+    assert score_kw(b) == {'score': 'moose_entropy'}
+    with pytest.raises(OodSegError, match='heatmap_region'):
+        validate_bundle(dict(doc, runtime={'heatmap_region': 'road'}), 'bundle.json')

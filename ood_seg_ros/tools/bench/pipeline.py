@@ -211,7 +211,7 @@ def bench_obstacle(bundle_path, height, width, runs, warmup, backend='torch',
     bh, bw = band_input_size((height, width), rows, band_width)
     scale = bw / width
     whole = (int(np.ceil(height * scale / 16) * 16), bw)
-    pipes = {'plain': {}, 'drivable': {'region': 'drivable'},
+    pipes = {'plain': {'region': 'all'}, 'drivable': {'region': 'drivable'},
              'drivable_band': {'region': 'drivable', 'band': True, 'band_width': band_width},
              'flip': {'flip': True},
              'whole_frame_at_band_resolution': {'input_size': whole}}

@@ -97,7 +97,7 @@ class BagEvalCommand(Command):
         report.prepare_out(out)
         settings = PipelineSettings(bundle=str(bundle.resolve()), backend=args.backend,
                                     device=args.device, score=args.score,
-                                    threshold=args.threshold, region=args.heatmap_region,
+                                    threshold=args.threshold, region=args.heatmap_region or '',
                                     band=args.band, band_rows=args.band_rows,
                                     band_width=args.band_width, flip=args.flip)
         if args.mode == 'offline':

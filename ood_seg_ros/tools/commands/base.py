@@ -62,9 +62,10 @@ def print_result(result: dict, as_json: bool) -> None:
 
 
 OBSTACLE_OPTIONS = (   # flag, argparse keywords
-    ('--heatmap-region', {'default': 'all', 'choices': ['all', 'drivable'], 'help': (
+    ('--heatmap-region', {'default': None, 'choices': ['all', 'drivable'], 'help': (
         'all: the whole frame; drivable: the score weighted by the drivable-area prior, '
-        'segments must touch the road (calibration and meta classifier of that mode)')}),
+        'segments must touch the road (calibration and meta classifier of that mode); '
+        "default: the bundle's (runtime.heatmap_region, else all)")}),
     ('--band', {'action': 'store_true',
                 'help': 'second, high-resolution pass over the road band, fused in'}),
     ('--band-rows', {'default': None, 'help': 'band TOP:BOTTOM as fractions of the frame '

@@ -1,0 +1,46 @@
+"""tools/obstacle_sweep.py: the rule that picks the bundle's default region."""
+
+import importlib.util
+
+from repo_paths import ROOT
+
+
+def _tool():
+    spec = importlib.util.spec_from_file_location('obstacle_sweep',
+                                                  ROOT / 'tools' / 'obstacle_sweep.py')
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _rows(table, msp):
+    """{candidate: {set: ap}} + all-mode MSP -> the rows measure() returns."""
+    rows = {k: {s: {'x': {'ap': ap, 'fpr95': 0.5, 'auroc': 0.8}} for s, ap in r.items()}
+            for k, r in table.items()}
+    for s, ap in msp.items():
+        rows['all'][s]['msp'] = {'ap': ap, 'fpr95': 0.9, 'auroc': 0.6}
+    return rows
+
+
+def test_the_rule_takes_the_best_worst_case_and_ships_only_a_real_gain():
+    tool = _tool()
+    a = 'drivable margin=0.01 falloff=0.25 floor=0.5'
+    b = 'drivable margin=0.05 falloff=0.04 floor=0.0'
+    c = 'drivable margin=0.01 falloff=0.04 floor=0.0'
+    table = {'all': {'fs': 0.05, 'ra': 0.45, 'syn': 0.80},
+             a: {'fs': 0.07, 'ra': 0.38, 'syn': 0.78},     # worst relative 0.38/0.45
+             b: {'fs': 0.09, 'ra': 0.30, 'syn': 0.79},     # best on fs, worst on ra
+             c: {'fs': 0.08, 'ra': 0.44, 'syn': 0.10}}     # below MSP on syn: not eligible
+    rows = _rows(table, {'fs': 0.01, 'ra': 0.30, 'syn': 0.30})
+    ranked, winner, ships = tool.choose(rows, ['fs', 'ra', 'syn'], ['fs', 'ra'], 'x')
+    by_key = {k: (rel, ok) for rel, k, ok in ranked}
+    assert by_key[c][1] is False and by_key[a][1] is True
+    assert by_key[a][0] == min(0.07 / 0.09, 0.38 / 0.45, 0.78 / 0.80)
+    assert winner == a and ships                 # real worst 0.05 -> 0.07
+    assert tool.settings_of(a) == {'margin': 0.01, 'falloff': 0.25, 'floor': 0.5}
+    # a winner by the synthetic set alone, no gain on the real sets: not shipped
+    rows = _rows({'all': {'fs': 0.05, 'ra': 0.45, 'syn': 0.50},
+                  a: {'fs': 0.05, 'ra': 0.44, 'syn': 0.80}},
+                 {'fs': 0.01, 'ra': 0.30, 'syn': 0.30})
+    ranked, winner, ships = tool.choose(rows, ['fs', 'ra', 'syn'], ['fs', 'ra'], 'x')
+    assert winner == a and not ships
