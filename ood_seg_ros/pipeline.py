@@ -499,7 +499,7 @@ class Pipeline:
                                fp16=s.precision_name() == 'fp16', score=s.score,
                                threshold=s.threshold,
                                all_scores=s.all_scores, input_size=s.input_size,
-                               geometry=s.geometry, region=s.region or None, band=s.band,
+                               geometry=s.geometry, region=s.region, band=s.band,
                                band_rows=s.band_rows, band_width=s.band_width, flip=s.flip,
                                **s.backend_options())
         pipe.max_pixels = s.max_pixels
