@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# Outlier exposure of the WHOLE segmentation network on one GPU (issue 18), from a bundle:
+# backbone, ASPP and decoder train (train-entropy --train-part all), so the MOoSe probes
+# are retrained from scratch on the new frozen features afterwards, then the SML /
+# fused-score statistics are recomputed on `train`. Same losses, augmentation, batch and
+# proxy mix as tools/oe_rounds_gpu.sh chain a (a fresh proxy made from CamVid `train` each
+# round); two learning rates side by side. Only `train` frames are trained on; `val` gives
+# the logged mIoU and the probes' early stopping. Each variant is packed as OUT/<name>.tar.
+# Calibration, the default region and the meta classifier are then fitted on the CPU:
+# tools/refresh_default_bundle_cpu.sh DATA OLD OUT calibrate.
+# Usage: tools/oe_full_gpu.sh DATA_DIR OLD_BUNDLE WORK_DIR PACK_DIR
+# Env: OE_ROUNDS (3), OE_STEPS (364), OE_PROBE_MIN (probe time limit in minutes, 1.5),
+#   OE_PROBE_EPOCHS (40), OE_DEVICE (cuda), OE_VAL_LIMIT / OE_SML_LIMIT (0: every frame;
+#   small for a dry run on the CPU), OE_SUBSET (probes: first N frames per split, 0: all),
+#   PYTHON.
+set -uo pipefail
+data=$1; old=$2; work=$3; pack=$4
+camvid=$data/camvid; coco=$data/coco128_seg
+rounds=${OE_ROUNDS:-3}; steps=${OE_STEPS:-364}; device=${OE_DEVICE:-cuda}
+val_limit=${OE_VAL_LIMIT:-0}; sml_limit=${OE_SML_LIMIT:-0}
+py=${PYTHON:-python3}
+ood() { "$py" -m ood_seg_ros.cli "$@"; }
+t0=$(date +%s)
+mkdir -p "$work" "$pack"
+
+variant() {  # NAME LR FIRST_SEED
+    local name=$1 lr=$2 seed0=$3 b=$old r
+    for r in $(seq 1 "$rounds"); do
+        ood make-ood-set --camvid "$camvid" --coco "$coco" --split train --group a \
+            --seed $((seed0 + r)) --placement mixed --road-fraction 0.7 --objects 1,4 \
+            --ignore-band 4 --jpeg-quality 60,95 --out "$work/$name/proxy" --overwrite \
+            > "$work/$name.r$r.proxy.log" 2>&1 &&
+        ood train-entropy --camvid "$camvid" --init-bundle "$b" --ood-proxy "$work/$name/proxy" \
+            --out "$work/$name/r$r" --ood-loss energy --train-part all --photometric \
+            --crop 288,384 --batch-size 8 --lr "$lr" --ood-ratio 1.0 --epochs 4 \
+            --max-steps "$steps" --val-every 100 --val-limit "$val_limit" --device "$device" \
+            --seed "$r" > "$work/$name.r$r.train.log" 2>&1 ||
+            { echo "$name round $r failed: $(tail -n 1 "$work/$name.r$r".*.log)"; return 0; }
+        b=$work/$name/r$r/bundle
+        echo "$name round $r: $(( $(date +%s) - t0 )) s, $(tail -n 1 "$work/$name/r$r/metrics.jsonl")"
+    done
+    ood train-probes --camvid "$camvid" --train-splits train --batch-size 16 \
+        --class-weights sqrt_median_freq --device "$device" --cache-features \
+        --cache-scales 0.75,1 --out "$work/$name/probes" --init-bundle "$b" \
+        --epochs "${OE_PROBE_EPOCHS:-40}" --time-limit "${OE_PROBE_MIN:-1.5}" --patience 15 \
+        --val-every 2 --val-limit "$val_limit" --lr 0.01 --probe-depth 3 --probe-channels 128 \
+        --probe-separable --subset "${OE_SUBSET:-0}" > "$work/$name.probes.log" 2>&1 ||
+        { echo "$name probes failed: $(tail -n 1 "$work/$name.probes.log")"; return 0; }
+    b=$work/$name/probes/bundle  # the best validation epoch's probes
+    echo "$name probes: $(( $(date +%s) - t0 )) s, $(grep -a 'val_probes' "$work/$name.probes.log" | tail -n 1)"
+    ood sml-stats --bundle "$b" --camvid "$camvid" --split train --device "$device" \
+        --limit "$sml_limit" > "$work/$name.sml.log" 2>&1 ||
+        { echo "$name sml-stats failed"; return 0; }
+    cp "$work/$name/r$rounds/metrics.jsonl" "$b/oe_metrics.jsonl"
+    cp "$work/$name.probes.log" "$b/probes.log"
+    tar -C "$b/.." -cf "$pack/$name.tar" "$(basename "$b")"
+    echo "$name packed: $(( $(date +%s) - t0 )) s"
+}
+
+variant full_lr1e-5 1e-5 300 &
+variant full_lr5e-5 5e-5 400 &
+wait
+tar -C "$work" -czf "$pack/full_logs.tgz" $(cd "$work" && ls *.log)
+echo "done in $(( $(date +%s) - t0 )) s"
