@@ -66,6 +66,5 @@ chain() {  # NAME ROAD_FRACTION OBJECTS FIRST_SEED
 chain a 0.7 1,4 100 &
 chain b 0.9 2,6 200 &
 wait
-tar -C "$work" -czf "$pack/logs.tgz" --exclude='*/proxy' --exclude='*.pt' \
-    --exclude='*/bundle' $(cd "$work" && ls -d *.log */r*/metrics.jsonl 2>/dev/null)
+tar -C "$work" -czf "$pack/logs.tgz" $(cd "$work" && ls *.log */r*/metrics.jsonl 2>/dev/null)
 echo "done in $(( $(date +%s) - t0 )) s"
