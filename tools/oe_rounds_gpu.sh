@@ -3,30 +3,46 @@
 # tools/refresh_default_bundle_cpu.sh (step `oe`: decoder only, energy-margin loss,
 # photometric / style augmentation, batch 8 of 288x384 crops, lr 1e-4, 364 steps a round,
 # a fresh proxy made from CamVid `train` each round), continued for more rounds than a CPU
-# affords, in two chains side by side:
-#   a: the shipped proxy mix (70 % of the objects standing on the road, 1-4 per frame);
-#   b: a road-heavy mix (90 % on the road, 2-6 per frame: more small, far obstacles).
+# affords, in chains side by side. OE_CHAINS lists them as NAME:ROAD_FRACTION:OBJECTS:
+# FIRST_SEED[:LR], default the two of the third round:
+#   a:0.7:1,4:100  the first rounds' proxy mix (70 % of the objects on the road, 1-4 a frame);
+#   b:0.9:2,6:200  a road-heavy mix (90 % on the road, 2-6 per frame: more small, far ones).
 # Only `train` frames are used; `val` gives the mIoU logged at the end of each round.
-# Each chain keeps three of its rounds (a third, two thirds and the last one it finished),
-# recomputes their SML / fused-score statistics on `train` and packs each kept bundle as
+# Each chain keeps some of its rounds (OE_KEEP=thirds: a third, two thirds and the last one
+# it finished; OE_KEEP=last: the last only) and, with OE_SOUP=1, the mean of the weights of
+# its second half of rounds (tools/average_bundles.py; packed as <chain>_soup.tar). Their
+# SML / fused-score statistics are recomputed on `train` and each is packed as
 # OUT/<chain>_r<round>.tar. Calibration, the default region and the meta classifier are
 # then fitted on the CPU: tools/refresh_default_bundle_cpu.sh DATA OLD OUT calibrate.
 # Usage: tools/oe_rounds_gpu.sh DATA_DIR OLD_BUNDLE WORK_DIR PACK_DIR
-# Env: OE_BUDGET_S (wall-clock budget, 420 s), OE_MAX_ROUNDS (8), OE_STEPS (364),
-#   OE_DEVICE (cuda), OE_VAL_LIMIT / OE_SML_LIMIT (0: every frame; small for a dry run on
-#   the CPU), PYTHON. A round that fails ends its chain; the rounds before it are packed.
+# Env: OE_CHAINS, OE_KEEP (thirds), OE_SOUP (0), OE_BUDGET_S (wall-clock budget, 420 s),
+#   OE_MAX_ROUNDS (8), OE_STEPS (364), OE_DEVICE (cuda), OE_VAL_LIMIT / OE_SML_LIMIT
+#   (0: every frame; small for a dry run on the CPU), PYTHON. A round that fails ends its
+#   chain; the rounds before it are packed.
 set -uo pipefail
 data=$1; old=$2; work=$3; pack=$4
 camvid=$data/camvid; coco=$data/coco128_seg
 budget=${OE_BUDGET_S:-420}; max_rounds=${OE_MAX_ROUNDS:-8}; steps=${OE_STEPS:-364}
 device=${OE_DEVICE:-cuda}; val_limit=${OE_VAL_LIMIT:-0}; sml_limit=${OE_SML_LIMIT:-0}
+chains=${OE_CHAINS:-a:0.7:1,4:100 b:0.9:2,6:200}; keep_mode=${OE_KEEP:-thirds}
+soup=${OE_SOUP:-0}
 py=${PYTHON:-python3}
+here=$(cd "$(dirname "$0")" && pwd)
 ood() { "$py" -m ood_seg_ros.cli "$@"; }
 t0=$(date +%s)
 mkdir -p "$work" "$pack"
 
-chain() {  # NAME ROAD_FRACTION OBJECTS FIRST_SEED
-    local name=$1 road=$2 objects=$3 seed0=$4 b=$old r=0 last=0 t start
+pack_bundle() {  # CHAIN DIR TAG: train statistics, then OUT/<chain>_<tag>.tar
+    local name=$1 dir=$2 tag=$3
+    ood sml-stats --bundle "$dir/bundle" --camvid "$camvid" --split train \
+        --device "$device" --limit "$sml_limit" > "$work/$name.$tag.sml.log" 2>&1 ||
+        { echo "chain $name: sml-stats of $tag failed"; return 0; }
+    tar -C "$dir" -cf "$pack/${name}_$tag.tar" bundle $(cd "$dir" && ls metrics.jsonl 2>/dev/null)
+    echo "chain $name: packed $tag"
+}
+
+chain() {  # NAME ROAD_FRACTION OBJECTS FIRST_SEED [LR]
+    local name=$1 road=$2 objects=$3 seed0=$4 lr=${5:-1e-4} b=$old r=0 last=0 t start
     while [ "$r" -lt "$max_rounds" ]; do
         t=$(date +%s)
         # start a round only if one more (as long as the longest so far) fits the budget
@@ -38,7 +54,7 @@ chain() {  # NAME ROAD_FRACTION OBJECTS FIRST_SEED
                 --out "$work/$name/proxy" --overwrite > "$work/$name.r$r.proxy.log" 2>&1 ||
            ! ood train-entropy --camvid "$camvid" --init-bundle "$b" \
                 --ood-proxy "$work/$name/proxy" --out "$work/$name/r$r" --ood-loss energy \
-                --train-part decoder --photometric --crop 288,384 --batch-size 8 --lr 1e-4 \
+                --train-part decoder --photometric --crop 288,384 --batch-size 8 --lr "$lr" \
                 --ood-ratio 1.0 --epochs 4 --max-steps "$steps" --val-every 100 \
                 --val-limit "$val_limit" --device "$device" --seed "$r" \
                 > "$work/$name.r$r.train.log" 2>&1; then
@@ -50,21 +66,26 @@ chain() {  # NAME ROAD_FRACTION OBJECTS FIRST_SEED
         [ $((t - start)) -gt "$last" ] && last=$((t - start))
         echo "chain $name round $r: $((t - start)) s, $(tail -n 1 "$work/$name/r$r/metrics.jsonl")"
     done
-    # keep a third, two thirds and the last round (distinct)
     [ "$r" -gt 0 ] || return 0
-    local keep
-    keep=$(printf '%s\n' $(( (r + 2) / 3 )) $(( (2 * r + 2) / 3 )) "$r" | sort -un)
-    for k in $keep; do
-        ood sml-stats --bundle "$work/$name/r$k/bundle" --camvid "$camvid" --split train \
-            --device "$device" --limit "$sml_limit" > "$work/$name.r$k.sml.log" 2>&1 ||
-            { echo "chain $name: sml-stats of round $k failed"; continue; }
-        tar -C "$work/$name/r$k" -cf "$pack/${name}_r$k.tar" bundle metrics.jsonl
-        echo "chain $name: packed round $k"
-    done
+    local keep k
+    if [ "$keep_mode" = last ]; then keep=$r
+    else keep=$(printf '%s\n' $(( (r + 2) / 3 )) $(( (2 * r + 2) / 3 )) "$r" | sort -un); fi
+    for k in $keep; do pack_bundle "$name" "$work/$name/r$k" "r$k"; done
+    # the soup: the mean of the weights of the second half of the rounds (at least two)
+    if [ "$soup" = 1 ] && [ "$r" -ge 2 ]; then
+        rm -rf "$work/$name/soup"
+        if "$py" "$here/average_bundles.py" --out "$work/$name/soup/bundle" \
+                $(for k in $(seq $(( (r + 1) / 2 )) "$r"); do echo "$work/$name/r$k/bundle"; done) \
+                > "$work/$name.soup.log" 2>&1; then
+            pack_bundle "$name" "$work/$name/soup" soup
+        else echo "chain $name: soup failed: $(tail -n 1 "$work/$name.soup.log")"; fi
+    fi
 }
 
-chain a 0.7 1,4 100 &
-chain b 0.9 2,6 200 &
+for spec in $chains; do
+    IFS=: read -r -a f <<< "$spec"
+    chain "${f[@]}" &
+done
 wait
 tar -C "$work" -czf "$pack/logs.tgz" $(cd "$work" && ls *.log */r*/metrics.jsonl 2>/dev/null)
 echo "done in $(( $(date +%s) - t0 )) s"
