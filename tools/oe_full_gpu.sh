@@ -22,21 +22,15 @@ rounds=${OE_ROUNDS:-3}; steps=${OE_STEPS:-364}; device=${OE_DEVICE:-cuda}
 val_limit=${OE_VAL_LIMIT:-0}; sml_limit=${OE_SML_LIMIT:-0}
 py=${PYTHON:-python3}
 ood() { "$py" -m ood_seg_ros.cli "$@"; }
+. "$(dirname "$0")/oe_round.sh"
 t0=$(date +%s)
 mkdir -p "$work" "$pack"
 
 variant() {  # NAME LR FIRST_SEED
     local name=$1 lr=$2 seed0=$3 b=$old r
     for r in $(seq 1 "$rounds"); do
-        ood make-ood-set --camvid "$camvid" --coco "$coco" --split train --group a \
-            --seed $((seed0 + r)) --placement mixed --road-fraction 0.7 --objects 1,4 \
-            --ignore-band 4 --jpeg-quality 60,95 --out "$work/$name/proxy" --overwrite \
-            > "$work/$name.r$r.proxy.log" 2>&1 &&
-        ood train-entropy --camvid "$camvid" --init-bundle "$b" --ood-proxy "$work/$name/proxy" \
-            --out "$work/$name/r$r" --ood-loss energy --train-part all --photometric \
-            --crop 288,384 --batch-size 8 --lr "$lr" --ood-ratio 1.0 --epochs 4 \
-            --max-steps "$steps" --val-every 100 --val-limit "$val_limit" --device "$device" \
-            --seed "$r" > "$work/$name.r$r.train.log" 2>&1 ||
+        oe_round "$b" "$work/$name/r$r" "$work/$name/proxy" $((seed0 + r)) 0.7 1,4 all \
+            "$lr" "$steps" "$r" "$val_limit" "$work/$name.r$r" ||
             { echo "$name round $r failed: $(tail -n 1 "$work/$name.r$r".*.log)"; return 0; }
         b=$work/$name/r$r/bundle
         echo "$name round $r: $(( $(date +%s) - t0 )) s, $(tail -n 1 "$work/$name/r$r/metrics.jsonl")"

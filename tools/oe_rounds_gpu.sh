@@ -29,6 +29,7 @@ soup=${OE_SOUP:-0}
 py=${PYTHON:-python3}
 here=$(cd "$(dirname "$0")" && pwd)
 ood() { "$py" -m ood_seg_ros.cli "$@"; }
+. "$here/oe_round.sh"
 t0=$(date +%s)
 mkdir -p "$work" "$pack"
 
@@ -48,16 +49,8 @@ chain() {  # NAME ROAD_FRACTION OBJECTS FIRST_SEED [LR]
         # start a round only if one more (as long as the longest so far) fits the budget
         if [ "$r" -gt 0 ] && [ $((t - t0 + last + last / 3 + 30)) -gt "$budget" ]; then break; fi
         r=$((r + 1)); start=$t
-        if ! ood make-ood-set --camvid "$camvid" --coco "$coco" --split train --group a \
-                --seed $((seed0 + r)) --placement mixed --road-fraction "$road" \
-                --objects "$objects" --ignore-band 4 --jpeg-quality 60,95 \
-                --out "$work/$name/proxy" --overwrite > "$work/$name.r$r.proxy.log" 2>&1 ||
-           ! ood train-entropy --camvid "$camvid" --init-bundle "$b" \
-                --ood-proxy "$work/$name/proxy" --out "$work/$name/r$r" --ood-loss energy \
-                --train-part decoder --photometric --crop 288,384 --batch-size 8 --lr "$lr" \
-                --ood-ratio 1.0 --epochs 4 --max-steps "$steps" --val-every 100 \
-                --val-limit "$val_limit" --device "$device" --seed "$r" \
-                > "$work/$name.r$r.train.log" 2>&1; then
+        if ! oe_round "$b" "$work/$name/r$r" "$work/$name/proxy" $((seed0 + r)) "$road" \
+                "$objects" decoder "$lr" "$steps" "$r" "$val_limit" "$work/$name.r$r"; then
             echo "chain $name round $r failed: $(tail -n 1 "$work/$name.r$r".*.log)"
             r=$((r - 1)); break
         fi

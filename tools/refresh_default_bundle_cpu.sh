@@ -27,18 +27,14 @@ camvid=$data/camvid; coco=$data/coco128_seg
 real="--ood-set $data/real_ood/fs_lost_found --ood-set $data/real_ood/road_anomaly21"
 py=${PYTHON:-python3}
 ood() { "$py" -m ood_seg_ros.cli "$@"; }
+. "$(dirname "$0")/oe_round.sh"
 probe_args="--camvid $camvid --train-splits train --batch-size 16 --class-weights sqrt_median_freq
     --device cpu --cache-features --cache-scales 0.75,1"
 b=$out/probes2/bundle
 if [ "$step" = oe ]; then
-    ood make-ood-set --camvid "$camvid" --coco "$coco" --split train --group a --seed "${OE_SEED:-18}" \
-        --placement mixed --road-fraction 0.7 --objects 1,4 --ignore-band 4 \
-        --jpeg-quality 60,95 --out "$out/proxy_train" --overwrite
-    ood train-entropy --camvid "$camvid" --init-bundle "$old" --ood-proxy "$out/proxy_train" \
-        --out "$out/oe" --ood-loss energy --train-part decoder --photometric \
-        --crop 288,384 --batch-size 8 --lr 1e-4 --ood-ratio 1.0 --epochs 4 \
-        --max-steps "${OE_STEPS:-300}" --val-every 100 --val-limit 16 --device cpu \
-        --seed "${OE_TRAIN_SEED:-0}"
+    device=cpu
+    oe_round "$old" "$out/oe" "$out/proxy_train" "${OE_SEED:-18}" 0.7 1,4 decoder 1e-4 \
+        "${OE_STEPS:-300}" "${OE_TRAIN_SEED:-0}" 16
     b=$out/oe/bundle
     step=calibrate
 fi
