@@ -134,6 +134,11 @@ class OodNodeBody:
             f'{pipe.score_name}, threshold {pipe.threshold:g}, input {pipe.input_size}')
         return True
 
+    def destroy_node(self):
+        """Stop background rebuilds from waking the executor, then destroy the node."""
+        self._rebuilder.destroy()
+        return super().destroy_node()
+
     def _unload_model(self) -> None:
         self._rebuilder.cancel()
         self.pipeline = None

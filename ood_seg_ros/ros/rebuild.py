@@ -11,6 +11,9 @@ swap is atomic for the node's single-threaded executor.
 
 The latest request wins: a request made while a build runs is built next (the running
 build's result is dropped), :meth:`Rebuilder.cancel` drops what is pending.
+:meth:`Rebuilder.destroy` (from the node's ``destroy_node``) removes the guard condition
+under the same lock the worker triggers it under, and a build that finishes after it is
+dropped: a worker must never trigger a guard condition that the node's shutdown has freed.
 """
 
 import threading
@@ -41,12 +44,15 @@ class Rebuilder:
         self._built: Optional[_Job] = None
         self._ready = None
         self._thread: Optional[threading.Thread] = None
+        self._closed = False
         self._node = node
         self._guard = node.create_guard_condition(self._deliver)
 
     def request(self, key: str, recipe) -> None:
         """Ask for a pipeline built from ``recipe``; replaces any pending request."""
         with self._lock:
+            if self._closed:
+                return
             self._wanted = _Job(key, recipe)
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name='ood_rebuild',
@@ -76,7 +82,7 @@ class Rebuilder:
                 pipe, error = None, exc
             with self._lock:
                 self._built = job
-                if self._wanted is job:
+                if self._wanted is job and not self._closed:
                     self._ready = (job, pipe, error)
                     self._guard.trigger()
 
@@ -91,6 +97,10 @@ class Rebuilder:
         self._on_done(job.key, pipe, error)
 
     def destroy(self) -> None:
-        """Drop what is pending and remove the guard condition."""
-        self.cancel()
-        self._node.destroy_guard_condition(self._guard)
+        """Drop what is pending and remove the guard condition; later builds are dropped."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._wanted = None
+            self._node.destroy_guard_condition(self._guard)
