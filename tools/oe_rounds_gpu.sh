@@ -10,7 +10,8 @@
 # Only `train` frames are used; `val` gives the mIoU logged at the end of each round.
 # Each chain keeps some of its rounds (OE_KEEP=thirds: a third, two thirds and the last one
 # it finished; OE_KEEP=last: the last only) and, with OE_SOUP=1, the mean of the weights of
-# its second half of rounds (tools/average_bundles.py; packed as <chain>_soup.tar). Their
+# its later rounds, ceil(r/2) to r (3-6 of 6; tools/average_bundles.py; packed as
+# <chain>_soup.tar). Their
 # SML / fused-score statistics are recomputed on `train` and each is packed as
 # OUT/<chain>_r<round>.tar. Calibration, the default region and the meta classifier are
 # then fitted on the CPU: tools/refresh_default_bundle_cpu.sh DATA OLD OUT calibrate.
@@ -64,7 +65,7 @@ chain() {  # NAME ROAD_FRACTION OBJECTS FIRST_SEED [LR]
     if [ "$keep_mode" = last ]; then keep=$r
     else keep=$(printf '%s\n' $(( (r + 2) / 3 )) $(( (2 * r + 2) / 3 )) "$r" | sort -un); fi
     for k in $keep; do pack_bundle "$name" "$work/$name/r$k" "r$k"; done
-    # the soup: the mean of the weights of the second half of the rounds (at least two)
+    # the soup: the mean of the weights of rounds ceil(r/2) to r (at least two)
     if [ "$soup" = 1 ] && [ "$r" -ge 2 ]; then
         rm -rf "$work/$name/soup"
         if "$py" "$here/average_bundles.py" --out "$work/$name/soup/bundle" \
