@@ -8,8 +8,8 @@ Outlier-exposure rounds made from fresh proxies swing the real-set AP by a few h
 from round to round (model card, "Outlier exposure, third round"): each round's proxy is
 one draw. The mean of several rounds' weights, taken along one chain, keeps what the rounds
 share and averages out what one proxy drew. Every floating-point tensor is averaged in
-float32 and stored in the dtype of the inputs; integer buffers (BatchNorm step counters)
-come from the last bundle. ``bundle.json`` is the last bundle's without its fitted
+float32 and stored as float16, as every bundle is; integer buffers (BatchNorm step
+counters) come from the last bundle. ``bundle.json`` is the last bundle's without its fitted
 constants (as for any retrained bundle; ``ood-seg sml-stats`` and the calibration come
 next), with ``info.averaged_from`` naming the inputs.
 
@@ -29,25 +29,15 @@ def _config_key(doc: dict) -> dict:
 
 
 def average_states(states: list) -> dict:
-    """Return the mean of state dicts with equal names, shapes and dtypes."""
+    """Return the float32 mean of same-shaped state dicts (integer buffers: the last one's)."""
     import torch
-    first = states[0]
     out = {}
-    for i, sd in enumerate(states[1:], start=2):
-        if sd.keys() != first.keys():
-            diff = sorted(set(sd) ^ set(first))
-            raise OodSegError(f'bundle {i} has other tensors than bundle 1: {diff[:3]}')
-    for name, ref in first.items():
-        for i, sd in enumerate(states[1:], start=2):
-            t = sd[name]
-            if t.shape != ref.shape or t.dtype != ref.dtype:
-                raise OodSegError(f'{name}: bundle {i} has {tuple(t.shape)} {t.dtype}, '
-                                  f'bundle 1 has {tuple(ref.shape)} {ref.dtype}')
+    for name, ref in states[0].items():
         if ref.is_floating_point():
             acc = torch.zeros(ref.shape, dtype=torch.float32)
             for sd in states:
                 acc += sd[name].float()
-            out[name] = (acc / len(states)).to(ref.dtype)
+            out[name] = acc / len(states)
         else:
             out[name] = states[-1][name].clone()
     return out
@@ -55,34 +45,25 @@ def average_states(states: list) -> dict:
 
 def average_bundles(bundles: list, out) -> Path:
     """Write the average of ``bundles`` (folders) to the new bundle folder ``out``."""
-    import torch
-    from ood_seg_ros.model.bundle import (CALIBRATED_RUNTIME, WEIGHTS, read_bundle_json,
-                                          write_bundle_json)
+    from ood_seg_ros.model.bundle import load_bundle, read_bundle_json, save_retrained_bundle
     if len(bundles) < 2:
         raise OodSegError('give at least two bundles to average')
     docs = [read_bundle_json(b) for b in bundles]
     for b, doc in zip(bundles[1:], docs[1:]):
         if _config_key(doc) != _config_key(docs[0]):
             raise OodSegError(f'{b}: its model config differs from {bundles[0]}')
-    states = []
-    for b in bundles:
-        try:
-            states.append(torch.load(Path(b) / WEIGHTS, map_location='cpu', weights_only=True))
-        except (OSError, RuntimeError) as exc:
-            raise OodSegError(f'{Path(b) / WEIGHTS}: cannot read the weights: {exc}') from exc
-    state = average_states(states)
     out = Path(out)
     if out.exists():
         raise OodSegError(f'{out} exists; choose a new folder')
-    doc = dict(docs[-1])
-    doc['config'] = {**doc['config'], 'sml_stats': None}
-    doc['runtime'] = {k: v for k, v in doc['runtime'].items() if k not in CALIBRATED_RUNTIME}
-    doc['info'] = {**doc.get('info', {}),
-                   'averaged_from': ['/'.join(Path(b).resolve().parts[-3:])
-                                     for b in bundles]}
-    out.mkdir(parents=True)
-    torch.save(state, out / WEIGHTS)
-    write_bundle_json(out, doc)
+    # the package's loader checks each archive against the config (names, shapes, finite
+    # values), so equal configs mean equal tensors to average
+    loaded = [load_bundle(b) for b in bundles]
+    last = loaded[-1]
+    last.model.load_state_dict(average_states([lb.model.state_dict() for lb in loaded]))
+    info = {**last.info, 'averaged_from': ['/'.join(Path(b).resolve().parts[-3:])
+                                           for b in bundles]}
+    # like any retrained bundle: float16 weights, no fitted constants, no SML statistics
+    save_retrained_bundle(out, last.model, runtime=last.runtime, info=info)
     return out
 
 
