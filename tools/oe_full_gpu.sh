@@ -42,8 +42,8 @@ mkdir -p "$work" "$pack"
 variant() {  # NAME LR FIRST_SEED
     local name=$1 lr=$2 seed0=$3 b=$old r
     for r in $(seq 1 "$rounds"); do
-        oe_round "$b" "$work/$name/r$r" "$work/$name/proxy" $((seed0 + r)) "$road" "$objects" all \
-            "$lr" "$steps" "$r" "$val_limit" "$work/$name.r$r" ||
+        oe_round "$b" "$work/$name/r$r" "$work/$name/proxy" $((seed0 + r)) "$road" \
+            "$objects" all "$lr" "$steps" "$r" "$val_limit" "$work/$name.r$r" ||
             { echo "$name round $r failed: $(tail -n 1 "$work/$name.r$r".*.log)"; return 0; }
         b=$work/$name/r$r/bundle
         echo "$name round $r: $(( $(date +%s) - t0 )) s, $(tail -n 1 "$work/$name/r$r/metrics.jsonl")"

@@ -12,8 +12,9 @@
 # it finished; OE_KEEP=last: the last only) and, with OE_SOUP=1, the mean of the weights of
 # its later rounds, ceil(r/2) to r (3-6 of 6; tools/average_bundles.py; packed as
 # <chain>_soup.tar). Their SML / fused-score statistics are recomputed on `train` and
-# each is packed as OUT/<chain>_r<round>.tar. Calibration, the default region and the meta classifier are
-# then fitted on the CPU: tools/refresh_default_bundle_cpu.sh DATA OLD OUT calibrate.
+# each is packed as OUT/<chain>_r<round>.tar. Calibration, the default region and the
+# meta classifier are then fitted on the CPU: tools/refresh_default_bundle_cpu.sh DATA OLD
+# OUT calibrate.
 # Usage: tools/oe_rounds_gpu.sh DATA_DIR OLD_BUNDLE WORK_DIR PACK_DIR
 # Env: OE_CHAINS, OE_KEEP (thirds), OE_SOUP (0), OE_BUDGET_S (wall-clock budget, 420 s),
 #   OE_MAX_ROUNDS (8), OE_STEPS (364), OE_DEVICE (cuda), OE_VAL_LIMIT / OE_SML_LIMIT
