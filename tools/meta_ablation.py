@@ -3,7 +3,7 @@
 Which score-map families the meta classifier needs: ``train-meta``'s fit without each one.
 
 Usage: tools/meta_ablation.py --bundle B --ood-set S [--ood-set S ...]
-       [--segments FILE.npz] [--max-fp-per-frame 0.5] [--seeds K] [--json]
+       [--segments FILE.npz] [--max-fp-per-frame 0.5] [--balanced] [--seeds K] [--json]
 
 The segments of the sets are extracted once (the slow part; ``--segments`` caches them,
 a later run with the same file reads them back), then every variant is fitted from the
@@ -62,19 +62,20 @@ def variants(pgn):
 
 
 def ablation(feats, is_fp, iou, groups, sets, frames, names, pgn, max_fp_per_frame,
-             seeds=1):
+             seeds=1, balanced=False):
     """
     Fit every variant; one row each: chosen config, out-of-fold AUROC, per-set figures.
 
     The figures are those of fold seed 0; with ``seeds`` > 1 the row also has ``seeds``:
-    those figures for every fold seed.
+    those figures for every fold seed. ``balanced``: ``train-meta --balanced``'s threshold
+    (``max_fp_per_frame`` then caps it).
     """
     rows = []
     for label, maps in variants(pgn):
         idx = columns_without(names, maps)
         reps = [fit_chosen(feats[:, idx], is_fp, iou, groups, sets, frames,
                            [names[i] for i in idx], max_fp_per_frame=max_fp_per_frame,
-                           seed=seed)[1] for seed in range(max(1, seeds))]
+                           seed=seed, balanced=balanced)[1] for seed in range(max(1, seeds))]
         rep = reps[0]
         chosen = [t for t in rep['selection']
                   if t['features'] == rep['features'] and t['C'] == rep['C']]
@@ -129,13 +130,18 @@ def main(argv=None):
     parser.add_argument('--ood-set', required=True, action='append')
     parser.add_argument('--input-size', default=None)
     parser.add_argument('--segments', default=None, help='cache of the extracted segments')
-    parser.add_argument('--max-fp-per-frame', type=float, default=0.5)
+    parser.add_argument('--max-fp-per-frame', type=float, default=0.5,
+                        help='threshold rule: false detections per frame (with --balanced: '
+                             'a cap, 0 for none)')
+    parser.add_argument('--balanced', action='store_true',
+                        help="train-meta --balanced's threshold rule")
     parser.add_argument('--seeds', type=int, default=1, help='fold seeds 0..K-1')
     parser.add_argument('--json', action='store_true')
     args = parser.parse_args(argv)
     try:
         data = segments(args)
-        rows = ablation(*data, max_fp_per_frame=args.max_fp_per_frame, seeds=args.seeds)
+        rows = ablation(*data, max_fp_per_frame=args.max_fp_per_frame, seeds=args.seeds,
+                        balanced=args.balanced)
     except OodSegError as e:
         print(f'error: {e}', file=sys.stderr)
         return 2

@@ -9,7 +9,8 @@
 #   road-obstacle val set joining only the choice of the score (--select-set: the base
 #   trained on val, so those sets rank scores but fit nothing), at the bundle size, at
 #   480x960 and in obstacle mode (drivable prior + road band),
-#   meta classifier on the two real sets.
+#   meta classifier on the two real sets (threshold: the balanced rule of train-meta),
+#   for `all` and for the region the sweep chose.
 # The default region (runtime.heatmap_region: all, or the drivable prior with its
 # margin / fall-off / floor) is chosen by tools/obstacle_sweep.py after the calibration.
 # Obstacle-mode calibration and meta classifier (drivable prior + road band) were fitted
@@ -57,7 +58,7 @@ ood make-ood-set --camvid "$camvid" --coco "$coco" --split val --group b --seed 
 select="--select-set $out/road_val_b --select-set $out/ood_val_b"
 obstacle="--heatmap-region drivable --band --band-width 1024"
 ood eval --bundle "$b" $real $select --calibrate --heatmap-region all
-ood train-meta --bundle "$b" $real --max-fp-per-frame 0.5 --heatmap-region all
+ood train-meta --bundle "$b" $real --balanced --heatmap-region all
 ood eval --bundle "$b" $real $select --calibrate --input-size 480x960 --heatmap-region all
 # the bundle's default region: `all` against a grid of drivable priors, by the rule fixed
 # in tools/obstacle_sweep.py (real sets and both synthetic val sets); --apply writes the
@@ -65,8 +66,11 @@ ood eval --bundle "$b" $real $select --calibrate --input-size 480x960 --heatmap-
 "$py" "$(dirname "$0")/obstacle_sweep.py" --bundle "$b" $real \
     --ood-set "$out/road_val_b" --ood-set "$out/ood_val_b" \
     --report-set "$data/real_ood/fs_static" --out "$out/obstacle_sweep.json" --apply
+# the meta classifier of the chosen region (meta_drivable.json when the sweep chose the
+# drivable prior; `all` rewrites meta.json), fitted on that region's segments
+ood train-meta --bundle "$b" $real --balanced
 if [ "${OBSTACLE:-0}" = 1 ]; then
     ood eval --bundle "$b" $real --select-set "$out/road_val_b" --calibrate $obstacle
-    ood train-meta --bundle "$b" $real --max-fp-per-frame 0.5 $obstacle
+    ood train-meta --bundle "$b" $real --balanced $obstacle
 fi
 echo "refreshed bundle: $b"

@@ -41,5 +41,5 @@ ood eval --bundle "$out/probes/bundle" --ood-set "$out/ood_val" $real \
 ood eval --bundle "$out/probes/bundle" --ood-set "$out/ood_val" $real \
     --select-set "$out/road_val" --calibrate --input-size 480x960
 ood train-meta --bundle "$out/probes/bundle" --ood-set "$out/ood_val" $real \
-    --max-fp-per-frame 0.5
+    --balanced
 echo "default bundle: $out/probes/bundle; entropy-maximisation bundle: $out/entropy/bundle"

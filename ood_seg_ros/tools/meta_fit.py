@@ -305,16 +305,18 @@ def _removed_kept(drop, is_fp):
 
 def fit_chosen(feats, is_fp, iou, groups, sets, frames, names, features='auto',
                cs=(1.0, 0.1, 0.01), folds=5, threshold=0.5, target_tp_kept=0.9,
-               max_fp_per_frame=0.0, seed=0):
+               max_fp_per_frame=0.0, seed=0, balanced=False):
     """
     ``train-meta``'s fit: choose (feature set, C), fit, set the threshold, report per set.
 
     (feature set, C) by the worst leave-one-set-out AUROC (:func:`choose_config`;
     ``features`` 'auto' tries 'all' and 'transfer'); then :func:`fit_meta` with grouped
-    K-fold (folds drawn with ``seed``); ``max_fp_per_frame`` > 0 sets the threshold by
-    :func:`fp_rate_threshold` (overriding ``target_tp_kept``). Report: fit_meta's, plus
-    ``features``, ``selection`` (the choice table) and ``per_set`` (out-of-fold
-    fp_removed, tp_kept, false detections per frame). Returns ``(MetaClassifier, report)``.
+    K-fold (folds drawn with ``seed``). The threshold, on the out-of-fold probabilities
+    (both override ``target_tp_kept``): ``balanced`` by :func:`balanced_threshold`
+    (``max_fp_per_frame`` > 0 caps it), else ``max_fp_per_frame`` > 0 by
+    :func:`fp_rate_threshold`. Report: fit_meta's, plus ``features``, ``selection`` (the
+    choice table) and ``per_set`` (out-of-fold fp_removed, tp_kept, false detections per
+    frame). Returns ``(MetaClassifier, report)``.
     """
     feature_sets = ['all', 'transfer'] if features == 'auto' else [features]
     choice, table = (choose_config(feats, is_fp, sets, names, feature_sets, cs)
@@ -325,11 +327,18 @@ def fit_chosen(feats, is_fp, iou, groups, sets, frames, names, features='auto',
                            threshold=threshold, target_tp_kept=target_tp_kept or None,
                            C=choice['C'], seed=seed, return_oof=True)
     p_oof = report.pop('p_oof')
-    if max_fp_per_frame and p_oof is not None:
+    rule = None
+    if balanced and p_oof is not None:
+        thr = balanced_threshold(p_oof, is_fp, sets, frames, max_fp_per_frame)
+        rule = ('the largest worst share, over the sets, of false segments removed and '
+                'true segments kept' + (f', within <= {max_fp_per_frame:g} false detections '
+                                        f'per frame on every set' if max_fp_per_frame else ''))
+    elif max_fp_per_frame and p_oof is not None:
         thr = fp_rate_threshold(p_oof, is_fp, sets, frames, max_fp_per_frame)
+        rule = f'<= {max_fp_per_frame:g} false detections per frame on every set'
+    if rule is not None:
         clf.threshold = report['threshold'] = thr
-        report['threshold_rule'] = (f'<= {max_fp_per_frame:g} false detections per '
-                                    f'frame on every set')
+        report['threshold_rule'] = rule
         report.update(_removed_kept(p_oof > thr, is_fp))
     per_set = {}
     for name in sorted(set(sets.tolist())):
@@ -362,6 +371,47 @@ def fp_rate_threshold(p_oof, is_fp, sets, frames, target):
             break
         best = float(t)
     return best
+
+
+def balanced_threshold(p_oof, is_fp, sets, frames=None, max_fp_per_frame=0.0):
+    """
+    P(false positive) threshold with the largest worst share of removed and kept segments.
+
+    For each candidate threshold t (0 and every out-of-fold probability; a segment is kept
+    when its probability is <= t) the shares are, per set, the false segments removed and
+    the true segments kept (a set without false or without true segments has no share of
+    that kind); the worst of them over the sets is maximised, ties broken by the larger
+    mean share, then by the larger t. ``max_fp_per_frame`` > 0 (needs ``frames``, the
+    frame count per set): only thresholds keeping at most that many false segments per
+    frame on every set take part (t = 0 always does).
+    """
+    p = np.asarray(p_oof, dtype=np.float64).reshape(-1)
+    fp = np.asarray(is_fp, dtype=bool).reshape(-1)
+    sets = np.asarray(sets, dtype=object).reshape(-1)
+    if not len(p) == len(fp) == len(sets):
+        raise OodSegError(f'balanced_threshold: {len(p)} probabilities, {len(fp)} labels '
+                          f'and {len(sets)} set names')
+    if max_fp_per_frame and not frames:
+        raise OodSegError('balanced_threshold: a false-detection cap needs frames per set')
+    cands = np.unique(np.concatenate([[0.0], p]))
+    shares, allowed = [], np.ones(len(cands), dtype=bool)
+    for name in sorted(set(sets.tolist())):
+        m = sets == name
+        pf, pt = np.sort(p[m & fp]), np.sort(p[m & ~fp])
+        kept_fp = np.searchsorted(pf, cands, side='right')      # kept: p <= t
+        if len(pf):
+            shares.append(1.0 - kept_fp / len(pf))
+        if len(pt):
+            shares.append(np.searchsorted(pt, cands, side='right') / len(pt))
+        if max_fp_per_frame and frames.get(name):
+            allowed &= kept_fp / frames[name] <= max_fp_per_frame
+    if not shares:
+        return 0.0
+    shares = np.stack(shares)
+    allowed[0] = True
+    worst = np.where(allowed, shares.min(0), -np.inf)
+    order = np.lexsort((cands, shares.mean(0), worst))
+    return float(cands[order[-1]])
 
 
 def load_meta_dataset(bundle_path, ood_root, device='cpu', limit=0, progress=None,

@@ -12,7 +12,7 @@ of the work directory ``<out>.work``):
     ood_val    make-ood-set, val split, COCO group b           (with --coco)
     road_val   make-ood-set --placement road, val split        (with --coco; selection only)
     calibrate  eval --calibrate on the validation sets, at every --input-size
-    meta       train-meta on the validation sets
+    meta       train-meta on the validation sets (threshold: --meta-threshold)
     export     ONNX graphs at every --input-size
     card       in-distribution figures (test split when present, else val) and the
                validation sets' OoD figures: MODEL_CARD.md, figures/
@@ -39,6 +39,8 @@ from ..errors import OodSegError
 from ..model.bundle import BUNDLE_JSON, META_JSON, WEIGHTS
 
 BUNDLE_FILES = (BUNDLE_JSON, WEIGHTS, META_JSON)
+# The meta classifier's threshold rules (train-meta --balanced / --max-fp-per-frame).
+META_THRESHOLDS = ('balanced', 'fp-rate')
 
 
 @dataclass
@@ -69,7 +71,8 @@ class RecipeOptions:
     max_steps: int = 0
     subset: int = 0
     limit: int = 0
-    max_fp_per_frame: float = 0.5
+    meta_threshold: str = 'balanced'
+    max_fp_per_frame: float = 0.0
     seed: int = 0
 
 
@@ -120,6 +123,13 @@ class Recipe:
                               '(repeatable) and/or --coco DIR (pasted into the val split)')
         if opts.entropy and not opts.coco:
             raise OodSegError('--entropy needs --coco (the OoD proxy is pasted COCO objects)')
+        if self.o.meta_threshold not in META_THRESHOLDS:
+            raise OodSegError(f'--meta-threshold must be one of {", ".join(META_THRESHOLDS)}, '
+                              f'got {self.o.meta_threshold!r}')
+        if self.o.max_fp_per_frame < 0 or (self.o.meta_threshold == 'fp-rate'
+                                           and not self.o.max_fp_per_frame > 0):
+            raise OodSegError(f'--max-fp-per-frame must be > 0 with --meta-threshold fp-rate '
+                              f'(>= 0 with balanced), got {self.o.max_fp_per_frame:g}')
         for d in opts.ood_val:
             if not Path(d).is_dir():
                 raise OodSegError(f'validation set {d} does not exist')
@@ -224,9 +234,11 @@ class Recipe:
         calib = [['eval', '--bundle', self._bundle('calibrate'), *sets, *select, '--calibrate',
                   *dev, '--input-size', '{}x{}'.format(*size), *lim] for size in self.sizes]
         stages.append(Stage('calibrate', calib, bundle_in=last, reads=self._val_sets()))
+        rule = (['--balanced'] if o.meta_threshold == 'balanced' else []) + (
+            ['--max-fp-per-frame', str(o.max_fp_per_frame)] if o.max_fp_per_frame else [])
         stages.append(Stage('meta', [[
-            'train-meta', '--bundle', self._bundle('meta'), *sets, '--max-fp-per-frame',
-            str(o.max_fp_per_frame), *dev, *lim]], bundle_in=self._bundle('calibrate'),
+            'train-meta', '--bundle', self._bundle('meta'), *sets, *rule, *dev, *lim]],
+            bundle_in=self._bundle('calibrate'),
             reads=self._val_sets()))
         export = [['export', '--bundle', self._bundle('export'), '--format', 'onnx',
                    '--height', str(h), '--width', str(w)] for h, w in self.sizes]

@@ -83,6 +83,12 @@ def test_recipe_resumes_by_content(recipe, capsys):
     stages = ['base', 'probes', 'sml', 'calibrate', 'meta', 'export', 'card']
     assert all(f'[recipe] {s}: done for these inputs, skipped' in log for s in stages), log
     assert (out / 'weights.pt').read_bytes() == weights
+    # the default threshold rule is the balanced one; fp-rate needs a rate
+    rule = json.loads((out / 'meta.json').read_text())['info']['cv']['threshold_rule']
+    assert rule.startswith('the largest worst share') and 'per frame' not in rule
+    assert cli.main(argv + ['--meta-threshold', 'fp-rate', '--max-fp-per-frame', '0']) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and '--max-fp-per-frame must be > 0' in err[0], err
     assert cli.main(argv + ['--max-fp-per-frame', '0.25']) == 0
     log = capsys.readouterr().out
     assert all(f'[recipe] {s}: done for these inputs, skipped' in log

@@ -275,6 +275,13 @@ def test_train_meta_on_several_sets(tmp_path, bundle, capsys):
     assert len(pipe.meta_columns) == len(meta['feature_names'])
     res = pipe.process(np.random.default_rng(8).integers(0, 255, (H, W, 3), dtype=np.uint8))
     assert all(0.0 <= s.meta_score <= 1.0 for s in res.segments)
+    # --balanced reaches the fit: its rule and threshold are stored (the rule itself is
+    # checked against a loop below)
+    assert cli.main(argv + ['--balanced']) == 0
+    report = json.loads(capsys.readouterr().out)
+    meta = json.loads((b / 'meta.json').read_text())
+    assert meta['threshold'] == pytest.approx(report['threshold'])
+    assert meta['info']['cv']['threshold_rule'].startswith('the largest worst share')
 
 
 def test_fp_rate_threshold_bounds_false_detections_on_every_set():
@@ -295,3 +302,45 @@ def test_fp_rate_threshold_bounds_false_detections_on_every_set():
             u = larger[0]
             assert any(((p <= u) & is_fp & (sets == name)).sum() / n > target
                        for name, n in frames.items())
+
+
+def _shares_loop(t, p, is_fp, sets):
+    """Per set, the removed and kept shares at threshold t, by a plain loop."""
+    out = []
+    for name in sorted(set(sets)):
+        fp = [pi > t for pi, f, s in zip(p, is_fp, sets) if s == name and f]
+        tp = [pi <= t for pi, f, s in zip(p, is_fp, sets) if s == name and not f]
+        out += [sum(fp) / len(fp)] if fp else []
+        out += [sum(tp) / len(tp)] if tp else []
+    return out
+
+
+def test_balanced_threshold_maximises_the_worst_share_against_a_loop():
+    from ood_seg_ros.tools.meta_fit import balanced_threshold
+    rng = np.random.default_rng(11)
+    n = 120
+    is_fp = rng.random(n) < 0.6
+    p = np.clip(0.5 * is_fp + 0.6 * rng.random(n), 0, 1)   # informative, overlapping
+    sets = np.where(np.arange(n) < 90, 'a', 'b').astype(object)
+    frames = {'a': 20, 'b': 5}
+    t = balanced_threshold(p, is_fp, sets, frames)
+    cands = sorted({0.0, *p.tolist()})
+    best = max(min(_shares_loop(c, p, is_fp, sets)) for c in cands)
+    got = _shares_loop(t, p, is_fp, sets)
+    assert min(got) == pytest.approx(best)
+    assert 0.3 < min(got) < 1.0                  # a real trade-off, not a degenerate end
+    # a cap on kept false segments per frame restricts the candidates
+    cap = 0.5
+    tc = balanced_threshold(p, is_fp, sets, frames, max_fp_per_frame=cap)
+    ok = [c for c in cands if all(
+        sum(pi <= c for pi, f, s in zip(p, is_fp, sets) if s == name and f) / k <= cap
+        for name, k in frames.items())]
+    assert min(_shares_loop(tc, p, is_fp, sets)) == pytest.approx(
+        max(min(_shares_loop(c, p, is_fp, sets)) for c in ok))
+    assert tc in ok and tc <= t
+    # a set with only false segments contributes its removed share alone
+    only_fp = balanced_threshold(np.array([0.2, 0.9, 0.4]), np.array([True, True, False]),
+                                 np.array(['a', 'a', 'b'], dtype=object))
+    assert only_fp == pytest.approx(0.4)
+    with pytest.raises(OodSegError, match='cap needs frames'):
+        balanced_threshold(p, is_fp, sets, None, max_fp_per_frame=0.5)

@@ -54,8 +54,15 @@ class RecipeCommand(Command):
                             help='first N frames per training split (smoke runs)')
         parser.add_argument('--limit', type=int, default=0,
                             help='first N frames of every evaluation (smoke runs)')
-        parser.add_argument('--max-fp-per-frame', type=float, default=0.5,
-                            help='meta classifier threshold rule')
+        parser.add_argument('--meta-threshold', default='balanced',
+                            choices=['balanced', 'fp-rate'],
+                            help="meta classifier threshold rule: 'balanced' (the largest "
+                                 'worst share, over the validation sets, of false segments '
+                                 "removed and true ones kept) or 'fp-rate' (the largest "
+                                 'threshold within --max-fp-per-frame)')
+        parser.add_argument('--max-fp-per-frame', type=float, default=None,
+                            help='false detections per frame allowed on every validation set '
+                                 '(fp-rate: default 0.5; balanced: a cap, default none)')
         parser.add_argument('--seed', type=int, default=0)
 
     def main(self, args) -> int:
@@ -71,7 +78,10 @@ class RecipeCommand(Command):
             base_epochs=args.base_epochs, base_minutes=args.base_minutes,
             probe_epochs=args.probe_epochs, entropy_epochs=args.entropy_epochs,
             batch_size=args.batch_size, crop=args.crop, max_steps=args.max_steps,
-            subset=args.subset, limit=args.limit, max_fp_per_frame=args.max_fp_per_frame,
+            subset=args.subset, limit=args.limit, max_fp_per_frame=(
+                args.max_fp_per_frame if args.max_fp_per_frame is not None else
+                0.5 if args.meta_threshold == 'fp-rate' else 0.0),
+            meta_threshold=args.meta_threshold,
             seed=args.seed)
         Recipe(opts).run()
         return 0

@@ -24,6 +24,10 @@ class TrainMetaCommand(Command):
                             help='instead choose the largest threshold that keeps at most this '
                                  'many false detections per frame on every set (out-of-fold); '
                                  'overrides --target-tp-kept')
+        parser.add_argument('--balanced', action='store_true',
+                            help='instead choose the threshold with the largest worst share, '
+                                 'over the sets, of false segments removed and true segments '
+                                 'kept (out-of-fold); --max-fp-per-frame then caps it')
         parser.add_argument('--features', default='auto', choices=['auto', 'all', 'transfer'],
                             help='feature set: all, transfer (without class / position '
                                  'features) or auto (the better leave-one-set-out AUROC)')
@@ -67,7 +71,8 @@ class TrainMetaCommand(Command):
                                  features=args.features, cs=args.C or [1.0, 0.1, 0.01],
                                  folds=args.folds, threshold=args.threshold,
                                  target_tp_kept=args.target_tp_kept,
-                                 max_fp_per_frame=args.max_fp_per_frame)
+                                 max_fp_per_frame=args.max_fp_per_frame,
+                                 balanced=args.balanced)
         report['meta_pgn'] = list(pipe.extractor.pgn_names)
         clf.info['trained_on'] = [Path(s).name for s in args.ood_set]
         clf.info['heatmap_score'] = pipe.score_name
