@@ -133,8 +133,17 @@ def _meta(bundle: Path) -> list:
     lines = ['## Meta classifier (out-of-fold on the validation sets)', '',
              f'{cv.get("n_segments")} segments ({cv.get("n_fp")} false), features '
              f'`{cv.get("features")}`, AUROC {_num(cv.get("auroc"))}, threshold '
-             f'{_num(cv.get("threshold"))}: false positives removed '
-             f'{_pct(cv.get("fp_removed"))}, true segments kept {_pct(cv.get("tp_kept"))}.', '']
+             f'{_num(cv.get("threshold"))} ({cv.get("threshold_rule") or "fixed"}): false '
+             f'positives removed {_pct(cv.get("fp_removed"))}, true segments kept '
+             f'{_pct(cv.get("tp_kept"))}.', '']
+    per_set = cv.get('per_set') or {}
+    if per_set:
+        lines += ['| set | segments (false) | false removed | true kept | false detections '
+                  'per frame |', '|---|---|---|---|---|']
+        lines += [f'| {name} | {v.get("n_segments")} ({v.get("n_fp")}) | '
+                  f'{_pct(v.get("fp_removed"))} | {_pct(v.get("tp_kept"))} | '
+                  f'{_num(v.get("false_detections_per_frame"))} |'
+                  for name, v in per_set.items()] + ['']
     return lines
 
 

@@ -71,6 +71,11 @@ def test_recipe_writes_a_bundle_with_the_dataset_classes(recipe):
     assert f'`{b.runtime["heatmap_score"]}`' in card
     assert f'{b.runtime["segment_threshold"]:.3f}' in card
     assert 'cityscapes:cityscapes' in card and '| traffic sign |' in card
+    # the meta classifier's threshold rule and its out-of-fold figures per validation set
+    cv = json.loads((out / 'meta.json').read_text())['info']['cv']
+    assert f'({cv["threshold_rule"]})' in card
+    for name, v in cv['per_set'].items():
+        assert f'| {name} | {v["n_segments"]} ({v["n_fp"]}) |' in card
     assert (out / 'figures' / 'classes_0.png').is_file()
 
 
