@@ -22,6 +22,7 @@ from rclpy.exceptions import ParameterException
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.lifecycle import TransitionCallbackReturn
 from rclpy.logging import get_logger
+from rclpy.signals import SignalHandlerOptions
 
 from .node import OodLifecycleNode, OodNode
 from .params import NODE_NAME, startup_parameters
@@ -29,6 +30,8 @@ from ..errors import exit_now, OodSegError
 
 DDS_PROFILE_VARS = ('FASTRTPS_DEFAULT_PROFILES_FILE', 'FASTDDS_DEFAULT_PROFILES_FILE')
 DDS_PROFILE = 'fastdds.xml'
+# How often the spinning executor returns to Python, where a signal's handler runs (s).
+SPIN_WAKE_S = 0.1
 
 
 def dds_profile_path() -> Optional[Path]:
@@ -160,13 +163,15 @@ def main(args=None) -> int:
         return 0
     os.environ.setdefault('RMW_FASTRTPS_PUBLICATION_MODE', 'ASYNCHRONOUS')
     profile = use_dds_profile(os.environ)
-    # Python-level handlers installed before rclpy's: rclpy chains to them, so a signal
-    # raises KeyboardInterrupt in every phase (ONNX export, warm-up, spinning) and the
-    # node exits 0 at once instead of after the phase (or not at all)
+    # Python-level handlers only: a signal raises KeyboardInterrupt in every phase (ONNX
+    # export, warm-up, spinning) and the node exits 0 at once instead of after the phase
+    # (or not at all). rclpy's own handlers are not installed: they shut the context down
+    # from a thread of their own while this thread destroys the node, a race (the rare
+    # exit -11 at a signal); the executor below wakes every SPIN_WAKE_S to run ours.
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, _interrupt)
     _forward_package_logs()
-    rclpy.init(args=args)
+    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
     node = executor = None
     code = 0
     try:
@@ -177,8 +182,8 @@ def main(args=None) -> int:
         node = _start(startup_parameters(sys.argv if args is None else args))
         executor = SingleThreadedExecutor()
         executor.add_node(node)
-        if node.exit_code is None:
-            executor.spin_until_future_complete(node.finished)
+        while node.exit_code is None and not node.finished.done():
+            executor.spin_once(timeout_sec=SPIN_WAKE_S)
         code = node.exit_code or 0
         # let the reply to the shutdown transition leave before the node goes
         end = time.monotonic() + 0.3
