@@ -355,22 +355,32 @@ def fit_chosen(feats, is_fp, iou, groups, sets, frames, names, features='auto',
     return clf, report
 
 
+def _within_fp_rate(p, fp, sets, frames, target):
+    """
+    Candidate thresholds and which of them keep the false segments within ``target``.
+
+    Candidates: 0 and every probability, sorted. A candidate t is within when, on every
+    set, at most ``target`` false segments per frame have p <= t (are kept).
+    """
+    cands = np.unique(np.concatenate([[0.0], p]))
+    ok = np.ones(len(cands), dtype=bool)
+    for name, n in frames.items():
+        if n:
+            kept = np.searchsorted(np.sort(p[fp & (sets == name)]), cands, side='right')
+            ok &= kept / n <= target
+    return cands, ok
+
+
 def fp_rate_threshold(p_oof, is_fp, sets, frames, target):
     """
     Largest P(false positive) threshold with <= ``target`` kept false segments per frame.
 
     Checked on every set separately (out-of-fold probabilities); a segment is kept when
-    its probability is <= the threshold.
+    its probability is <= the threshold. 0 when no candidate keeps within ``target``.
     """
-    cands = np.unique(np.concatenate([[0.0], p_oof]))
-    best = 0.0
-    for t in cands:
-        ok = all(((p_oof <= t) & is_fp & (sets == name)).sum() / n <= target
-                 for name, n in frames.items() if n)
-        if not ok:
-            break
-        best = float(t)
-    return best
+    cands, ok = _within_fp_rate(np.asarray(p_oof, dtype=np.float64), np.asarray(is_fp, bool),
+                                np.asarray(sets, dtype=object), frames, target)
+    return float(cands[ok].max()) if ok.any() else 0.0
 
 
 def balanced_threshold(p_oof, is_fp, sets, frames=None, max_fp_per_frame=0.0):
@@ -382,8 +392,8 @@ def balanced_threshold(p_oof, is_fp, sets, frames=None, max_fp_per_frame=0.0):
     the true segments kept (a set without false or without true segments has no share of
     that kind); the worst of them over the sets is maximised, ties broken by the larger
     mean share, then by the larger t. ``max_fp_per_frame`` > 0 (needs ``frames``, the
-    frame count per set): only thresholds keeping at most that many false segments per
-    frame on every set take part (t = 0 always does).
+    frame count per set): only thresholds within :func:`fp_rate_threshold`'s bound take
+    part (t = 0 always does).
     """
     p = np.asarray(p_oof, dtype=np.float64).reshape(-1)
     fp = np.asarray(is_fp, dtype=bool).reshape(-1)
@@ -394,20 +404,19 @@ def balanced_threshold(p_oof, is_fp, sets, frames=None, max_fp_per_frame=0.0):
     if max_fp_per_frame and not frames:
         raise OodSegError('balanced_threshold: a false-detection cap needs frames per set')
     cands = np.unique(np.concatenate([[0.0], p]))
-    shares, allowed = [], np.ones(len(cands), dtype=bool)
+    shares = []
     for name in sorted(set(sets.tolist())):
         m = sets == name
         pf, pt = np.sort(p[m & fp]), np.sort(p[m & ~fp])
-        kept_fp = np.searchsorted(pf, cands, side='right')      # kept: p <= t
-        if len(pf):
-            shares.append(1.0 - kept_fp / len(pf))
-        if len(pt):
+        if len(pf):     # removed: p > t
+            shares.append(1.0 - np.searchsorted(pf, cands, side='right') / len(pf))
+        if len(pt):     # kept: p <= t
             shares.append(np.searchsorted(pt, cands, side='right') / len(pt))
-        if max_fp_per_frame and frames.get(name):
-            allowed &= kept_fp / frames[name] <= max_fp_per_frame
     if not shares:
         return 0.0
     shares = np.stack(shares)
+    allowed = (_within_fp_rate(p, fp, sets, frames, max_fp_per_frame)[1]
+               if max_fp_per_frame else np.ones(len(cands), dtype=bool))
     allowed[0] = True
     worst = np.where(allowed, shares.min(0), -np.inf)
     order = np.lexsort((cands, shares.mean(0), worst))
