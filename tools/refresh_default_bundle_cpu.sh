@@ -66,9 +66,15 @@ ood eval --bundle "$b" $real $select --calibrate --input-size 480x960 --heatmap-
 "$py" "$(dirname "$0")/obstacle_sweep.py" --bundle "$b" $real \
     --ood-set "$out/road_val_b" --ood-set "$out/ood_val_b" \
     --report-set "$data/real_ood/fs_static" --out "$out/obstacle_sweep.json" --apply
-# the meta classifier of the chosen region (meta_drivable.json when the sweep chose the
-# drivable prior; `all` rewrites meta.json), fitted on that region's segments
-ood train-meta --bundle "$b" $real --balanced
+# the meta classifier of the chosen region (meta_drivable.json), fitted on that region's
+# segments, when the sweep chose a region other than `all` (whose meta.json is fitted above)
+region=$("$py" -c 'import sys
+from ood_seg_ros.model.bundle import read_bundle_json
+from ood_seg_ros.pipeline import default_region
+print(default_region(read_bundle_json(sys.argv[1]).get("runtime")))' "$b")
+if [ "$region" != all ]; then
+    ood train-meta --bundle "$b" $real --balanced
+fi
 if [ "${OBSTACLE:-0}" = 1 ]; then
     ood eval --bundle "$b" $real --select-set "$out/road_val_b" --calibrate $obstacle
     ood train-meta --bundle "$b" $real --balanced $obstacle
