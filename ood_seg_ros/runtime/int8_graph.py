@@ -23,7 +23,9 @@ PRECISIONS = ('fp32', 'fp16', 'int8')
 # activation encoding per consumer of the graph (see tools/quantize.py)
 TARGETS = {'cpu': ('uint8 asymmetric', 'QUInt8', False),
            'tensorrt': ('int8 symmetric', 'QInt8', True)}
-CALIB_FRAMES = 20
+# 60, not 20: the default heatmap's AP moved by at most 0.008 from fp32 on the real
+# validation sets, against 0.016 with 20 frames (the model card's int8 section)
+CALIB_FRAMES = 60
 CALIB_SPLIT = 'train'
 MAKE_HINT = 'ood-seg export --int8 --camvid CAMVID_ROOT (or --dataset KIND:PATH)'
 # the quantiser's source: hashed (read as bytes, not imported) into the graph's source hash
