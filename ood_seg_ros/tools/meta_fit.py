@@ -305,7 +305,7 @@ def _removed_kept(drop, is_fp):
 
 def fit_chosen(feats, is_fp, iou, groups, sets, frames, names, features='auto',
                cs=(1.0, 0.1, 0.01), folds=5, threshold=0.5, target_tp_kept=0.9,
-               max_fp_per_frame=0.0, seed=0, balanced=False):
+               max_fp_per_frame=0.0, seed=0, balanced=False, repeats=1):
     """
     ``train-meta``'s fit: choose (feature set, C), fit, set the threshold, report per set.
 
@@ -314,9 +314,13 @@ def fit_chosen(feats, is_fp, iou, groups, sets, frames, names, features='auto',
     K-fold (folds drawn with ``seed``). The threshold, on the out-of-fold probabilities
     (both override ``target_tp_kept``): ``balanced`` by :func:`balanced_threshold`
     (``max_fp_per_frame`` > 0 caps it), else ``max_fp_per_frame`` > 0 by
-    :func:`fp_rate_threshold`. Report: fit_meta's, plus ``features``, ``selection`` (the
-    choice table) and ``per_set`` (out-of-fold fp_removed, tp_kept, false detections per
-    frame). Returns ``(MetaClassifier, report)``.
+    :func:`fp_rate_threshold`. ``repeats`` > 1 (with either rule): the out-of-fold
+    probabilities of fold seeds ``seed`` .. ``seed + repeats - 1`` are pooled, and the
+    threshold and every out-of-fold share and AUROC are those of the pool (each segment
+    counted once per repeat: the mean over the fold draws), so the threshold does not
+    hang on one draw of the folds. Report: fit_meta's, plus ``features``, ``selection``
+    (the choice table), ``per_set`` (out-of-fold fp_removed, tp_kept, false detections per
+    frame) and ``cv_repeats``. Returns ``(MetaClassifier, report)``.
     """
     feature_sets = ['all', 'transfer'] if features == 'auto' else [features]
     choice, table = (choose_config(feats, is_fp, sets, names, feature_sets, cs)
@@ -327,6 +331,22 @@ def fit_chosen(feats, is_fp, iou, groups, sets, frames, names, features='auto',
                            threshold=threshold, target_tp_kept=target_tp_kept or None,
                            C=choice['C'], seed=seed, return_oof=True)
     p_oof = report.pop('p_oof')
+    repeats = int(repeats)
+    if repeats < 1:
+        raise OodSegError(f'--cv-repeats must be >= 1, got {repeats}')
+    if repeats > 1 and p_oof is not None and (balanced or max_fp_per_frame):
+        pool = [p_oof] + [fit_meta(feats[:, idx], is_fp, None, used, groups, n_splits=folds,
+                                   C=choice['C'], seed=seed + r, return_oof=True)[1]['p_oof']
+                          for r in range(1, repeats)]
+        p_oof = np.concatenate(pool)
+        is_fp, sets = np.tile(is_fp, repeats), np.tile(sets, repeats)
+        frames = {k: v * repeats for k, v in frames.items()}
+        if 0 < int(is_fp.sum()) < len(is_fp):
+            from sklearn.metrics import roc_auc_score
+            report['auroc'] = float(roc_auc_score(is_fp, p_oof))
+    else:
+        repeats = 1
+    report['cv_repeats'] = repeats
     rule = None
     if balanced and p_oof is not None:
         thr = balanced_threshold(p_oof, is_fp, sets, frames, max_fp_per_frame)
@@ -348,7 +368,9 @@ def fit_chosen(feats, is_fp, iou, groups, sets, frames, names, features='auto',
             drop, fp = p_oof[m] > report['threshold'], is_fp[m]
             entry.update(_removed_kept(drop, fp))
             entry['false_detections_per_frame'] = float((~drop[fp]).sum() / frames[name])
-        entry['frames'] = frames[name]
+        entry['frames'] = frames[name] // repeats
+        entry['n_segments'] //= repeats
+        entry['n_fp'] //= repeats
         per_set[name] = entry
     report.update({'features': choice['features'], 'selection': table, 'per_set': per_set})
     clf.info['cv'] = report

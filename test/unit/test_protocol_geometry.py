@@ -344,3 +344,40 @@ def test_balanced_threshold_maximises_the_worst_share_against_a_loop():
     assert only_fp == pytest.approx(0.4)
     with pytest.raises(OodSegError, match='cap needs frames'):
         balanced_threshold(p, is_fp, sets, None, max_fp_per_frame=0.5)
+
+
+def test_cv_repeats_pool_the_fold_draws_for_the_threshold():
+    from ood_seg_ros.tools.meta_fit import fit_chosen, fit_meta
+    rng = np.random.default_rng(12)
+    n = 160
+    is_fp = rng.random(n) < 0.6
+    feats = rng.normal(size=(n, 3)) + 0.8 * is_fp[:, None]      # informative, overlapping
+    groups = np.arange(n) // 4
+    sets = np.where(np.arange(n) < 100, 'a', 'b').astype(object)
+    frames = {'a': 25, 'b': 15}
+    names = ['f0', 'f1', 'f2']
+    one = fit_chosen(feats, is_fp, None, groups, sets, frames, names, features='all',
+                     cs=(1.0,), balanced=True)[1]
+    assert one['cv_repeats'] == 1
+    clf, rep = fit_chosen(feats, is_fp, None, groups, sets, frames, names, features='all',
+                          cs=(1.0,), balanced=True, repeats=4)
+    assert rep['cv_repeats'] == 4 and clf.threshold == rep['threshold']
+    draws = [fit_meta(feats, is_fp, None, names, groups, seed=s, return_oof=True)[1]['p_oof']
+             for s in range(4)]
+    # the threshold maximises the worst share of the per-set shares averaged over the draws
+    cands = sorted({0.0, *np.concatenate(draws).tolist()})
+
+    def mean_shares(t):
+        return np.mean([_shares_loop(t, d, is_fp, sets) for d in draws], axis=0)
+
+    best = max(min(mean_shares(c)) for c in cands)
+    assert min(mean_shares(rep['threshold'])) == pytest.approx(best)
+    want = mean_shares(rep['threshold'])      # a: removed, kept; b: removed, kept
+    got = [rep['per_set'][s][k] for s in ('a', 'b') for k in ('fp_removed', 'tp_kept')]
+    assert got == pytest.approx(want.tolist())
+    assert rep['per_set']['a']['n_segments'] == 100 and rep['per_set']['b']['frames'] == 15
+    kept_fp = np.mean([((d <= rep['threshold']) & is_fp & (sets == 'b')).sum() for d in draws])
+    assert rep['per_set']['b']['false_detections_per_frame'] == pytest.approx(kept_fp / 15)
+    with pytest.raises(OodSegError, match='cv-repeats'):
+        fit_chosen(feats, is_fp, None, groups, sets, frames, names, features='all',
+                   cs=(1.0,), balanced=True, repeats=0)

@@ -28,6 +28,10 @@ class TrainMetaCommand(Command):
                             help='instead choose the threshold with the largest worst share, '
                                  'over the sets, of false segments removed and true segments '
                                  'kept (out-of-fold); --max-fp-per-frame then caps it')
+        parser.add_argument('--cv-repeats', type=int, default=None, metavar='K',
+                            help='pool the out-of-fold probabilities of K draws of the folds '
+                                 'for the threshold of --balanced / --max-fp-per-frame '
+                                 '(default: 10 with --balanced, else 1)')
         parser.add_argument('--features', default='auto', choices=['auto', 'all', 'transfer'],
                             help='feature set: all, transfer (without class / position '
                                  'features) or auto (the better leave-one-set-out AUROC)')
@@ -72,7 +76,8 @@ class TrainMetaCommand(Command):
                                  folds=args.folds, threshold=args.threshold,
                                  target_tp_kept=args.target_tp_kept,
                                  max_fp_per_frame=args.max_fp_per_frame,
-                                 balanced=args.balanced)
+                                 balanced=args.balanced,
+                                 repeats=args.cv_repeats or (10 if args.balanced else 1))
         report['meta_pgn'] = list(pipe.extractor.pgn_names)
         clf.info['trained_on'] = [Path(s).name for s in args.ood_set]
         clf.info['heatmap_score'] = pipe.score_name
