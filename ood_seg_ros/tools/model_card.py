@@ -135,7 +135,9 @@ def _meta(bundle: Path) -> list:
              f'`{cv.get("features")}`, AUROC {_num(cv.get("auroc"))}, threshold '
              f'{_num(cv.get("threshold"))} ({cv.get("threshold_rule") or "fixed"}): false '
              f'positives removed {_pct(cv.get("fp_removed"))}, true segments kept '
-             f'{_pct(cv.get("tp_kept"))}.', '']
+             f'{_pct(cv.get("tp_kept"))}.'
+             + (f' Out-of-fold figures pooled over {cv["cv_repeats"]} draws of the folds.'
+                if (cv.get('cv_repeats') or 1) > 1 else ''), '']
     per_set = cv.get('per_set') or {}
     if per_set:
         lines += ['| set | segments (false) | false removed | true kept | false detections '

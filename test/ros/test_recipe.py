@@ -74,6 +74,7 @@ def test_recipe_writes_a_bundle_with_the_dataset_classes(recipe):
     # the meta classifier's threshold rule and its out-of-fold figures per validation set
     cv = json.loads((out / 'meta.json').read_text())['info']['cv']
     assert f'({cv["threshold_rule"]})' in card
+    assert cv['cv_repeats'] == 10 and 'pooled over 10 draws of the folds' in card
     for name, v in cv['per_set'].items():
         assert f'| {name} | {v["n_segments"]} ({v["n_fp"]}) |' in card
     assert (out / 'figures' / 'classes_0.png').is_file()
