@@ -194,6 +194,8 @@ def fit_meta(features, is_false_positive, iou, feature_names, groups, n_splits=5
 # class probabilities, neighbourhood classes and image position. ``transfer`` drops them.
 DOMAIN_FEATURE_PREFIXES = ('prob_c', 'nbr_c', 'centroid_')
 FEATURE_SETS = ('all', 'transfer')
+# Draws of the folds pooled for the balanced threshold by default (train-meta --cv-repeats).
+DEFAULT_CV_REPEATS = 10
 
 
 def select_features(names, feature_set: str):
@@ -322,6 +324,7 @@ def fit_chosen(feats, is_fp, iou, groups, sets, frames, names, features='auto',
     (the choice table), ``per_set`` (out-of-fold fp_removed, tp_kept, false detections per
     frame) and ``cv_repeats``. Returns ``(MetaClassifier, report)``.
     """
+    repeats = cv_repeats(repeats, balanced)
     feature_sets = ['all', 'transfer'] if features == 'auto' else [features]
     choice, table = (choose_config(feats, is_fp, sets, names, feature_sets, cs)
                      if len(set(sets.tolist())) > 1 else
@@ -331,50 +334,58 @@ def fit_chosen(feats, is_fp, iou, groups, sets, frames, names, features='auto',
                            threshold=threshold, target_tp_kept=target_tp_kept or None,
                            C=choice['C'], seed=seed, return_oof=True)
     p_oof = report.pop('p_oof')
-    repeats = int(repeats)
-    if repeats < 1:
-        raise OodSegError(f'--cv-repeats must be >= 1, got {repeats}')
-    if repeats > 1 and p_oof is not None and (balanced or max_fp_per_frame):
-        pool = [p_oof] + [fit_meta(feats[:, idx], is_fp, None, used, groups, n_splits=folds,
-                                   C=choice['C'], seed=seed + r, return_oof=True)[1]['p_oof']
-                          for r in range(1, repeats)]
-        p_oof = np.concatenate(pool)
-        is_fp, sets = np.tile(is_fp, repeats), np.tile(sets, repeats)
-        frames = {k: v * repeats for k, v in frames.items()}
-        if 0 < int(is_fp.sum()) < len(is_fp):
+    if p_oof is None or not (balanced or max_fp_per_frame):
+        repeats = 1             # no out-of-fold threshold rule for the pool to serve
+    # The pool: each segment once per draw of the folds (one draw: the segments as given).
+    pool_fp, pool_sets = np.tile(is_fp, repeats), np.tile(sets, repeats)
+    pool_frames = {k: v * repeats for k, v in frames.items()}
+    if repeats > 1:
+        p_oof = np.concatenate([p_oof] + [
+            fit_meta(feats[:, idx], is_fp, None, used, groups, n_splits=folds, C=choice['C'],
+                     seed=seed + r, return_oof=True)[1]['p_oof'] for r in range(1, repeats)])
+        if 0 < int(pool_fp.sum()) < len(pool_fp):
             from sklearn.metrics import roc_auc_score
-            report['auroc'] = float(roc_auc_score(is_fp, p_oof))
-    else:
-        repeats = 1
+            report['auroc'] = float(roc_auc_score(pool_fp, p_oof))
     report['cv_repeats'] = repeats
     rule = None
     if balanced and p_oof is not None:
-        thr = balanced_threshold(p_oof, is_fp, sets, frames, max_fp_per_frame)
+        thr = balanced_threshold(p_oof, pool_fp, pool_sets, pool_frames, max_fp_per_frame)
         rule = ('the largest worst share, over the sets, of false segments removed and '
                 'true segments kept' + (f', within <= {max_fp_per_frame:g} false detections '
                                         f'per frame on every set' if max_fp_per_frame else ''))
     elif max_fp_per_frame and p_oof is not None:
-        thr = fp_rate_threshold(p_oof, is_fp, sets, frames, max_fp_per_frame)
+        thr = fp_rate_threshold(p_oof, pool_fp, pool_sets, pool_frames, max_fp_per_frame)
         rule = f'<= {max_fp_per_frame:g} false detections per frame on every set'
     if rule is not None:
         clf.threshold = report['threshold'] = thr
         report['threshold_rule'] = rule
-        report.update(_removed_kept(p_oof > thr, is_fp))
+        report.update(_removed_kept(p_oof > thr, pool_fp))
     per_set = {}
     for name in sorted(set(sets.tolist())):
         m = sets == name
         entry = {'n_segments': int(m.sum()), 'n_fp': int(is_fp[m].sum())}
         if p_oof is not None:   # out-of-fold: each segment scored by a model not fit on it
-            drop, fp = p_oof[m] > report['threshold'], is_fp[m]
+            pm = pool_sets == name
+            drop, fp = p_oof[pm] > report['threshold'], pool_fp[pm]
             entry.update(_removed_kept(drop, fp))
-            entry['false_detections_per_frame'] = float((~drop[fp]).sum() / frames[name])
-        entry['frames'] = frames[name] // repeats
-        entry['n_segments'] //= repeats
-        entry['n_fp'] //= repeats
+            entry['false_detections_per_frame'] = float((~drop[fp]).sum() / pool_frames[name])
+        entry['frames'] = frames[name]
         per_set[name] = entry
     report.update({'features': choice['features'], 'selection': table, 'per_set': per_set})
     clf.info['cv'] = report
     return clf, report
+
+
+def cv_repeats(value, balanced: bool) -> int:
+    """
+    ``train-meta --cv-repeats``: K >= 1 draws of the folds for the threshold.
+
+    None: :data:`DEFAULT_CV_REPEATS` with the balanced rule, else 1.
+    """
+    k = (DEFAULT_CV_REPEATS if balanced else 1) if value is None else int(value)
+    if k < 1:
+        raise OodSegError(f'--cv-repeats must be >= 1, got {k}')
+    return k
 
 
 def _within_fp_rate(p, fp, sets, frames, target):

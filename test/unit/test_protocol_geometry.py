@@ -282,6 +282,10 @@ def test_train_meta_on_several_sets(tmp_path, bundle, capsys):
     meta = json.loads((b / 'meta.json').read_text())
     assert meta['threshold'] == pytest.approx(report['threshold'])
     assert meta['info']['cv']['threshold_rule'].startswith('the largest worst share')
+    # a bad --cv-repeats is one line, before the segments are extracted
+    assert cli.main(argv + ['--balanced', '--cv-repeats', '0']) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and '--cv-repeats must be >= 1' in err[0], err
 
 
 def test_fp_rate_threshold_bounds_false_detections_on_every_set():

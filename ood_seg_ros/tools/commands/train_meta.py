@@ -56,10 +56,12 @@ class TrainMetaCommand(Command):
         from pathlib import Path
         from ...errors import OodSegError
         from ..evaluate import to_json
-        from ..meta_fit import fit_chosen, load_meta_dataset, parse_meta_pgn, runtime_pgn_names
+        from ..meta_fit import cv_repeats, fit_chosen, load_meta_dataset, parse_meta_pgn, \
+            runtime_pgn_names
         from ...model.bundle import meta_file, read_bundle_json, update_bundle_json
         from ...model.config import ModelConfig
         from ..protocol import check_held_out
+        repeats = cv_repeats(args.cv_repeats, args.balanced)   # a bad K: before the slow part
         doc = read_bundle_json(args.bundle)
         check_held_out(doc.get('info', {}), args.ood_set, 'fit the meta classifier')
         pgn = None if args.meta_pgn is None else parse_meta_pgn(
@@ -77,7 +79,7 @@ class TrainMetaCommand(Command):
                                  target_tp_kept=args.target_tp_kept,
                                  max_fp_per_frame=args.max_fp_per_frame,
                                  balanced=args.balanced,
-                                 repeats=args.cv_repeats or (10 if args.balanced else 1))
+                                 repeats=repeats)
         report['meta_pgn'] = list(pipe.extractor.pgn_names)
         clf.info['trained_on'] = [Path(s).name for s in args.ood_set]
         clf.info['heatmap_score'] = pipe.score_name
