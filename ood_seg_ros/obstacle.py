@@ -18,6 +18,10 @@ Obstacle mode, ROS-free: the drivable-area prior, the high-resolution road band,
   own resolution, fused into the first pass (max or mean) inside the band.
 - **Flip averaging** (:func:`flip_average`): the outputs of the mirrored input, mirrored
   back and averaged with the plain ones.
+- **Small-object contrast** (:func:`local_contrast`, off by default): the score plus
+  ``contrast`` times its positive excess over the box mean of a ``contrast_window``
+  square (decoder pixels) around each pixel. Peaks smaller than the window rise, flat
+  areas and the inside of large hot regions keep their score; no pixel goes down.
 """
 
 from dataclasses import dataclass
@@ -39,6 +43,8 @@ DEFAULT_OBSTACLE = {
     'band_rows': [0.40, 0.85],       # band top / bottom as fractions of the frame height
     'band_width': 0,                 # band network width at most; 0: the frame's own
     'band_fusion': 'max',
+    'contrast': 0.0,                 # small-object contrast gain; 0: off
+    'contrast_window': 9,            # its box-mean window, decoder pixels (odd)
 }
 
 
@@ -55,6 +61,8 @@ class ObstacleSettings:
     band_auto: bool = False
     band_width: int = DEFAULT_OBSTACLE['band_width']
     band_fusion: str = DEFAULT_OBSTACLE['band_fusion']
+    contrast: float = DEFAULT_OBSTACLE['contrast']
+    contrast_window: int = DEFAULT_OBSTACLE['contrast_window']
 
     @classmethod
     def from_runtime(cls, runtime: dict, **overrides) -> 'ObstacleSettings':
@@ -69,9 +77,25 @@ class ObstacleSettings:
                               f'{doc["band_fusion"]!r}')
         if int(doc['band_width']) < 0:
             raise OodSegError(f'band width must be >= 0, got {doc["band_width"]}')
+        check_contrast(doc['contrast'], doc['contrast_window'])
         return cls(tuple(str(c) for c in doc['drivable_classes']), float(doc['margin']),
                    float(doc['falloff']), float(doc['floor']), float(doc['close']), rows,
-                   auto, int(doc['band_width']), doc['band_fusion'])
+                   auto, int(doc['band_width']), doc['band_fusion'], float(doc['contrast']),
+                   int(doc['contrast_window']))
+
+
+def check_contrast(gain, window) -> None:
+    """Raise OodSegError unless ``gain`` is finite and >= 0 and ``window`` an odd integer >= 3."""
+    try:
+        g = float(gain)
+    except (TypeError, ValueError):
+        raise OodSegError(f'contrast must be a number >= 0, got {gain!r}') from None
+    if not np.isfinite(g) or g < 0:
+        raise OodSegError(f'contrast must be a number >= 0 (0: off), got {gain!r}')
+    if isinstance(window, bool) or not isinstance(window, (int, np.integer)) or \
+            window < 3 or window % 2 == 0:
+        raise OodSegError(f'contrast window must be an odd integer >= 3 (decoder pixels), '
+                          f'got {window!r}')
 
 
 def parse_band_rows(spec) -> Tuple[float, float]:
@@ -213,6 +237,21 @@ def fuse_band(base: np.ndarray, band: np.ndarray, rows, mode: str = 'max') -> np
     out = base.astype(np.float32, copy=True)
     out[r0:r1] = np.maximum(out[r0:r1], src) if mode == 'max' else 0.5 * (out[r0:r1] + src)
     return out
+
+
+def local_contrast(raw: np.ndarray, gain: float, window: int) -> np.ndarray:
+    """
+    ``raw + gain * max(raw - boxmean(raw), 0)``: small-object contrast of a score map.
+
+    ``boxmean``: the mean over the ``window`` x ``window`` square centred on each pixel,
+    the map mirrored at its edges (``cv2.BORDER_REFLECT``). ``gain`` 0 returns ``raw``.
+    """
+    if gain <= 0:
+        return raw
+    src = raw.astype(np.float32, copy=False)
+    mean = cv2.blur(src, (window, window), borderType=cv2.BORDER_REFLECT)
+    out = src + np.float32(gain) * np.maximum(src - mean, 0.0)
+    return out.astype(np.float32, copy=False)
 
 
 def flip_average(out: Dict[str, np.ndarray], flipped: Dict[str, np.ndarray]

@@ -42,8 +42,8 @@ from .model.budget import check_memory
 from .model.bundle import Bundle, meta_file, read_bundle_json
 from .model.config import ModelConfig, parse_size, size_key
 from .obstacle import (band_input_size, band_rows, drivable_ids, drivable_mask, flip_average,
-                       fuse_band, ObstacleSettings, region_distance, region_score, region_weight,
-                       REGIONS)
+                       fuse_band, local_contrast, ObstacleSettings, region_distance,
+                       region_score, region_weight, REGIONS)
 from .runtime import auto_backend, make_backend
 from .runtime.int8_graph import PRECISIONS
 from .scores import ALL_SCORES, natural_range, SCORES
@@ -243,6 +243,8 @@ class PipelineSettings:
     band_width: Optional[int] = None
     flip: bool = False
     precision: str = ''
+    contrast: Optional[float] = None          # None: the bundle's (default 0, off)
+    contrast_window: Optional[int] = None
 
     def precision_name(self) -> str:
         """fp32, fp16 or int8: ``precision``, else what ``fp16`` says."""
@@ -443,6 +445,7 @@ class Pipeline:
                     region: Optional[str] = None, band: bool = False, band_rows=None,
                     band_width: Optional[int] = None,
                     flip: bool = False, meta_pgn: Optional[Sequence[str]] = None,
+                    contrast: Optional[float] = None, contrast_window: Optional[int] = None,
                     **backend_options) -> 'Pipeline':
         """
         Load bundle, meta classifier and backend; ``all_scores`` lets the score change.
@@ -450,7 +453,8 @@ class Pipeline:
         ``input_size`` (H, W) runs the network at another size than the bundle's (e.g.
         480x960 for a 2:1 camera); the bundle's settings for that size are used when it
         has them (``runtime.sizes``, written by ``ood-seg eval --calibrate --input-size``).
-        ``region``, ``band`` (``band_rows`` 'T:B' or 'auto', ``band_width``) and ``flip``:
+        ``region``, ``band`` (``band_rows`` 'T:B' or 'auto', ``band_width``), ``flip`` and
+        ``contrast`` (``contrast_window``; None: the bundle's ``runtime.obstacle``):
         obstacle mode (see the module docstring); ``meta_<region>.json`` is that mode's
         meta classifier where the bundle has one. ``meta_pgn``: the PGN maps of the
         segment features instead of ``runtime.meta_pgn_names``, for fitting a new meta
@@ -486,7 +490,8 @@ class Pipeline:
 
         rows = None if band_rows is None else band_rows
         obstacle = ObstacleSettings.from_runtime(runtime, band_rows=rows,
-                                                 band_width=band_width)
+                                                 band_width=band_width, contrast=contrast,
+                                                 contrast_window=contrast_window)
         return cls(be, doc['config']['class_names'], runtime, metas.get('all'), score,
                    threshold, geometry=geometry, region=region, region_metas=metas,
                    obstacle=obstacle, band=band, flip=flip, band_factory=band_factory)
@@ -501,6 +506,7 @@ class Pipeline:
                                all_scores=s.all_scores, input_size=s.input_size,
                                geometry=s.geometry, region=s.region, band=s.band,
                                band_rows=s.band_rows, band_width=s.band_width, flip=s.flip,
+                               contrast=s.contrast, contrast_window=s.contrast_window,
                                **s.backend_options())
         pipe.max_pixels = s.max_pixels
         return pipe
@@ -637,12 +643,15 @@ class Pipeline:
         return out
 
     def region_raw(self, out: Dict[str, np.ndarray], name: str) -> np.ndarray:
-        """Score ``name`` weighted by the drivable prior in the ``drivable`` mode."""
+        """Score ``name``: weighted by the drivable prior (``drivable`` mode), then contrast."""
         weight = out.get('region_weight') if self.region != 'all' else None
         if weight is None:
-            return out[name]
-        lo = self.base_lo(name)
-        return region_score(out[name], float(out[name].min()) if lo is None else lo, weight)
+            raw = out[name]
+        else:
+            lo = self.base_lo(name)
+            raw = region_score(out[name], float(out[name].min()) if lo is None else lo,
+                               weight)
+        return local_contrast(raw, self.obstacle.contrast, self.obstacle.contrast_window)
 
     def heat_low(self, out: Dict[str, np.ndarray], name: Optional[str] = None) -> np.ndarray:
         """Raw heatmap score at decoder resolution: region prior, then the band fused."""

@@ -113,7 +113,7 @@ class SizeSchema(RegionSchema):
 
 
 class ObstacleSchema(_Closed):
-    """``runtime.obstacle``: drivable prior and road band (see ood_seg_ros.obstacle)."""
+    """``runtime.obstacle``: drivable prior, road band, contrast (see ood_seg_ros.obstacle)."""
 
     drivable_classes: Optional[Annotated[List[StrictStr], Field(min_length=1)]] = None
     margin: Optional[Annotated[Number, Field(ge=0)]] = None
@@ -123,6 +123,8 @@ class ObstacleSchema(_Closed):
     band_rows: Optional[Union[Pair, Literal['auto']]] = None
     band_width: Optional[Annotated[StrictInt, Field(ge=0)]] = None
     band_fusion: Optional[Literal['max', 'mean']] = None
+    contrast: Optional[Annotated[Number, Field(ge=0)]] = None
+    contrast_window: Optional[Annotated[StrictInt, Field(ge=3)]] = None
 
 
 class RuntimeSchema(RegionSchema):

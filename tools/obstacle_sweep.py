@@ -3,12 +3,14 @@
 Choose the obstacle-mode prior of a bundle: ``all`` against a grid of drivable priors.
 
 Usage: tools/obstacle_sweep.py --bundle B --ood-set S [--ood-set S ...]
-       [--report-set S ...] [--score NAME] [--out FILE.json] [--apply]
+       [--report-set S ...] [--score NAME] [--contrast GAINS] [--out FILE.json] [--apply]
 
 Every set runs through the network once (torch, the bundle's input size, every score);
 the grid then reweights the cached decoder-resolution maps: ``margin`` x ``falloff`` x
 ``floor`` of :mod:`ood_seg_ros.obstacle` (the drivable region is the same for all of
-them, only its widening and the weight outside change), plus the ``all`` mode. Pixel AP,
+them, only its widening and the weight outside change), plus the ``all`` mode; with
+``--contrast G1,G2,...`` all of that again at each small-object contrast gain (0, off,
+is always in; keys end in ``contrast=G``). Pixel AP,
 FPR95 and AUROC come from the evaluator's own code path
 (:meth:`ood_seg_ros.tools.evaluate.OodEvaluation.pixel_and_component`), so the ``all``
 row equals ``ood-seg eval``'s figures.
@@ -20,9 +22,9 @@ The rule, fixed before the grid is looked at (model card, "Obstacle mode"):
    ``--ood-set``;
 3. the winner has the best worst-case relative AP over the ``--ood-set`` sets (AP over
    the best AP any candidate reaches on that set);
-4. a drivable winner becomes the bundle's default (``--apply``: ``runtime.heatmap_region``
-   and ``runtime.obstacle``) only when it also raises the worst AP over the real sets
-   (folders under ``real_ood``; all ``--ood-set`` sets when none is).
+4. a winner other than plain ``all`` becomes the bundle's default (``--apply``:
+   ``runtime.heatmap_region`` and ``runtime.obstacle``) only when it also raises the worst
+   AP over the real sets (folders under ``real_ood``; all ``--ood-set`` sets when none is).
 
 ``--report-set`` sets are measured and printed, never used by the rule.
 """
@@ -41,7 +43,14 @@ FALLOFFS = (0.04, 0.1, 0.25)
 FLOORS = (0.0, 0.2, 0.5)
 
 
-def measure(bundle, roots, score):
+def grid_key(region, gain, margin=None, falloff=None, floor=None):
+    """Candidate key: 'all', 'drivable margin=.. falloff=.. floor=..', ' contrast=G' added."""
+    key = region if margin is None else \
+        f'{region} margin={margin} falloff={falloff} floor={floor}'
+    return key + (f' contrast={gain}' if gain else '')
+
+
+def measure(bundle, roots, score, contrasts=(0.0,)):
     """Return {candidate: {set: {score: {ap, fpr95, auroc}}}} for ``all`` and the grid."""
     from ood_seg_ros.obstacle import region_distance, region_weight
     from ood_seg_ros.pipeline import Pipeline
@@ -71,11 +80,16 @@ def measure(bundle, roots, score):
             row[name] = {s: {k: tab[s][k] for k in ('ap', 'fpr95', 'auroc')} for s in tab}
         return row
 
-    rows = {'all': run('all', None, (score, 'msp'))}
-    for margin, falloff, floor in itertools.product(MARGINS, FALLOFFS, FLOORS):
-        st = dataclasses.replace(base, margin=margin, falloff=falloff, floor=floor)
-        rows[f'drivable margin={margin} falloff={falloff} floor={floor}'] = \
-            run('drivable', st, (score,))
+    rows = {}
+    for gain in sorted({0.0, *contrasts}):
+        pipe.obstacle = dataclasses.replace(pipe.obstacle, contrast=gain)
+        rows[grid_key('all', gain)] = run('all', None, (score, 'msp') if not gain else
+                                          (score,))
+        for margin, falloff, floor in itertools.product(MARGINS, FALLOFFS, FLOORS):
+            st = dataclasses.replace(base, margin=margin, falloff=falloff, floor=floor,
+                                     contrast=gain)
+            rows[grid_key('drivable', gain, margin, falloff, floor)] = \
+                run('drivable', st, (score,))
     return rows
 
 
@@ -97,8 +111,20 @@ def choose(rows, chosen_sets, real_sets, score):
 
 
 def settings_of(key):
-    """Return the runtime.obstacle prior of a grid key ('drivable margin=.. falloff=..')."""
+    """Return the runtime.obstacle settings of a grid key ('drivable margin=.. falloff=..')."""
     return {k: float(v) for k, v in (p.split('=') for p in key.split()[1:])}
+
+
+def parse_gains(text):
+    """'0.5,1' -> (0.5, 1.0); OodSegError unless every gain is a number >= 0."""
+    from ood_seg_ros.obstacle import check_contrast
+    try:
+        gains = tuple(float(g) for g in text.split(',') if g.strip())
+    except ValueError:
+        raise OodSegError(f'--contrast: comma-separated numbers >= 0, got {text!r}') from None
+    for g in gains:
+        check_contrast(g, 9)
+    return gains
 
 
 def main(argv=None):
@@ -110,6 +136,8 @@ def main(argv=None):
     ap.add_argument('--report-set', action='append', default=[],
                     help='a set only measured and printed (repeat)')
     ap.add_argument('--score', default=None, help="default: the bundle's heatmap score")
+    ap.add_argument('--contrast', default='0', help='small-object contrast gains to '
+                    'cross with the grid, comma-separated (default 0: off only)')
     ap.add_argument('--out', default=None, help='write every figure as JSON')
     ap.add_argument('--apply', action='store_true',
                     help='write the winner into the bundle when the rule ships it')
@@ -118,7 +146,8 @@ def main(argv=None):
     from ood_seg_ros.tools.evaluate import set_name
     try:
         score = args.score or read_bundle_json(args.bundle)['runtime']['heatmap_score']
-        rows = measure(args.bundle, args.ood_set + args.report_set, score)
+        gains = parse_gains(args.contrast)
+        rows = measure(args.bundle, args.ood_set + args.report_set, score, gains)
     except OodSegError as err:
         print(f'error: {err}', file=sys.stderr)
         return 2
@@ -138,10 +167,11 @@ def main(argv=None):
         Path(args.out).write_text(json.dumps({'score': score, 'rows': rows, 'winner': winner,
                                               'ships': ships}, indent=1))
     if args.apply and ships:
+        region, chosen = winner.split()[0], {'contrast': 0.0, **settings_of(winner)}
         update_bundle_json(args.bundle, lambda d: d['runtime'].update(
-            heatmap_region='drivable', obstacle={**(d['runtime'].get('obstacle') or {}),
-                                                 **settings_of(winner)}))
-        print(f'{args.bundle}: runtime.heatmap_region drivable, obstacle {settings_of(winner)}')
+            heatmap_region=region, obstacle={**(d['runtime'].get('obstacle') or {}),
+                                             **chosen}))
+        print(f'{args.bundle}: runtime.heatmap_region {region}, obstacle {chosen}')
     return 0
 
 

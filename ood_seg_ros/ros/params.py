@@ -21,7 +21,7 @@ from ..errors import OodSegError
 from ..imagecodec import MAX_FRAME_PIXELS
 from ..model.bundle import default_bundle_path
 from ..model.config import parse_size
-from ..obstacle import parse_band_rows, REGIONS
+from ..obstacle import check_contrast, DEFAULT_OBSTACLE, parse_band_rows, REGIONS
 from ..pipeline import GEOMETRIES, Pipeline, PipelineSettings
 from ..runtime import BACKENDS
 from ..runtime.int8_graph import PRECISIONS
@@ -83,6 +83,11 @@ PARAMETERS = {
     'band_width': (0, _I, True, 'network width of the band pass at most; 0: the '
                    "bundle's (its default: the frame's own width)"),
     'flip_average': (False, _B, True, 'average with the mirrored frame (2x the network)'),
+    'small_object_contrast': (-1.0, _F, True, "add this gain x the score's excess over its "
+                              'local box mean: small obstacles rise, large anomalies lose '
+                              "some AP; 0: off; -1: the bundle's (off in the default bundle)"),
+    'contrast_window': (0, _I, True, 'box-mean window of small_object_contrast, odd, '
+                        "decoder pixels; 0: the bundle's (9)"),
     'input_transport': ('raw', _S, True, 'raw (image) or compressed (image/compressed)'),
     'qos_reliability': ('best_effort', _S, True, 'input QoS: best_effort or reliable'),
     'qos_depth': (1, _I, True, 'input queue depth (1: always the newest frame)'),
@@ -129,6 +134,18 @@ def validate(name: str, value) -> None:
     if name == 'segment_threshold' and not (value == 0.0 or 0.0 < value < 1.0):
         raise OodSegError(f'parameter segment_threshold: must be in (0, 1) or 0 for the '
                           f'bundle default, got {value}')
+    if name == 'small_object_contrast' and value != -1.0:
+        try:
+            check_contrast(value, DEFAULT_OBSTACLE['contrast_window'])
+        except OodSegError as err:
+            raise OodSegError(f"parameter small_object_contrast: -1 (the bundle's) or "
+                              f'{err}') from None
+    if name == 'contrast_window' and value != 0:
+        try:
+            check_contrast(0.0, value)
+        except OodSegError as err:
+            raise OodSegError(f"parameter contrast_window: 0 (the bundle's) or {err}") \
+                from None
     if name == 'input_size' and value:
         parse_size(value)
     if name == 'band_rows' and value and value != 'auto':
@@ -253,6 +270,8 @@ def pipeline_settings(cfg: Dict[str, object], score: Optional[str]) -> PipelineS
         bundle=str(bundle), score=score or None, threshold=cfg['segment_threshold'] or None,
         input_size=cfg['input_size'] or None, band_rows=cfg['band_rows'] or None,
         band_width=cfg['band_width'] or None,
+        contrast=None if cfg['small_object_contrast'] == -1.0 else cfg['small_object_contrast'],
+        contrast_window=cfg['contrast_window'] or None,
         **{field: cfg[name] for field, name in SETTINGS.items()})
     settings.precision_name()       # fp16 and precision must agree
     return settings
@@ -267,7 +286,10 @@ def node_parameters(settings: PipelineSettings,
                'threshold': ('segment_threshold', float(settings.threshold or 0.0)),
                'input_size': ('input_size', settings.input_size or ''),
                'band_rows': ('band_rows', settings.band_rows or ''),
-               'band_width': ('band_width', int(settings.band_width or 0))}
+               'band_width': ('band_width', int(settings.band_width or 0)),
+               'contrast': ('small_object_contrast', -1.0 if settings.contrast is None
+                            else float(settings.contrast)),
+               'contrast_window': ('contrast_window', int(settings.contrast_window or 0))}
     out = {}
     for field in fields:
         name, value = special.get(field) or (SETTINGS[field], getattr(settings, field))

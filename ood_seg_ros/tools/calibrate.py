@@ -112,6 +112,7 @@ def calibrate(evaluations, percentiles=(1.0, 99.9), reference: str = 'msp',
             'calibration': {'sets': list(evs), 'input_size': size,
                             'heatmap_region': first.pipeline.region,
                             'band': first.pipeline.band, 'flip': first.pipeline.flip,
+                            'contrast': first.pipeline.obstacle.contrast,
                             'geometry': first.pipeline.geometry,
                             'percentiles': list(percentiles), 'rule': (
                                 f'AP >= {reference} on every set, then the best worst-case '

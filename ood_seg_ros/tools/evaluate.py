@@ -404,6 +404,8 @@ def evaluate_bundle(bundle_path, ood_root=None, dataset=None, split='test',
     result['heatmap_region'] = pipe.region
     result['band'] = list(pipe.obstacle.band_rows) if pipe.band else None
     result['flip'] = pipe.flip
+    result['contrast'] = {'gain': pipe.obstacle.contrast,
+                          'window': pipe.obstacle.contrast_window}
     result['heatmap_score'] = pipe.score_name
     if len(roots) == 1:
         only = per_set[names[0]]

@@ -50,6 +50,19 @@ def test_settings_of_the_parameter_defaults_and_back():
     assert params.node_parameters(s) == {'model_path': '/b', 'backend': 'torch',
                                          'device': 'auto', 'heatmap_score': '',
                                          'segment_threshold': 0.3}
+    con = params.pipeline_settings(dict(cfg, small_object_contrast=0.5, contrast_window=5),
+                                   None)
+    assert (con.contrast, con.contrast_window) == (0.5, 5)
+    assert params.node_parameters(con, ('contrast', 'contrast_window')) == \
+        {'small_object_contrast': 0.5, 'contrast_window': 5}
+    assert params.node_parameters(s, ('contrast', 'contrast_window')) == \
+        {'small_object_contrast': -1.0, 'contrast_window': 0}      # the bundle's
+    off = params.pipeline_settings(dict(cfg, small_object_contrast=0.0), None)
+    assert off.contrast == 0.0                                      # off, not the bundle's
+    for name, bad, words in (('small_object_contrast', -0.1, r"-1 \(the bundle's\) or"),
+                             ('contrast_window', 4, 'odd integer >= 3')):
+        with pytest.raises(OodSegError, match=words):
+            params.validate(name, bad)
     trt = PipelineSettings('/b', backend='tensorrt', engine_path='/e.plan')
     assert trt.backend_options() == {'engine_path': '/e.plan'}
     assert PipelineSettings('/b', backend='onnxruntime', threads=3).backend_options() == \

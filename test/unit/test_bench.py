@@ -120,7 +120,7 @@ def test_obstacle_costs_are_ratios_to_the_plain_pipeline(bundle, capsys):
                      '--band-width', '192', '--height', '256', '--width', '384')
     assert rc == 0
     times, ratio = res['obstacle_ms'], res['obstacle_ratio']
-    assert set(times) == {'plain', 'drivable', 'drivable_band', 'flip',
+    assert set(times) == {'plain', 'drivable', 'drivable_band', 'flip', 'drivable_contrast',
                           'whole_frame_at_band_resolution'}
     for name, ms in times.items():
         assert ms > 0 and ratio[name] == pytest.approx(ms / times['plain'], rel=1e-6)

@@ -1,4 +1,4 @@
-"""Obstacle mode: the drivable prior on a hand-made label map, band crop and fusion, flips."""
+"""Obstacle mode: the prior on a hand-made label map, band crop and fusion, flips, contrast."""
 
 import math
 
@@ -7,8 +7,8 @@ from model_helpers import save_tiny_bundle
 import numpy as np
 from ood_seg_ros.errors import OodSegError
 from ood_seg_ros.obstacle import (band_input_size, drivable_ids, drivable_mask, fill_rows,
-                                  fuse_band, ObstacleSettings, parse_band_rows,
-                                  region_distance, region_weight)
+                                  fuse_band, local_contrast, ObstacleSettings,
+                                  parse_band_rows, region_distance, region_weight)
 from ood_seg_ros.pipeline import Letterbox, Pipeline, runtime_for_size
 from ood_seg_ros.tools.calibrate import calibration_update
 import pytest
@@ -152,6 +152,82 @@ def test_flip_average_by_hand(bundle):
     np.testing.assert_array_equal(got['semantic'], a['semantic'])
 
 
+def _contrast_by_loop(raw, gain, k):
+    """Brute force: each pixel against the mean of its k x k window, mirrored edges."""
+    h, w = raw.shape
+    r = k // 2
+    out = np.empty_like(raw, dtype=np.float64)
+    for y in range(h):
+        for x in range(w):
+            total = 0.0
+            for dy in range(-r, r + 1):
+                for dx in range(-r, r + 1):
+                    yy, xx = y + dy, x + dx     # mirror with the edge pixel repeated
+                    yy = -yy - 1 if yy < 0 else (2 * h - yy - 1 if yy >= h else yy)
+                    xx = -xx - 1 if xx < 0 else (2 * w - xx - 1 if xx >= w else xx)
+                    total += raw[yy, xx]
+            out[y, x] = raw[y, x] + gain * max(raw[y, x] - total / (k * k), 0.0)
+    return out
+
+
+def test_local_contrast_against_a_loop():
+    rng = np.random.default_rng(3)
+    raw = rng.normal(size=(11, 14)).astype(np.float32)
+    raw[5, 6] += 6.0                                        # a one-pixel obstacle
+    for gain, k in ((1.0, 3), (0.5, 5), (2.0, 9)):
+        got = local_contrast(raw, gain, k)
+        np.testing.assert_allclose(got, _contrast_by_loop(raw, gain, k), atol=1e-5)
+        assert got.dtype == np.float32 and (got >= raw).all()
+    assert local_contrast(raw, 0.0, 9) is raw               # off: untouched
+    flat = np.full((8, 8), 0.7, np.float32)
+    np.testing.assert_allclose(local_contrast(flat, 1.0, 5), flat, atol=1e-6)
+    # a peak smaller than the window rises by its excess; the inside of a large hot
+    # square, flat over the whole window, does not
+    big = np.zeros((30, 30), np.float32)
+    big[5:25, 5:25] = 1.0
+    big[2, 2] = 1.0
+    got = local_contrast(big, 1.0, 5)
+    assert got[15, 15] == pytest.approx(1.0) and got[2, 2] == pytest.approx(1.96)
+
+
+@pytest.mark.parametrize('gain,window,words', [
+    (-0.5, 9, 'contrast must be a number >= 0'), (float('nan'), 9, 'contrast must be'),
+    ('x', 9, 'contrast must be a number'), (1.0, 4, 'odd integer >= 3'),
+    (1.0, 1, 'odd integer >= 3'), (1.0, 9.0, 'odd integer >= 3')])
+def test_contrast_settings_are_checked_in_one_line(gain, window, words):
+    with pytest.raises(OodSegError, match=words) as err:
+        ObstacleSettings.from_runtime({'obstacle': {'contrast': gain,
+                                                    'contrast_window': window}})
+    assert '\n' not in str(err.value)
+    st = ObstacleSettings.from_runtime({}, contrast=0.5, contrast_window=5)
+    assert (st.contrast, st.contrast_window) == (0.5, 5)
+    assert ObstacleSettings.from_runtime({}).contrast == 0.0
+
+
+def test_contrast_applies_after_the_prior_in_both_regions(bundle):
+    plain = Pipeline.from_bundle(bundle, backend='torch', device='cpu', all_scores=True)
+    con = Pipeline.from_bundle(bundle, backend='torch', device='cpu', all_scores=True,
+                               contrast=0.8, contrast_window=5)
+    frame = np.random.default_rng(8).integers(0, 255, (H, W, 3), dtype=np.uint8)
+    out = plain.infer(frame)
+    out['drivable'], out['region_weight'] = plain._region(out['probs'])
+    h, w = out['region_weight'].shape
+    out['region_weight'][:, : w // 2] = 0.3
+    out['region_weight'][h // 2, 3 * w // 4] = 1.0
+    name = plain.score_name
+    out[name][h // 2, 3 * w // 4] += 1.0                    # a one-pixel obstacle
+    for region in ('all', 'drivable'):
+        plain.set_region(region)
+        con.set_region(region)
+        want = local_contrast(plain.heat_low(out), 0.8, 5)
+        np.testing.assert_allclose(con.heat_low(out), want, atol=1e-6)
+        np.testing.assert_allclose(con.heat_at(out, (H, W)),
+                                   cv2.resize(want, (W, H), interpolation=cv2.INTER_LINEAR),
+                                   atol=1e-5)
+        rise = con.heat_low(out)[h // 2, 3 * w // 4] - plain.heat_low(out)[h // 2, 3 * w // 4]
+        assert rise > 0.5, region
+
+
 def test_region_mode_switch_and_calibration_per_region(bundle):
     pipe = Pipeline.from_bundle(bundle, backend='torch', device='cpu', all_scores=True)
     frame = np.random.default_rng(7).integers(0, 255, (H, W, 3), dtype=np.uint8)
@@ -212,7 +288,7 @@ def test_bundle_schema_checks_region_calibration_and_obstacle_settings():
     from ood_seg_ros.schema import validate_bundle
     good = {'format_version': 1, 'config': {}, 'runtime': {
         'obstacle': {'drivable_classes': ['Road', 'Pavement'], 'band_rows': [0.4, 0.85],
-                     'band_fusion': 'max'},
+                     'band_fusion': 'max', 'contrast': 0.5, 'contrast_window': 9},
         'sizes': {'360x480': {'segment_threshold': 0.5, 'regions': {'drivable': {
             'heatmap_score': 'msp', 'normalisation': {'msp': [0.0, 1.0]},
             'segment_threshold': 0.4}}}}}}
@@ -221,10 +297,13 @@ def test_bundle_schema_checks_region_calibration_and_obstacle_settings():
     bad['runtime']['sizes']['360x480']['regions']['drivable']['segment_threshold'] = 1.5
     bad['runtime']['obstacle']['band_fusion'] = 'min'
     bad['runtime']['obstacle']['margn'] = 0.1
+    bad['runtime']['obstacle']['contrast'] = -1
+    bad['runtime']['obstacle']['contrast_window'] = 1
     with pytest.raises(OodSegError) as err:
         validate_bundle(bad, 'bundle.json')
     text = str(err.value)
-    assert '3 bad fields' in text and 'regions.drivable.segment_threshold' in text
+    assert '5 bad fields' in text and 'regions.drivable.segment_threshold' in text
+    assert 'obstacle.contrast' in text and 'obstacle.contrast_window' in text
     assert 'obstacle.margn: unknown key' in text and 'obstacle.band_fusion' in text
 
 

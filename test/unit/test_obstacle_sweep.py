@@ -2,6 +2,8 @@
 
 import importlib.util
 
+from ood_seg_ros.errors import OodSegError
+import pytest
 from repo_paths import ROOT
 
 
@@ -44,3 +46,22 @@ def test_the_rule_takes_the_best_worst_case_and_ships_only_a_real_gain():
                  {'fs': 0.01, 'ra': 0.30, 'syn': 0.30})
     ranked, winner, ships = tool.choose(rows, ['fs', 'ra', 'syn'], ['fs', 'ra'], 'x')
     assert winner == a and not ships
+
+
+def test_contrast_candidates_have_their_own_keys_and_settings():
+    tool = _tool()
+    assert tool.grid_key('all', 0.0) == 'all'
+    assert tool.grid_key('all', 0.5) == 'all contrast=0.5'
+    key = tool.grid_key('drivable', 1.0, 0.01, 0.25, 0.2)
+    assert key == 'drivable margin=0.01 falloff=0.25 floor=0.2 contrast=1.0'
+    assert tool.settings_of(key) == {'margin': 0.01, 'falloff': 0.25, 'floor': 0.2,
+                                     'contrast': 1.0}
+    assert tool.parse_gains('0.5, 1') == (0.5, 1.0)
+    for bad in ('-1', 'x', 'nan'):
+        with pytest.raises(OodSegError, match='contrast'):
+            tool.parse_gains(bad)
+    # 'all' with contrast is a candidate like any other: it ships on a real gain
+    rows = _rows({'all': {'fs': 0.05, 'ra': 0.45}, 'all contrast=0.5': {'fs': 0.08, 'ra': 0.44}},
+                 {'fs': 0.01, 'ra': 0.30})
+    ranked, winner, ships = tool.choose(rows, ['fs', 'ra'], ['fs', 'ra'], 'x')
+    assert winner == 'all contrast=0.5' and ships

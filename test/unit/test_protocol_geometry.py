@@ -286,6 +286,23 @@ def test_train_meta_on_several_sets(tmp_path, bundle, capsys):
     assert cli.main(argv + ['--balanced', '--cv-repeats', '0']) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and '--cv-repeats must be >= 1' in err[0], err
+    # constants fitted at a contrast the bundle does not run: refused in one line, for the
+    # meta classifier and for the calibration, before any frame is read
+    before = (b / 'bundle.json').read_text(), (b / 'meta.json').read_text()
+    assert cli.main(argv + ['--contrast', '0.5']) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and 'the bundle runs 0 (window 9)' in err[0], err
+    assert cli.main(['eval', '--bundle', str(b), '--calibrate', '--ood-set', str(sets[0]),
+                     '--contrast-window', '5']) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and 'calibrating at --contrast 0 (window 5)' in err[0], err
+    assert ((b / 'bundle.json').read_text(), (b / 'meta.json').read_text()) == before
+    # the bundle's own contrast passes (given or not)
+    doc = json.loads((b / 'bundle.json').read_text())
+    doc['runtime']['obstacle'] = {**doc['runtime'].get('obstacle', {}), 'contrast': 0.5}
+    (b / 'bundle.json').write_text(json.dumps(doc))
+    assert cli.main(argv + ['--contrast', '0.5']) == 0
+    assert json.loads(capsys.readouterr().out)['n_segments'] > 0
 
 
 def test_fp_rate_threshold_bounds_false_detections_on_every_set():

@@ -142,7 +142,8 @@ def evaluate_live(bag, settings: PipelineSettings, image_topic: str, out: Path,
     params_file = params_file or default_params_file()
     lockstep = pacing == 'lockstep'
     params = node_parameters(settings, ('bundle', 'backend', 'device', 'score', 'threshold',
-                                        'region', 'band', 'band_rows', 'band_width', 'flip'))
+                                        'region', 'band', 'band_rows', 'band_width', 'flip',
+                                        'contrast', 'contrast_window'))
     if lockstep:    # and a reliable input: no frame lost in transport
         params.update({'qos_reliability': 'reliable', 'qos_depth': 10})
     out_bag = out / OUTPUT_BAG

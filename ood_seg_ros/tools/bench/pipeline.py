@@ -200,8 +200,9 @@ def bench_obstacle(bundle_path, height, width, runs, warmup, backend='torch',
     ``--obstacle``: end-to-end cost of each obstacle-mode option on (height, width) frames.
 
     Interleaved in one process: the plain pipeline, the drivable prior, prior + road band
-    (``band_width``: at most that wide, 0 the frame's own width), flip averaging, and the
-    whole frame at the band's resolution (what the band saves); ratios to the plain one.
+    (``band_width``: at most that wide, 0 the frame's own width), flip averaging, the prior
+    with small-object contrast (gain 1), and the whole frame at the band's resolution
+    (what the band saves); ratios to the plain one.
     """
     from ...model.config import size_key
     from ...obstacle import band_input_size, ObstacleSettings
@@ -214,6 +215,7 @@ def bench_obstacle(bundle_path, height, width, runs, warmup, backend='torch',
     pipes = {'plain': {'region': 'all'}, 'drivable': {'region': 'drivable'},
              'drivable_band': {'region': 'drivable', 'band': True, 'band_width': band_width},
              'flip': {'flip': True},
+             'drivable_contrast': {'region': 'drivable', 'contrast': 1.0},
              'whole_frame_at_band_resolution': {'input_size': whole}}
     built = {k: Pipeline.from_bundle(bundle_path, backend=backend, **kw, **opts)
              for k, kw in pipes.items()}

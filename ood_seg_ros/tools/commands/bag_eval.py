@@ -99,7 +99,9 @@ class BagEvalCommand(Command):
                                     device=args.device, score=args.score,
                                     threshold=args.threshold, region=args.heatmap_region or '',
                                     band=args.band, band_rows=args.band_rows,
-                                    band_width=args.band_width, flip=args.flip)
+                                    band_width=args.band_width, flip=args.flip,
+                                    contrast=args.contrast,
+                                    contrast_window=args.contrast_window)
         if args.mode == 'offline':
             doc = offline.evaluate_offline(bag, settings, image_topic, out / report.OUTPUT_BAG,
                                            limit=args.limit)

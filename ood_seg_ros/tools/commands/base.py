@@ -74,11 +74,17 @@ OBSTACLE_OPTIONS = (   # flag, argparse keywords
         "network width of the band pass at most; 0: the frame's own")}),
     ('--flip', {'action': 'store_true',
                 'help': 'average with the horizontally mirrored frame (2x the network)'}),
+    ('--contrast', {'type': float, 'default': None, 'metavar': 'GAIN', 'help': (
+        "small-object contrast: add GAIN x the score's excess over its local box mean "
+        "(raises small obstacles, lowers large anomalies' AP); 0: off; default: the "
+        "bundle's (off)")}),
+    ('--contrast-window', {'type': int, 'default': None, 'metavar': 'K', 'help': (
+        'box-mean window of --contrast, odd, decoder pixels (default 9)')}),
 )
 
 
 def add_obstacle_options(parser: argparse.ArgumentParser) -> None:
-    """Obstacle mode: ``--heatmap-region``, ``--band`` (+ rows, width), ``--flip``."""
+    """Obstacle mode: ``--heatmap-region``, ``--band`` (+ rows, width), ``--flip``, contrast."""
     for flag, keywords in OBSTACLE_OPTIONS:
         parser.add_argument(flag, **keywords)
 
@@ -86,7 +92,29 @@ def add_obstacle_options(parser: argparse.ArgumentParser) -> None:
 def obstacle_kw(args: argparse.Namespace) -> dict:
     """Pipeline keywords of the obstacle options (see :func:`add_obstacle_options`)."""
     return {'region': args.heatmap_region, 'band': args.band, 'band_rows': args.band_rows,
-            'band_width': args.band_width, 'flip': args.flip}
+            'band_width': args.band_width, 'flip': args.flip, 'contrast': args.contrast,
+            'contrast_window': args.contrast_window}
+
+
+def check_fit_contrast(doc: dict, args: argparse.Namespace, what: str) -> None:
+    """
+    Refuse ``--contrast`` / ``--contrast-window`` other than the bundle's for a fit.
+
+    Calibration and the meta classifier are stored per region and size, not per contrast:
+    constants fitted at another contrast than ``runtime.obstacle``'s would be read by a
+    pipeline that does not apply it. Set the bundle's contrast first.
+    """
+    from ...errors import OodSegError
+    from ...obstacle import ObstacleSettings
+    own = ObstacleSettings.from_runtime(doc.get('runtime', {}))
+    asked = ObstacleSettings.from_runtime(doc.get('runtime', {}), contrast=args.contrast,
+                                          contrast_window=args.contrast_window)
+    if (asked.contrast, asked.contrast_window) != (own.contrast, own.contrast_window):
+        raise OodSegError(
+            f'{what} at --contrast {asked.contrast:g} (window {asked.contrast_window}) but '
+            f'the bundle runs {own.contrast:g} (window {own.contrast_window}): its constants '
+            f'would not match; set runtime.obstacle.contrast / contrast_window in '
+            f'bundle.json first (tools/obstacle_sweep.py --apply does)')
 
 
 def check_out_dir(out, inputs=()) -> None:

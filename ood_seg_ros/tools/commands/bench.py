@@ -95,7 +95,8 @@ class BenchCommand(Command):
                                  'the bundle')
         parser.add_argument('--obstacle', action='store_true',
                             help='cost of the obstacle-mode options end to end (drivable '
-                                 'prior, road band, flip, the whole frame at band resolution)')
+                                 'prior, road band, flip, small-object contrast, the whole '
+                                 'frame at band resolution)')
         parser.add_argument('--band-width', type=int, default=0,
                             help='--obstacle: band network width at most (0: frame width)')
         parser.add_argument('--growth', default='', metavar='HxW,HxW',

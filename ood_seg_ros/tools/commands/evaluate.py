@@ -2,8 +2,8 @@
 
 import sys
 
-from .base import add_bundle_option, add_json_option, add_obstacle_options, check_out_dir, \
-    Command, obstacle_kw
+from .base import add_bundle_option, add_json_option, add_obstacle_options, \
+    check_fit_contrast, check_out_dir, Command, obstacle_kw
 
 PRECISION_OPTIONS = (
     ('--backend', {'default': None, 'choices': ['torch', 'onnxruntime'],
@@ -128,6 +128,7 @@ class EvalCommand(Command):
                 raise OodSegError('--calibrate needs --ood-set (held-out validation sets)')
             doc = read_bundle_json(bundle)
             check_held_out(doc.get('info', {}), args.ood_set, 'calibrate')
+            check_fit_contrast(doc, args, 'calibrating')
             notes = selection_notes(doc.get('info', {}), args.select_set)
             for name, note in notes.items():
                 if note:

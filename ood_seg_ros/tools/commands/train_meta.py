@@ -2,8 +2,8 @@
 
 import json
 
-from .base import add_bundle_option, add_json_option, add_obstacle_options, Command, \
-    obstacle_kw
+from .base import add_bundle_option, add_json_option, add_obstacle_options, \
+    check_fit_contrast, Command, obstacle_kw
 
 
 class TrainMetaCommand(Command):
@@ -64,6 +64,7 @@ class TrainMetaCommand(Command):
         repeats = cv_repeats(args.cv_repeats, args.balanced)   # a bad K: before the slow part
         doc = read_bundle_json(args.bundle)
         check_held_out(doc.get('info', {}), args.ood_set, 'fit the meta classifier')
+        check_fit_contrast(doc, args, 'fitting the meta classifier')
         pgn = None if args.meta_pgn is None else parse_meta_pgn(
             args.meta_pgn, ModelConfig.from_dict(doc['config']).available_scores())
         pipe, feats, is_fp, iou, groups, sets, frames = load_meta_dataset(
