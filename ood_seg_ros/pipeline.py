@@ -492,6 +492,15 @@ class Pipeline:
         obstacle = ObstacleSettings.from_runtime(runtime, band_rows=rows,
                                                  band_width=band_width, contrast=contrast,
                                                  contrast_window=contrast_window)
+        own = ObstacleSettings.from_runtime(runtime)
+        if (obstacle.contrast, obstacle.contrast_window) != (own.contrast,
+                                                             own.contrast_window):
+            LOG.warning(
+                "small-object contrast %g (window %d) differs from the bundle's %g (window "
+                '%d): its segment threshold and meta classifier were fitted without it, '
+                'so more segments reach the meta classifier (README, "Small-object '
+                'contrast")', obstacle.contrast, obstacle.contrast_window, own.contrast,
+                own.contrast_window)
         return cls(be, doc['config']['class_names'], runtime, metas.get('all'), score,
                    threshold, geometry=geometry, region=region, region_metas=metas,
                    obstacle=obstacle, band=band, flip=flip, band_factory=band_factory)

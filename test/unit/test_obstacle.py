@@ -204,10 +204,12 @@ def test_contrast_settings_are_checked_in_one_line(gain, window, words):
     assert ObstacleSettings.from_runtime({}).contrast == 0.0
 
 
-def test_contrast_applies_after_the_prior_in_both_regions(bundle):
+def test_contrast_applies_after_the_prior_in_both_regions(bundle, caplog):
     plain = Pipeline.from_bundle(bundle, backend='torch', device='cpu', all_scores=True)
+    assert 'small-object contrast' not in caplog.text
     con = Pipeline.from_bundle(bundle, backend='torch', device='cpu', all_scores=True,
                                contrast=0.8, contrast_window=5)
+    assert "small-object contrast 0.8 (window 5) differs from the bundle's 0" in caplog.text
     frame = np.random.default_rng(8).integers(0, 255, (H, W, 3), dtype=np.uint8)
     out = plain.infer(frame)
     out['drivable'], out['region_weight'] = plain._region(out['probs'])
