@@ -77,21 +77,31 @@ class ObstacleSettings:
                               f'{doc["band_fusion"]!r}')
         if int(doc['band_width']) < 0:
             raise OodSegError(f'band width must be >= 0, got {doc["band_width"]}')
-        check_contrast(doc['contrast'], doc['contrast_window'])
+        check_contrast_gain(doc['contrast'])
+        check_contrast_window(doc['contrast_window'])
         return cls(tuple(str(c) for c in doc['drivable_classes']), float(doc['margin']),
                    float(doc['falloff']), float(doc['floor']), float(doc['close']), rows,
                    auto, int(doc['band_width']), doc['band_fusion'], float(doc['contrast']),
                    int(doc['contrast_window']))
 
+    @property
+    def contrast_spec(self) -> Tuple[float, int]:
+        """(gain, window) of the small-object contrast: what its calibration depends on."""
+        return self.contrast, self.contrast_window
 
-def check_contrast(gain, window) -> None:
-    """Raise OodSegError unless ``gain`` is finite and >= 0 and ``window`` an odd integer >= 3."""
+
+def check_contrast_gain(gain) -> None:
+    """Raise OodSegError unless the contrast ``gain`` is a finite number >= 0."""
     try:
         g = float(gain)
     except (TypeError, ValueError):
         raise OodSegError(f'contrast must be a number >= 0, got {gain!r}') from None
     if not np.isfinite(g) or g < 0:
         raise OodSegError(f'contrast must be a number >= 0 (0: off), got {gain!r}')
+
+
+def check_contrast_window(window) -> None:
+    """Raise OodSegError unless the contrast ``window`` is an odd integer >= 3."""
     if isinstance(window, bool) or not isinstance(window, (int, np.integer)) or \
             window < 3 or window % 2 == 0:
         raise OodSegError(f'contrast window must be an odd integer >= 3 (decoder pixels), '

@@ -493,8 +493,7 @@ class Pipeline:
                                                  band_width=band_width, contrast=contrast,
                                                  contrast_window=contrast_window)
         own = ObstacleSettings.from_runtime(runtime)
-        if (obstacle.contrast, obstacle.contrast_window) != (own.contrast,
-                                                             own.contrast_window):
+        if obstacle.contrast_spec != own.contrast_spec:
             LOG.warning(
                 "small-object contrast %g (window %d) differs from the bundle's %g (window "
                 '%d): its segment threshold and meta classifier were fitted without it, '

@@ -86,8 +86,7 @@ def measure(bundle, roots, score, contrasts=(0.0,)):
         rows[grid_key('all', gain)] = run('all', None, (score, 'msp') if not gain else
                                           (score,))
         for margin, falloff, floor in itertools.product(MARGINS, FALLOFFS, FLOORS):
-            st = dataclasses.replace(base, margin=margin, falloff=falloff, floor=floor,
-                                     contrast=gain)
+            st = dataclasses.replace(base, margin=margin, falloff=falloff, floor=floor)
             rows[grid_key('drivable', gain, margin, falloff, floor)] = \
                 run('drivable', st, (score,))
     return rows
@@ -117,13 +116,13 @@ def settings_of(key):
 
 def parse_gains(text):
     """'0.5,1' -> (0.5, 1.0); OodSegError unless every gain is a number >= 0."""
-    from ood_seg_ros.obstacle import check_contrast
+    from ood_seg_ros.obstacle import check_contrast_gain
     try:
         gains = tuple(float(g) for g in text.split(',') if g.strip())
     except ValueError:
         raise OodSegError(f'--contrast: comma-separated numbers >= 0, got {text!r}') from None
     for g in gains:
-        check_contrast(g, 9)
+        check_contrast_gain(g)
     return gains
 
 

@@ -21,7 +21,7 @@ from ..errors import OodSegError
 from ..imagecodec import MAX_FRAME_PIXELS
 from ..model.bundle import default_bundle_path
 from ..model.config import parse_size
-from ..obstacle import check_contrast, DEFAULT_OBSTACLE, parse_band_rows, REGIONS
+from ..obstacle import check_contrast_gain, check_contrast_window, parse_band_rows, REGIONS
 from ..pipeline import GEOMETRIES, Pipeline, PipelineSettings
 from ..runtime import BACKENDS
 from ..runtime.int8_graph import PRECISIONS
@@ -136,13 +136,13 @@ def validate(name: str, value) -> None:
                           f'bundle default, got {value}')
     if name == 'small_object_contrast' and value != -1.0:
         try:
-            check_contrast(value, DEFAULT_OBSTACLE['contrast_window'])
+            check_contrast_gain(value)
         except OodSegError as err:
             raise OodSegError(f"parameter small_object_contrast: -1 (the bundle's) or "
                               f'{err}') from None
     if name == 'contrast_window' and value != 0:
         try:
-            check_contrast(0.0, value)
+            check_contrast_window(value)
         except OodSegError as err:
             raise OodSegError(f"parameter contrast_window: 0 (the bundle's) or {err}") \
                 from None

@@ -109,7 +109,7 @@ def check_fit_contrast(doc: dict, args: argparse.Namespace, what: str) -> None:
     own = ObstacleSettings.from_runtime(doc.get('runtime', {}))
     asked = ObstacleSettings.from_runtime(doc.get('runtime', {}), contrast=args.contrast,
                                           contrast_window=args.contrast_window)
-    if (asked.contrast, asked.contrast_window) != (own.contrast, own.contrast_window):
+    if asked.contrast_spec != own.contrast_spec:
         raise OodSegError(
             f'{what} at --contrast {asked.contrast:g} (window {asked.contrast_window}) but '
             f'the bundle runs {own.contrast:g} (window {own.contrast_window}): its constants '
