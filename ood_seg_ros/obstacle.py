@@ -16,8 +16,10 @@ Obstacle mode, ROS-free: the drivable-area prior, the high-resolution road band,
 - **Road band** (:func:`band_rows`, :func:`band_input_size`, :func:`fuse_band`): a second
   pass of the network over the rows between horizon and bonnet at (up to) the frame's
   own resolution, fused into the first pass (max or mean) inside the band.
-- **Flip averaging** (:func:`flip_average`): the outputs of the mirrored input, mirrored
-  back and averaged with the plain ones.
+- **Flip averaging** (:func:`mirrored_back`): the score maps and ``probs`` of the mirrored
+  input, mirrored back onto the frame. The pipeline weighs each of the two passes by its
+  own drivable prior and averages the weighted scores; semantic, ``probs`` and the maps
+  of the segment features stay the frame's own.
 - **Small-object contrast** (:func:`local_contrast`, off by default): the score plus
   ``contrast`` times its positive excess over the box mean of a ``contrast_window``
   square (decoder pixels) around each pixel. Peaks smaller than the window rise, flat
@@ -264,13 +266,7 @@ def local_contrast(raw: np.ndarray, gain: float, window: int) -> np.ndarray:
     return out.astype(np.float32, copy=False)
 
 
-def flip_average(out: Dict[str, np.ndarray], flipped: Dict[str, np.ndarray]
-                 ) -> Dict[str, np.ndarray]:
-    """Average each map with the mirrored-back map of the mirrored input (not ``semantic``)."""
-    res = {}
-    for k, v in out.items():
-        if k == 'semantic':
-            res[k] = v
-        else:
-            res[k] = (0.5 * (v + flipped[k][..., ::-1])).astype(v.dtype, copy=False)
-    return res
+def mirrored_back(flipped: Dict[str, np.ndarray], keys: Sequence[str]
+                  ) -> Dict[str, np.ndarray]:
+    """Return the maps ``keys`` of the mirrored input's outputs, mirrored back."""
+    return {k: np.ascontiguousarray(flipped[k][..., ::-1]) for k in keys if k in flipped}

@@ -21,7 +21,8 @@ Obstacle mode (:mod:`ood_seg_ros.obstacle`): ``region='drivable'`` weighs the sc
 drivable-area prior before normalising it (normalisation, threshold and meta classifier
 of that mode: ``runtime.sizes[size].regions.drivable``, ``meta_drivable.json``) and keeps
 only segments that touch the drivable region; ``band`` fuses a second, high-resolution
-pass over the road band; ``flip`` averages the outputs of the mirrored frame.
+pass over the road band; ``flip`` averages the region-weighted score of the frame with
+that of its mirror image (each pass weighed by its own prior).
 :meth:`Pipeline.set_region` switches the mode of a running pipeline (no rebuild).
 """
 
@@ -41,8 +42,8 @@ from .meta import MetaClassifier
 from .model.budget import check_memory
 from .model.bundle import Bundle, meta_file, read_bundle_json
 from .model.config import ModelConfig, parse_size, size_key
-from .obstacle import (band_input_size, band_rows, drivable_ids, drivable_mask, flip_average,
-                       fuse_band, local_contrast, ObstacleSettings, region_distance,
+from .obstacle import (band_input_size, band_rows, drivable_ids, drivable_mask, fuse_band,
+                       local_contrast, mirrored_back, ObstacleSettings, region_distance,
                        region_score, region_weight, REGIONS)
 from .runtime import auto_backend, make_backend
 from .runtime.int8_graph import PRECISIONS
@@ -589,15 +590,21 @@ class Pipeline:
         Adds the obstacle-mode entries (:meth:`obstacle_outputs`): ``drivable``,
         ``region_weight`` and, with the band, ``band`` and ``band_rows``.
         """
-        out = self.letterbox(frame.shape[:2]).crop(self._run(self.backend,
-                                                             self.preprocess(frame)))
+        out = self._run(self.backend, self.preprocess(frame), self.letterbox(frame.shape[:2]))
         return self.obstacle_outputs(out, frame)
 
-    def _run(self, backend, image: np.ndarray) -> Dict[str, np.ndarray]:
-        """Run ``backend`` on a prepared input; with ``flip``, average with the mirror."""
-        out = backend.infer(image)
+    def _run(self, backend, image: np.ndarray, box: 'Letterbox') -> Dict[str, np.ndarray]:
+        """
+        Run ``backend`` on a prepared input; outputs cropped by ``box``.
+
+        With ``flip``, ``mirror`` holds the score maps and ``probs`` of the mirrored input,
+        mirrored back and cropped the same way (the padding is at the bottom and right of
+        the input, so the mirrored-back maps line up with the frame's).
+        """
+        out = dict(box.crop(backend.infer(image)))
         if self.flip:
-            out = flip_average(out, backend.infer(np.ascontiguousarray(image[:, ::-1])))
+            flipped = backend.infer(np.ascontiguousarray(image[:, ::-1]))
+            out['mirror'] = box.crop(mirrored_back(flipped, ALL_SCORES + ('probs',)))
         return out
 
     def _region(self, probs: np.ndarray):
@@ -626,7 +633,7 @@ class Pipeline:
         crop = np.ascontiguousarray(frame[r0:r1])
         be = self.band_backend(frame.shape[:2], rows)
         box = Letterbox.fit(crop.shape[:2], be.input_size, 'letterbox')
-        return box.crop(self._run(be, box.place(crop)))
+        return self._run(be, box.place(crop), box)
 
     def obstacle_outputs(self, out: Dict[str, np.ndarray], frame: np.ndarray
                          ) -> Dict[str, np.ndarray]:
@@ -634,32 +641,50 @@ class Pipeline:
         Add the drivable mask and weight (decoder grid) and, with ``band``, the band pass.
 
         ``band`` holds the band's score maps and its own ``region_weight``; ``band_rows``
-        its (top, bottom) rows as fractions of the frame height.
+        its (top, bottom) rows as fractions of the frame height. With ``flip``, ``mirror``
+        (of the frame and of the band) keeps its score maps and gets its own
+        ``region_weight``.
         """
         out = dict(out)
         mask, weight = self._region(out['probs'])
         if mask is not None:
             out['drivable'], out['region_weight'] = mask, weight
+        if 'mirror' in out:
+            out['mirror'] = self._scored_pass(out['mirror'])
         if self.band:
             rows = band_rows(self.obstacle, mask)
-            band = self.band_pass(frame, rows)
-            _, band_weight = self._region(band['probs'])
-            band = {k: v for k, v in band.items() if k in ALL_SCORES}
-            if band_weight is not None:
-                band['region_weight'] = band_weight
-            out['band'], out['band_rows'] = band, rows
+            out['band'], out['band_rows'] = self._scored_pass(self.band_pass(frame, rows)), rows
         return out
 
+    def _scored_pass(self, out: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+        """Score maps of one pass with its own ``region_weight`` (and its ``mirror``'s)."""
+        _, weight = self._region(out['probs'])
+        res = {k: v for k, v in out.items() if k in ALL_SCORES}
+        if weight is not None:
+            res['region_weight'] = weight
+        if 'mirror' in out:
+            res['mirror'] = self._scored_pass(out['mirror'])
+        return res
+
     def region_raw(self, out: Dict[str, np.ndarray], name: str) -> np.ndarray:
-        """Score ``name``: weighted by the drivable prior (``drivable`` mode), then contrast."""
+        """
+        Score ``name`` weighted by the drivable prior (``drivable`` mode), then contrast.
+
+        With ``flip`` the weighted score is the mean of the frame's and its mirror's, each
+        weighed by its own prior.
+        """
+        raw = self._weighted(out, name)
+        if 'mirror' in out:
+            raw = 0.5 * (raw + self._weighted(out['mirror'], name))
+        return local_contrast(raw, self.obstacle.contrast, self.obstacle.contrast_window)
+
+    def _weighted(self, out: Dict[str, np.ndarray], name: str) -> np.ndarray:
+        """Score ``name`` of one pass, weighted by its prior in the ``drivable`` mode."""
         weight = out.get('region_weight') if self.region != 'all' else None
         if weight is None:
-            raw = out[name]
-        else:
-            lo = self.base_lo(name)
-            raw = region_score(out[name], float(out[name].min()) if lo is None else lo,
-                               weight)
-        return local_contrast(raw, self.obstacle.contrast, self.obstacle.contrast_window)
+            return out[name]
+        lo = self.base_lo(name)
+        return region_score(out[name], float(out[name].min()) if lo is None else lo, weight)
 
     def heat_low(self, out: Dict[str, np.ndarray], name: Optional[str] = None) -> np.ndarray:
         """Raw heatmap score at decoder resolution: region prior, then the band fused."""
@@ -685,7 +710,7 @@ class Pipeline:
         t0 = time.perf_counter()
         img = self.preprocess(frame)
         t1 = time.perf_counter()
-        out = self.letterbox(frame.shape[:2]).crop(self._run(self.backend, img))
+        out = self._run(self.backend, img, self.letterbox(frame.shape[:2]))
         t2 = time.perf_counter()
         out = self.obstacle_outputs(out, frame)
         t3 = time.perf_counter()
@@ -706,11 +731,12 @@ class Pipeline:
         classifier training. Returns (heatmap_low, labels_low int32, n, features (n, F)).
         In the ``drivable`` mode only segments touching the drivable region are kept.
         """
-        raw = out[self.score_name]
-        if not np.isfinite(raw).all():   # cheap: decoder resolution, one pass
-            bad = int(raw.size - np.count_nonzero(np.isfinite(raw)))
-            raise NonFiniteOutput(f'heatmap score {self.score_name}: {bad} of {raw.size} '
-                                  f'values are NaN/inf (broken weights or backend)')
+        for view in (out, out.get('mirror')):
+            raw = None if view is None else view[self.score_name]
+            if raw is not None and not np.isfinite(raw).all():   # cheap: decoder resolution
+                bad = int(raw.size - np.count_nonzero(np.isfinite(raw)))
+                raise NonFiniteOutput(f'heatmap score {self.score_name}: {bad} of {raw.size} '
+                                      f'values are NaN/inf (broken weights or backend)')
         low = self.norm.apply(self.heat_low(out))
         # min_segment_px is given at model input resolution; convert to decoder pixels.
         min_low = max(1, int(round(self.runtime['min_segment_px'] / DECODER_STRIDE ** 2)))

@@ -82,7 +82,8 @@ PARAMETERS = {
                   "auto (from the drivable region); empty: the bundle's"),
     'band_width': (0, _I, True, 'network width of the band pass at most; 0: the '
                    "bundle's (its default: the frame's own width)"),
-    'flip_average': (False, _B, True, 'average with the mirrored frame (2x the network)'),
+    'flip_average': (False, _B, True, "average the heatmap with the mirrored frame's, each "
+                     'weighed by its own drivable prior (2x the network time)'),
     'small_object_contrast': (-1.0, _F, True, "add this gain x the score's excess over its "
                               'local box mean: small obstacles rise, large anomalies lose '
                               "some AP; 0: off; -1: the bundle's (off in the default bundle)"),

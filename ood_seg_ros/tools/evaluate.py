@@ -38,7 +38,7 @@ from ..scores import ALL_SCORES
 from ..viz import overlay
 
 # Obstacle-mode entries of Pipeline.infer kept per frame (see Pipeline.obstacle_outputs).
-OBSTACLE_KEYS = ('drivable', 'region_weight', 'band', 'band_rows')
+OBSTACLE_KEYS = ('drivable', 'region_weight', 'band', 'band_rows', 'mirror')
 
 TORCH = {'backend': 'torch'}    # the backend of the evaluation unless one is given
 

@@ -142,14 +142,50 @@ def test_flip_average_by_hand(bundle):
     plain = Pipeline.from_bundle(bundle, backend='torch', device='cpu')
     flip = Pipeline.from_bundle(bundle, backend='torch', device='cpu', flip=True)
     frame = np.random.default_rng(6).integers(0, 255, (H, W, 3), dtype=np.uint8)
-    a = plain.backend.infer(frame)
-    b = plain.backend.infer(np.ascontiguousarray(frame[:, ::-1]))
+    a = plain.infer(frame)                                  # the frame's own pass
+    b = plain.infer(np.ascontiguousarray(frame[:, ::-1]))   # the mirror image's pass
     got = flip.infer(frame)
     name = plain.score_name
-    np.testing.assert_allclose(got[name], 0.5 * (a[name] + b[name][:, ::-1]), atol=1e-6)
-    np.testing.assert_allclose(got['probs'], 0.5 * (a['probs'] + b['probs'][..., ::-1]),
+    # Semantic, probs, the score maps and the prior stay the frame's own ...
+    for key in ('semantic', 'probs', name, 'region_weight', 'drivable'):
+        np.testing.assert_array_equal(got[key], a[key])
+    # ... the mirror pass keeps its maps mirrored back, with the prior of its own probs.
+    np.testing.assert_allclose(got['mirror'][name], b[name][:, ::-1], atol=1e-6)
+    np.testing.assert_allclose(got['mirror']['region_weight'], b['region_weight'][:, ::-1],
                                atol=1e-6)
-    np.testing.assert_array_equal(got['semantic'], a['semantic'])
+    assert 'probs' not in got['mirror']
+    # The heatmap: each pass weighed by its own prior, then the mean (drivable mode) ...
+    lo = plain.base_lo(name)
+    for region in ('drivable', 'all'):
+        plain.set_region(region)
+        flip.set_region(region)
+        if region == 'drivable':
+            own = np.maximum(a[name] - lo, 0) * a['region_weight']
+            mirror = (np.maximum(b[name] - lo, 0) * b['region_weight'])[:, ::-1]
+        else:                                               # ... the plain mean in all
+            own, mirror = a[name], b[name][:, ::-1]
+        np.testing.assert_allclose(flip.heat_low(got), 0.5 * (own + mirror), atol=1e-5)
+        np.testing.assert_allclose(plain.heat_low(a), own, atol=1e-5)
+    res = flip.process(frame)
+    np.testing.assert_allclose(res.heatmap, flip.norm.apply(cv2.resize(
+        flip.heat_low(got), (W, H), interpolation=cv2.INTER_LINEAR)), atol=1e-5)
+
+
+def test_flip_average_with_padding_and_the_band(bundle):
+    """A letterboxed frame: the mirror pass lines up with the frame; the band has one too."""
+    flip = Pipeline.from_bundle(bundle, backend='torch', device='cpu', flip=True, band=True,
+                                band_width=64)
+    plain = Pipeline.from_bundle(bundle, backend='torch', device='cpu')
+    frame = np.random.default_rng(7).integers(0, 255, (40, W, 3), dtype=np.uint8)
+    got = flip.infer(frame)
+    name = plain.score_name
+    own = plain.infer(frame)
+    mirror = plain.infer(np.ascontiguousarray(frame[:, ::-1]))
+    assert got['mirror'][name].shape == own[name].shape
+    np.testing.assert_allclose(got['mirror'][name], mirror[name][:, ::-1], atol=1e-5)
+    assert 'mirror' in got['band'] and 'region_weight' in got['band']['mirror']
+    assert got['band']['mirror'][name].shape == got['band'][name].shape
+    assert np.isfinite(flip.process(frame).heatmap).all()
 
 
 def _contrast_by_loop(raw, gain, k):
