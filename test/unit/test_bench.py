@@ -249,6 +249,22 @@ def test_int8_bench_times_the_quantised_graph_against_fp32(bundle, capsys):
     assert rc == 2 and 'onnxruntime' in err
 
 
+@pytest.mark.skipif(not (CAMVID / 'train' / 'images').is_dir(),
+                    reason='CamVid train frames are not available')
+def test_obstacle_bench_adds_the_int8_rows(bundle, capsys):
+    rc, res = _bench(capsys, '--bundle', str(bundle), '--skip-model', '--obstacle',
+                     '--backend', 'onnxruntime', '--precision', 'int8', '--camvid',
+                     str(CAMVID), '--threads', '1', '--runs', '2', '--warmup', '1',
+                     '--band-width', '192', '--height', '256', '--width', '384')
+    assert rc == 0, res
+    times, ratio = res['obstacle_ms'], res['obstacle_ratio']
+    assert {'int8_drivable', 'int8_drivable_flip', 'drivable', 'flip'} <= set(times)
+    for name in ('int8_drivable', 'int8_drivable_flip'):
+        assert ratio[name] == pytest.approx(times[name] / times['plain'], rel=1e-6)
+        assert res['obstacle_precision'][name] == 'int8'
+    assert res['obstacle_precision']['drivable'] == 'fp32'
+
+
 def test_profile_ort_attributes_every_node_once(bundle, tmp_path, capsys):
     out = tmp_path / 'prof'
     rc, res = _bench(capsys, '--bundle', str(bundle), '--skip-model', '--threads', '1',

@@ -195,19 +195,21 @@ def bench_growth(bundle_path, sizes, runs, warmup, backend='torch', **options) -
 
 
 def bench_obstacle(bundle_path, height, width, runs, warmup, backend='torch',
-                   band_width=0, threads=0) -> dict:
+                   band_width=0, threads=0, **int8) -> dict:
     """
     ``--obstacle``: end-to-end cost of each obstacle-mode option on (height, width) frames.
 
     Interleaved in one process: the plain pipeline, the drivable prior, prior + road band
-    (``band_width``: at most that wide, 0 the frame's own width), flip averaging, the prior
-    with small-object contrast (gain 1), and the whole frame at the band's resolution
-    (what the band saves); ratios to the plain one.
+    (``band_width``: at most that wide, 0 the frame's own width), flip averaging (with the
+    bundle's region), the prior with small-object contrast (gain 1), and the whole frame at
+    the band's resolution (what the band saves); ratios to the plain one. ``int8`` (the
+    OnnxRuntimeBackend keywords of ``--precision int8``) adds the drivable prior and the
+    prior with flip averaging on the int8 graph (ONNX Runtime), beside the others.
     """
     from ...model.config import size_key
     from ...obstacle import band_input_size, ObstacleSettings
     from ...pipeline import Pipeline
-    opts = {'threads': threads} if threads and backend == 'torch' else {}
+    opts = {'threads': threads} if threads and backend in ('torch', 'onnxruntime') else {}
     rows = ObstacleSettings().band_rows
     bh, bw = band_input_size((height, width), rows, band_width)
     scale = bw / width
@@ -217,13 +219,22 @@ def bench_obstacle(bundle_path, height, width, runs, warmup, backend='torch',
              'flip': {'flip': True},
              'drivable_contrast': {'region': 'drivable', 'contrast': 1.0},
              'whole_frame_at_band_resolution': {'input_size': whole}}
-    built = {k: Pipeline.from_bundle(bundle_path, backend=backend, **kw, **opts)
+    backends = dict.fromkeys(pipes, backend)
+    if int8:
+        int8_opts = dict(int8, threads=threads) if threads else dict(int8)
+        for name, kw in (('int8_drivable', {'region': 'drivable'}),
+                         ('int8_drivable_flip', {'region': 'drivable', 'flip': True})):
+            pipes[name], backends[name] = dict(kw, **int8_opts), 'onnxruntime'
+    built = {k: Pipeline.from_bundle(bundle_path, backend=backends[k], **kw,
+                                     **({} if k.startswith('int8') else opts))
              for k, kw in pipes.items()}
     frame = sample_frame(height, width, np.random.default_rng(0))
     times = interleaved({k: (lambda p=p: p.process(frame)) for k, p in built.items()},
                         runs, warmup)
     plain = times['plain']
     return {'obstacle_ms': times,
+            'obstacle_precision': {k: getattr(p.backend, 'precision', 'fp32')
+                                   for k, p in built.items()},
             'obstacle_ratio': {k: v / plain for k, v in times.items()},
             'obstacle_band_input': size_key((bh, bw)), 'obstacle_band_rows': list(rows),
             'obstacle_whole_frame_input': size_key(whole)}

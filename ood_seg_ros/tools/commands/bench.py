@@ -172,7 +172,7 @@ class BenchCommand(Command):
         if args.obstacle:
             res.update(P.bench_obstacle(bundle, args.height, args.width, args.runs,
                                         args.warmup, args.backend or 'torch', args.band_width,
-                                        args.threads))
+                                        args.threads, **int8))
         if args.node and args.soak:
             from ..bench.soak import soak_node
             res.update(soak_node(bundle, args.height, args.width, args.soak,
