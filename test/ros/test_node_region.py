@@ -31,11 +31,12 @@ sys.path.insert(0, sys.argv[2])
 import ros_helpers as rh
 from ood_seg_ros.ros.node import OodNode
 n_frames, switch_at, out_dir = int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
+flip = sys.argv[6] == '1'
 rclpy.init()
 node = OodNode(parameter_overrides=[
     Parameter('model_path', value=sys.argv[1]), Parameter('backend', value='torch'),
     Parameter('threads', value=1), Parameter('qos_reliability', value='reliable'),
-    Parameter('qos_depth', value=50)])
+    Parameter('qos_depth', value=50), Parameter('flip_average', value=flip)])
 pipeline_before = id(node.pipeline)
 client = rclpy.create_node('region_client')
 qos = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
@@ -68,10 +69,11 @@ for i in range(n_frames):
         req.parameters = [Parameter('heatmap_region', value='drivable').to_parameter_msg()]
         future = srv.call_async(req)
     spin(0.05)
-spin(60, lambda: len(got) == n_frames and future.done())
+spin(60, lambda: len(got) == n_frames and (future is None or future.done()))
 spin(1.0)       # the effective score / threshold are shown once the set has finished
-res = future.result().results[0] if future.done() else None
+res = future.result().results[0] if future is not None and future.done() else None
 out = {'received': sorted(got, key=lambda k: int(k[1:])), 'set_ok': bool(res and res.successful),
+       'flip': node.pipeline.flip,
        'reason': res.reason if res else 'no response',
        'rebuilt': id(node.pipeline) != pipeline_before, 'region': node.pipeline.region,
        'score': node.pipeline.score_name, 'threshold': node.pipeline.threshold,
@@ -92,19 +94,24 @@ def bundle(tmp_path_factory):
     return rh.make_test_bundle(tmp_path_factory.mktemp('bundle') / 'b')
 
 
-@pytest.mark.dds
-def test_region_switch_at_run_time_has_no_output_gap(bundle, tmp_path):
+def _drive(bundle, tmp_path, n_frames, switch_at, flip):
+    """Run the driver in a private network namespace; return its RESULT record."""
     pytest.importorskip('rclpy')
     reason = rh.netns_problem()
     if reason:
         pytest.skip(f'no private network namespace for DDS tests: {reason}')
     proc = subprocess.run(rh.NETNS + [sys.executable, '-c', DRIVER, str(bundle),
-                                      str(Path(rh.__file__).parent), str(N_FRAMES),
-                                      str(SWITCH_AT), str(tmp_path)],
+                                      str(Path(rh.__file__).parent), str(n_frames),
+                                      str(switch_at), str(tmp_path), '1' if flip else '0'],
                           capture_output=True, text=True, timeout=240)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith('RESULT ')]
     assert lines, proc.stdout[-2000:] + proc.stderr[-3000:]
-    res = json.loads(lines[-1][7:])
+    return json.loads(lines[-1][7:])
+
+
+@pytest.mark.dds
+def test_region_switch_at_run_time_has_no_output_gap(bundle, tmp_path):
+    res = _drive(bundle, tmp_path, N_FRAMES, SWITCH_AT, flip=False)
     assert res['set_ok'], res['reason']
     assert res['received'] == [f'f{i}' for i in range(N_FRAMES)]      # no frame lost
     assert not res['rebuilt'] and res['region'] == 'drivable'
@@ -131,3 +138,20 @@ def test_region_switch_at_run_time_has_no_output_gap(bundle, tmp_path):
     # all-mode frames up to the switch, drivable from then on, the last ones drivable
     k = modes.index('drivable')
     assert 1 <= k and modes == ['all'] * k + ['drivable'] * (N_FRAMES - k)
+
+
+@pytest.mark.dds
+def test_flip_average_node_publishes_the_offline_flip_heatmap(bundle, tmp_path):
+    """flip_average: true in the node gives the offline flip pipeline's heatmap per frame."""
+    n = 4
+    res = _drive(bundle, tmp_path, n, -1, flip=True)
+    assert res['flip'] and res['received'] == [f'f{i}' for i in range(n)]
+    from ood_seg_ros.pipeline import Pipeline
+    plain = Pipeline.from_bundle(bundle, backend='torch', device='cpu')
+    flip = Pipeline.from_bundle(bundle, backend='torch', device='cpu', flip=True)
+    heat = np.load(tmp_path / 'heat.npz')
+    for i in range(n):
+        frame = rh.sample_frame(i)
+        want = flip.process(frame).heatmap
+        assert not np.allclose(want, plain.process(frame).heatmap, atol=1e-4)
+        np.testing.assert_allclose(heat[f'f{i}'], want, atol=1e-5)
