@@ -332,6 +332,20 @@ def set_name(root) -> str:
     return Path(root).name
 
 
+def precision_record(backend) -> Dict:
+    """
+    ``precision`` of the evaluated graph and, for int8, its calibration record.
+
+    The int8 graph in the bundle's cache is used whatever frames it was calibrated on
+    (unless ``--calib-frames`` asks), so the eval JSON says which calibration it had.
+    """
+    rec = {'precision': backend.describe().get('precision', 'fp32')}
+    if rec['precision'] == 'int8':
+        from ..runtime.int8_graph import recorded_calibration
+        rec['int8_calibration'] = recorded_calibration(backend.onnx_path)
+    return rec
+
+
 def evaluate_bundle(bundle_path, ood_root=None, dataset=None, split='test',
                     entropy_bundle=None, out_dir=None, device='cpu', limit=0,
                     progress=None, calibrate_only=False, input_size=None,
@@ -400,6 +414,7 @@ def evaluate_bundle(bundle_path, ood_root=None, dataset=None, split='test',
         per_set[name] = _evaluate_set(evs[name], root, pipe, epipe, limit, progress, sub_dir,
                                       component_scores)
     result['input_size'] = list(pipe.input_size)
+    result.update(precision_record(pipe.backend))
     result['geometry'] = pipe.geometry
     result['heatmap_region'] = pipe.region
     result['band'] = list(pipe.obstacle.band_rows) if pipe.band else None

@@ -10,6 +10,7 @@ import json
 import shutil
 import types
 
+from dataset_helpers import make_anomaly_set
 from model_helpers import save_tiny_bundle
 import numpy as np
 import onnx
@@ -262,4 +263,16 @@ def test_eval_runs_the_chosen_backend_and_precision(tmp_path, capsys):
     res = json.loads(capsys.readouterr().out)
     assert res['camvid']['backend']['precision'] == 'int8' and res['backend']['int8']
     assert 0.0 <= res['camvid']['miou'] <= 1.0
+    # OoD sets: the JSON names the precision and the int8 graph's calibration frames
+    ood = ['eval', '--bundle', str(path), '--ood-set', str(make_anomaly_set(tmp_path / 'ood')),
+           '--limit', '2', '--component-scores', 'msp', '--json']
+    assert cli.main(ood) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res['precision'] == 'fp32' and 'int8_calibration' not in res
+    assert cli.main(ood + ['--precision', 'int8', '--calib-frames', '2', '--camvid',
+                           str(CAMVID)]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res['precision'] == 'int8'
+    assert res['int8_calibration']['frames'] == 2
+    assert res['int8_calibration']['split'] == 'train'
     assert cli.main(args + ['--precision', 'int8', '--backend', 'torch']) == 2
