@@ -14,10 +14,14 @@ refused with one line naming the command that makes it.
 
 import hashlib
 import json
+import logging
 from pathlib import Path
 from typing import Optional, Sequence
 
 from ..errors import OodSegError
+
+LOG = logging.getLogger(__name__)
+_NOTED = set()      # graphs whose calibration count has been logged (once per process)
 
 PRECISIONS = ('fp32', 'fp16', 'int8')
 # activation encoding per consumer of the graph (see tools/quantize.py)
@@ -90,7 +94,24 @@ def cached_int8(bundle_path, outputs: Sequence[str], input_size,
     reason = int8_mismatch(path, source_sha256(bundle_path, outs, size))
     if reason:
         raise unusable(path, reason, target)
+    note_calibration(path)
     return path
+
+
+def note_calibration(path) -> None:
+    """
+    Warn once when a reused int8 graph was calibrated on other than :data:`CALIB_FRAMES`.
+
+    Loaders accept any recorded calibration (the graph is valid); a graph made before the
+    default changed would otherwise be measured and run without a word.
+    """
+    frames = (recorded_calibration(path) or {}).get('frames')
+    if frames is None or frames == CALIB_FRAMES or str(path) in _NOTED:
+        return
+    _NOTED.add(str(path))
+    LOG.warning('int8 graph %s was calibrated on %d %s frames, the default is %d: make it '
+                'again with ood-seg export --int8 --calib-frames %d --camvid CAMVID_ROOT',
+                Path(path).name, frames, CALIB_SPLIT, CALIB_FRAMES, CALIB_FRAMES)
 
 
 def unusable(path: Path, reason: str, target: str = 'cpu') -> OodSegError:

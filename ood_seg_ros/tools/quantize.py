@@ -38,7 +38,7 @@ import numpy as np
 from ..errors import OodSegError
 from ..runtime.int8_graph import (  # noqa: F401 - the tools' names for them
     CALIB_FRAMES, CALIB_SPLIT, code_sha256, int8_mismatch, int8_path, int8_source,
-    MAKE_HINT, PRECISIONS, recorded_calibration, TARGETS, unusable)
+    MAKE_HINT, note_calibration, PRECISIONS, recorded_calibration, TARGETS, unusable)
 
 LOG = logging.getLogger(__name__)
 TRUNK_SCOPES = ('/net/backbone/', '/net/aspp/', '/net/low_project/', '/net/decoder',
@@ -179,6 +179,8 @@ def ensure_int8(bundle_path, outputs: Sequence[str], input_size, camvid=None,
     reason = 'forced' if force else int8_mismatch(
         path, fp32_source, record if calib_frames else None)
     if not reason:
+        if not calib_frames:
+            note_calibration(path)      # any cached calibration: say which one
         return path
     if frames is None:
         raise unusable(path, reason, target)

@@ -152,6 +152,23 @@ def test_ort_int8_backend_runs_the_quantised_graph(bundle):
     np.testing.assert_allclose(b['probs'].sum(0), 1.0, atol=1e-4)   # float softmax
 
 
+def test_reused_graph_of_another_calibration_count_is_named_once(bundle, caplog):
+    from ood_seg_ros.runtime import int8_graph
+    int8_graph._NOTED.clear()
+    with caplog.at_level('WARNING', logger='ood_seg_ros.runtime.int8_graph'):
+        OnnxRuntimeBackend(bundle, OUTPUTS, device='cpu', threads=1, int8=True)
+        Q.ensure_int8(bundle, OUTPUTS, SIZE, camvid=str(CAMVID))     # any calibration
+    lines = [r.getMessage() for r in caplog.records if 'calibrated on' in r.getMessage()]
+    assert len(lines) == 1
+    assert f'on 3 train frames, the default is {Q.CALIB_FRAMES}' in lines[0]
+    assert f'--calib-frames {Q.CALIB_FRAMES}' in lines[0]
+    caplog.clear()
+    int8_graph._NOTED.clear()
+    with caplog.at_level('WARNING', logger='ood_seg_ros.runtime.int8_graph'):
+        Q.ensure_int8(bundle, OUTPUTS, SIZE, camvid=str(CAMVID), calib_frames=3)  # asked
+    assert not [r for r in caplog.records if 'calibrated on' in r.getMessage()]
+
+
 class FakeTrt:
     """The parts of the TensorRT 10 API that build_engine touches, recording the calls."""
 
