@@ -731,9 +731,9 @@ class Pipeline:
         classifier training. Returns (heatmap_low, labels_low int32, n, features (n, F)).
         In the ``drivable`` mode only segments touching the drivable region are kept.
         """
-        for view in (out, out.get('mirror')):
-            raw = None if view is None else view[self.score_name]
-            if raw is not None and not np.isfinite(raw).all():   # cheap: decoder resolution
+        for view in (out, out['mirror']) if 'mirror' in out else (out,):
+            raw = view[self.score_name]
+            if not np.isfinite(raw).all():   # cheap: decoder resolution, one pass per view
                 bad = int(raw.size - np.count_nonzero(np.isfinite(raw)))
                 raise NonFiniteOutput(f'heatmap score {self.score_name}: {bad} of {raw.size} '
                                       f'values are NaN/inf (broken weights or backend)')

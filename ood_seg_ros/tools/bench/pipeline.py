@@ -209,7 +209,6 @@ def bench_obstacle(bundle_path, height, width, runs, warmup, backend='torch',
     from ...model.config import size_key
     from ...obstacle import band_input_size, ObstacleSettings
     from ...pipeline import Pipeline
-    opts = {'threads': threads} if threads and backend in ('torch', 'onnxruntime') else {}
     rows = ObstacleSettings().band_rows
     bh, bw = band_input_size((height, width), rows, band_width)
     scale = bw / width
@@ -221,19 +220,22 @@ def bench_obstacle(bundle_path, height, width, runs, warmup, backend='torch',
              'whole_frame_at_band_resolution': {'input_size': whole}}
     backends = dict.fromkeys(pipes, backend)
     if int8:
-        int8_opts = dict(int8, threads=threads) if threads else dict(int8)
         for name, kw in (('int8_drivable', {'region': 'drivable'}),
                          ('int8_drivable_flip', {'region': 'drivable', 'flip': True})):
-            pipes[name], backends[name] = dict(kw, **int8_opts), 'onnxruntime'
-    built = {k: Pipeline.from_bundle(bundle_path, backend=backends[k], **kw,
-                                     **({} if k.startswith('int8') else opts))
+            pipes[name], backends[name] = dict(kw, **int8), 'onnxruntime'
+
+    def thread_opts(name):      # the backends that take a thread count
+        use = threads and backends[name] in ('torch', 'onnxruntime')
+        return {'threads': threads} if use else {}
+
+    built = {k: Pipeline.from_bundle(bundle_path, backend=backends[k], **kw, **thread_opts(k))
              for k, kw in pipes.items()}
     frame = sample_frame(height, width, np.random.default_rng(0))
     times = interleaved({k: (lambda p=p: p.process(frame)) for k, p in built.items()},
                         runs, warmup)
     plain = times['plain']
     return {'obstacle_ms': times,
-            'obstacle_precision': {k: getattr(p.backend, 'precision', 'fp32')
+            'obstacle_precision': {k: p.backend.describe().get('precision', 'fp32')
                                    for k, p in built.items()},
             'obstacle_ratio': {k: v / plain for k, v in times.items()},
             'obstacle_band_input': size_key((bh, bw)), 'obstacle_band_rows': list(rows),
