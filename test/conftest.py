@@ -9,9 +9,14 @@ with ``-m``, e.g. ``pytest -m "not dds"`` for the quick ROS-free part.
 
 import signal
 
+import dds_shm
 import pytest
 from repo_paths import SHARED_DATA
 import torch
+
+
+_SHM_BEFORE = pytest.StashKey[set]()
+_SHM_REMOVED = pytest.StashKey[int]()
 
 
 def pytest_configure(config):
@@ -23,6 +28,33 @@ def pytest_configure(config):
     """
     if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
         signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def pytest_sessionstart(session):
+    """Note the Fast DDS shared-memory segments that exist before the tests start."""
+    session.config.stash[_SHM_BEFORE] = dds_shm.segments()
+
+
+def pytest_sessionfinish(session):
+    """
+    Remove the segments that processes killed by the tests (SIGKILL) left behind.
+
+    Each is 32 MiB of memory until a reboot; a developer's repeated runs would fill
+    ``/dev/shm``. Only zombies created during this session go (their owner is dead); the
+    signal tests check that the node itself leaves none.
+    """
+    before = session.config.stash.get(_SHM_BEFORE, None)
+    if before is not None:
+        session.config.stash[_SHM_REMOVED] = dds_shm.remove(dds_shm.left_since(before))
+
+
+def pytest_terminal_summary(terminalreporter, config):
+    """Say how many left-behind segments the session removed."""
+    removed = config.stash.get(_SHM_REMOVED, 0)
+    if removed:
+        terminalreporter.write_line(
+            f'removed {removed} Fast DDS shared-memory segment(s) that killed test '
+            f'processes left in {dds_shm.SHM_DIR}')
 
 
 def pytest_collection_modifyitems(config, items):

@@ -24,7 +24,7 @@ from rclpy.lifecycle import TransitionCallbackReturn
 from rclpy.logging import get_logger
 from rclpy.signals import SignalHandlerOptions
 
-from .node import OodLifecycleNode, OodNode
+from .node import destroyed_on_error, OodLifecycleNode, OodNode
 from .params import NODE_NAME, startup_parameters
 from ..errors import exit_now, OodSegError
 
@@ -135,15 +135,16 @@ def _start(mode: dict):
     if not mode['lifecycle']:
         return OodNode()
     node = OodLifecycleNode()
-    if not mode['autostart']:
-        node.get_logger().info('autostart false: unconfigured, waiting for lifecycle '
-                               'transitions (configure, activate)')
-    elif node.trigger_configure() != TransitionCallbackReturn.SUCCESS:
-        raise OodSegError('lifecycle configure failed (see the error above)')
-    elif (node.trigger_activate() != TransitionCallbackReturn.SUCCESS and
-            node.exit_code is None):
-        node.get_logger().error('activation failed; the node stays inactive '
-                                '(diagnostics ERROR) until activated again')
+    with destroyed_on_error(node):
+        if not mode['autostart']:
+            node.get_logger().info('autostart false: unconfigured, waiting for lifecycle '
+                                   'transitions (configure, activate)')
+        elif node.trigger_configure() != TransitionCallbackReturn.SUCCESS:
+            raise OodSegError('lifecycle configure failed (see the error above)')
+        elif (node.trigger_activate() != TransitionCallbackReturn.SUCCESS and
+                node.exit_code is None):
+            node.get_logger().error('activation failed; the node stays inactive '
+                                    '(diagnostics ERROR) until activated again')
     return node
 
 

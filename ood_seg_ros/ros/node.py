@@ -7,6 +7,7 @@ A thin layer over :class:`ood_seg_ros.pipeline.Pipeline`: inputs (``image`` or
 bad-frame log in :mod:`.diagnostics`. Bad frames are counted, logged and skipped.
 """
 
+from contextlib import contextmanager
 import sys
 import time
 from typing import Optional
@@ -29,6 +30,26 @@ from .rebuild import Rebuilder
 from ..errors import OodSegError
 from ..imagecodec.image_codec import FrameError
 from ..pipeline import Pipeline
+
+
+@contextmanager
+def destroyed_on_error(node):
+    """
+    Destroy ``node`` if the block raises (a signal, a bad parameter), then re-raise.
+
+    A node still alive when the process ends keeps its DDS participant, and Fast DDS then
+    leaves the participant's shared-memory segment (32 MiB with ``config/fastdds.xml``)
+    in ``/dev/shm`` until a reboot or ``fastdds shm clean``: every interrupted start-up
+    would cost that much memory.
+    """
+    try:
+        yield node
+    except BaseException:
+        try:
+            node.destroy_node()
+        except Exception:  # noqa: B902 - the context may be gone already
+            pass
+        raise
 
 
 class OodNodeBody:
@@ -136,7 +157,9 @@ class OodNodeBody:
 
     def destroy_node(self):
         """Stop background rebuilds from waking the executor, then destroy the node."""
-        self._rebuilder.destroy()
+        rebuilder = getattr(self, '_rebuilder', None)     # None: construction failed early
+        if rebuilder is not None:
+            rebuilder.destroy()
         return super().destroy_node()
 
     def _unload_model(self) -> None:
@@ -317,12 +340,13 @@ class OodNode(OodNodeBody, Node):
 
     def __init__(self, node_name: str = NODE_NAME, **kwargs):
         Node.__init__(self, node_name, **kwargs)
-        self._declare()
-        self._read_config()
-        self._create_outputs()
-        if self._load_model():
-            self._publish_label_info()
-            self._subscribe()
+        with destroyed_on_error(self):
+            self._declare()
+            self._read_config()
+            self._create_outputs()
+            if self._load_model():
+                self._publish_label_info()
+                self._subscribe()
 
 
 class OodLifecycleNode(OodNodeBody, LifecycleNode):
@@ -337,8 +361,19 @@ class OodLifecycleNode(OodNodeBody, LifecycleNode):
 
     def __init__(self, node_name: str = NODE_NAME, **kwargs):
         LifecycleNode.__init__(self, node_name, **kwargs)
-        self._declare()
+        with destroyed_on_error(self):
+            self._declare()
         self.model_error = 'node not configured'
+
+    def destroy_node(self):
+        """Destroy the node, then the lifecycle state machine rclpy's destroy leaves."""
+        super().destroy_node()
+        # rclpy (jazzy) keeps the state machine, and it holds the node's handle: node and
+        # DDS participant would live until the process ends, and the node's os._exit then
+        # leaves the participant's shared-memory segment behind (destroyed_on_error)
+        machine = getattr(self, '_state_machine', None)
+        if machine is not None:
+            machine.destroy_when_not_in_use()
 
     def on_configure(self, state) -> TransitionCallbackReturn:
         """Read and validate parameters, create publishers and the diagnostics timer."""

@@ -13,6 +13,7 @@ import random
 import subprocess
 from types import SimpleNamespace
 
+import dds_shm
 import pytest
 from repo_paths import ROOT
 import ros_helpers as rh
@@ -56,8 +57,11 @@ def _handle(action, code):
     ({'backend': 'foo'}, 2),
 ])
 def test_a_dying_node_fails_the_launch(share_prefix, tmp_path, arguments, code):
+    before = dds_shm.segments()
     action, got, log = _exit_code(tmp_path, **arguments)
     assert got == code, log[-3000:]
+    # the node destroys what it built before it exits: no shared memory is left behind
+    assert not dds_shm.left_since(before), log[-3000:]
     with pytest.raises(RuntimeError, match=f'ood_node exited with code {code}'):
         _handle(action, got)
 

@@ -3,7 +3,9 @@ Signals are honoured in every phase: ONNX export, warm-up and streaming (node), 
 
 SIGINT and SIGTERM, each several times per phase. The node must exit with code 0 within
 :data:`LIMIT_S`, the CLI with 130 / 143; an interrupted export leaves no temporary or
-partial graph behind and no export process running.
+partial graph behind and no export process running, and no process leaves a Fast DDS
+shared-memory segment behind (a node still alive at exit kept its participant's 32 MiB
+in ``/dev/shm``: :mod:`dds_shm`), in every phase and for the lifecycle node too.
 """
 
 import os
@@ -15,6 +17,7 @@ import subprocess
 import sys
 import time
 
+import dds_shm
 import pytest
 from repo_paths import ROOT
 import ros_helpers as rh
@@ -53,7 +56,12 @@ def _alive(pid):
 
 
 def _interrupt(cmd, sig, reached, log_path, env=None):
-    """Start ``cmd``, send ``sig`` once ``reached(proc, log)``; (exit code, seconds, info)."""
+    """
+    Start ``cmd``, send ``sig`` once ``reached(proc, log)``; (exit code, seconds, info).
+
+    The process must leave no Fast DDS shared-memory segment behind.
+    """
+    before = dds_shm.segments()
     with open(log_path, 'w') as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
     end = time.monotonic() + 180
@@ -77,7 +85,11 @@ def _interrupt(cmd, sig, reached, log_path, env=None):
     except subprocess.TimeoutExpired:
         proc.kill()
         code = 'still running 30 s later'
-    return code, time.monotonic() - t0, info
+    took = time.monotonic() - t0
+    left = dds_shm.left_since(before)
+    assert not left, (f'{len(left)} shared-memory segment(s) left in {dds_shm.SHM_DIR}',
+                      Path(log_path).read_text()[-3000:])
+    return code, took, info
 
 
 def _exporting(proc, log):
@@ -139,6 +151,21 @@ def test_node_signal_during_warmup_and_streaming(bundle, tmp_path, sig, phase, m
         log = (tmp_path / f'{phase}{i}.log').read_text()
         assert code == 0 and took < LIMIT_S, (code, took, log[-3000:])
         assert 'Traceback' not in log, log[-3000:]
+
+
+@pytest.mark.dds
+@pytest.mark.parametrize('sig', SIGNALS, ids=lambda s: s.name)
+@pytest.mark.parametrize('autostart, marker', [('true', 'subscribed to'),
+                                               ('false', 'autostart false')])
+def test_lifecycle_node_signal(bundle, tmp_path, sig, autostart, marker):
+    # rclpy's LifecycleNode.destroy_node keeps the state machine, which holds the node
+    exe, env = _node_env()
+    code, took, _ = _interrupt(
+        _node_cmd(exe, bundle, 'torch', '-p', 'lifecycle:=true', '-p', f'autostart:={autostart}'),
+        sig, lambda proc, log: marker in log or None, tmp_path / 'node.log', env)
+    log = (tmp_path / 'node.log').read_text()
+    assert code == 0 and took < LIMIT_S, (code, took, log[-3000:])
+    assert 'Traceback' not in log, log[-3000:]
 
 
 @pytest.mark.parametrize('sig, status', [(signal.SIGINT, 130), (signal.SIGTERM, 143)],
