@@ -28,6 +28,7 @@ PERIOD_HISTORY = 64         # stamp differences the period is estimated from
 MIN_DIFFS = 8               # differences needed before gaps are counted
 FASTDDS_DEFAULT_SEGMENT = 512 * 1024    # Fast DDS default shared-memory segment, bytes
 PROFILE_VARS = ('FASTRTPS_DEFAULT_PROFILES_FILE', 'FASTDDS_DEFAULT_PROFILES_FILE')
+SHM_DIR = '/dev/shm'        # where Fast DDS puts its segments on Linux
 HINT = ('input frames are being lost ({what}). Large images need the Fast DDS profile '
         'config/fastdds.xml in the camera driver too: export '
         'FASTRTPS_DEFAULT_PROFILES_FILE=$(ros2 pkg prefix ood_seg_ros)/share/ood_seg_ros/'
@@ -57,6 +58,32 @@ def transport_limit_bytes(environ=None) -> Optional[int]:
     except OSError:
         return None
     return max(int(s) for s in sizes) if sizes else None
+
+
+def shm_shortfall(segment_bytes: Optional[int], shm_dir: str = SHM_DIR) -> Optional[str]:
+    """
+    Return one line when ``shm_dir`` has less room than one DDS segment, else None.
+
+    ``segment_bytes``: the participant's shared-memory segment (:func:`transport_limit_bytes`;
+    None: unknown, no check). Every participant of the node's Fast DDS profile takes one
+    in ``/dev/shm``; where it does not fit, large messages cannot go over shared memory.
+    Segments of killed processes stay there until removed, and containers start with a
+    small ``/dev/shm`` (64 MiB in Docker).
+    """
+    if not segment_bytes:
+        return None
+    try:
+        stat = os.statvfs(shm_dir)
+    except OSError:
+        return None
+    free = stat.f_bavail * stat.f_frsize
+    if free >= segment_bytes:
+        return None
+    return (f'{shm_dir} has {free / 2 ** 20:.0f} MiB free, less than one '
+            f'{segment_bytes / 2 ** 20:.0f} MiB Fast DDS shared-memory segment: large '
+            f'messages may not fit in shared memory and be lost or late over UDP. '
+            f'`fastdds shm clean` removes the segments killed processes left; a container '
+            f'needs a larger {shm_dir} (docker run --shm-size=512m)')
 
 
 class InputLossMonitor:

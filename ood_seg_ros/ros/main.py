@@ -24,6 +24,7 @@ from rclpy.lifecycle import TransitionCallbackReturn
 from rclpy.logging import get_logger
 from rclpy.signals import SignalHandlerOptions
 
+from .input_loss import shm_shortfall, transport_limit_bytes
 from .node import destroyed_on_error, OodLifecycleNode, OodNode
 from .params import NODE_NAME, startup_parameters
 from ..errors import exit_now, OodSegError
@@ -180,6 +181,9 @@ def main(args=None) -> int:
             get_logger(NODE_NAME).info(f'Fast DDS profile {profile} (large shared-memory '
                                        f'segment; set FASTRTPS_DEFAULT_PROFILES_FILE to '
                                        f'use your own)')
+        shortfall = shm_shortfall(transport_limit_bytes())
+        if shortfall:
+            get_logger(NODE_NAME).warning(shortfall)
         node = _start(startup_parameters(sys.argv if args is None else args))
         executor = SingleThreadedExecutor()
         executor.add_node(node)

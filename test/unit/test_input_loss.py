@@ -1,8 +1,10 @@
 """InputLossMonitor: lost camera frames estimated from header stamps and message sizes."""
 
+import os
+
 import numpy as np
 from ood_seg_ros.ros.input_loss import FASTDDS_DEFAULT_SEGMENT, InputLossMonitor, \
-    transport_limit_bytes, WARN_FRACTION
+    shm_shortfall, transport_limit_bytes, WARN_FRACTION
 import pytest
 
 PERIOD = 33_333_333     # 30 Hz, ns
@@ -126,3 +128,13 @@ def test_transport_limit_from_the_environment(tmp_path):
     own = tmp_path / 'udp_only.xml'
     own.write_text('<profiles><participant profile_name="p"/></profiles>')
     assert transport_limit_bytes({'FASTRTPS_DEFAULT_PROFILES_FILE': str(own)}) is None
+
+
+def test_shm_shortfall_against_the_real_free_space(tmp_path):
+    free = os.statvfs(tmp_path).f_bavail * os.statvfs(tmp_path).f_frsize
+    line = shm_shortfall(free + 2 ** 30, str(tmp_path))     # a segment larger than the room
+    assert line is not None and '\n' not in line
+    assert f'{tmp_path} has {free / 2 ** 20:.0f} MiB free' in line and 'shm clean' in line
+    assert shm_shortfall(1024, str(tmp_path)) is None
+    assert shm_shortfall(None, str(tmp_path)) is None         # segment size unknown
+    assert shm_shortfall(1024, str(tmp_path / 'absent')) is None
