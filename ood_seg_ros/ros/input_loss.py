@@ -32,7 +32,7 @@ SHM_DIR = '/dev/shm'        # where Fast DDS puts its segments on Linux
 HINT = ('input frames are being lost ({what}). Large images need the Fast DDS profile '
         'config/fastdds.xml in the camera driver too: export '
         'FASTRTPS_DEFAULT_PROFILES_FILE=$(ros2 pkg prefix ood_seg_ros)/share/ood_seg_ros/'
-        'config/fastdds.xml for every process (README section "Large messages (DDS)")')
+        'config/fastdds.xml in the driver environment (README section "Large messages (DDS)")')
 
 
 def transport_limit_bytes(environ=None) -> Optional[int]:
