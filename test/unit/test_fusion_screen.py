@@ -1,21 +1,15 @@
 """tools/fusion_screen.py: its shipped candidate is the model's fused score, and its rule."""
 
-import importlib.util
-
 import numpy as np
 from ood_seg_ros import scores as S
 import pytest
-from repo_paths import ROOT
+from repo_paths import load_tool
 import torch
 
 
 @pytest.fixture(scope='module')
 def screen():
-    spec = importlib.util.spec_from_file_location('fusion_screen',
-                                                  ROOT / 'tools' / 'fusion_screen.py')
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_tool('fusion_screen')
 
 
 def test_shipped_candidate_is_the_models_fused_score(screen):

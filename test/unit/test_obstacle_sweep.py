@@ -1,18 +1,12 @@
 """tools/obstacle_sweep.py: the rule that picks the bundle's default region."""
 
-import importlib.util
-
 from ood_seg_ros.errors import OodSegError
 import pytest
-from repo_paths import ROOT
+from repo_paths import load_tool
 
 
 def _tool():
-    spec = importlib.util.spec_from_file_location('obstacle_sweep',
-                                                  ROOT / 'tools' / 'obstacle_sweep.py')
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_tool('obstacle_sweep')
 
 
 def _rows(table, msp):
