@@ -53,5 +53,6 @@ def remove(names):
                 path.unlink()
             except FileNotFoundError:
                 continue
-        count += 1
+            if path.name == name:       # the segment itself, not its lock file
+                count += 1
     return count
