@@ -12,7 +12,6 @@ output into the writer queue instead of blocking the image callback while DDS se
 import logging
 import os
 from pathlib import Path
-import signal
 import sys
 import time
 from typing import Optional
@@ -27,6 +26,7 @@ from rclpy.signals import SignalHandlerOptions
 from .input_loss import shm_shortfall, transport_limit_bytes
 from .node import destroyed_on_error, OodLifecycleNode, OodNode
 from .params import NODE_NAME, startup_parameters
+from .stop_signals import STOP
 from ..errors import exit_now, OodSegError
 
 DDS_PROFILE_VARS = ('FASTRTPS_DEFAULT_PROFILES_FILE', 'FASTDDS_DEFAULT_PROFILES_FILE')
@@ -105,11 +105,6 @@ def usage() -> str:
     return USAGE.format(parameters='\n'.join(lines))
 
 
-def _interrupt(signum, frame):
-    """SIGINT / SIGTERM in the main thread: unwind from any phase (export, warm-up)."""
-    raise KeyboardInterrupt(signal.Signals(signum).name)
-
-
 class _RosLogHandler(logging.Handler):
     """Forward the package's Python log records (ONNX export progress) to the node log."""
 
@@ -166,12 +161,12 @@ def main(args=None) -> int:
     os.environ.setdefault('RMW_FASTRTPS_PUBLICATION_MODE', 'ASYNCHRONOUS')
     profile = use_dds_profile(os.environ)
     # Python-level handlers only: a signal raises KeyboardInterrupt in every phase (ONNX
-    # export, warm-up, spinning) and the node exits 0 at once instead of after the phase
-    # (or not at all). rclpy's own handlers are not installed: they shut the context down
-    # from a thread of their own while this thread destroys the node, a race (the rare
-    # exit -11 at a signal); the executor below wakes every SPIN_WAKE_S to run ours.
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, _interrupt)
+    # export, warm-up, a frame) and the node exits 0 at once instead of after the phase
+    # (or not at all); while the executor itself runs it is deferred to the end of
+    # spin_once (.stop_signals). rclpy's own handlers are not installed: they shut the
+    # context down from a thread of their own while this thread destroys the node, a
+    # race (the rare exit -11 at a signal); the executor wakes every SPIN_WAKE_S.
+    STOP.install()
     _forward_package_logs()
     rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
     node = executor = None
@@ -188,12 +183,14 @@ def main(args=None) -> int:
         executor = SingleThreadedExecutor()
         executor.add_node(node)
         while node.exit_code is None and not node.finished.done():
-            executor.spin_once(timeout_sec=SPIN_WAKE_S)
+            with STOP.deferred():
+                executor.spin_once(timeout_sec=SPIN_WAKE_S)
         code = node.exit_code or 0
         # let the reply to the shutdown transition leave before the node goes
         end = time.monotonic() + 0.3
         while code == 0 and time.monotonic() < end:
-            executor.spin_once(timeout_sec=0.05)
+            with STOP.deferred():
+                executor.spin_once(timeout_sec=0.05)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     except (OodSegError, ParameterException) as exc:

@@ -27,6 +27,7 @@ from .outputs import load_vision_msgs, Outputs
 from .params import apply_set, check_set, descriptor, NODE_NAME, PARAMETERS, \
     pipeline_settings, read_config, RUNTIME, with_bundle_defaults
 from .rebuild import Rebuilder
+from .stop_signals import STOP
 from ..errors import OodSegError
 from ..imagecodec.image_codec import FrameError
 from ..pipeline import Pipeline
@@ -128,8 +129,9 @@ class OodNodeBody:
         """Build and warm up the pipeline; on failure keep running with ERROR diagnostics."""
         t0 = time.perf_counter()
         try:
-            pipe = self._make_pipeline(self._settings(self.cfg['heatmap_score'] or None),
-                                       self.get_logger().info)
+            with STOP.interruptible():      # export, warm-up: a signal ends them at once
+                pipe = self._make_pipeline(self._settings(self.cfg['heatmap_score'] or None),
+                                           self.get_logger().info)
         except Exception as exc:  # noqa: B902 - any failure means: no model
             self.pipeline = None
             self.model_error = f'cannot load model: {exc}'
@@ -290,7 +292,8 @@ class OodNodeBody:
             self._bad_frame('no_model', self.model_error)
             return
         try:
-            res = p.process(frame)
+            with STOP.interruptible():
+                res = p.process(frame)
         except OodSegError as exc:
             self._bad_frame(getattr(exc, 'kind', 'pipeline'), str(exc))
             return
