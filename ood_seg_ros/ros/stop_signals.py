@@ -70,3 +70,23 @@ class StopSignals:
 
 # The process has one set of signal handlers; the node marks its long work with this one.
 STOP = StopSignals()
+
+
+@contextmanager
+def held_signals(signums=(signal.SIGINT, signal.SIGTERM)):
+    """
+    Hold ``signums`` for the block, whatever their handlers, and deliver the first after it.
+
+    For a process that spins an rclpy executor under handlers that raise (the ``ood-seg``
+    tools: KeyboardInterrupt, ``Terminated``): wrap each ``spin_once`` in it. Main thread
+    only (``signal.signal``).
+    """
+    got = []
+    previous = {s: signal.signal(s, lambda signum, frame: got.append(signum)) for s in signums}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if got:
+        signal.raise_signal(got[0])

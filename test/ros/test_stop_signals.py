@@ -9,12 +9,13 @@ the signal at one such point: the executor releasing a QoS event handler.
 """
 
 import json
+import os
 import signal
 import subprocess
 import sys
 
 import dds_shm
-from ood_seg_ros.ros.stop_signals import StopSignals
+from ood_seg_ros.ros.stop_signals import held_signals, StopSignals
 import pytest
 from repo_paths import ROOT
 
@@ -56,6 +57,30 @@ def test_nested_deferred_blocks_restore_the_outer_state():
         stop.pending = None
     with pytest.raises(KeyboardInterrupt):
         stop.handle(signal.SIGTERM, None)
+
+
+class _Raised(Exception):
+    pass
+
+
+def test_held_signals_delivers_after_the_block_to_the_handler_in_place():
+    def raising(signum, frame):
+        raise _Raised(signum)
+
+    previous = signal.signal(signal.SIGUSR1, raising)
+    try:
+        with pytest.raises(_Raised):
+            with held_signals((signal.SIGUSR1,)):
+                os.kill(os.getpid(), signal.SIGUSR1)
+                os.kill(os.getpid(), signal.SIGUSR1)    # one delivery for the block
+                for _ in range(1000):                   # let Python run the handler
+                    pass
+                reached = True
+        assert reached and signal.getsignal(signal.SIGUSR1) is raising
+        with held_signals((signal.SIGUSR1,)):           # nothing held: nothing delivered
+            pass
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
 
 
 def _probe(mode):

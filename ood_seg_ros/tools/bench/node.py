@@ -35,6 +35,7 @@ from .frames import sample_frame
 from ..bagtools.node_process import localhost_env, node_command, NodeProcess
 from ...errors import OodSegError
 from ...imagecodec.topics import IMAGE_OUTPUTS, output_topic
+from ...ros.stop_signals import held_signals
 
 READY_TIMEOUT_S = 600.0     # a first TensorRT engine build takes minutes
 FRAME_TIMEOUT_S = 30.0
@@ -61,8 +62,13 @@ class NodeSession:
 
     def spin_until(self, cond, timeout) -> bool:
         """Spin the client until ``cond()``; False at ``timeout`` s or when the node exited."""
-        return self.process.wait_until(cond, timeout,
-                                       lambda: self.executor.spin_once(timeout_sec=0.01))
+        return self.process.wait_until(cond, timeout, self._spin_once)
+
+    def _spin_once(self) -> None:
+        # a Ctrl-C raised inside the executor could keep this client's DDS participant
+        # (and its shared-memory segment) alive past the process: held until spin_once ends
+        with held_signals():
+            self.executor.spin_once(timeout_sec=0.01)
 
     def tail(self) -> str:
         """Return the end of the node's log, for error messages."""
