@@ -104,3 +104,13 @@ def test_the_probe_hits_the_point_where_raising_leaks():
     res = _probe('raising')
     assert res['injected'] and res['ended'].startswith('KeyboardInterrupt'), res
     assert res['segments_kept'], res
+
+
+def test_executor_signal_scan_runs_and_the_deferral_keeps_nothing():
+    # tools/executor_signal_scan.py measures the README's figures; a short run of it
+    out = subprocess.run([sys.executable, str(ROOT / 'tools' / 'executor_signal_scan.py'),
+                          'random', '--handler', 'deferred', '--trials', '3'],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    res = json.loads(out.stdout.strip().splitlines()[-1])
+    assert res == {'handler': 'deferred', 'trials': 3, 'trials_keeping_the_participant': 0}
