@@ -44,6 +44,22 @@ def zombies(names):
     return dead
 
 
+def owned(pid=None):
+    """Segments whose lock file process ``pid`` (default: this one) holds: its participants."""
+    pid = str(os.getpid() if pid is None else pid)
+    with open('/proc/locks') as locks:      # '1: FLOCK ADVISORY WRITE <pid> <dev>:<inode> ...'
+        inodes = {int(f[5].rsplit(':', 1)[1]) for f in map(str.split, locks)
+                  if len(f) > 5 and f[4] == pid}
+    mine = set()
+    for name in segments():
+        try:
+            if (SHM_DIR / f'{name}_el').stat().st_ino in inodes:
+                mine.add(name)
+        except FileNotFoundError:
+            continue
+    return mine
+
+
 def left_since(before):
     """Zombie segments among those created since the snapshot ``before`` (:func:`segments`)."""
     return zombies(segments() - set(before))

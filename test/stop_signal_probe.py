@@ -8,7 +8,7 @@ publisher and subscription has one) before it marks its handle free. An exceptio
 leaves the handle in use for ever (``raising``: as if the handler always raised, the
 node's handler before the fix). The node is then torn down as ``main()`` does, and the
 script prints JSON: how the loop ended and which Fast DDS shared-memory segments the
-process still maps (a kept participant; at exit its segment stays in ``/dev/shm``).
+process still holds (a kept participant; at exit its segment stays in ``/dev/shm``).
 """
 
 import json
@@ -26,13 +26,6 @@ from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 from rclpy.lifecycle import LifecycleNode  # noqa: E402
 from rclpy.signals import SignalHandlerOptions  # noqa: E402
 from std_msgs.msg import String  # noqa: E402
-
-
-def mapped_segments():
-    """Fast DDS segments this process still maps (its participant alive, or kept)."""
-    with open('/proc/self/maps') as maps:
-        paths = {line.split()[-1] for line in maps if str(dds_shm.SHM_DIR) in line}
-    return sorted(n for n in map(os.path.basename, paths) if dds_shm.is_segment(n))
 
 
 def main(mode: str) -> dict:
@@ -71,7 +64,7 @@ def main(mode: str) -> dict:
     node.destroy_node()
     node._state_machine.destroy_when_not_in_use()
     rclpy.try_shutdown()
-    return {'ended': ended, 'injected': not armed[0], 'segments_kept': mapped_segments()}
+    return {'ended': ended, 'injected': not armed[0], 'segments_kept': sorted(dds_shm.owned())}
 
 
 if __name__ == '__main__':

@@ -39,41 +39,13 @@ from rclpy.node import Node
 from rclpy.signals import SignalHandlerOptions
 from std_msgs.msg import String
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / 'test')]
+import dds_shm  # noqa: E402  (test/: the segments in /dev/shm, which ones are ours)
 from ood_seg_ros.ros.stop_signals import StopSignals  # noqa: E402
 
 TRACED = ('executors.py', 'contextlib.py', 'event_handler.py', 'waitable.py')
-SHM = Path('/dev/shm')
 DOMAIN = random.Random().randrange(100, 200)   # a domain of its own: no other process
-
-
-
-def own_segments():
-    """Fast DDS segments in /dev/shm whose lock file this process holds (its participants)."""
-    mine = set()
-    with open('/proc/locks') as locks:
-        for line in locks:
-            fields = line.split()
-            if len(fields) > 5 and fields[4] == str(os.getpid()):
-                mine.add(int(fields[5].rsplit(':', 1)[1]))
-    own = set()
-    for lock in SHM.glob('fastrtps_' + '[0-9a-f]' * 16 + '_el'):
-        try:
-            if lock.stat().st_ino in mine:
-                own.add(lock.name[:-3])
-        except FileNotFoundError:
-            continue
-    return own
-
-
-def unlink(names):
-    """Remove kept segments from /dev/shm (the mapping stays until the process ends)."""
-    for name in names:
-        for path in (SHM / name, SHM / f'{name}_el'):
-            try:
-                path.unlink()
-            except FileNotFoundError:
-                pass
 
 
 def _build(name, lifecycle):
@@ -92,7 +64,7 @@ def _build(name, lifecycle):
 
 def _trial(name, lifecycle, interrupt):
     """Build, ``interrupt(executor)``, tear down; whether the participant was kept."""
-    before = own_segments()
+    before = dds_shm.owned()
     context, node, executor = _build(name, lifecycle)
     try:
         interrupt(executor)
@@ -103,8 +75,8 @@ def _trial(name, lifecycle, interrupt):
     if lifecycle:
         node._state_machine.destroy_when_not_in_use()
     rclpy.try_shutdown(context=context)
-    kept = own_segments() - before
-    unlink(kept)            # a later trial must not count it again
+    kept = dds_shm.owned() - before
+    dds_shm.remove(kept)    # a later trial must not count it again (the mapping stays)
     return bool(kept)
 
 
