@@ -292,7 +292,9 @@ def test_profile_ort_attributes_every_node_once(bundle, tmp_path, capsys):
     assert any(r.startswith('head:') and 'moose' in r for r in regions)
     node, plain = doc['graphs']['node'], doc['graphs']['plain']
     assert doc['extra_ms'] == pytest.approx(node['kernel_ms'] - plain['kernel_ms'], abs=1e-3)
-    assert sum(doc['extra_by_op'].values()) == pytest.approx(doc['extra_ms'], abs=1e-3)
+    # each difference and extra_ms rounded to 4 decimals, extra_ms from two rounded totals
+    assert sum(doc['extra_by_op'].values()) == pytest.approx(
+        doc['extra_ms'], abs=max(1e-3, (len(doc['extra_by_op']) + 3) * 0.5e-4))
     assert summary['node_by_region'] == node['by_region']
     assert summary['profiled_overhead'] == pytest.approx(
         node['kernel_ms'] / plain['kernel_ms'], abs=1e-4)
