@@ -60,6 +60,7 @@ def test_one_variant_with_warm_probes_is_packed(tmp_path):
     assert int(text.split('objects pasted: ')[1].split()[0]) > 6 * 4
 
 
+@pytest.mark.data  # _run links a tiny CamVid from ../shared/data first
 def test_an_unknown_probe_mode_is_refused(tmp_path):
     out = _run(tmp_path, OE_PROBES='lukewarm')
     assert out.returncode == 2
