@@ -18,15 +18,10 @@ SHM_DIR = Path('/dev/shm')
 _SEGMENT = re.compile(r'fastrtps_[0-9a-f]{16}')
 
 
-def is_segment(name):
-    """Whether ``name`` is a Fast DDS segment's (not its lock or a port file)."""
-    return _SEGMENT.fullmatch(name) is not None
-
-
 def segments():
     """Names of the Fast DDS segments in :data:`SHM_DIR` (empty without the folder)."""
     try:
-        return {n for n in os.listdir(SHM_DIR) if is_segment(n)}
+        return {n for n in os.listdir(SHM_DIR) if _SEGMENT.fullmatch(n)}
     except FileNotFoundError:
         return set()
 
