@@ -185,6 +185,69 @@ def test_cached_probe_training_freezes_the_base_and_records_splits(tmp_path):
     assert after.info['train_probes']['feature_cache']['scales'] == [1.0]
 
 
+def test_distill_without_cached_features_is_refused(tmp_path, capsys):
+    from ood_seg_ros.cli import main
+    assert main(['train-probes', '--camvid', str(tmp_path), '--init-bundle', str(tmp_path),
+                 '--out', str(tmp_path / 'o'), '--distill']) == 2
+    assert 'add --cache-features' in capsys.readouterr().err
+
+
+@needs_data
+def test_distilled_probes_learn_the_teachers_logits(tmp_path):
+    """--distill: the cache holds the teacher's logits; training moves toward them."""
+    import copy
+    from ood_seg_ros.tools.data.camvid import load_split
+    from ood_seg_ros.tools.train.probe_cache import (cache_features, distill_loss,
+                                                     distill_val_error, train_probes_cached)
+    from ood_seg_ros.model.deeplab import upsample
+    Trainer(_cfg(tmp_path), log=lambda *_: None).run()
+    base = load_bundle(tmp_path / 'base' / 'bundle')
+    model = base.model.eval()
+    teacher = copy.deepcopy(model.probes).eval()
+    imgs, labs, _ = load_split(CAMVID, ['train'])
+    cache = cache_features(model, imgs[:2], labs[:2], [1.0], seed=3, log=lambda *_: None,
+                           teacher=teacher)
+    with torch.no_grad():
+        for br, pooled, y, t in cache:
+            # The cached targets are the teacher's logits on the cached inputs, at the
+            # label's (decoder) resolution, probe k reading branch k.
+            assert t.shape == (4, model.config.n_classes) + tuple(y.shape)
+            for k, probe in enumerate(teacher):
+                ref = upsample(probe(br[None, k].float(), pooled[None].float()), y.shape)
+                assert torch.allclose(t[k].float(), ref[0], atol=2e-2, rtol=1e-2)
+    # The loss: zero against itself, else the per-probe mean squared difference.
+    br, pooled, _, t = (torch.stack([c[i] for c in cache]).float() for i in range(4))
+    own = torch.stack([upsample(p(br[:, k], pooled), t.shape[-2:])
+                       for k, p in enumerate(teacher)], 1).detach()
+    assert distill_loss(teacher, br, pooled, own).item() == 0.0
+    other = copy.deepcopy(teacher)
+    with torch.no_grad():
+        for q in other.parameters():
+            q.add_(0.05 * torch.randn_like(q))
+        mine = [upsample(p(br[:, k], pooled), t.shape[-2:]) for k, p in enumerate(other)]
+        brute = sum(((m - t[:, k]) ** 2).sum().item() / m.numel() for k, m in enumerate(mine))
+        assert distill_loss(other, br, pooled, t).item() == pytest.approx(brute, rel=1e-4)
+    # Training: a fresh student of another shape gets closer to the teacher on val.
+    kw = {'stage': 'probes', 'init_bundle': str(tmp_path / 'base' / 'bundle'),
+          'batch_size': 2, 'model': {'depth': 1, 'width': 8, 'separable': True},
+          'subset': 4, 'val_limit': 2, 'lr': 0.02, 'distill': True}
+    before = train_probes_cached(_cfg(tmp_path, epochs=1, max_steps=1, out=str(tmp_path / 'a'),
+                                      **kw), scales=[1.0], log=lambda *_: None)
+    after = train_probes_cached(_cfg(tmp_path, epochs=12, out=str(tmp_path / 'b'), **kw),
+                                scales=[1.0], log=lambda *_: None)
+    errs = [load_bundle(r['bundle']).info['train_probes']['distill']['best_val_mse']
+            for r in (before, after)]
+    assert errs[1] < 0.8 * errs[0], errs
+    trained = load_bundle(after['bundle'])
+    assert trained.config.probe_channels == 8
+    vimgs, vlabs, _ = load_split(CAMVID, ['val'])
+    vcache = cache_features(model, vimgs[:2], vlabs[:2], [1.0], log=lambda *_: None,
+                            teacher=teacher, flip=False)
+    assert distill_val_error(trained.model.probes, vcache) == pytest.approx(errs[1], rel=1e-4)
+    sd, base_sd = trained.model.state_dict(), base.model.state_dict()
+    assert all(torch.equal(sd[k], base_sd[k]) for k in base_sd if not k.startswith('probes.'))
+
+
 @needs_data
 def test_a_backbone_without_imagenet_weights_trains_from_scratch(tmp_path, capsys):
     """lite3 is registered without a weight package: one clear error, or --no-imagenet."""

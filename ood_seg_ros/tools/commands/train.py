@@ -4,6 +4,7 @@ import json
 import os
 
 from .base import add_json_option, Command
+from ...errors import OodSegError
 
 
 _DEFAULTS = {
@@ -88,6 +89,12 @@ class TrainCommand(Command):
                                      'scale and train on them (fast on CPUs)')
             parser.add_argument('--cache-scales', default='0.75,1,1.25',
                                 help='input scales cached with --cache-features')
+            parser.add_argument('--distill', action='store_true',
+                                help='with --cache-features: train fresh probes (of the '
+                                     "--probe-* shape) to reproduce the init bundle's probe "
+                                     'logits (mean squared difference at decoder '
+                                     'resolution, no labels); keeps the epoch closest to '
+                                     'them on the val split')
         parser.add_argument('--epochs', type=int, default=d['epochs'])
         parser.add_argument('--batch-size', type=int, default=d['batch_size'])
         parser.add_argument('--lr', type=float, default=d['lr'])
@@ -128,7 +135,9 @@ class TrainCommand(Command):
             ood_proxy=getattr(args, 'ood_proxy', ''),
             ood_lambda=getattr(args, 'lam', 0.9), ood_ratio=getattr(args, 'ood_ratio', 0.1),
             reference_loss=getattr(args, 'reference_loss', False),
-            patience=getattr(args, 'patience', 0))
+            patience=getattr(args, 'patience', 0), distill=getattr(args, 'distill', False))
+        if cfg.distill and not args.cache_features:
+            raise OodSegError('--distill trains on cached features: add --cache-features')
         if stage == 'entropy':
             cfg.ood_loss, cfg.m_in, cfg.m_out = args.ood_loss, args.m_in, args.m_out
             cfg.energy_weight, cfg.train_part = args.energy_weight, args.train_part

@@ -73,6 +73,7 @@ class TrainConfig:
     m_out: float = -6.0                 # energy loss: OoD energy margin
     energy_weight: float = 0.1          # energy loss: weight of the two hinge terms
     photometric: bool = False           # entropy: style augmentation (PhotoAug)
+    distill: bool = False               # probes: learn the init bundle's probe logits
 
     def dataset_spec(self) -> str:
         """``KIND:PATH`` of the training data (``camvid`` is the short form)."""
