@@ -190,6 +190,8 @@ def test_distill_without_cached_features_is_refused(tmp_path, capsys):
     assert main(['train-probes', '--camvid', str(tmp_path), '--init-bundle', str(tmp_path),
                  '--out', str(tmp_path / 'o'), '--distill']) == 2
     assert 'add --cache-features' in capsys.readouterr().err
+    with pytest.raises(OodSegError, match='cached features'):
+        Trainer(_cfg(tmp_path, stage='probes', distill=True), log=lambda *_: None)
 
 
 @needs_data

@@ -205,6 +205,9 @@ class Trainer:
     """One training run of the stage named in ``cfg.stage``."""
 
     def __init__(self, cfg: TrainConfig, resume: bool = False, log=print):
+        if cfg.distill:
+            raise OodSegError('distillation trains on cached features: use '
+                              'train_probes_cached (train-probes --cache-features)')
         self.cfg = cfg
         self.log = log
         self.world, self.rank = _dist()
