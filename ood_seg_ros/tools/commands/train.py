@@ -4,7 +4,6 @@ import json
 import os
 
 from .base import add_json_option, Command
-from ...errors import OodSegError
 
 
 _DEFAULTS = {
@@ -136,8 +135,6 @@ class TrainCommand(Command):
             ood_lambda=getattr(args, 'lam', 0.9), ood_ratio=getattr(args, 'ood_ratio', 0.1),
             reference_loss=getattr(args, 'reference_loss', False),
             patience=getattr(args, 'patience', 0), distill=getattr(args, 'distill', False))
-        if cfg.distill and not args.cache_features:
-            raise OodSegError('--distill trains on cached features: add --cache-features')
         if stage == 'entropy':
             cfg.ood_loss, cfg.m_in, cfg.m_out = args.ood_loss, args.m_in, args.m_out
             cfg.energy_weight, cfg.train_part = args.energy_weight, args.train_part

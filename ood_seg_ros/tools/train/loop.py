@@ -206,8 +206,8 @@ class Trainer:
 
     def __init__(self, cfg: TrainConfig, resume: bool = False, log=print):
         if cfg.distill:
-            raise OodSegError('distillation trains on cached features: use '
-                              'train_probes_cached (train-probes --cache-features)')
+            raise OodSegError('distillation trains on cached features: add --cache-features '
+                              '(train_probes_cached)')
         self.cfg = cfg
         self.log = log
         self.world, self.rank = _dist()

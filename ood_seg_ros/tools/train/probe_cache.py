@@ -224,14 +224,15 @@ def train_probes_cached(cfg: TrainConfig, scales: Sequence[float] = (0.75, 1.0, 
         log(rec)
     if best_state is not None:
         model.probes.load_state_dict(best_state)
-    extra, score_kept = {}, best
+    extra = {}
     if teacher is not None:
         # The record keeps the kept probes' mIoU beside their distance to the teacher.
+        mse = -best
         extra = {'distill': {'teacher': Path(cfg.init_bundle).name, 'loss': 'mse_logits',
-                             'best_val_mse': -best}}
+                             'best_val_mse': mse}}
         best = _val_probe_miou(model, vimgs, vlabs, n_cls)
-        log(f'kept probes: val mean squared logit difference {-score_kept:.4f} to the '
-            f'teacher, val probe mIoU {best:.4f}')
+        log(f'kept probes: val mean squared logit difference {mse:.4f} to the teacher, '
+            f'val probe mIoU {best:.4f}')
     info = stage_provenance(b.info, cfg, torch.device('cpu'), {
         'epoch': epoch, 'steps': step, 'best_val_miou': best,
         'feature_cache': {'scales': list(scales), 'flip': 'random'}, 'history': history,
